@@ -1,0 +1,135 @@
+"""Training objectives: L_simple, the variational bound L_VLB and the hybrid loss.
+
+Per-example terms are means over data dimensions; VLB terms are in bits/dim.
+References: Ho et al. 2020 (eqs. 5, 12, 14), Nichol & Dhariwal 2021 (§3.1, eq. 16).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.special
+
+from diffusion import gaussian, reverse
+from diffusion.schedules import Schedule
+
+LOSSES = ("simple", "vlb", "hybrid")
+WEIGHTINGS = (None, "min_snr", "p2")
+DECODERS = ("discretized", "gaussian")
+LN2 = math.log(2.0)
+
+
+def mean_flat(x):
+    """Mean over every axis but the first."""
+    return jnp.mean(x, axis=tuple(range(1, x.ndim)))
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) elementwise, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + jnp.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * jnp.exp(-logvar2))
+
+
+def discretized_gaussian_log_likelihood(x, mean, log_scale):
+    """log P(x) for 8-bit data scaled to [−1, 1] under N(mean, e^{2·log_scale}) binned to width 2/255.
+
+    The end bins extend to ±∞ (Ho et al. 2020, eq. 13). Elementwise, in nats. Uses the exact
+    Φ where Ho et al.'s code used a tanh approximation (they differ by < 2e-4 in Φ).
+    """
+    centered = x - mean
+    inv_stdv = jnp.exp(-log_scale)
+    upper, lower = inv_stdv * (centered + 1.0 / 255.0), inv_stdv * (centered - 1.0 / 255.0)
+    log_cdf_upper = jax.scipy.special.log_ndtr(upper)
+    log_sf_lower = jax.scipy.special.log_ndtr(-lower)
+    bin_mass = jax.scipy.special.ndtr(upper) - jax.scipy.special.ndtr(lower)
+    log_probs = jnp.where(x < -0.999, log_cdf_upper,
+                          jnp.where(x > 0.999, log_sf_lower, jnp.log(jnp.maximum(bin_mass, 1e-12))))
+    return log_probs
+
+
+def gaussian_log_likelihood(x, mean, log_var):
+    """log N(x; mean, e^log_var) elementwise, in nats (decoder for continuous data)."""
+    return -0.5 * (math.log(2 * math.pi) + log_var + (x - mean) ** 2 * jnp.exp(-log_var))
+
+
+def prior_bpd(schedule: Schedule, x0):
+    """L_T = KL(q(x_T | x_0) ‖ N(0, I)) in bits/dim, per example [B]."""
+    t = jnp.full((x0.shape[0],), schedule.num_steps - 1, dtype=jnp.int32)
+    mean, _, log_var = gaussian.q_mean_variance(schedule, x0, t)
+    return mean_flat(normal_kl(mean, log_var, 0.0, 0.0)) / LN2
+
+
+def vlb_term_bpd(schedule: Schedule, p: reverse.ReverseGaussian, x0, x_t, t, decoder="discretized"):
+    """L_{t−1} in bits/dim per example [B]: KL(q(x_{t−1}|x_t,x_0) ‖ p_θ) for t > 0, the decoder −log p_θ(x_0|x_1) at t = 0."""
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}")
+    true_mean, _, true_log_var = gaussian.q_posterior(schedule, x0, x_t, t)
+    kl = mean_flat(normal_kl(true_mean, true_log_var, p.mean, p.log_variance)) / LN2
+    if decoder == "discretized":
+        nll = -discretized_gaussian_log_likelihood(x0, p.mean, 0.5 * p.log_variance)
+    else:
+        nll = -gaussian_log_likelihood(x0, p.mean, p.log_variance)
+    return jnp.where(t == 0, mean_flat(nll) / LN2, kl)
+
+
+def timestep_weight(schedule: Schedule, t, prediction: str, weighting: Optional[str],
+                    min_snr_gamma: float = 5.0, p2_gamma: float = 1.0, p2_k: float = 1.0):
+    """Per-example weight of the MSE term.
+
+    min_snr: min(SNR, γ) expressed for the target (Hang et al. 2023): ÷SNR for ε, ×1 for x_0, ÷(SNR+1) for v.
+    p2: 1/(k + SNR)^γ applied to the ε-MSE (Choi et al. 2022, eq. 8).
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
+    snr = jnp.take(schedule.snr, t)
+    if weighting is None:
+        return jnp.ones_like(snr)
+    if weighting == "min_snr":
+        clipped = jnp.minimum(snr, min_snr_gamma)
+        return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1.0)}[prediction]
+    return 1.0 / (p2_k + snr) ** p2_gamma
+
+
+def training_losses(model_fn: Callable, schedule: Schedule, x0, t, noise, *, prediction="eps",
+                    variance="fixed_small", loss="simple", hybrid_weight=1e-3,
+                    weighting=None, min_snr_gamma=5.0, p2_gamma=1.0, p2_k=1.0,
+                    decoder="discretized", cond=None):
+    """Per-example losses for x0 [B, ...] at steps t int[B] with noise ε [B, ...].
+
+    ``model_fn(x_t, timesteps, **cond)`` is the network; it is called once. Returns a dict
+    of [B] arrays: ``loss`` (what to minimise), ``mse`` and, when used, ``vlb`` (L_{t−1}, bits/dim).
+    simple: ‖target − f_θ‖² (eq. 14); vlb: T·L_{t−1}; hybrid: L_simple + λ·T·L_{t−1} with the
+    gradient stopped through the mean (Nichol & Dhariwal 2021, §3.1).
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+    learned = variance.startswith("learned")
+    if loss == "simple" and learned:
+        raise ValueError(f"loss 'simple' trains no variance but variance is {variance!r}: "
+                         "use loss 'hybrid' or 'vlb', or a fixed variance")
+    if loss == "hybrid" and not learned:
+        raise ValueError(f"loss 'hybrid' trains the variance through L_VLB but variance is {variance!r}: "
+                         "use 'learned_range' or 'learned', or loss 'simple'")
+    x_t = gaussian.q_sample(schedule, x0, t, noise)
+    output = model_fn(x_t, schedule.timesteps[t], **(cond or {}))
+    pred, var_out = reverse.split_output(output, variance)
+    mse = mean_flat((gaussian.target(schedule, x0, t, noise, prediction) - pred) ** 2)
+    terms = {"mse": mse}
+    if loss == "simple":
+        terms["loss"] = mse * timestep_weight(schedule, t, prediction, weighting,
+                                              min_snr_gamma, p2_gamma, p2_k)
+        return terms
+    if loss == "hybrid":
+        output = jnp.concatenate([jax.lax.stop_gradient(pred), var_out], axis=-1)
+    p = reverse.reverse_gaussian(schedule, output, x_t, t, prediction=prediction, variance=variance)
+    vlb = vlb_term_bpd(schedule, p, x0, x_t, t, decoder)
+    terms["vlb"] = vlb
+    T = schedule.num_steps
+    if loss == "vlb":
+        terms["loss"] = T * vlb
+    else:
+        weight = timestep_weight(schedule, t, prediction, weighting, min_snr_gamma, p2_gamma, p2_k)
+        terms["loss"] = weight * mse + hybrid_weight * T * vlb
+    return terms

@@ -1,0 +1,196 @@
+"""Reverse steps and compiled sampling loops.
+
+Every step has one signature, ``step(model_fn, schedule, x_t, t, t_prev, key, **kw) -> (x_prev, x0)``:
+it moves x from level ``t`` to level ``t_prev`` (−1 is clean data) and also returns its x̂_0.
+``t`` and ``t_prev`` are scalar schedule indices; ``model_fn(x_t, timesteps, **cond)`` is the network.
+``sample`` runs a whole trajectory in one ``lax.scan``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from diffusion import gaussian, reverse
+from diffusion.gaussian import extract
+from diffusion.schedules import Schedule, space_timesteps
+
+
+def _model_gaussian(model_fn, schedule, x_t, t, cond, prediction, variance, clip, clip_percentile):
+    t_batch = jnp.full((x_t.shape[0],), t, dtype=jnp.int32)
+    output = model_fn(x_t, schedule.timesteps[t_batch], **(cond or {}))
+    p = reverse.reverse_gaussian(schedule, output, x_t, t_batch, prediction=prediction,
+                                 variance=variance, clip=clip, clip_percentile=clip_percentile)
+    return p, t_batch
+
+
+def ddpm_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, prediction="eps",
+              variance="fixed_small", clip=None, clip_percentile=0.995, cond=None):
+    """Ancestral step x_{t−1} = μ_θ(x_t, t) + σ_t·z, no noise at t = 0 (Ho et al. 2020, Algorithm 2).
+
+    Moves one step of ``schedule`` (``t_prev`` must be ``t − 1``); for strided sampling pass a
+    respaced schedule.
+    """
+    del t_prev
+    p, _ = _model_gaussian(model_fn, schedule, x_t, t, cond, prediction, variance, clip, clip_percentile)
+    z = jax.random.normal(key, x_t.shape, x_t.dtype)
+    x_prev = p.mean + jnp.where(t > 0, jnp.exp(0.5 * p.log_variance), 0.0) * z
+    return x_prev, p.x0
+
+
+def _alpha_bar(schedule: Schedule, t):
+    """ᾱ at index t, with ᾱ_{−1} = 1 (clean data)."""
+    return jnp.where(t >= 0, schedule.alphas_cumprod[jnp.maximum(t, 0)], 1.0)
+
+
+def ddim_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, eta=0.0, prediction="eps",
+              variance="fixed_small", clip=None, clip_percentile=0.995, cond=None):
+    """Generalised step from t to any earlier t′ (Song et al. 2021, eq. 12 with σ of eq. 16).
+
+    x_{t′} = √ᾱ_{t′}·x̂_0 + √(1 − ᾱ_{t′} − σ²)·ε̂ + σ·z,
+    σ = η·√((1−ᾱ_{t′})/(1−ᾱ_t))·√(1 − ᾱ_t/ᾱ_{t′}); η = 0 is deterministic, η = 1 is DDPM's β̃.
+    """
+    p, _ = _model_gaussian(model_fn, schedule, x_t, t, cond, prediction, variance, clip, clip_percentile)
+    a_t, a_prev = _alpha_bar(schedule, t), _alpha_bar(schedule, t_prev)
+    sigma = eta * jnp.sqrt((1 - a_prev) / (1 - a_t)) * jnp.sqrt(1 - a_t / a_prev)
+    direction = jnp.sqrt(jnp.maximum(1 - a_prev - sigma ** 2, 0.0))
+    z = jax.random.normal(key, x_t.shape, x_t.dtype)
+    x_prev = (jnp.sqrt(a_prev) * p.x0 + direction * p.eps + sigma * z).astype(x_t.dtype)
+    return x_prev, p.x0
+
+
+def langevin_correct(model_fn, schedule: Schedule, x, t, key, *, n_steps=1, snr=0.16,
+                     prediction="eps", variance="fixed_small", cond=None):
+    """``n_steps`` of Langevin dynamics x ← x + δ·s + √(2δ)·z targeting q_t, with s = −ε̂/√(1−ᾱ_t).
+
+    δ = 2·α_t·(snr·‖z‖/‖s‖)² with the norms averaged over the batch, as in Song et al. 2021's
+    code (Algorithm 5; Song & Ermon 2019): per-example norms blow up on low-dimensional data.
+    """
+    t_batch = jnp.full((x.shape[0],), t, dtype=jnp.int32)
+
+    def one(x, k):
+        output = model_fn(x, schedule.timesteps[t_batch], **(cond or {}))
+        pred, _ = reverse.split_output(output, variance)
+        _, eps = gaussian.to_x0_eps(schedule, x, t_batch, pred, prediction)
+        score = gaussian.score_from_eps(schedule, t_batch, eps)
+        z = jax.random.normal(k, x.shape, x.dtype)
+        norm = lambda a: jnp.mean(jnp.sqrt(jnp.sum(a.reshape(a.shape[0], -1) ** 2, axis=1)))
+        delta = 2 * schedule.alphas[t] * (snr * norm(z) / norm(score)) ** 2
+        return x + delta * score + jnp.sqrt(2 * delta) * z, None
+
+    return jax.lax.scan(one, x, jax.random.split(key, n_steps))[0]
+
+
+def langevin_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, n_steps=10, snr=0.16,
+                  prediction="eps", variance="fixed_small", clip=None, clip_percentile=0.995, cond=None):
+    """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1): ``n_steps`` Langevin steps at
+    the next noise level t′; at t′ = −1 the last level is denoised with Tweedie's x̂_0."""
+    p, _ = _model_gaussian(model_fn, schedule, x_t, t, cond, prediction, variance, clip, clip_percentile)
+    x = langevin_correct(model_fn, schedule, x_t, jnp.maximum(t_prev, 0), key, n_steps=n_steps,
+                         snr=snr, prediction=prediction, variance=variance, cond=cond)
+    return jnp.where(t_prev >= 0, x, p.x0), p.x0
+
+
+def predictor_corrector_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, n_steps=1,
+                             snr=0.16, prediction="eps", variance="fixed_small", clip=None,
+                             clip_percentile=0.995, cond=None):
+    """A DDPM ancestral predictor followed by ``n_steps`` Langevin corrector steps at t − 1
+    (Song et al. 2021, Algorithm 3, VP form)."""
+    k_pred, k_corr = jax.random.split(key)
+    kw = dict(prediction=prediction, variance=variance, cond=cond)
+    x, x0 = ddpm_step(model_fn, schedule, x_t, t, t_prev, k_pred, clip=clip,
+                      clip_percentile=clip_percentile, **kw)
+    corrected = langevin_correct(model_fn, schedule, x, jnp.maximum(t - 1, 0), k_corr,
+                                 n_steps=n_steps, snr=snr, **kw)
+    return jnp.where(t > 0, corrected, x), x0
+
+
+def sample(step: Callable, model_fn: Callable, schedule: Schedule, x_T, key, *,
+           timesteps: Optional[jax.Array] = None, keep_every: int = 0, cond=None, **step_kwargs):
+    """Run ``step`` from x_T [B, ...] down the descending schedule indices ``timesteps``
+    (default: every step, T−1 … 0), ending at clean data, inside one ``lax.scan``.
+
+    With ``keep_every = k > 0`` also returns ``{"x_t": [F, B, ...], "x0": [F, B, ...]}``: the state
+    before every k-th step and its x̂_0, followed by the final sample.
+    """
+    if timesteps is None:
+        timesteps = jnp.arange(schedule.num_steps - 1, -1, -1)
+    timesteps = jnp.asarray(timesteps, jnp.int32)
+    n = timesteps.shape[0]
+    t_prevs = jnp.concatenate([timesteps[1:], jnp.array([-1], jnp.int32)])
+    keys = jax.random.split(key, n)
+
+    def advance(x, i):
+        return step(model_fn, schedule, x, timesteps[i], t_prevs[i], keys[i], cond=cond, **step_kwargs)
+
+    if keep_every <= 0:
+        return jax.lax.scan(lambda x, i: (advance(x, i)[0], None), x_T, jnp.arange(n))[0]
+
+    frames = -(-n // keep_every)
+    buffers = (jnp.zeros((frames,) + x_T.shape, x_T.dtype),) * 2
+
+    def body(carry, i):
+        x, (xs, x0s) = carry
+        x_next, x0 = advance(x, i)
+        slot, keep = i // keep_every, i % keep_every == 0
+        xs = jax.lax.dynamic_update_index_in_dim(xs, jnp.where(keep, x, xs[slot]), slot, 0)
+        x0s = jax.lax.dynamic_update_index_in_dim(x0s, jnp.where(keep, x0, x0s[slot]), slot, 0)
+        return (x_next, (xs, x0s)), None
+
+    (x0, (xs, x0s)), _ = jax.lax.scan(body, (x_T, buffers), jnp.arange(n))
+    return x0, {"x_t": jnp.concatenate([xs, x0[None]]), "x0": jnp.concatenate([x0s, x0[None]])}
+
+
+def ddim_invert(model_fn, schedule: Schedule, x0, *, timesteps=None, fixed_point_iters=0,
+                prediction="eps", variance="fixed_small", cond=None):
+    """Deterministic DDIM encoding x_0 → x_T through the ascending ``timesteps`` (Song et al. 2021,
+    §5.4, eq. 14): x_{t′} = √ᾱ_{t′}·x̂_0 + √(1−ᾱ_{t′})·ε̂ with ε̂ taken at the lower level.
+
+    ``fixed_point_iters = k > 0`` re-evaluates ε̂ at the upper level k times, solving the η = 0
+    sampling step for its input, so that ``ddim_step`` undoes each step to round-off (fixed-point
+    inversion, Pan et al. 2023).
+    """
+    if timesteps is None:
+        timesteps = jnp.arange(schedule.num_steps)
+    timesteps = jnp.asarray(timesteps, jnp.int32)
+    t_from = jnp.concatenate([jnp.array([-1], jnp.int32), timesteps[:-1]])
+
+    def eps_at(x, t):
+        t_batch = jnp.full((x.shape[0],), jnp.maximum(t, 0), dtype=jnp.int32)
+        output = model_fn(x, schedule.timesteps[t_batch], **(cond or {}))
+        pred, _ = reverse.split_output(output, variance)
+        return gaussian.to_x0_eps(schedule, x, t_batch, pred, prediction)[1]
+
+    def up(x, ts):
+        lo, hi = ts
+        a_lo, a_hi = _alpha_bar(schedule, lo), _alpha_bar(schedule, hi)
+        move = lambda eps: (jnp.sqrt(a_hi / a_lo) * (x - jnp.sqrt(1 - a_lo) * eps)
+                            + jnp.sqrt(1 - a_hi) * eps).astype(x.dtype)
+        # From clean data (level −1) the network is first asked at the level being reached.
+        x_hi = move(eps_at(x, jnp.where(lo >= 0, lo, hi)))
+        x_hi = jax.lax.fori_loop(0, fixed_point_iters, lambda _, y: move(eps_at(y, hi)), x_hi)
+        return x_hi, None
+
+    return jax.lax.scan(up, x0, (t_from, timesteps))[0]
+
+
+def slerp(z0, z1, alpha):
+    """Spherical interpolation between latents z0, z1 [B, ...] at fraction alpha (Song et al. 2021, §5.3)."""
+    flat0, flat1 = z0.reshape(z0.shape[0], -1), z1.reshape(z1.shape[0], -1)
+    cos = jnp.sum(flat0 * flat1, 1) / (jnp.linalg.norm(flat0, axis=1) * jnp.linalg.norm(flat1, axis=1))
+    theta = jnp.arccos(jnp.clip(cos, -1.0, 1.0)).reshape((-1,) + (1,) * (z0.ndim - 1))
+    return (jnp.sin((1 - alpha) * theta) * z0 + jnp.sin(alpha * theta) * z1) / jnp.sin(theta)
+
+
+def spaced(schedule: Schedule, spec) -> jax.Array:
+    """Descending schedule indices for sampling on a sub-sequence τ (``schedules.space_timesteps``)."""
+    return jnp.asarray(space_timesteps(schedule.num_steps, spec)[::-1].copy(), jnp.int32)
+
+
+STEPS = {
+    "ddpm": ddpm_step,
+    "ddim": ddim_step,
+    "langevin": langevin_step,
+    "pc": predictor_corrector_step,
+}

@@ -1,0 +1,16 @@
+"""Test set-up: 8 virtual CPU devices (so sharding is exercised) and a float64 switch."""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
+
+
+@pytest.fixture
+def x64():
+    """Run the test body with 64-bit floats (closed-form comparisons)."""
+    with jax.enable_x64(True):
+        yield

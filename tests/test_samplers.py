@@ -1,0 +1,168 @@
+"""Samplers, inversion and guidance driven by exact (oracle) denoisers for Gaussian data, float64."""
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion import guidance, oracle, samplers, schedules
+
+MEAN = jnp.array([1.0, -0.5])
+COV = jnp.array([[0.5, 0.2], [0.2, 0.3]])
+N = 8000
+
+
+@pytest.fixture
+def setup(x64):
+    sched = schedules.make_schedule("linear", 1000)
+    x_T = jax.random.normal(jax.random.key(0), (N, 2))
+    return sched, oracle.gaussian_eps(sched, MEAN, COV), x_T
+
+
+def assert_moments(x, mean, cov, slack=0.0):
+    """Sample mean and covariance agree within 4 standard errors (+ ``slack`` relative on the covariance)."""
+    x = np.asarray(x)
+    n = len(x)
+    cov = np.asarray(cov)
+    se_mean = np.sqrt(np.diag(cov) / n)
+    np.testing.assert_array_less(np.abs(x.mean(0) - mean), 4 * se_mean + 0.01)
+    se_cov = np.sqrt((cov ** 2 + np.outer(np.diag(cov), np.diag(cov))) / n)
+    np.testing.assert_array_less(np.abs(np.cov(x.T) - cov), 4 * se_cov + slack * np.abs(cov))
+
+
+def test_ddpm_1000_steps_recovers_the_data(setup):
+    sched, model, x_T = setup
+    x = jax.jit(partial(samplers.sample, samplers.ddpm_step, model))(sched, x_T, jax.random.key(1))
+    assert_moments(x, MEAN, COV)
+
+
+def test_ddpm_on_a_respaced_schedule_needs_the_right_variance(setup):
+    """On 100 of 1000 steps the exact reverse variance recovers the data; fixed β̃ shrinks it
+    (the reason Nichol & Dhariwal learn Σ_θ for strided sampling)."""
+    sched, _, x_T = setup
+    var = jnp.array([0.5, 0.3])
+    short = schedules.respace(sched, schedules.space_timesteps(1000, 100))
+    exact = oracle.gaussian_reverse(short, MEAN, var)
+    x = samplers.sample(partial(samplers.ddpm_step, variance="learned"), exact, short, x_T, jax.random.key(1))
+    assert_moments(x, MEAN, jnp.diag(var))
+    small = samplers.sample(samplers.ddpm_step, oracle.gaussian_eps(short, MEAN, jnp.diag(var)), short,
+                            x_T, jax.random.key(1))
+    assert np.all(np.var(np.asarray(small), 0) < 0.95 * np.asarray(var))
+
+
+def test_ddim_is_the_exact_push_forward_and_converges(setup):
+    """With a linear oracle, η = 0 DDIM is an affine map x_T ↦ A x_T + b, so its output law is
+    N(b, AAᵀ): the sampled moments must match that, and AAᵀ → Σ as the step count grows."""
+    sched, model, x_T = setup
+    errors = []
+    for S in (20, 50, 200, 1000):
+        ts = samplers.spaced(sched, S)
+        run = lambda z: samplers.sample(samplers.ddim_step, model, sched, z, jax.random.key(0), timesteps=ts)
+        b = run(jnp.zeros((1, 2)))[0]
+        A = jax.jacfwd(lambda z: run(z[None])[0])(jnp.zeros(2))
+        errors.append(float(jnp.abs(A @ A.T - COV).max()))
+        if S == 50:
+            assert_moments(run(x_T), b, A @ A.T)
+            assert_moments(run(x_T), MEAN, COV, slack=0.10)   # 50 steps shrink the covariance by < 10%
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 0.005
+
+
+def test_annealed_langevin_recovers_the_data(setup):
+    sched, model, x_T = setup
+    short = schedules.respace(sched, schedules.space_timesteps(1000, 100))
+    step = partial(samplers.langevin_step, n_steps=20, snr=0.16)
+    x = jax.jit(partial(samplers.sample, step, model))(short, x_T, jax.random.key(2))
+    assert_moments(x, MEAN, COV, slack=0.05)
+    pc = jax.jit(partial(samplers.sample, samplers.predictor_corrector_step, model))(sched, x_T, jax.random.key(3))
+    assert_moments(pc, MEAN, COV, slack=0.05)
+
+
+def test_ddim_eta_one_is_the_ddpm_step(setup):
+    sched, model, x_T = setup
+    key = jax.random.key(4)
+    for t in (999, 500, 1):
+        ddpm, _ = samplers.ddpm_step(model, sched, x_T[:16], t, t - 1, key)
+        ddim, _ = samplers.ddim_step(model, sched, x_T[:16], t, t - 1, key, eta=1.0)
+        np.testing.assert_allclose(ddim, ddpm, rtol=1e-9, atol=1e-12)
+
+
+def test_inversion_then_sampling_reconstructs(setup):
+    sched, model, _ = setup
+    x0 = jax.random.multivariate_normal(jax.random.key(5), MEAN, COV, (16,))
+    decode = lambda z, ts: samplers.sample(samplers.ddim_step, model, sched, z, jax.random.key(0), timesteps=ts)
+    ts = samplers.spaced(sched, 50)
+    exact = samplers.ddim_invert(model, sched, x0, timesteps=ts[::-1], fixed_point_iters=10)
+    assert float(jnp.abs(decode(exact, ts) - x0).max()) < 1e-3
+    # The latent is (close to) a standard normal draw: DDIM encodes data as noise.
+    assert 0.5 < float(jnp.std(exact)) < 1.5
+    # Classic one-pass inversion is only first-order accurate: its error shrinks with the step count.
+    errs = [float(jnp.abs(decode(samplers.ddim_invert(model, sched, x0, timesteps=ts[::-1]), ts) - x0).max())
+            for ts in (samplers.spaced(sched, 50), samplers.spaced(sched, 200))]
+    assert errs[1] < errs[0] / 2
+
+
+def test_slerp():
+    z0, z1 = jnp.array([[1.0, 0.0]]), jnp.array([[0.0, 2.0]])
+    np.testing.assert_allclose(samplers.slerp(z0, z1, 0.0), z0, atol=1e-6)
+    np.testing.assert_allclose(samplers.slerp(z0, z1, 1.0), z1, atol=1e-6)
+    mid = samplers.slerp(z0, z1, 0.5)
+    np.testing.assert_allclose(mid, [[np.sqrt(0.5), 2 * np.sqrt(0.5)]], atol=1e-6)
+
+
+def test_trajectory_frames(setup):
+    sched, model, x_T = setup
+    final, traj = samplers.sample(samplers.ddim_step, model, sched, x_T[:4], jax.random.key(0),
+                                  timesteps=samplers.spaced(sched, 10), keep_every=3)
+    assert traj["x_t"].shape == (5, 4, 2) and traj["x0"].shape == (5, 4, 2)
+    np.testing.assert_allclose(traj["x_t"][0], x_T[:4])
+    np.testing.assert_allclose(traj["x_t"][-1], final)
+
+
+def test_classifier_free_guidance_shifts_by_the_closed_form(setup):
+    """Conditional N(μ_c, Σ) and unconditional N(μ_u, Σ): the guided score is exactly that of
+    N((1+w)μ_c − wμ_u, Σ) at every t, so guided samples must have that mean."""
+    sched, _, x_T = setup
+    mu_c, mu_u = jnp.array([1.0, 0.0]), jnp.array([0.0, 0.5])
+    cond, uncond = oracle.gaussian_eps(sched, mu_c, COV), oracle.gaussian_eps(sched, mu_u, COV)
+    model = lambda x, ts, labels: jnp.where((labels == 1)[:, None], uncond(x, ts), cond(x, ts))
+    guided = guidance.classifier_free(model, null_label=1)
+    run = jax.jit(partial(samplers.sample, samplers.ddpm_step, guided))
+    labels = jnp.zeros((N // 2,), jnp.int32)
+    for w in (0.0, 2.0):
+        x = run(sched, x_T[: N // 2], jax.random.key(6), cond={"labels": labels, "guidance_scale": w})
+        assert_moments(x, (1 + w) * mu_c - w * mu_u, COV)
+
+
+def test_classifier_guidance_with_the_exact_classifier(setup):
+    """For a two-component mixture, ∇log p_t(x) + ∇log p_t(y|x) = ∇log p_t(x|y): scale 1 samples the class."""
+    sched, _, x_T = setup
+    means, covs = [jnp.array([-1.5, 0.0]), jnp.array([1.5, 0.5])], [COV, 0.5 * COV]
+    model = oracle.mixture_eps(sched, means, covs, [0.5, 0.5])
+    log_post = oracle.mixture_log_posterior(sched, means, covs, [0.5, 0.5])
+    log_prob = lambda x, ts, labels: jnp.take_along_axis(log_post(x, ts), labels[:, None], 1)[:, 0]
+    guided = guidance.classifier(model, log_prob, sched)
+    labels = jnp.ones((N // 2,), jnp.int32)
+    run = jax.jit(partial(samplers.sample, samplers.ddpm_step, guided))
+    x1 = run(sched, x_T[: N // 2], jax.random.key(7), cond={"labels": labels, "guidance_scale": 1.0})
+    assert_moments(x1, means[1], covs[1], slack=0.03)
+    x3 = run(sched, x_T[: N // 2], jax.random.key(7), cond={"labels": labels, "guidance_scale": 3.0})
+    assert float(x3[:, 0].mean()) > float(x1[:, 0].mean())   # stronger guidance pushes further from class 0
+    assert float(jnp.var(x3[:, 0])) < float(jnp.var(x1[:, 0]))
+
+
+def test_sampler_compiles_once_across_keys_and_scales():
+    sched = schedules.make_schedule("linear", 20)
+    traces = []
+
+    def model(x, ts, labels):
+        traces.append(1)
+        return 0.1 * x + 0.01 * labels[:, None]
+
+    guided = guidance.classifier_free(model, null_label=3)
+    run = jax.jit(partial(samplers.sample, samplers.ddim_step, guided))
+    x_T = jnp.ones((4, 2))
+    for i, w in enumerate((0.0, 1.0, 4.5)):
+        run(sched, x_T, jax.random.key(i), timesteps=samplers.spaced(sched, 5),
+            cond={"labels": jnp.zeros(4, jnp.int32), "guidance_scale": jnp.float32(w)})
+    assert len(traces) == 1
