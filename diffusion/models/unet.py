@@ -1,0 +1,145 @@
+"""The DDPM U-Net (Ho et al. 2020) with the ADM (Dhariwal & Nichol 2021) and Imagen efficient
+U-Net (Saharia et al. 2022) changes as options, and class / cross-attention conditioning.
+
+Defaults are Ho et al.'s CIFAR-10 model (35,746,307 parameters with ``dropout=0.1``).
+Submodule names mirror diffusers' ``UNet2DModel`` with dots turned into underscores.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from diffusion.models.layers import (Attention, Downsample, ResBlock, TimeEmbedding, Upsample, _conv,
+                                     _norm, timestep_embedding)
+
+Dtype = Any
+
+
+class UNet(nn.Module):
+    """ε/x_0/v-prediction network ``(x [B, H, W, C], timesteps [B], labels?, context?) -> [B, H, W, out]``.
+
+    ADM options: ``num_heads`` / ``num_head_channels``, several ``attention_resolutions``,
+    ``resblock_updown`` (BigGAN-style resampling), ``scale_shift_norm`` (AdaGN),
+    ``rescale_residual`` (residual sums × 1/√2). Imagen: per-level ``num_res_blocks``,
+    ``scale_skip`` (skip connections × 1/√2), ``efficient`` (downsample before a level's
+    convolutions, upsample after). ``num_classes > 0`` adds a label embedding with one extra
+    null label (index ``num_classes``) for classifier-free guidance; ``context_dim > 0`` adds
+    cross-attention after every self-attention.
+    """
+    out_channels: int = 3
+    image_size: int = 32
+    base_channels: int = 128
+    channel_mult: Sequence[int] = (1, 2, 2, 2)
+    num_res_blocks: Union[int, Sequence[int]] = 2
+    attention_resolutions: Sequence[int] = (16,)
+    dropout: float = 0.1
+    num_heads: int = 1
+    num_head_channels: int = -1
+    resblock_updown: bool = False
+    scale_shift_norm: bool = False
+    rescale_residual: bool = False
+    scale_skip: bool = False
+    efficient: bool = False
+    num_classes: int = 0
+    context_dim: int = 0
+    norm_groups: int = 32
+    norm_eps: float = 1e-6
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self):
+        super().__post_init__()
+        levels = len(self.channel_mult)
+        if self.image_size % 2 ** (levels - 1):
+            raise ValueError(f"image_size {self.image_size} cannot be halved {levels - 1} times for "
+                             f"channel_mult {tuple(self.channel_mult)}: use an image size divisible by "
+                             f"{2 ** (levels - 1)} or fewer levels")
+        if not isinstance(self.num_res_blocks, int) and len(self.num_res_blocks) != levels:
+            raise ValueError(f"num_res_blocks {tuple(self.num_res_blocks)} must give one count per "
+                             f"level of channel_mult {tuple(self.channel_mult)}")
+        for c in self.channel_mult:
+            if (self.base_channels * c) % self.norm_groups:
+                raise ValueError(f"{self.base_channels * c} channels are not divisible into "
+                                 f"{self.norm_groups} GroupNorm groups: change base_channels or norm_groups")
+
+    def blocks_per_level(self):
+        n = self.num_res_blocks
+        return [n] * len(self.channel_mult) if isinstance(n, int) else list(n)
+
+    @nn.compact
+    def __call__(self, x, timesteps, labels=None, context=None, *, train: bool = False):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        skip_scale = 1 / math.sqrt(2) if self.scale_skip else 1.0
+        res_cls = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
+        res_kw = dict(dropout=self.dropout, scale_shift_norm=self.scale_shift_norm,
+                      output_scale=1 / math.sqrt(2) if self.rescale_residual else 1.0,
+                      groups=self.norm_groups, eps=self.norm_eps, **kw)
+        attn_kw = dict(num_heads=self.num_heads, num_head_channels=self.num_head_channels,
+                       groups=self.norm_groups, eps=self.norm_eps, **kw)
+        det = not train
+        ch = self.base_channels
+
+        emb = TimeEmbedding(4 * ch, name="time_embedding", **kw)(
+            timestep_embedding(timesteps, ch).astype(self.dtype))
+        if self.num_classes > 0:
+            if labels is None:
+                raise ValueError("this U-Net is class-conditional: pass labels (num_classes for the null label)")
+            emb = emb + nn.Embed(self.num_classes + 1, 4 * ch, name="class_embedding", **kw)(labels)
+        if self.context_dim > 0 and context is None:
+            raise ValueError("this U-Net has cross-attention (context_dim > 0): pass a context [B, L, D]")
+
+        def attend(h, prefix, j):
+            h = Attention(name=f"{prefix}_attentions_{j}", **attn_kw)(h)
+            if self.context_dim > 0:
+                h = Attention(name=f"{prefix}_cross_attentions_{j}", **attn_kw)(h, context)
+            return h
+
+        h = _conv(ch, name="conv_in", **kw)(x.astype(self.dtype))
+        skips = [] if self.efficient else [h]
+        blocks = self.blocks_per_level()
+        levels = len(self.channel_mult)
+        resolution = self.image_size
+        for i, mult in enumerate(self.channel_mult):
+            prefix = f"down_blocks_{i}"
+            if self.efficient and i > 0:
+                h = self._downsample(h, emb, f"{prefix}_downsamplers_0", res_cls, res_kw, det)
+                resolution //= 2
+            for j in range(blocks[i]):
+                h = res_cls(ch * mult, name=f"{prefix}_resnets_{j}", **res_kw)(h, emb, det)
+                if resolution in self.attention_resolutions:
+                    h = attend(h, prefix, j)
+                skips.append(h)
+            if not self.efficient and i < levels - 1:
+                h = self._downsample(h, emb, f"{prefix}_downsamplers_0", res_cls, res_kw, det)
+                resolution //= 2
+                skips.append(h)
+
+        h = res_cls(h.shape[-1], name="mid_block_resnets_0", **res_kw)(h, emb, det)
+        h = attend(h, "mid_block", 0)
+        h = res_cls(h.shape[-1], name="mid_block_resnets_1", **res_kw)(h, emb, det)
+
+        for u, i in enumerate(reversed(range(levels))):
+            prefix = f"up_blocks_{u}"
+            for j in range(blocks[i] + (0 if self.efficient else 1)):
+                h = jnp.concatenate([h, skips.pop() * skip_scale], axis=-1)
+                h = res_cls(ch * self.channel_mult[i], name=f"{prefix}_resnets_{j}", **res_kw)(h, emb, det)
+                if resolution in self.attention_resolutions:
+                    h = attend(h, prefix, j)
+            if i > 0:
+                if self.resblock_updown:
+                    h = res_cls(h.shape[-1], resample="up", name=f"{prefix}_upsamplers_0", **res_kw)(h, emb, det)
+                else:
+                    h = Upsample(h.shape[-1], name=f"{prefix}_upsamplers_0", **kw)(h)
+                resolution *= 2
+
+        h = nn.swish(_norm(self.norm_groups, self.norm_eps, self.dtype, self.param_dtype, "conv_norm_out")(h))
+        return _conv(self.out_channels, name="conv_out", **kw)(h).astype(jnp.float32)
+
+    def _downsample(self, h, emb, name, res_cls, res_kw, det):
+        if self.resblock_updown:
+            return res_cls(h.shape[-1], resample="down", name=name, **res_kw)(h, emb, det)
+        return Downsample(h.shape[-1], name=name, dtype=self.dtype, param_dtype=self.param_dtype)(h)
