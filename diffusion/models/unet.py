@@ -10,6 +10,7 @@ import math
 from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from diffusion.models.layers import (Attention, Downsample, ResBlock, TimeEmbedding, Upsample, _conv,
@@ -70,19 +71,19 @@ class UNet(nn.Module):
         n = self.num_res_blocks
         return [n] * len(self.channel_mult) if isinstance(n, int) else list(n)
 
-    @nn.compact
-    def __call__(self, x, timesteps, labels=None, context=None, *, train: bool = False):
+    def _kwargs(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        skip_scale = 1 / math.sqrt(2) if self.scale_skip else 1.0
-        res_cls = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
         res_kw = dict(dropout=self.dropout, scale_shift_norm=self.scale_shift_norm,
                       output_scale=1 / math.sqrt(2) if self.rescale_residual else 1.0,
                       groups=self.norm_groups, eps=self.norm_eps, **kw)
         attn_kw = dict(num_heads=self.num_heads, num_head_channels=self.num_head_channels,
                        groups=self.norm_groups, eps=self.norm_eps, **kw)
-        det = not train
-        ch = self.base_channels
+        res_cls = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
+        return kw, res_kw, attn_kw, res_cls
 
+    def _embed(self, timesteps, labels, context):
+        kw = self._kwargs()[0]
+        ch = self.base_channels
         emb = TimeEmbedding(4 * ch, name="time_embedding", **kw)(
             timestep_embedding(timesteps, ch).astype(self.dtype))
         if self.num_classes > 0:
@@ -91,13 +92,19 @@ class UNet(nn.Module):
             emb = emb + nn.Embed(self.num_classes + 1, 4 * ch, name="class_embedding", **kw)(labels)
         if self.context_dim > 0 and context is None:
             raise ValueError("this U-Net has cross-attention (context_dim > 0): pass a context [B, L, D]")
+        return emb
 
-        def attend(h, prefix, j):
-            h = Attention(name=f"{prefix}_attentions_{j}", **attn_kw)(h)
-            if self.context_dim > 0:
-                h = Attention(name=f"{prefix}_cross_attentions_{j}", **attn_kw)(h, context)
-            return h
+    def _attend(self, h, context, prefix, j):
+        attn_kw = self._kwargs()[2]
+        h = Attention(name=f"{prefix}_attentions_{j}", **attn_kw)(h)
+        if self.context_dim > 0:
+            h = Attention(name=f"{prefix}_cross_attentions_{j}", **attn_kw)(h, context)
+        return h
 
+    def _encode(self, x, emb, context, det):
+        """conv_in, the down levels and the middle block; returns h, the skips and h's resolution."""
+        kw, res_kw, _, res_cls = self._kwargs()
+        ch = self.base_channels
         h = _conv(ch, name="conv_in", **kw)(x.astype(self.dtype))
         skips = [] if self.efficient else [h]
         blocks = self.blocks_per_level()
@@ -106,40 +113,87 @@ class UNet(nn.Module):
         for i, mult in enumerate(self.channel_mult):
             prefix = f"down_blocks_{i}"
             if self.efficient and i > 0:
-                h = self._downsample(h, emb, f"{prefix}_downsamplers_0", res_cls, res_kw, det)
+                h = self._resample(h, emb, "down", f"{prefix}_downsamplers_0", det)
                 resolution //= 2
             for j in range(blocks[i]):
                 h = res_cls(ch * mult, name=f"{prefix}_resnets_{j}", **res_kw)(h, emb, det)
                 if resolution in self.attention_resolutions:
-                    h = attend(h, prefix, j)
+                    h = self._attend(h, context, prefix, j)
                 skips.append(h)
             if not self.efficient and i < levels - 1:
-                h = self._downsample(h, emb, f"{prefix}_downsamplers_0", res_cls, res_kw, det)
+                h = self._resample(h, emb, "down", f"{prefix}_downsamplers_0", det)
                 resolution //= 2
                 skips.append(h)
-
         h = res_cls(h.shape[-1], name="mid_block_resnets_0", **res_kw)(h, emb, det)
-        h = attend(h, "mid_block", 0)
+        h = self._attend(h, context, "mid_block", 0)
         h = res_cls(h.shape[-1], name="mid_block_resnets_1", **res_kw)(h, emb, det)
+        return h, skips, resolution
 
-        for u, i in enumerate(reversed(range(levels))):
+    def _resample(self, h, emb, direction, name, det):
+        kw, res_kw, _, res_cls = self._kwargs()
+        if self.resblock_updown:
+            return res_cls(h.shape[-1], resample=direction, name=name, **res_kw)(h, emb, det)
+        layer = Downsample if direction == "down" else Upsample
+        return layer(h.shape[-1], name=name, **kw)(h)
+
+    @nn.compact
+    def __call__(self, x, timesteps, labels=None, context=None, *, train: bool = False):
+        kw, res_kw, _, res_cls = self._kwargs()
+        det = not train
+        emb = self._embed(timesteps, labels, context)
+        h, skips, resolution = self._encode(x, emb, context, det)
+        skip_scale = 1 / math.sqrt(2) if self.scale_skip else 1.0
+        blocks = self.blocks_per_level()
+        for u, i in enumerate(reversed(range(len(self.channel_mult)))):
             prefix = f"up_blocks_{u}"
             for j in range(blocks[i] + (0 if self.efficient else 1)):
                 h = jnp.concatenate([h, skips.pop() * skip_scale], axis=-1)
-                h = res_cls(ch * self.channel_mult[i], name=f"{prefix}_resnets_{j}", **res_kw)(h, emb, det)
+                h = res_cls(self.base_channels * self.channel_mult[i], name=f"{prefix}_resnets_{j}",
+                            **res_kw)(h, emb, det)
                 if resolution in self.attention_resolutions:
-                    h = attend(h, prefix, j)
+                    h = self._attend(h, context, prefix, j)
             if i > 0:
-                if self.resblock_updown:
-                    h = res_cls(h.shape[-1], resample="up", name=f"{prefix}_upsamplers_0", **res_kw)(h, emb, det)
-                else:
-                    h = Upsample(h.shape[-1], name=f"{prefix}_upsamplers_0", **kw)(h)
+                h = self._resample(h, emb, "up", f"{prefix}_upsamplers_0", det)
                 resolution *= 2
-
         h = nn.swish(_norm(self.norm_groups, self.norm_eps, self.dtype, self.param_dtype, "conv_norm_out")(h))
         return _conv(self.out_channels, name="conv_out", **kw)(h).astype(jnp.float32)
 
-    def _downsample(self, h, emb, name, res_cls, res_kw, det):
-        if self.resblock_updown:
-            return res_cls(h.shape[-1], resample="down", name=name, **res_kw)(h, emb, det)
-        return Downsample(h.shape[-1], name=name, dtype=self.dtype, param_dtype=self.param_dtype)(h)
+
+class AttentionPool(nn.Module):
+    """ADM's attention pooling: the mean token, with learned positions, attends over all pixels."""
+    out_features: int
+    num_head_channels: int = 64
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        B, H, W, C = x.shape
+        tokens = x.reshape(B, H * W, C)
+        tokens = jnp.concatenate([tokens.mean(1, keepdims=True), tokens], axis=1)
+        pos = self.param("positional_embedding", nn.initializers.normal(C ** -0.5), (H * W + 1, C),
+                         self.param_dtype)
+        tokens = tokens + pos.astype(tokens.dtype)
+        heads = max(C // self.num_head_channels, 1)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        split = lambda a: a.reshape(B, a.shape[1], heads, C // heads)
+        q = split(nn.Dense(C, name="to_q", **kw)(tokens[:, :1]))
+        k, v = split(nn.Dense(C, name="to_k", **kw)(tokens)), split(nn.Dense(C, name="to_v", **kw)(tokens))
+        pooled = jax.nn.dot_product_attention(q, k, v).reshape(B, C)
+        return nn.Dense(self.out_features, name="to_out", **kw)(pooled)
+
+
+class NoisyClassifier(UNet):
+    """ADM's noisy-image classifier p_φ(y | x_t, t): the U-Net's encoder half and middle block,
+    GroupNorm → swish → attention pooling → logits [B, num_labels] (Dhariwal & Nichol 2021, §4)."""
+    num_labels: int = 10
+    pool_head_channels: int = 64
+
+    @nn.compact
+    def __call__(self, x, timesteps, labels=None, context=None, *, train: bool = False):
+        emb = self._embed(timesteps, labels, context)
+        h, _, _ = self._encode(x, emb, context, not train)
+        h = nn.swish(_norm(self.norm_groups, self.norm_eps, self.dtype, self.param_dtype, "norm_out")(h))
+        logits = AttentionPool(self.num_labels, self.pool_head_channels, dtype=self.dtype,
+                               param_dtype=self.param_dtype, name="pool")(h)
+        return logits.astype(jnp.float32)
