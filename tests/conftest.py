@@ -14,3 +14,7 @@ def x64():
     """Run the test body with 64-bit floats (closed-form comparisons)."""
     with jax.enable_x64(True):
         yield
+
+# Identical programs (the same tiny model across tests) compile once per session.
+jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -1,0 +1,148 @@
+"""Datasets as random-access sources and a deterministic, resumable, per-host batch iterator.
+
+Sources: the embedded MNIST subset ("mnist"), any ``.npz`` with ``image`` (uint8 [N, H, W, C])
+and optional ``label`` given by path, TFDS datasets by name through ``tfds.data_source``
+("tfds:cifar10", no TensorFlow needed), and 2-D toy sets ("toy:swissroll").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import jax
+import numpy as np
+
+from diffusion.data.toy import TOY
+
+TOY_SIZE = 20_000
+
+
+@dataclass(frozen=True)
+class Split:
+    """A split held in memory: ``images`` uint8 [N, H, W, C] (or float32 [N, D] for toy data), ``labels`` int32 [N]."""
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self):
+        return len(self.images)
+
+
+def embedded_mnist_path() -> Path:
+    return Path(str(resources.files("diffusion.data") / "mnist_10k.npz"))
+
+
+def _read_npz(path) -> tuple[np.ndarray, np.ndarray]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no dataset file at {path}: give an .npz with 'image' (uint8 N×H×W×C) and 'label'")
+    with np.load(path) as f:
+        if "image" not in f:
+            raise ValueError(f"{path} has no 'image' array (it has {sorted(f.files)})")
+        images = f["image"]
+        labels = f["label"].astype(np.int32) if "label" in f else np.zeros(len(images), np.int32)
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise ValueError(f"{path}: 'image' must be uint8 N×H×W(×C), got {images.dtype} {images.shape}")
+    return (images[..., None] if images.ndim == 3 else images), labels
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square and resize (area for shrinking) to size×size, uint8."""
+    from PIL import Image
+    n, h, w, c = images.shape
+    if h == w == size:
+        return images
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    out = np.empty((n, size, size, c), np.uint8)
+    for i, img in enumerate(images[:, top:top + s, left:left + s]):
+        pil = Image.fromarray(img[..., 0] if c == 1 else img)
+        out[i] = np.asarray(pil.resize((size, size), Image.BOX)).reshape(size, size, c)
+    return out
+
+
+def _tfds_split(name: str, split: str, data_dir: Optional[str]):
+    """(images, labels) of one TFDS split read through ``tfds.data_source`` (no TensorFlow)."""
+    import tensorflow_datasets as tfds
+    source = tfds.data_source(name, split=split, data_dir=data_dir or None)
+    records = [source[i] for i in range(len(source))]
+    images = np.stack([r["image"] for r in records]).astype(np.uint8)
+    labels = np.asarray([r.get("label", 0) for r in records], np.int32)
+    return images, labels
+
+
+def _tfds_splits(name: str, data_dir: Optional[str]):
+    try:
+        train = _tfds_split(name, "train", data_dir)
+    except Exception as e:
+        raise RuntimeError(f"TFDS dataset {name!r} is not prepared{' in ' + data_dir if data_dir else ''}: "
+                           f"prepare it where the data is reachable (tfds build {name}) or point "
+                           f"data.tfds_data_dir at it ({type(e).__name__}: {e})") from e
+    try:
+        test = _tfds_split(name, "test", data_dir)
+    except Exception:   # a dataset without a test split: hold out a fraction of train instead
+        test = None
+    return train, test
+
+
+def load_splits(source: str, *, image_size: int, holdout_fraction: float, seed: int = 0,
+                tfds_data_dir: str = "") -> tuple[Split, Split]:
+    """(train, held-out) splits for a source name. The held-out split is either the dataset's
+    own test split (TFDS, when holdout_fraction is 0) or a seeded random fraction of the data."""
+    test = None
+    if source == "mnist":
+        images, labels = _read_npz(embedded_mnist_path())
+    elif source.startswith("toy:"):
+        name = source.removeprefix("toy:")
+        if name not in TOY:
+            raise ValueError(f"unknown toy dataset {name!r}; choose one of {sorted(TOY)}")
+        images, labels = TOY[name](TOY_SIZE, seed=seed), np.zeros(TOY_SIZE, np.int32)
+    elif source.startswith("tfds:"):
+        (images, labels), test = _tfds_splits(source.removeprefix("tfds:"), tfds_data_dir)
+    elif source.endswith(".npz"):
+        images, labels = _read_npz(source)
+    else:
+        raise ValueError(f"unknown data source {source!r}: use 'mnist', a path to an .npz, "
+                         f"'tfds:<name>' or 'toy:<{'|'.join(sorted(TOY))}>'")
+    if images.dtype == np.uint8:
+        images = resize_images(images, image_size)
+        if test is not None:
+            test = (resize_images(test[0], image_size), test[1])
+    if test is not None and holdout_fraction == 0:
+        return Split(images, labels), Split(*test)
+    order = np.random.default_rng(seed).permutation(len(images))   # the files are ordered by class
+    n_hold = int(round(holdout_fraction * len(images)))
+    hold, train = order[:n_hold], order[n_hold:]
+    return Split(images[train], labels[train]), Split(images[hold], labels[hold])
+
+
+def to_model_range(images: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] → float32 [−1, 1]; float (toy) data pass through."""
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 127.5 - 1.0
+    return images.astype(np.float32)
+
+
+def to_uint8(x) -> np.ndarray:
+    """[−1, 1] → uint8 [0, 255] with rounding (the inverse of ``to_model_range``)."""
+    return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def batch_indices(num_examples: int, global_batch: int, step: int, seed: int) -> np.ndarray:
+    """Indices of the global batch for ``step``: epochs of seeded permutations, batches never
+    straddle epochs. A pure function of ``step``, so a resumed run sees the same batches."""
+    per_epoch = num_examples // global_batch
+    if per_epoch == 0:
+        raise ValueError(f"batch size {global_batch} is larger than the {num_examples} training examples")
+    epoch, pos = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    return perm[pos * global_batch:(pos + 1) * global_batch]
+
+
+def host_batch(split: Split, global_batch: int, step: int, seed: int) -> dict:
+    """This host's share of the global batch for ``step`` ({'image', 'label'}); each host reads only its rows."""
+    idx = batch_indices(len(split), global_batch, step, seed)
+    n_proc, proc = jax.process_count(), jax.process_index()
+    idx = np.array_split(idx, n_proc)[proc]
+    return {"image": to_model_range(split.images[idx]), "label": split.labels[idx]}

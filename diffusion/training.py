@@ -1,0 +1,113 @@
+"""The training state and one pure training step (Ho et al. 2020, Algorithm 1), plus its optimizer and EMA.
+
+Nothing here reads a config: hyperparameters are bound with ``functools.partial``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from diffusion import losses, timestep_sampling
+from diffusion.schedules import Schedule
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a run needs to continue bit for bit: ``rng`` holds raw key data (uint32[2])."""
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    loss_history: timestep_sampling.LossHistory
+    rng: jax.Array
+
+
+def make_optimizer(*, lr: float, warmup_steps: int = 0, decay: str = "constant", total_steps: int = 1,
+                   optimizer: str = "adam", b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   weight_decay: float = 0.0, grad_clip: float = 0.0) -> optax.GradientTransformation:
+    """Global-norm clipping → Adam/AdamW with linear warm-up and a constant or cosine schedule."""
+    if decay == "constant":
+        # Ho et al.: lr·min(step/warmup, 1).
+        schedule = optax.linear_schedule(0.0, lr, warmup_steps) if warmup_steps else optax.constant_schedule(lr)
+    elif decay == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, max(total_steps, warmup_steps + 1))
+    else:
+        raise ValueError(f"unknown learning-rate decay {decay!r}; choose 'constant' or 'cosine'")
+    if optimizer == "adam":
+        opt = optax.adam(schedule, b1=b1, b2=b2, eps=eps)
+    elif optimizer == "adamw":
+        opt = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose 'adam' or 'adamw'")
+    return optax.chain(optax.clip_by_global_norm(grad_clip), opt) if grad_clip > 0 else opt
+
+
+def ema_decay_at(step, decay: float, warmup: bool):
+    """EMA decay, optionally warmed up as min(decay, (1 + t)/(10 + t))."""
+    if not warmup:
+        return jnp.asarray(decay, jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step)).astype(jnp.float32)
+
+
+def create_train_state(key, params, tx: optax.GradientTransformation, num_steps: int) -> TrainState:
+    """A fresh state around initial ``params``; the EMA starts equal to them."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                      opt_state=tx.init(params), loss_history=timestep_sampling.init_loss_history(num_steps),
+                      rng=jax.random.key_data(key))
+
+
+def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.GradientTransformation,
+               schedule: Schedule, loss_kwargs: dict, ema_decay: float = 0.9999, ema_warmup: bool = False,
+               timestep_sampler: str = "uniform", num_classes: int = 0, class_dropout: float = 0.0,
+               random_flip: bool = False):
+    """One optimisation step on ``batch`` ({'image' [B, ...] in [−1, 1], 'label' int[B]}).
+
+    Samples t (uniformly or by importance), ε and dropout from ``fold_in(rng, step)``; applies
+    the update only when the loss and gradients are finite (the host stops the run on a
+    non-finite loss, and the state it would save is the last good one).
+    """
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    k_t, k_noise, k_drop, k_flip, k_label = jax.random.split(key, 5)
+    x0 = batch["image"]
+    B = x0.shape[0]
+    if random_flip:
+        flip = jax.random.bernoulli(k_flip, 0.5, (B,))
+        x0 = jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)
+    if timestep_sampler == "importance":
+        t, weights = timestep_sampling.importance_sample(state.loss_history, k_t, B)
+    else:
+        t, weights = timestep_sampling.uniform(k_t, B, schedule.num_steps)
+    cond = {}
+    if num_classes > 0:
+        drop = jax.random.bernoulli(k_label, class_dropout, (B,))
+        cond["labels"] = jnp.where(drop, num_classes, batch["label"])
+    noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+
+    def loss_fn(params):
+        model_fn = lambda x, ts, **c: apply_fn({"params": params}, x, ts, train=True,
+                                               rngs={"dropout": k_drop}, **c)
+        terms = losses.training_losses(model_fn, schedule, x0, t, noise, cond=cond, **loss_kwargs)
+        return jnp.mean(weights * terms["loss"]), terms
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    decay = ema_decay_at(state.step, ema_decay, ema_warmup)
+    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
+    history = state.loss_history
+    if timestep_sampler == "importance":
+        history = timestep_sampling.update_loss_history(history, t, terms["loss"])
+    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                              ema_params=keep(ema, state.ema_params), opt_state=keep(opt_state, state.opt_state),
+                              loss_history=keep(history, state.loss_history))
+    metrics = {"loss": loss, "mse": jnp.mean(terms["mse"]), "grad_norm": grad_norm}
+    if "vlb" in terms:
+        metrics["vlb"] = jnp.mean(terms["vlb"])
+    return new_state, metrics

@@ -1,0 +1,120 @@
+"""From a config to the library's typed objects: validation, model, schedule, loss and sampler settings.
+
+Every entry point goes through here, so a bad config fails before any work, naming the field.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import jax.numpy as jnp
+import ml_collections
+
+from diffusion import gaussian, losses, reverse, samplers, schedules
+from diffusion.models.mlp import MLPDenoiser
+from diffusion.models.unet import UNet
+
+UNET_FIELDS = ("base_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "dropout",
+               "num_heads", "num_head_channels", "resblock_updown", "scale_shift_norm", "rescale_residual",
+               "scale_skip", "efficient", "num_classes", "context_dim", "norm_groups", "remat")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _choice(field: str, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"config field {field}={value!r} is not one of {sorted(map(str, allowed))}")
+
+
+def validate(c: ml_collections.ConfigDict):
+    """Raise ValueError naming the first unknown name or impossible combination."""
+    d, m = c.diffusion, c.model
+    _choice("diffusion.schedule", d.schedule, schedules.BETA_SCHEDULES)
+    _choice("diffusion.prediction", d.prediction, gaussian.PREDICTIONS)
+    _choice("diffusion.variance", d.variance, reverse.VARIANCES)
+    _choice("diffusion.loss", d.loss, losses.LOSSES)
+    _choice("diffusion.weighting", d.weighting, ("", "min_snr", "p2"))
+    _choice("diffusion.timestep_sampler", d.timestep_sampler, ("uniform", "importance"))
+    _choice("diffusion.decoder", d.decoder, losses.DECODERS)
+    _choice("model.kind", m.kind, ("unet", "mlp"))
+    _choice("train.compute_dtype", c.train.compute_dtype, DTYPES)
+    _choice("sample.sampler", c.sample.sampler, samplers.STEPS)
+    _choice("sample.clip", c.sample.clip, ("", "static", "dynamic"))
+    _choice("optim.optimizer", c.optim.optimizer, ("adam", "adamw"))
+    _choice("optim.decay", c.optim.decay, ("constant", "cosine"))
+    learned = d.variance.startswith("learned")
+    if d.loss == "simple" and learned:
+        raise ValueError(f"config: diffusion.loss='simple' cannot train diffusion.variance={d.variance!r}; "
+                         "use loss 'hybrid' or 'vlb', or a fixed variance")
+    if d.loss == "hybrid" and not learned:
+        raise ValueError("config: diffusion.loss='hybrid' needs diffusion.variance 'learned' or 'learned_range'")
+    if d.timestep_sampler == "importance" and d.loss == "simple":
+        raise ValueError("config: diffusion.timestep_sampler='importance' samples L_VLB; use diffusion.loss 'vlb' or 'hybrid'")
+    if d.num_steps < 1:
+        raise ValueError(f"config field diffusion.num_steps={d.num_steps} must be >= 1")
+    if c.data.class_dropout > 0 and m.num_classes == 0:
+        raise ValueError("config: data.class_dropout > 0 needs a class-conditional model (model.num_classes > 0)")
+    if m.num_classes > c.data.num_classes:
+        raise ValueError(f"config: model.num_classes={m.num_classes} exceeds data.num_classes={c.data.num_classes}")
+    is_toy = c.data.source.startswith("toy:")
+    if is_toy != (m.kind == "mlp"):
+        raise ValueError(f"config: model.kind={m.kind!r} does not fit data.source={c.data.source!r} "
+                         "(2-D toy data take the 'mlp', images the 'unet')")
+    if is_toy and d.decoder != "gaussian":
+        raise ValueError("config: toy data are continuous; set diffusion.decoder='gaussian'")
+    if c.train.batch_size < 1 or c.train.num_steps < 1:
+        raise ValueError("config: train.batch_size and train.num_steps must be >= 1")
+    if not is_toy:
+        make_model(c)   # the U-Net checks that the image size fits its levels
+
+
+def make_model(c: ml_collections.ConfigDict):
+    out = reverse.output_channels(2 if c.model.kind == "mlp" else c.data.channels, c.diffusion.variance)
+    if c.model.kind == "mlp":
+        return MLPDenoiser(out_features=out, hidden=c.model.hidden, depth=c.model.depth,
+                           num_classes=c.model.num_classes, dropout=c.model.dropout)
+    fields = {k: c.model[k] for k in UNET_FIELDS}
+    fields["channel_mult"] = tuple(fields["channel_mult"])
+    fields["attention_resolutions"] = tuple(fields["attention_resolutions"])
+    if not isinstance(fields["num_res_blocks"], int):
+        fields["num_res_blocks"] = tuple(fields["num_res_blocks"])
+    return UNet(out_channels=out, image_size=c.data.image_size, dtype=DTYPES[c.train.compute_dtype], **fields)
+
+
+def data_shape(c: ml_collections.ConfigDict) -> tuple:
+    if c.model.kind == "mlp":
+        return (2,)
+    return (c.data.image_size, c.data.image_size, c.data.channels)
+
+
+def make_schedule(c: ml_collections.ConfigDict) -> schedules.Schedule:
+    return schedules.make_schedule(c.diffusion.schedule, c.diffusion.num_steps)
+
+
+def model_kwargs(c: ml_collections.ConfigDict) -> dict:
+    """How the network's output is read: prediction target and variance."""
+    return {"prediction": c.diffusion.prediction, "variance": c.diffusion.variance}
+
+
+def loss_kwargs(c: ml_collections.ConfigDict) -> dict:
+    d = c.diffusion
+    return dict(model_kwargs(c), loss=d.loss, hybrid_weight=d.hybrid_weight, weighting=d.weighting or None,
+                min_snr_gamma=d.min_snr_gamma, p2_gamma=d.p2_gamma, p2_k=d.p2_k, decoder=d.decoder)
+
+
+def make_sampler(c: ml_collections.ConfigDict, schedule, *, sampler=None, steps=None, eta=None, clip=None):
+    """(step function with its settings bound, schedule to run on, descending timesteps).
+
+    DDPM and predictor–corrector sampling on fewer steps run on the respaced schedule; DDIM and
+    Langevin jump between the kept steps of the full one.
+    """
+    name = sampler or c.sample.sampler
+    steps = steps or c.sample.steps
+    clip = c.sample.clip if clip is None else clip
+    kw = dict(model_kwargs(c), clip=clip or None)
+    step = samplers.STEPS[name]
+    if name == "ddim":
+        kw["eta"] = c.sample.eta if eta is None else eta
+    if name in ("ddpm", "pc"):
+        if steps < schedule.num_steps:
+            schedule = schedules.respace(schedule, schedules.space_timesteps(schedule.num_steps, steps))
+        return partial(step, **kw), schedule, jnp.arange(schedule.num_steps - 1, -1, -1)
+    return partial(step, **kw), schedule, samplers.spaced(schedule, steps)

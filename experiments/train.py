@@ -1,0 +1,28 @@
+"""Train a diffusion model: ``python -m experiments.train --config configs/mnist.py --workdir runs/mnist``.
+
+Any config field can be overridden (``--config.optim.lr=1e-4``); rerunning the same command
+resumes from the latest checkpoint in ``<workdir>/checkpoints``.
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU).")
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
+    import jax
+    if FLAGS.distributed:
+        jax.distributed.initialize()
+    from experiments import trainer
+    print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, hosts: {jax.process_count()}")
+    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

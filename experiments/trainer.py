@@ -1,0 +1,169 @@
+"""The training loop behind ``python -m experiments.train``: data, sharded step, checkpoints, logs, samples."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from diffusion import parallel, samplers, training
+from diffusion.checkpoints import Checkpointer
+from diffusion.data import datasets
+from diffusion import visualize
+from experiments import common
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class MetricWriter:
+    """Scalars to ``<workdir>/metrics.jsonl`` and TensorBoard event files (host 0 only)."""
+
+    def __init__(self, workdir: Path):
+        self.active = jax.process_index() == 0
+        if self.active:
+            from tensorboardX import SummaryWriter
+            self.jsonl = open(workdir / "metrics.jsonl", "a")
+            self.tb = SummaryWriter(str(workdir / "tensorboard"))
+
+    def write(self, step: int, scalars: dict):
+        if not self.active:
+            return
+        self.jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+        self.jsonl.flush()
+        for k, v in scalars.items():
+            self.tb.add_scalar(k, float(v), step)
+
+    def close(self):
+        if self.active:
+            self.jsonl.close()
+            self.tb.close()
+
+
+def init_params(model, config, key):
+    shape = (1,) + common.data_shape(config)
+    extra = {"labels": jnp.zeros((1,), jnp.int32)} if config.model.num_classes else {}
+    return model.init(key, jnp.zeros(shape), jnp.zeros((1,), jnp.int32), **extra)["params"]
+
+
+def make_denoiser(model, params, train: bool = False):
+    """``model_fn(x_t, timesteps, **cond)`` for the library's samplers and likelihood."""
+    return lambda x, ts, **cond: model.apply({"params": params}, x, ts, train=train, **cond)
+
+
+def build_sample_fn(config, model, schedule, mesh, *, sampler=None, steps=None, keep_every=0):
+    """A compiled ``fn(ema_params, x_T, key, labels) -> samples`` sharded over ``data``."""
+    step, run_schedule, timesteps = common.make_sampler(config, schedule, sampler=sampler, steps=steps)
+
+    def sample_fn(params, x_T, key, labels):
+        cond = {"labels": labels} if config.model.num_classes else None
+        return samplers.sample(step, make_denoiser(model, params), run_schedule, x_T, key,
+                               timesteps=timesteps, keep_every=keep_every, cond=cond)
+
+    rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    return jax.jit(sample_fn, in_shardings=(rep, dat, rep, dat))
+
+
+def write_samples(config, sample_fn, params, mesh, workdir: Path, step: int, train_split):
+    """A PNG grid (images) or the data/samples/trajectory figure (2-D toy) in ``<workdir>/samples``."""
+    n = config.sample.num
+    n -= n % mesh.devices.size
+    key = jax.random.key(config.seed + 1)   # the same noise at every step, so grids are comparable
+    x_T = jax.random.normal(key, (n,) + common.data_shape(config))
+    labels = jnp.arange(n, dtype=jnp.int32) % max(config.model.num_classes, 1)
+    out = sample_fn(params, x_T, jax.random.fold_in(key, 1), labels)
+    if jax.process_index() != 0:
+        return None
+    if config.model.kind == "mlp":
+        final, traj = out
+        return visualize.toy_figure(train_split.images[:n], np.asarray(final), np.asarray(traj["x_t"]),
+                                    workdir / "samples" / f"step_{step:07d}.png", title=f"step {step}")
+    grid = visualize.image_grid(np.asarray(out))
+    return visualize.save_png(grid, workdir / "samples" / f"step_{step:07d}.png", scale=2)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> training.TrainState:
+    """Train (or resume) the run described by ``config`` in ``workdir``; returns the final state."""
+    common.validate(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = parallel.make_mesh()
+    parallel.check_batch(config.train.batch_size, mesh)
+    cfg_dict = config.to_dict()
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(json.dumps(cfg_dict, indent=2, default=list))
+
+    train_split, _ = datasets.load_splits(config.data.source, image_size=config.data.image_size,
+                                          holdout_fraction=config.data.holdout_fraction, seed=config.seed,
+                                          tfds_data_dir=config.data.tfds_data_dir)
+    model = common.make_model(config)
+    schedule = common.make_schedule(config)
+    tx = training.make_optimizer(
+        lr=config.optim.lr, warmup_steps=config.optim.warmup_steps, decay=config.optim.decay,
+        total_steps=config.train.num_steps, optimizer=config.optim.optimizer, b1=config.optim.b1,
+        b2=config.optim.b2, eps=config.optim.eps, weight_decay=config.optim.weight_decay,
+        grad_clip=config.optim.grad_clip)
+    rep = parallel.replicated(mesh)
+    key = jax.random.key(config.seed)
+    state = jax.jit(lambda k: training.create_train_state(
+        k, init_params(model, config, k), tx, schedule.num_steps), out_shardings=rep)(key)
+
+    ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+    start = 0
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(state, config=cfg_dict)
+        start = int(meta["data_position"])
+        print(f"resumed from {ckpt.directory} at step {start}")
+
+    step_fn = jax.jit(partial(
+        training.train_step, apply_fn=model.apply, tx=tx, schedule=schedule,
+        loss_kwargs=common.loss_kwargs(config), ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
+        timestep_sampler=config.diffusion.timestep_sampler, num_classes=config.model.num_classes,
+        class_dropout=config.data.class_dropout, random_flip=config.data.random_flip),
+        in_shardings=(rep, parallel.data_sharded(mesh)), out_shardings=(rep, rep), donate_argnums=0)
+    is_toy = config.model.kind == "mlp"
+    sample_fn = build_sample_fn(config, model, schedule, mesh,
+                                keep_every=max(config.sample.steps // 20, 1) if is_toy else 0)
+    writer = MetricWriter(workdir)
+    total = config.train.num_steps
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+               disable=jax.process_index() != 0)
+    window_start, window_steps = time.perf_counter(), 0
+    try:
+        for step in range(start, total):
+            local = datasets.host_batch(train_split, config.train.batch_size, step, config.seed)
+            state, metrics = step_fn(state, parallel.global_batch(local, mesh))
+            loss = float(metrics["loss"])
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss}) at step {step}: the run stops here and the last checkpoint "
+                    f"(step {ckpt.latest_step()}) is kept; lower optim.lr or check the data")
+            bar.update(1)
+            window_steps += 1
+            done = step + 1
+            if done % config.train.log_every == 0 or done == total:
+                rate = window_steps / (time.perf_counter() - window_start)
+                scalars = {k: float(v) for k, v in metrics.items()}
+                scalars["steps_per_sec"] = rate
+                writer.write(done, scalars)
+                bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{rate:.2f}")
+                window_start, window_steps = time.perf_counter(), 0
+            if done % config.train.checkpoint_every == 0 or done == total:
+                ckpt.save(done, state, config=cfg_dict, data_position=done)
+            if done % config.train.sample_every == 0 or done == total:
+                path = write_samples(config, sample_fn, state.ema_params, mesh, workdir, done, train_split)
+                if path is not None:
+                    bar.write(f"step {done}: samples in {path}")
+    finally:
+        bar.close()
+        writer.close()
+        ckpt.close()
+    return state

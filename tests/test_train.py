@@ -1,0 +1,160 @@
+"""The training entry point on tiny configs: resume, sharding, the NaN guard, config checks, every shipped config."""
+import importlib
+import json
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import base
+from diffusion import parallel, training
+from diffusion.checkpoints import Checkpointer
+from diffusion.data import datasets
+from experiments import common, trainer
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def shrink(c, steps=4):
+    """A few steps of a tiny U-Net (or MLP) with a short sampler."""
+    if c.model.kind == "unet":
+        c.model.base_channels, c.model.channel_mult, c.model.num_res_blocks = 8, (1, 2), 1
+        c.model.attention_resolutions, c.model.norm_groups = (c.data.image_size // 2,), 4
+    else:
+        c.model.hidden, c.model.depth = 16, 1
+    c.train.batch_size, c.train.num_steps = 16, steps
+    c.train.log_every, c.train.checkpoint_every, c.train.sample_every = 1, 2, 1000
+    c.sample.num, c.sample.steps = 8, 2
+    c.optim.warmup_steps = 2
+    return c
+
+
+def tiny():
+    return shrink(base.get_config())
+
+
+def leaves(state):
+    return [np.asarray(a) for a in jax.tree.leaves(state.params)]
+
+
+def test_resume_is_bitwise_identical(tmp_path):
+    straight = trainer.train_and_evaluate(tiny(), tmp_path / "a")
+    first = tiny()
+    first.train.num_steps = 2                   # the run is stopped right after its first checkpoint
+    trainer.train_and_evaluate(first, tmp_path / "b")
+    resumed = trainer.train_and_evaluate(tiny(), tmp_path / "b")
+    assert int(resumed.step) == int(straight.step) == 4
+    for a, b in zip(leaves(straight), leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+    lines = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [1, 2, 3, 4] and all(np.isfinite(l["loss"]) for l in lines)
+    assert list((tmp_path / "a" / "tensorboard").iterdir())
+    assert (tmp_path / "a" / "samples" / "step_0000004.png").exists()
+    assert sorted(int(p.name) for p in (tmp_path / "a" / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+
+
+def test_eight_devices_match_one(tmp_path):
+    c = tiny()
+    model, schedule = common.make_model(c), common.make_schedule(c)
+    # SGD keeps the update linear in the gradient, so the only difference left is the
+    # all-reduce order (Adam's m/√v would amplify float noise in near-zero gradients).
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1))
+    key = jax.random.key(0)
+    state = training.create_train_state(key, trainer.init_params(model, c, key), tx, schedule.num_steps)
+    train_split, _ = datasets.load_splits("mnist", image_size=28, holdout_fraction=0.1)
+    batch = datasets.host_batch(train_split, 16, 0, 0)
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()[:8]):
+        assert len(devices) in (1, 8)
+        mesh = parallel.make_mesh(devices)
+        step = jax.jit(partial(training.train_step, apply_fn=model.apply, tx=tx, schedule=schedule,
+                               loss_kwargs=common.loss_kwargs(c)),
+                       in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)))
+        s = jax.device_put(state, parallel.replicated(mesh))
+        for _ in range(2):
+            s, metrics = step(s, parallel.global_batch(batch, mesh))
+        results.append((float(metrics["loss"]), leaves(s)))
+    assert len(jax.devices()) == 8
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    real = datasets.host_batch
+
+    def poisoned(split, batch, step, seed):
+        out = real(split, batch, step, seed)
+        if step == 3:
+            out["image"] = out["image"] * np.nan
+        return out
+
+    monkeypatch.setattr(datasets, "host_batch", poisoned)
+    c = tiny()
+    c.train.num_steps = 6
+    with pytest.raises(trainer.NonFiniteLossError, match="at step 3.*last checkpoint \\(step 2\\)"):
+        trainer.train_and_evaluate(c, tmp_path)
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    assert ckpt.latest_step() == 2
+    model = common.make_model(c)
+    template = training.create_train_state(jax.random.key(0), trainer.init_params(model, c, jax.random.key(0)),
+                                           training.make_optimizer(lr=1e-3, grad_clip=1.0), 1000)
+    state, meta = ckpt.restore(template, config=c.to_dict())
+    assert meta["data_position"] == 2 and all(np.isfinite(a).all() for a in leaves(state))
+
+
+def test_mismatched_checkpoint_is_refused(tmp_path):
+    c = tiny()
+    c.train.num_steps = 2
+    trainer.train_and_evaluate(c, tmp_path)
+    other = tiny()
+    other.diffusion.schedule = "cosine"
+    other.model.base_channels = 12
+    with pytest.raises(ValueError, match="diffusion.schedule: checkpoint 'linear' vs config 'cosine'"):
+        trainer.train_and_evaluate(other, tmp_path)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("diffusion.schedule", "cosin", "diffusion.schedule='cosin'"),
+    ("diffusion.loss", "hybrid", "needs diffusion.variance"),
+    ("model.kind", "mlp", "does not fit data.source"),
+    ("train.batch_size", 12, "does not divide over the 8 devices"),
+    ("data.image_size", 27, "image_size 27 cannot be halved"),
+    ("data.source", "nowhere.npz", "no dataset file at nowhere.npz"),
+])
+def test_bad_configs_fail_before_any_work(tmp_path, field, value, message):
+    c = tiny()
+    section, name = field.split(".")
+    c[section][name] = value
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        trainer.train_and_evaluate(c, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_unknown_config_field_is_named():
+    c = base.get_config()
+    c.lock()
+    with pytest.raises(AttributeError, match="lrr"):
+        c.optim.lrr = 1.0
+
+
+@pytest.mark.parametrize("name", ["swissroll", "mnist", "fashion_mnist", "mnist_cfg",
+                                  "cifar10_ddpm", "cifar10_iddpm", "celeba64_ddim"])
+def test_every_shipped_config_runs_a_step(tmp_path, name):
+    import tensorflow_datasets as tfds
+    c = shrink(importlib.import_module(f"configs.{name}").get_config(), steps=1)
+    if name == "fashion_mnist":
+        if not SHARED.exists():
+            pytest.skip("../shared/data is not beside this checkout")
+        c.data.source = str(SHARED / "fashion_mnist_70k.npz")
+    if c.model.kind == "unet" and c.data.source.startswith("tfds:"):
+        c.model.base_channels, c.model.norm_groups = 32, 32
+    with tfds.testing.mock_data(num_examples=16):
+        state = trainer.train_and_evaluate(c, tmp_path)
+    assert int(state.step) == 1
+    assert (tmp_path / "samples" / "step_0000001.png").exists()
