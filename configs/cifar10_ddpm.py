@@ -19,6 +19,8 @@ def get_config():
     c.model.num_res_blocks = 2
     c.model.attention_resolutions = (16,)
     c.model.norm_groups = 32
+    c.model.dropout = 0.1
+    c.optim.lr = 2e-4
     c.optim.warmup_steps = 5000
     c.ema.decay = 0.9999
     c.ema.warmup = False

@@ -35,15 +35,16 @@ def classifier_free(model_fn: Callable, null_label: int, variance: str = "fixed_
 
 
 def classifier(model_fn: Callable, log_prob_fn: Callable, schedule: Schedule, *,
-               prediction: str = "eps", variance: str = "fixed_small") -> Callable:
+               prediction: str = "eps", variance: str = "fixed_small", conditional: bool = False) -> Callable:
     """ε̃ = ε − √(1−ᾱ_t)·w·∇_x log p_φ(y | x_t, t)  (Dhariwal & Nichol 2021, Algorithm 2).
 
     ``log_prob_fn(x_t, timesteps, labels) -> [B]`` is the noisy classifier's log p(y | x_t);
     ``schedule`` is the one the network was trained with (indexed by network timesteps).
-    The returned function takes ``labels`` and ``guidance_scale`` as well as the model's ``cond``.
+    The returned function takes ``labels`` and ``guidance_scale`` as well as the model's ``cond``;
+    a ``conditional`` model is given the labels too (ADM guides its conditional models as well).
     """
     def guided(x_t, timesteps, *, labels, guidance_scale, **cond):
-        out = model_fn(x_t, timesteps, **cond)
+        out = model_fn(x_t, timesteps, **(dict(cond, labels=labels) if conditional else cond))
         pred, var = reverse.split_output(out, variance)
         grad = jax.grad(lambda x: jnp.sum(log_prob_fn(x, timesteps, labels)))(x_t)
         w = jnp.reshape(guidance_scale, (-1,) + (1,) * (x_t.ndim - 1)).astype(pred.dtype)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from diffusion import losses, timestep_sampling
+from diffusion import gaussian, losses, timestep_sampling
 from diffusion.schedules import Schedule
 
 
@@ -60,15 +60,29 @@ def create_train_state(key, params, tx: optax.GradientTransformation, num_steps:
                       rng=jax.random.key_data(key))
 
 
+def apply_gradients(state: TrainState, loss, grads, *, tx: optax.GradientTransformation, ema_decay: float,
+                    ema_warmup: bool, loss_history: Optional[timestep_sampling.LossHistory] = None):
+    """(next state, gradient norm): the optimizer update and the EMA, applied only when the loss and
+    the gradients are finite, so the state a host would save after a bad step is the last good one."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    decay = ema_decay_at(state.step, ema_decay, ema_warmup)
+    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
+    history = state.loss_history if loss_history is None else keep(loss_history, state.loss_history)
+    return state.replace(step=state.step + 1, params=keep(params, state.params), ema_params=keep(ema, state.ema_params),
+                         opt_state=keep(opt_state, state.opt_state), loss_history=history), grad_norm
+
+
 def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.GradientTransformation,
                schedule: Schedule, loss_kwargs: dict, ema_decay: float = 0.9999, ema_warmup: bool = False,
                timestep_sampler: str = "uniform", num_classes: int = 0, class_dropout: float = 0.0,
                random_flip: bool = False):
     """One optimisation step on ``batch`` ({'image' [B, ...] in [−1, 1], 'label' int[B]}).
 
-    Samples t (uniformly or by importance), ε and dropout from ``fold_in(rng, step)``; applies
-    the update only when the loss and gradients are finite (the host stops the run on a
-    non-finite loss, and the state it would save is the last good one).
+    Samples t (uniformly or by importance), ε and dropout from ``fold_in(rng, step)``.
     """
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     k_t, k_noise, k_drop, k_flip, k_label = jax.random.split(key, 5)
@@ -94,20 +108,48 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.
         return jnp.mean(weights * terms["loss"]), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    decay = ema_decay_at(state.step, ema_decay, ema_warmup)
-    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
-    history = state.loss_history
+    history = None
     if timestep_sampler == "importance":
-        history = timestep_sampling.update_loss_history(history, t, terms["loss"])
-    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                              ema_params=keep(ema, state.ema_params), opt_state=keep(opt_state, state.opt_state),
-                              loss_history=keep(history, state.loss_history))
+        history = timestep_sampling.update_loss_history(state.loss_history, t, terms["loss"])
+    new_state, grad_norm = apply_gradients(state, loss, grads, tx=tx, ema_decay=ema_decay, ema_warmup=ema_warmup,
+                                           loss_history=history)
     metrics = {"loss": loss, "mse": jnp.mean(terms["mse"]), "grad_norm": grad_norm}
     if "vlb" in terms:
         metrics["vlb"] = jnp.mean(terms["vlb"])
     return new_state, metrics
+
+
+def random_shift(key, images, max_shift: int):
+    """Translate each image by up to ``max_shift`` pixels in each direction, filling with −1 (black)."""
+    B, H, W, _ = images.shape
+    padded = jnp.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)), constant_values=-1.0)
+    offsets = jax.random.randint(key, (B, 2), 0, 2 * max_shift + 1)
+    crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (H, W, img.shape[-1]))
+    return jax.vmap(crop)(padded, offsets)
+
+
+def classifier_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.GradientTransformation,
+                    ema_decay: float = 0.999, ema_warmup: bool = True, max_shift: int = 0,
+                    schedule: Optional[Schedule] = None):
+    """One cross-entropy step for a classifier of clean images, or, given ``schedule``, for ADM's
+    noisy classifier p_φ(y | x_t, t) on x_t = q_sample(x_0, t, ε) at uniform t (Dhariwal & Nichol 2021, §4)."""
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    k_shift, k_t, k_noise, k_drop = jax.random.split(key, 4)
+    x, labels = batch["image"], batch["label"]
+    if max_shift:
+        x = random_shift(k_shift, x, max_shift)
+    args = ()
+    if schedule is not None:
+        t = jax.random.randint(k_t, (x.shape[0],), 0, schedule.num_steps)
+        x = gaussian.q_sample(schedule, x, t, jax.random.normal(k_noise, x.shape, x.dtype))
+        args = (t,)
+
+    def loss_fn(params):
+        out = apply_fn({"params": params}, x, *args, train=True, rngs={"dropout": k_drop})
+        logits = out[0] if isinstance(out, tuple) else out
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state, grad_norm = apply_gradients(state, loss, grads, tx=tx, ema_decay=ema_decay, ema_warmup=ema_warmup)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return new_state, {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm}

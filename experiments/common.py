@@ -11,7 +11,8 @@ import ml_collections
 
 from diffusion import gaussian, losses, reverse, samplers, schedules
 from diffusion.models.mlp import MLPDenoiser
-from diffusion.models.unet import UNet
+from diffusion.models.classifier import ImageClassifier
+from diffusion.models.unet import NoisyClassifier, UNet
 
 UNET_FIELDS = ("base_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "dropout",
                "num_heads", "num_head_channels", "resblock_updown", "scale_shift_norm", "rescale_residual",
@@ -40,6 +41,7 @@ def validate(c: ml_collections.ConfigDict):
     _choice("sample.clip", c.sample.clip, ("", "static", "dynamic"))
     _choice("optim.optimizer", c.optim.optimizer, ("adam", "adamw"))
     _choice("optim.decay", c.optim.decay, ("constant", "cosine"))
+    _choice("classifier.kind", c.classifier.kind, ("cnn", "noisy"))
     learned = d.variance.startswith("learned")
     if d.loss == "simple" and learned:
         raise ValueError(f"config: diffusion.loss='simple' cannot train diffusion.variance={d.variance!r}; "
@@ -71,12 +73,25 @@ def make_model(c: ml_collections.ConfigDict):
     if c.model.kind == "mlp":
         return MLPDenoiser(out_features=out, hidden=c.model.hidden, depth=c.model.depth,
                            num_classes=c.model.num_classes, dropout=c.model.dropout)
+    return UNet(out_channels=out, **_unet_fields(c))
+
+
+def _unet_fields(c: ml_collections.ConfigDict) -> dict:
     fields = {k: c.model[k] for k in UNET_FIELDS}
     fields["channel_mult"] = tuple(fields["channel_mult"])
     fields["attention_resolutions"] = tuple(fields["attention_resolutions"])
     if not isinstance(fields["num_res_blocks"], int):
         fields["num_res_blocks"] = tuple(fields["num_res_blocks"])
-    return UNet(out_channels=out, image_size=c.data.image_size, dtype=DTYPES[c.train.compute_dtype], **fields)
+    return dict(fields, image_size=c.data.image_size, dtype=DTYPES[c.train.compute_dtype])
+
+
+def make_classifier(c: ml_collections.ConfigDict):
+    """The feature classifier (``classifier.kind='cnn'``) or ADM's noisy classifier ('noisy'), whose
+    encoder is the U-Net described by the ``model`` section."""
+    if c.classifier.kind == "cnn":
+        return ImageClassifier(num_classes=c.data.num_classes, features=c.classifier.features,
+                               dropout=c.classifier.dropout)
+    return NoisyClassifier(num_labels=c.data.num_classes, **dict(_unet_fields(c), num_classes=0))
 
 
 def data_shape(c: ml_collections.ConfigDict) -> tuple:

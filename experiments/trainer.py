@@ -1,4 +1,5 @@
-"""The training loop behind ``python -m experiments.train``: data, sharded step, checkpoints, logs, samples."""
+"""The training loops behind ``experiments.train`` and ``experiments.train_classifier``: data, sharded
+step, checkpoints, logs, samples."""
 from __future__ import annotations
 
 import json
@@ -6,17 +7,18 @@ import math
 import time
 from functools import partial
 from pathlib import Path
+from typing import Callable, Optional
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from diffusion import parallel, samplers, training
+from diffusion import gaussian, parallel, samplers, training, visualize
 from diffusion.checkpoints import Checkpointer
 from diffusion.data import datasets
-from diffusion import visualize
 from experiments import common
 
 
@@ -90,8 +92,15 @@ def write_samples(config, sample_fn, params, mesh, workdir: Path, step: int, tra
     return visualize.save_png(grid, workdir / "samples" / f"step_{step:07d}.png", scale=2)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> training.TrainState:
-    """Train (or resume) the run described by ``config`` in ``workdir``; returns the final state."""
+def make_optimizer(config: ml_collections.ConfigDict):
+    o = config.optim
+    return training.make_optimizer(
+        lr=o.lr, warmup_steps=o.warmup_steps, decay=o.decay, total_steps=config.train.num_steps,
+        optimizer=o.optimizer, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, grad_clip=o.grad_clip)
+
+
+def prepare_run(config: ml_collections.ConfigDict, workdir) -> tuple[Path, "jax.sharding.Mesh", dict]:
+    """Validate, create ``workdir``, build the mesh, check the batch, write ``config.json``."""
     common.validate(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -100,41 +109,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> training.T
     cfg_dict = config.to_dict()
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(json.dumps(cfg_dict, indent=2, default=list))
+    return workdir, mesh, cfg_dict
 
-    train_split, _ = datasets.load_splits(config.data.source, image_size=config.data.image_size,
-                                          holdout_fraction=config.data.holdout_fraction, seed=config.seed,
-                                          tfds_data_dir=config.data.tfds_data_dir)
-    model = common.make_model(config)
-    schedule = common.make_schedule(config)
-    tx = training.make_optimizer(
-        lr=config.optim.lr, warmup_steps=config.optim.warmup_steps, decay=config.optim.decay,
-        total_steps=config.train.num_steps, optimizer=config.optim.optimizer, b1=config.optim.b1,
-        b2=config.optim.b2, eps=config.optim.eps, weight_decay=config.optim.weight_decay,
-        grad_clip=config.optim.grad_clip)
-    rep = parallel.replicated(mesh)
-    key = jax.random.key(config.seed)
-    state = jax.jit(lambda k: training.create_train_state(
-        k, init_params(model, config, k), tx, schedule.num_steps), out_shardings=rep)(key)
 
+def restore_or_init(config, workdir: Path, init_fn, mesh) -> tuple[training.TrainState, int, Checkpointer]:
+    """(state, first step, checkpointer): the latest checkpoint in ``workdir``, or ``init_fn(key)``."""
+    state = jax.jit(init_fn, out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
     start = 0
     if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(state, config=cfg_dict)
+        state, meta = ckpt.restore(state, config=config.to_dict())
         start = int(meta["data_position"])
         print(f"resumed from {ckpt.directory} at step {start}")
+    return state, start, ckpt
 
-    step_fn = jax.jit(partial(
-        training.train_step, apply_fn=model.apply, tx=tx, schedule=schedule,
-        loss_kwargs=common.loss_kwargs(config), ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
-        timestep_sampler=config.diffusion.timestep_sampler, num_classes=config.model.num_classes,
-        class_dropout=config.data.class_dropout, random_flip=config.data.random_flip),
-        in_shardings=(rep, parallel.data_sharded(mesh)), out_shardings=(rep, rep), donate_argnums=0)
-    is_toy = config.model.kind == "mlp"
-    sample_fn = build_sample_fn(config, model, schedule, mesh,
-                                keep_every=max(config.sample.steps // 20, 1) if is_toy else 0)
+
+def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_fn, train_split, mesh,
+             on_sample: Optional[Callable] = None, desc: str = "train"):
+    """Steps ``start`` … ``train.num_steps`` with a progress bar, JSON-lines/TensorBoard scalars,
+    checkpoints and ``on_sample(step, state)``; stops at once on a non-finite loss."""
     writer = MetricWriter(workdir)
     total = config.train.num_steps
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+    bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True,
                disable=jax.process_index() != 0)
     window_start, window_steps = time.perf_counter(), 0
     try:
@@ -157,9 +153,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> training.T
                 bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{rate:.2f}")
                 window_start, window_steps = time.perf_counter(), 0
             if done % config.train.checkpoint_every == 0 or done == total:
-                ckpt.save(done, state, config=cfg_dict, data_position=done)
-            if done % config.train.sample_every == 0 or done == total:
-                path = write_samples(config, sample_fn, state.ema_params, mesh, workdir, done, train_split)
+                ckpt.save(done, state, config=config.to_dict(), data_position=done)
+            if on_sample is not None and (done % config.train.sample_every == 0 or done == total):
+                path = on_sample(done, state)
                 if path is not None:
                     bar.write(f"step {done}: samples in {path}")
     finally:
@@ -167,3 +163,95 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> training.T
         writer.close()
         ckpt.close()
     return state
+
+
+def load_data(config):
+    return datasets.load_splits(config.data.source, image_size=config.data.image_size,
+                                holdout_fraction=config.data.holdout_fraction, seed=config.seed,
+                                tfds_data_dir=config.data.tfds_data_dir)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> training.TrainState:
+    """Train (or resume) the diffusion model described by ``config`` in ``workdir``; returns the final state."""
+    workdir, mesh, _ = prepare_run(config, workdir)
+    train_split, _ = load_data(config)
+    model = common.make_model(config)
+    schedule = common.make_schedule(config)
+    tx = make_optimizer(config)
+    state, start, ckpt = restore_or_init(
+        config, workdir, lambda k: training.create_train_state(k, init_params(model, config, k), tx,
+                                                               schedule.num_steps), mesh)
+    rep = parallel.replicated(mesh)
+    step_fn = jax.jit(partial(
+        training.train_step, apply_fn=model.apply, tx=tx, schedule=schedule,
+        loss_kwargs=common.loss_kwargs(config), ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
+        timestep_sampler=config.diffusion.timestep_sampler, num_classes=config.model.num_classes,
+        class_dropout=config.data.class_dropout, random_flip=config.data.random_flip),
+        in_shardings=(rep, parallel.data_sharded(mesh)), out_shardings=(rep, rep), donate_argnums=0)
+    is_toy = config.model.kind == "mlp"
+    sample_fn = build_sample_fn(config, model, schedule, mesh,
+                                keep_every=max(config.sample.steps // 20, 1) if is_toy else 0)
+    on_sample = lambda done, s: write_samples(config, sample_fn, s.ema_params, mesh, workdir, done, train_split)
+    return run_loop(config, workdir, state, start, ckpt, step_fn, train_split, mesh, on_sample)
+
+
+def classifier_logits_fn(config, model, mesh):
+    """A compiled ``fn(params, images[, timesteps]) -> logits`` sharded over ``data``."""
+    rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    if config.classifier.kind == "noisy":
+        return jax.jit(lambda p, x, t: model.apply({"params": p}, x, t), in_shardings=(rep, dat, dat))
+    return jax.jit(lambda p, x: model.apply({"params": p}, x)[0], in_shardings=(rep, dat))
+
+
+def heldout_accuracy(config, model, params, split, mesh, timestep: Optional[int] = None) -> float:
+    """Accuracy on a whole split (the noisy classifier at one fixed ``timestep`` on seeded x_t)."""
+    logits_fn = classifier_logits_fn(config, model, mesh)
+    schedule = common.make_schedule(config)
+    n_dev, correct, batch = mesh.devices.size, 0, 256
+    for i in range(0, len(split), batch):
+        x = datasets.to_model_range(split.images[i:i + batch])
+        n = len(x)
+        pad = -n % n_dev
+        x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
+        if timestep is None:
+            logits = logits_fn(params, x)
+        else:
+            t = np.full((len(x),), timestep, np.int32)
+            noise = np.asarray(jax.random.normal(jax.random.key(i), x.shape))
+            logits = logits_fn(params, np.asarray(gaussian.q_sample(schedule, x, t, noise)), t)
+        correct += int(np.sum(np.argmax(np.asarray(logits)[:n], -1) == split.labels[i:i + batch]))
+    return correct / len(split)
+
+
+def train_classifier(config: ml_collections.ConfigDict, workdir) -> tuple[training.TrainState, dict]:
+    """Train (or resume) a feature classifier or ADM noisy classifier; report held-out accuracy in
+    ``<workdir>/accuracy.json`` and write the EMA weights to ``<workdir>/classifier.msgpack``."""
+    workdir, mesh, _ = prepare_run(config, workdir)
+    train_split, heldout = load_data(config)
+    model = common.make_classifier(config)
+    noisy = config.classifier.kind == "noisy"
+    schedule = common.make_schedule(config) if noisy else None
+    tx = make_optimizer(config)
+
+    def init(k):
+        x = jnp.zeros((1,) + common.data_shape(config))
+        args = (jnp.zeros((1,), jnp.int32),) if noisy else ()
+        return training.create_train_state(k, model.init(k, x, *args)["params"], tx, 1)
+
+    state, start, ckpt = restore_or_init(config, workdir, init, mesh)
+    rep = parallel.replicated(mesh)
+    step_fn = jax.jit(partial(training.classifier_step, apply_fn=model.apply, tx=tx, ema_decay=config.ema.decay,
+                              ema_warmup=config.ema.warmup, max_shift=config.classifier.max_shift,
+                              schedule=schedule),
+                      in_shardings=(rep, parallel.data_sharded(mesh)), out_shardings=(rep, rep), donate_argnums=0)
+    state = run_loop(config, workdir, state, start, ckpt, step_fn, train_split, mesh, desc="classifier")
+    timesteps = (0, config.diffusion.num_steps // 4, config.diffusion.num_steps // 2) if noisy else (None,)
+    report = {"heldout_examples": len(heldout)}
+    for t in timesteps:
+        name = "accuracy" if t is None else f"accuracy_t{t}"
+        report[name] = heldout_accuracy(config, model, state.ema_params, heldout, mesh, timestep=t)
+    if jax.process_index() == 0:
+        (workdir / "accuracy.json").write_text(json.dumps(report, indent=2))
+        (workdir / "classifier.msgpack").write_bytes(flax.serialization.to_bytes(state.ema_params))
+        print("held-out " + ", ".join(f"{k}={v:.4f}" for k, v in report.items() if k != "heldout_examples"))
+    return state, report

@@ -1,7 +1,7 @@
 """Official DDPM weights (diffusers ``UNet2DModel`` layout, e.g. google/ddpm-cifar10-32) into the Flax U-Net.
 
-Reads ``.safetensors`` directly, or a PyTorch ``.bin`` state dict with
-``torch.load(weights_only=True)`` (never an arbitrary unpickle). Every tensor must find its
+Reads ``.safetensors``, or a PyTorch ``.bin`` state dict without PyTorch (``torch_files``: a
+restricted unpickler, never an arbitrary one). Every tensor must find its
 place with the right shape, and every parameter of the configured U-Net must be filled.
 """
 from __future__ import annotations
@@ -11,6 +11,8 @@ from pathlib import Path
 import flax
 import jax
 import numpy as np
+
+from diffusion.models.torch_files import read_torch_state_dict
 
 
 def read_state_dict(path) -> dict[str, np.ndarray]:
@@ -24,12 +26,7 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
             return {k: v.astype(np.float32) for k, v in load_file(str(path)).items()}
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise ValueError(f"{path} is not a readable safetensors file ({e})") from e
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(f"reading {path.name} needs PyTorch; convert it to .safetensors or install torch") from e
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    return {k: v.float().numpy() for k, v in state.items()}
+    return {k: v.astype(np.float32) for k, v in read_torch_state_dict(path).items()}
 
 
 def flax_path(name: str) -> tuple[str, ...]:

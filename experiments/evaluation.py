@@ -1,0 +1,213 @@
+"""Evaluation as papers do it, composed from the library: feature networks, cached reference
+statistics, FID / IS / confidence of sampler settings, and NLL in bits/dim; used by
+``experiments.evaluate`` and the studies."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from diffusion import likelihood, metrics, parallel
+from diffusion.data import datasets
+from diffusion.models import classifier as classifier_lib
+from diffusion.models import inception
+from experiments import common, generate, trainer
+
+FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]   # uint8 images -> (features, probabilities)
+
+
+def batched(fn, mesh, batch: int = 500):
+    """Apply a jitted ``fn(x) -> (a, b)`` over uint8 images in padded, device-sharded batches."""
+    n_dev = mesh.devices.size
+    batch -= batch % n_dev
+
+    def apply(images: np.ndarray):
+        outs = []
+        for i in range(0, len(images), batch):
+            x = datasets.to_model_range(images[i:i + batch])
+            n = len(x)
+            x = np.concatenate([x, np.repeat(x[-1:], -n % n_dev, 0)])
+            outs.append([np.asarray(o)[:n] for o in fn(x)])
+        return tuple(np.concatenate(parts) for parts in zip(*outs))
+    return apply
+
+
+def classifier_features(mesh, weights=None) -> FeatureFn:
+    """The project's 28×28 classifier: 128-d penultimate features and class probabilities."""
+    if weights:
+        model = classifier_lib.ImageClassifier()
+        params = classifier_lib.load_classifier_params(model, weights)
+    else:
+        model, params = classifier_lib.embedded_mnist_classifier()
+
+    def fn(x):
+        logits, feats = model.apply({"params": params}, x)
+        return feats, jax.nn.softmax(logits)
+    return batched(jax.jit(fn, in_shardings=parallel.data_sharded(mesh)), mesh)
+
+
+def inception_features(mesh, weights) -> FeatureFn:
+    """Inception-v3 pool3 (2048-d) features and its 1008-way probabilities at 299×299."""
+    if not weights:
+        raise ValueError("--features inception needs --inception_weights: pytorch-fid's "
+                         "pt_inception-2015-12-05-6726825d.pth, downloaded where the internet is reachable")
+    model, params = inception.load_fid_inception(weights)
+
+    def fn(x):
+        pool, logits = model.apply({"params": params}, inception.resize_for_inception(x))
+        return pool, jax.nn.softmax(logits)
+    return batched(jax.jit(fn, in_shardings=parallel.data_sharded(mesh)), mesh, batch=100)
+
+
+def make_feature_fn(config, mesh, kind: str, classifier_weights=None, inception_weights=None) -> tuple[str, FeatureFn]:
+    if kind == "auto":
+        kind = "classifier" if (config.data.image_size, config.data.channels) == (28, 1) else "inception"
+    if kind == "classifier":
+        if (config.data.image_size, config.data.channels) != (28, 1):
+            raise ValueError("the classifier features are for 28×28 single-channel data; use --features inception")
+        name = "classifier-" + (re.sub(r"\W+", "_", str(classifier_weights)) if classifier_weights else "mnist")
+        return name, classifier_features(mesh, classifier_weights)
+    return "inception", inception_features(mesh, inception_weights)
+
+
+def reference_stats(config, feature_name: str, feature_fn: FeatureFn, split_name: str, split, stats_dir: Path):
+    """Feature statistics of a data split, cached per dataset, size, split and feature network."""
+    key = re.sub(r"\W+", "_", f"{config.data.source}_{config.data.image_size}_seed{config.seed}_"
+                             f"hold{config.data.holdout_fraction:g}_{split_name}_{feature_name}")
+    path = stats_dir / f"{key}.npz"
+    if path.exists():
+        return metrics.FeatureStats.load(path), np.load(stats_dir / f"{key}_probs.npy")
+    feats, probs = feature_fn(split.images)
+    stats = metrics.FeatureStats(feats.shape[1]).update(feats)
+    stats_dir.mkdir(parents=True, exist_ok=True)
+    stats.save(path)
+    np.save(stats_dir / f"{key}_probs.npy", probs)
+    return stats, probs
+
+
+def quality(feats, probs, reference: metrics.FeatureStats) -> dict:
+    is_mean, is_std = metrics.inception_score(probs)
+    return {"fid": metrics.fid_from_stats(metrics.FeatureStats(feats.shape[1]).update(feats), reference),
+            "is_mean": is_mean, "is_std": is_std, "confident_0.9": metrics.confident_fraction(probs, 0.9),
+            "num": int(len(feats))}
+
+
+def parse_setting(text: str) -> tuple[str, int, float]:
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in ("ddpm", "ddim", "langevin", "pc"):
+        raise ValueError(f"sampler setting {text!r} is not name:steps[:eta] with name ddpm|ddim|langevin|pc")
+    return parts[0], int(parts[1]), float(parts[2]) if len(parts) == 3 else 0.0
+
+
+def setting_tag(sampler: str, steps: int, eta: float, guide: str = "", scale: float = 0.0) -> str:
+    tag = f"{sampler}{steps}" + (f"_eta{eta:g}" if sampler == "ddim" else "")
+    return tag + (f"_{guide}{scale:g}" if guide else "")
+
+
+def samples_for(run, mesh, out: Path, sampler: str, steps: int, eta: float, *, num: int, batch: int, seed: int,
+                guide: str = "", scale: float = 0.0, classifier_log_prob=None) -> np.ndarray:
+    """``num`` samples of one setting, drawn once and kept in ``out/samples_<tag>.npz``."""
+    path = out / f"samples_{setting_tag(sampler, steps, eta, guide, scale)}_seed{seed}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            if len(f["image"]) >= num:
+                return f["image"][:num]
+    draw = generate.build_draw_fn(run, mesh, sampler=sampler, steps=steps, eta=eta, clip=run.config.sample.clip,
+                                  guide=guide, classifier_log_prob=classifier_log_prob)
+    images = generate.draw_samples(run, draw, mesh, num=num, batch=batch, seed=seed, scale=scale,
+                                   desc=setting_tag(sampler, steps, eta, guide, scale))
+    if jax.process_index() == 0:
+        np.savez(path, image=images)
+    return images
+
+
+def nll_bits_per_dim(run, mesh, heldout, num: int, batch: int = 32, seed: int = 0) -> dict:
+    """Mean and standard error of the variational bound (bits/dim) on ``num`` held-out images,
+    with the mean of each term (prior, decoder L_0, Σ L_t)."""
+    config = run.config
+    n_dev = mesh.devices.size
+    batch += -batch % n_dev
+    kw = common.model_kwargs(config)
+    cond_on = config.model.num_classes > 0
+
+    def bound(params, x, labels, key):
+        cond = {"labels": labels} if cond_on else None
+        return likelihood.variational_bound(trainer.make_denoiser(run.model, params), run.schedule, x, key,
+                                            decoder=config.diffusion.decoder, cond=cond, **kw)
+    dat = parallel.data_sharded(mesh)
+    fn = jax.jit(bound, in_shardings=(parallel.replicated(mesh), dat, dat, parallel.replicated(mesh)))
+    totals, priors, decoders, steps = [], [], [], []
+    num = min(num, len(heldout))
+    for i in tqdm(range(0, num, batch), desc="nll", unit="batch", disable=jax.process_index() != 0):
+        x = datasets.to_model_range(heldout.images[i:min(i + batch, num)])
+        labels = heldout.labels[i:min(i + batch, num)]
+        n = len(x)
+        pad = -n % n_dev
+        x, labels = np.concatenate([x, np.repeat(x[-1:], pad, 0)]), np.concatenate([labels, np.repeat(labels[-1:], pad)])
+        out = jax.tree.map(lambda a: np.asarray(a)[:n], fn(run.params, x, labels, jax.random.key(seed + i)))
+        totals.append(out["total"])
+        priors.append(out["prior"])
+        decoders.append(out["terms"][:, 0])
+        steps.append(out["terms"][:, 1:].sum(1))
+    total = np.concatenate(totals)
+    return {"bits_per_dim": float(total.mean()), "stderr": float(total.std(ddof=1) / np.sqrt(len(total))),
+            "prior": float(np.concatenate(priors).mean()), "decoder_L0": float(np.concatenate(decoders).mean()),
+            "sum_Lt": float(np.concatenate(steps).mean()), "num": int(len(total))}
+
+
+def markdown(rows: list[dict], nll: dict | None, feature_name: str) -> str:
+    lines = [f"| samples | FID ({feature_name}) | IS | ≥ 0.9 confident | N |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['fid']:.2f} | {r['is_mean']:.2f} ± {r['is_std']:.2f} | "
+                     f"{100 * r['confident_0.9']:.1f}% | {r['num']} |")
+    if nll:
+        lines += ["", f"NLL on {nll['num']} held-out images: **{nll['bits_per_dim']:.3f} ± {nll['stderr']:.3f} "
+                  f"bits/dim** (prior {nll['prior']:.4f}, decoder L_0 {nll['decoder_L0']:.3f}, "
+                  f"Σ L_t {nll['sum_Lt']:.3f})"]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, batch: int, seed: int = 0,
+                 features: str = "auto", classifier_weights: Optional[str] = None,
+                 inception_weights: Optional[str] = None, nll_examples: int = 0, stats_dir=None,
+                 guide: str = "", scale: float = 0.0, classifier_workdir: Optional[str] = None) -> tuple[list, Optional[dict]]:
+    """Rows of FID/IS/confidence (the held-out split first, then each setting) and the NLL, also
+    written to ``<workdir>/eval/*.json`` and ``<workdir>/eval/results.md``."""
+    run = generate.load_run(workdir)
+    config = run.config
+    mesh = parallel.make_mesh()
+    out = Path(workdir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    train_split, heldout = trainer.load_data(config)
+    feature_name, feature_fn = make_feature_fn(config, mesh, features, classifier_weights, inception_weights)
+    stats_dir = Path(stats_dir) if stats_dir else out / "reference_stats"
+    reference, _ = reference_stats(config, feature_name, feature_fn, "train", train_split, stats_dir)
+    rows = [dict(name=f"held-out split ({len(heldout)} real images)",
+                 **quality(*feature_fn(heldout.images), reference))]
+    classifier = generate.load_noisy_classifier(classifier_workdir, run.schedule) if guide == "classifier" else None
+    for sampler, steps, eta in settings:
+        images = samples_for(run, mesh, out, sampler, steps, eta, num=num, batch=batch, seed=seed,
+                             guide=guide, scale=scale, classifier_log_prob=classifier)
+        tag = setting_tag(sampler, steps, eta, guide, scale)
+        row = dict(name=tag, sampler=sampler, steps=steps, eta=eta, guidance=guide, scale=scale,
+                   **quality(*feature_fn(images), reference))
+        rows.append(row)
+        if jax.process_index() == 0:
+            (out / f"{tag}.json").write_text(json.dumps(row, indent=2))
+            print(f"{tag}: FID {row['fid']:.2f}, IS {row['is_mean']:.2f} ± {row['is_std']:.2f}, "
+                  f"{100 * row['confident_0.9']:.1f}% confident")
+    nll = None
+    if nll_examples > 0 and config.model.kind == "unet":
+        nll = nll_bits_per_dim(run, mesh, heldout, nll_examples, seed=seed)
+        if jax.process_index() == 0:
+            (out / "nll.json").write_text(json.dumps(nll, indent=2))
+    if jax.process_index() == 0:
+        table = markdown(rows, nll, feature_name)
+        (out / "results.md").write_text(f"# {workdir} at step {run.step}\n\n" + table)
+        print(table)
+    return rows, nll

@@ -1,0 +1,143 @@
+"""A trained run loaded back, and samples drawn from it in sharded batches: the glue behind
+``experiments.sample``, ``experiments.evaluate`` and the studies."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import serialization
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from diffusion import guidance, parallel, samplers, training
+from diffusion.checkpoints import Checkpointer
+from diffusion.data import datasets
+from diffusion.schedules import Schedule
+from experiments import common, trainer
+
+GUIDANCE = ("", "classifier_free", "classifier")
+
+
+@dataclass
+class Run:
+    """A trained diffusion model: its config, network, schedule and EMA parameters."""
+    config: ml_collections.ConfigDict
+    model: Any
+    schedule: Schedule
+    params: Any
+    step: int
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {workdir} is not a training run's workdir")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load_run(workdir, step: Optional[int] = None) -> Run:
+    """The EMA parameters of ``workdir``'s latest (or ``step``'s) checkpoint, with its config."""
+    config = load_config(workdir)
+    common.validate(config)
+    model, schedule = common.make_model(config), common.make_schedule(config)
+    tx = trainer.make_optimizer(config)
+    abstract = jax.eval_shape(lambda k: training.create_train_state(
+        k, trainer.init_params(model, config, k), tx, schedule.num_steps), jax.random.key(0))
+    rep = parallel.replicated(parallel.make_mesh())
+    template = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), abstract)
+    ckpt = Checkpointer(Path(workdir) / "checkpoints")
+    try:
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first with "
+                                    f"python -m experiments.train --workdir {workdir}")
+        state, meta = ckpt.restore(template, config=config.to_dict(), step=step)
+    finally:
+        ckpt.close()
+    return Run(config, model, schedule, state.ema_params, int(meta["data_position"]))
+
+
+def load_noisy_classifier(workdir, schedule: Schedule):
+    """``log_prob_fn(x_t, timesteps, labels) -> [B]`` of an ADM noisy classifier trained by
+    ``experiments.train_classifier`` in ``workdir``; its schedule must be the model's."""
+    config = load_config(workdir)
+    if config.classifier.kind != "noisy":
+        raise ValueError(f"{workdir} holds a {config.classifier.kind!r} classifier; classifier guidance "
+                         "needs a noisy one (configs/noisy_classifier_mnist.py)")
+    theirs = common.make_schedule(config)
+    if theirs.num_steps != schedule.num_steps or not np.allclose(theirs.alphas_cumprod, schedule.alphas_cumprod):
+        raise ValueError(f"the classifier in {workdir} was trained on another noise schedule "
+                         f"({config.diffusion.schedule}, T={config.diffusion.num_steps})")
+    model = common.make_classifier(config)
+    shape = (1,) + common.data_shape(config)
+    template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), jnp.zeros((1,), jnp.int32))["params"])
+    params = serialization.from_bytes(template, (Path(workdir) / "classifier.msgpack").read_bytes())
+
+    def log_prob_fn(x_t, timesteps, labels):
+        logits = model.apply({"params": params}, x_t, timesteps)
+        return jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1)[:, 0]
+    return log_prob_fn
+
+
+def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0, clip: str = "static",
+                  guide: str = "", classifier_log_prob=None, keep_every: int = 0):
+    """A compiled ``fn(params, key, labels, scale) -> samples`` (and the trajectory when
+    ``keep_every > 0``) drawing x_T ~ N(0, I) from ``key`` for a batch the size of ``labels``,
+    sharded over ``data``. ``scale`` is the guidance weight w."""
+    config = run.config
+    if guide not in GUIDANCE:
+        raise ValueError(f"unknown guidance {guide!r}; choose one of {GUIDANCE}")
+    if guide == "classifier_free" and config.model.num_classes == 0:
+        raise ValueError("classifier-free guidance needs a class-conditional model (configs/mnist_cfg.py)")
+    if guide == "classifier" and classifier_log_prob is None:
+        raise ValueError("classifier guidance needs a noisy classifier (--classifier_workdir)")
+    step, run_schedule, timesteps = common.make_sampler(config, run.schedule, sampler=sampler, steps=steps,
+                                                        eta=eta, clip=clip)
+    conditional = config.model.num_classes > 0
+
+    def draw(params, key, labels, scale):
+        k_T, k_steps = jax.random.split(key)
+        x_T = jax.lax.with_sharding_constraint(
+            jax.random.normal(k_T, labels.shape + common.data_shape(config)), parallel.data_sharded(mesh))
+        model_fn = trainer.make_denoiser(run.model, params)
+        if guide == "classifier_free":
+            model_fn = guidance.classifier_free(model_fn, config.model.num_classes, config.diffusion.variance)
+            cond = {"labels": labels, "guidance_scale": scale}
+        elif guide == "classifier":
+            model_fn = guidance.classifier(model_fn, classifier_log_prob, run.schedule,
+                                           prediction=config.diffusion.prediction,
+                                           variance=config.diffusion.variance, conditional=conditional)
+            cond = {"labels": labels, "guidance_scale": scale}
+        else:
+            cond = {"labels": labels} if conditional else None
+        return samplers.sample(step, model_fn, run_schedule, x_T, k_steps, timesteps=timesteps,
+                               keep_every=keep_every, cond=cond)
+
+    return jax.jit(draw, in_shardings=parallel.replicated(mesh))
+
+
+def class_labels(config, num: int, label: int = -1) -> np.ndarray:
+    """``label`` for every sample, or classes in turn when ``label`` < 0."""
+    k = max(config.data.num_classes, 1)
+    return np.full(num, label, np.int32) if label >= 0 else (np.arange(num) % k).astype(np.int32)
+
+
+def draw_samples(run: Run, draw_fn, mesh, *, num: int, batch: int, seed: int, label: int = -1,
+                 scale: float = 0.0, desc: str = "sample") -> np.ndarray:
+    """``num`` samples as uint8 images (float32 points for 2-D toy data), drawn ``batch`` at a time
+    from noise seeded by ``seed`` and the batch's position."""
+    parallel.check_batch(batch, mesh, what="--batch")
+    labels = class_labels(run.config, num, label)
+    out = []
+    for start in tqdm(range(0, num, batch), desc=desc, unit="batch", disable=jax.process_index() != 0):
+        n = min(batch, num - start)
+        lab = np.resize(labels[start:start + n], batch)
+        x = draw_fn(run.params, jax.random.fold_in(jax.random.key(seed), start), lab, np.float32(scale))
+        x = np.asarray(multihost_utils.process_allgather(x, tiled=True))[:n]
+        out.append(x if run.config.model.kind == "mlp" else datasets.to_uint8(x))
+    return np.concatenate(out)
