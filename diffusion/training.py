@@ -54,10 +54,11 @@ def ema_decay_at(step, decay: float, warmup: bool):
 
 
 def create_train_state(key, params, tx: optax.GradientTransformation, num_steps: int) -> TrainState:
-    """A fresh state around initial ``params``; the EMA starts equal to them."""
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+    """A fresh state around initial ``params``; the EMA starts equal to them (as its own buffers, so
+    the state can be donated to a jitted step)."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=jax.tree.map(jnp.copy, params),
                       opt_state=tx.init(params), loss_history=timestep_sampling.init_loss_history(num_steps),
-                      rng=jax.random.key_data(key))
+                      rng=jnp.copy(jax.random.key_data(key)))
 
 
 def apply_gradients(state: TrainState, loss, grads, *, tx: optax.GradientTransformation, ema_decay: float,

@@ -111,8 +111,9 @@ def setting_tag(sampler: str, steps: int, eta: float, guide: str = "", scale: fl
 
 def samples_for(run, mesh, out: Path, sampler: str, steps: int, eta: float, *, num: int, batch: int, seed: int,
                 guide: str = "", scale: float = 0.0, classifier_log_prob=None) -> np.ndarray:
-    """``num`` samples of one setting, drawn once and kept in ``out/samples_<tag>.npz``."""
-    path = out / f"samples_{setting_tag(sampler, steps, eta, guide, scale)}_seed{seed}.npz"
+    """``num`` samples of one setting from the run's checkpoint, drawn once and kept in
+    ``out/samples_<tag>_seed<seed>_step<step>.npz``."""
+    path = out / f"samples_{setting_tag(sampler, steps, eta, guide, scale)}_seed{seed}_step{run.step}.npz"
     if path.exists():
         with np.load(path) as f:
             if len(f["image"]) >= num:

@@ -15,6 +15,7 @@ from flax import serialization
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from configs import base
 from diffusion import guidance, parallel, samplers, training
 from diffusion.checkpoints import Checkpointer
 from diffusion.data import datasets
@@ -34,11 +35,20 @@ class Run:
     step: int
 
 
+def _tuples(value):
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return tuple(value) if isinstance(value, list) else value
+
+
 def load_config(workdir) -> ml_collections.ConfigDict:
+    """The run's saved config over today's defaults (a run saved before a field existed gets its default)."""
     path = Path(workdir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: {workdir} is not a training run's workdir")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    config = base.get_config()
+    config.update(_tuples(json.loads(path.read_text())))
+    return config
 
 
 def load_run(workdir, step: Optional[int] = None) -> Run:
