@@ -20,7 +20,6 @@ import platform
 import statistics
 import time
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 
 from diffusion import gaussian, reverse
-from diffusion.gaussian import extract
 from diffusion.schedules import Schedule, space_timesteps
 
 

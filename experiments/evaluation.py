@@ -104,24 +104,26 @@ def parse_setting(text: str) -> tuple[str, int, float]:
     return parts[0], int(parts[1]), float(parts[2]) if len(parts) == 3 else 0.0
 
 
-def setting_tag(sampler: str, steps: int, eta: float, guide: str = "", scale: float = 0.0) -> str:
+def setting_tag(sampler: str, steps: int, eta: float, guide: str = "", scale: float = 0.0,
+                clip: Optional[str] = None) -> str:
     tag = f"{sampler}{steps}" + (f"_eta{eta:g}" if sampler == "ddim" else "")
-    return tag + (f"_{guide}{scale:g}" if guide else "")
+    return tag + (f"_{guide}{scale:g}" if guide else "") + (f"_clip{clip or 'none'}" if clip is not None else "")
 
 
 def samples_for(run, mesh, out: Path, sampler: str, steps: int, eta: float, *, num: int, batch: int, seed: int,
-                guide: str = "", scale: float = 0.0, classifier_log_prob=None) -> np.ndarray:
+                guide: str = "", scale: float = 0.0, classifier_log_prob=None, clip: Optional[str] = None) -> np.ndarray:
     """``num`` samples of one setting from the run's checkpoint, drawn once and kept in
-    ``out/samples_<tag>_seed<seed>_step<step>.npz``."""
-    path = out / f"samples_{setting_tag(sampler, steps, eta, guide, scale)}_seed{seed}_step{run.step}.npz"
+    ``out/samples_<tag>_seed<seed>_step<step>.npz``; ``clip`` (None: the config's) thresholds x̂_0."""
+    tag = setting_tag(sampler, steps, eta, guide, scale, clip)
+    path = out / f"samples_{tag}_seed{seed}_step{run.step}.npz"
     if path.exists():
         with np.load(path) as f:
             if len(f["image"]) >= num:
                 return f["image"][:num]
-    draw = generate.build_draw_fn(run, mesh, sampler=sampler, steps=steps, eta=eta, clip=run.config.sample.clip,
+    draw = generate.build_draw_fn(run, mesh, sampler=sampler, steps=steps, eta=eta,
+                                  clip=run.config.sample.clip if clip is None else clip,
                                   guide=guide, classifier_log_prob=classifier_log_prob)
-    images = generate.draw_samples(run, draw, mesh, num=num, batch=batch, seed=seed, scale=scale,
-                                   desc=setting_tag(sampler, steps, eta, guide, scale))
+    images = generate.draw_samples(run, draw, mesh, num=num, batch=batch, seed=seed, scale=scale, desc=tag)
     if jax.process_index() == 0:
         np.savez(path, image=images)
     return images

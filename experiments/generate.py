@@ -151,3 +151,23 @@ def draw_samples(run: Run, draw_fn, mesh, *, num: int, batch: int, seed: int, la
         x = np.asarray(multihost_utils.process_allgather(x, tiled=True))[:n]
         out.append(x if run.config.model.kind == "mlp" else datasets.to_uint8(x))
     return np.concatenate(out)
+
+
+def reconstruct(run: Run, mesh, x0: np.ndarray, labels: np.ndarray, steps: int, fixed_point_iters: int = 3):
+    """(latents, decodes): images in [−1, 1] inverted to x_T with DDIM (η = 0, fixed-point
+    iterations, no clipping) over ``steps`` steps and decoded back (Song et al. 2021, §5.4)."""
+    config = run.config
+    cond = {"labels": jnp.asarray(labels)} if config.model.num_classes else None
+    step, schedule, timesteps = common.make_sampler(config, run.schedule, sampler="ddim", steps=steps, eta=0.0, clip="")
+    kw = common.model_kwargs(config)
+
+    def invert_and_decode(params, x):
+        model_fn = trainer.make_denoiser(run.model, params)
+        z = samplers.ddim_invert(model_fn, schedule, x, timesteps=timesteps[::-1],
+                                 fixed_point_iters=fixed_point_iters, cond=cond, **kw)
+        return z, samplers.sample(step, model_fn, schedule, z, jax.random.key(0), timesteps=timesteps, cond=cond)
+
+    dat = parallel.data_sharded(mesh)
+    z, decoded = jax.jit(invert_and_decode, in_shardings=(parallel.replicated(mesh), dat))(run.params, x0)
+    gather = lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return gather(z), gather(decoded)

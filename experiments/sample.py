@@ -111,21 +111,7 @@ def reconstruct(run, mesh, args, out: Path, tag: str, num: int = 16):
                                       tfds_data_dir=config.data.tfds_data_dir)
     num += -num % mesh.devices.size
     x0 = datasets.to_model_range(heldout.images[:num])
-    labels = jnp.asarray(heldout.labels[:num])
-    cond = {"labels": labels} if config.model.num_classes else None
-    step, schedule, timesteps = common.make_sampler(config, run.schedule, sampler="ddim", steps=args.steps,
-                                                    eta=0.0, clip="")
-    kw = common.model_kwargs(config)
-
-    def invert_and_decode(params, x):
-        model_fn = trainer.make_denoiser(run.model, params)
-        z = samplers.ddim_invert(model_fn, schedule, x, timesteps=timesteps[::-1], fixed_point_iters=3,
-                                 cond=cond, **kw)
-        return z, samplers.sample(step, model_fn, schedule, z, jax.random.key(0), timesteps=timesteps, cond=cond)
-
-    dat = parallel.data_sharded(mesh)
-    z, decoded = jax.jit(invert_and_decode, in_shardings=(parallel.replicated(mesh), dat))(run.params, x0)
-    z, decoded = gather(z), gather(decoded)
+    z, decoded = generate.reconstruct(run, mesh, x0, heldout.labels[:num], args.steps)
     mse = float(np.mean((decoded - x0) ** 2))
     latent_view = np.clip(z / 3, -1, 1)
     rows = np.concatenate([x0, latent_view, np.clip(decoded, -1, 1)])

@@ -3,7 +3,6 @@ mapping that reproduces diffusers' UNet2DModel exactly."""
 import math
 from dataclasses import replace
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np

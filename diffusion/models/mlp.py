@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from diffusion.models.layers import TimeEmbedding, timestep_embedding
 

@@ -7,7 +7,7 @@ Submodule names mirror diffusers' ``UNet2DModel`` with dots turned into undersco
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Sequence, Union
 
 import flax.linen as nn
 import jax

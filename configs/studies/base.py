@@ -1,0 +1,28 @@
+"""Defaults every study derives from. A study lists the models it trains (overrides of its
+dataset's config) and the cells it measures (a model with a sampler setting); the study file may
+also define ``claims(results)``, the paper's qualitative claims checked on the measured table.
+
+python -m experiments.reproduce --study <name> --workdir runs/studies/<name>
+"""
+import ml_collections
+
+
+def get_config():
+    s = ml_collections.ConfigDict()
+    s.title = ""
+    s.paper = ""                       # what is reproduced: paper, table or figure
+    s.dataset = "fashion_mnist"        # "fashion_mnist", "mnist" or "cifar10" (experiments.reproduce.DATASETS)
+    s.models = {}                      # model name -> nested overrides of the dataset's config
+    s.cells = ()                       # dicts: model, sampler, steps, eta, guidance, scale, clip, row, col
+    s.metrics = ("fid",)               # table entries per cell: "fid", "is", "confident"; "nll" adds a per-model table
+    s.plot = dict(x="steps", y="fid", series="row", logx=True)   # x, y: a cell field or a metric
+    s.noisy_classifier = ""            # a model name: train an ADM noisy classifier on its config (classifier guidance)
+    s.reconstruct_steps = 0            # > 0: per model, a sample grid and DDIM encode-then-decode pictures
+    s.num_samples = 500                # per cell at the default scale (the papers use 50,000)
+    s.nll_examples = 128               # held-out images for NLL when "nll" is a metric
+    s.feature_classifier_steps = 1500  # training steps of the 28×28 feature classifier at the default scale
+    # What brings a paper's models down to a 2-CPU budget ("--scale default"); "--scale paper" drops it.
+    s.budget = dict(model=dict(base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1, dropout=0.0, norm_groups=8),
+                    train=dict(batch_size=64, num_steps=3000), optim=dict(lr=1e-3, warmup_steps=200, decay="cosine"),
+                    ema=dict(decay=0.999))
+    return s

@@ -1,0 +1,77 @@
+"""experiments.reproduce on a tiny study: models trained once, cells measured once, a report with
+its table, plot, claims, pictures and commands; and every shipped study builds valid configs."""
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+from experiments import common, reproduce
+
+TINY_STUDY = textwrap.dedent('''
+    from configs.studies import base
+
+    def get_config():
+        s = base.get_config()
+        s.title, s.paper, s.dataset = "tiny", "a test", "mnist"
+        s.models = dict(linear={}, cosine=dict(diffusion=dict(schedule="cosine")))
+        s.cells = tuple(dict(model=m, sampler="ddim", steps=2, eta=eta, row=m, col=f"eta {eta:g}")
+                        for m in ("linear", "cosine") for eta in (0.0, 1.0))
+        s.metrics = ("fid", "is", "nll")
+        s.plot = dict(x="eta", y="fid", series="row", logx=False)
+        s.reconstruct_steps = 2
+        s.num_samples, s.nll_examples = 16, 8
+        s.budget = dict(model=dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                                   attention_resolutions=(14,), norm_groups=4),
+                        train=dict(batch_size=16, num_steps=4, log_every=1, checkpoint_every=2, sample_every=1000),
+                        sample=dict(num=8, steps=2), optim=dict(warmup_steps=2))
+        return s
+
+    def claims(results, nll):
+        return [("cosine beats linear on NLL", nll["cosine"]["bits_per_dim"] < nll["linear"]["bits_per_dim"], "x")]
+''')
+
+
+def test_a_study_trains_measures_reports_and_resumes(tmp_path):
+    study_file = tmp_path / "tiny_study.py"
+    study_file.write_text(TINY_STUDY)
+    workdir = tmp_path / "study"
+    report = reproduce.run_study(reproduce.load_study(str(study_file)), workdir, batch=8).read_text()
+    cells = sorted((workdir / "cells").glob("*.json"))
+    assert [c.stem for c in cells] == ["cosine_ddim2_eta0", "cosine_ddim2_eta1", "linear_ddim2_eta0", "linear_ddim2_eta1"]
+    for c in cells:
+        row = json.loads(c.read_text())
+        assert row["num"] == 16 and np.isfinite(row["fid"]) and 1.0 <= row["is_mean"] <= 10.0
+    assert "| | eta 0 | eta 1 |" in report and report.count("\n| linear |") == 2    # FID table and NLL table
+    assert ("✓ reproduced: cosine beats linear" in report) or ("✗ not reproduced: cosine beats linear" in report)
+    for picture in ("plot.png", "linear_samples.png", "linear_reconstruction.png", "cosine_reconstruction.png"):
+        assert (workdir / picture).stat().st_size > 1000 and f"({picture})" in report
+    assert "--config.diffusion.schedule=cosine" in report and "python -m experiments.evaluate" in report
+    stamps = {p: p.stat().st_mtime_ns for p in cells + sorted((workdir / "models").rglob("checkpoints/*/*"))}
+    reproduce.run_study(reproduce.load_study(str(study_file)), workdir, batch=8)     # rerun: nothing redone
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+@pytest.mark.parametrize("name", ["ddim_table1", "schedules_objectives", "guidance", "simplified_ddpm"])
+def test_every_shipped_study_builds_valid_configs(name):
+    study = reproduce.load_study(name).get_config()
+    for dataset in reproduce.DATASETS:
+        for scale in ("default", "paper"):
+            for model in study.models:
+                common.validate(reproduce.model_config(study, model, dataset, scale))
+    assert {c["model"] for c in study.cells} == set(study.models)
+
+
+def test_claims_read_the_table_they_are_given():
+    module = reproduce.load_study("ddim_table1")
+    cells = module.get_config().cells
+    fid = lambda c: c["steps"] ** -0.5 * (10 + 40 * (c["sampler"] == "ddpm") + 20 * c.get("eta", 0.0))
+    results = [dict(c, fid=fid(c) if c["steps"] < 1000 else 1.0 + (c["sampler"] != "ddpm")) for c in cells]
+    assert [held for _, held, _ in module.claims(results, {})] == [True, True, True]
+    results = [dict(r, fid=-r["fid"]) for r in results]
+    assert [held for _, held, _ in module.claims(results, {})] == [False, False, False]
+
+
+def test_unknown_study_is_named():
+    with pytest.raises(ValueError, match="unknown study 'ddim_tabel1'.*ddim_table1"):
+        reproduce.load_study("ddim_tabel1")
