@@ -138,13 +138,14 @@ def class_labels(config, num: int, label: int = -1) -> np.ndarray:
 
 
 def draw_samples(run: Run, draw_fn, mesh, *, num: int, batch: int, seed: int, label: int = -1,
-                 scale: float = 0.0, desc: str = "sample") -> np.ndarray:
-    """``num`` samples as uint8 images (float32 points for 2-D toy data), drawn ``batch`` at a time
-    from noise seeded by ``seed`` and the batch's position."""
+                 scale: float = 0.0, desc: str = "sample", first: int = 0) -> np.ndarray:
+    """Samples ``first`` … ``num − 1`` as uint8 images (float32 points for 2-D toy data), drawn
+    ``batch`` at a time from noise seeded by ``seed`` and the batch's position, so a draw that
+    starts at a multiple of ``batch`` continues an earlier one exactly."""
     parallel.check_batch(batch, mesh, what="--batch")
     labels = class_labels(run.config, num, label)
     out = []
-    for start in tqdm(range(0, num, batch), desc=desc, unit="batch", disable=jax.process_index() != 0):
+    for start in tqdm(range(first, num, batch), desc=desc, unit="batch", disable=jax.process_index() != 0):
         n = min(batch, num - start)
         lab = np.resize(labels[start:start + n], batch)
         x = draw_fn(run.params, jax.random.fold_in(jax.random.key(seed), start), lab, np.float32(scale))

@@ -214,7 +214,7 @@ def run_study(study_module, workdir, *, dataset=None, data=None, scale: str = "d
         c = classifier_module.get_config()
         c.data = any_config.data
         if scale == "default":
-            c.train.num_steps = study.feature_classifier_steps
+            c.train.num_steps = study.classifier_steps
         classifier_weights = str(ensure_classifier(c, workdir / "feature_classifier") / "classifier.msgpack")
         commands.append(f"python -m experiments.train_classifier --config configs/{classifier_module.__name__.split('.')[-1]}.py "
                         f"--workdir {workdir / 'feature_classifier'} " + " ".join(overrides(c, classifier_module.get_config())))
@@ -225,6 +225,8 @@ def run_study(study_module, workdir, *, dataset=None, data=None, scale: str = "d
         c.data, c.diffusion = model_side.data, model_side.diffusion
         c.model.update(model_side.model.to_dict())
         c.data.class_dropout = 0.0
+        if scale == "default":
+            c.train.num_steps = study.classifier_steps
         noisy = workdir / "noisy_classifier"
         ensure_classifier(c, noisy)
         commands.append(f"python -m experiments.train_classifier --config configs/noisy_classifier_mnist.py "

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from configs import classifier_fashion_mnist, classifier_mnist, mnist_cfg, noisy_classifier_mnist
-from experiments import evaluation, trainer
+from diffusion import parallel
+from experiments import evaluation, generate, trainer
 from tiny_configs import shrink
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,3 +88,11 @@ def test_evaluate_reports_fid_is_and_an_nll_that_adds_up(run_dir):
     stamp = cached.stat().st_mtime_ns
     again, _ = evaluation.evaluate_run(run_dir, settings[:1], num=16, batch=8)
     assert cached.stat().st_mtime_ns == stamp and again[1]["fid"] == pytest.approx(samples[0]["fid"])
+
+
+def test_a_larger_num_extends_the_cached_samples_exactly(run_dir, tmp_path):
+    run, mesh = generate.load_run(run_dir), parallel.make_mesh()
+    fresh = evaluation.samples_for(run, mesh, tmp_path, "ddim", 2, 0.0, num=24, batch=8, seed=5)
+    evaluation.samples_for(run, mesh, run_dir / "eval", "ddim", 2, 0.0, num=12, batch=8, seed=5)
+    extended = evaluation.samples_for(run, mesh, run_dir / "eval", "ddim", 2, 0.0, num=24, batch=8, seed=5)
+    np.testing.assert_array_equal(extended, fresh)     # kept batch 0, redrew the partial batch 1, drew batch 2

@@ -18,7 +18,7 @@ def get_config():
              for eta in ETAS for S in STEPS]
     cells += [dict(model="ddpm", sampler="ddpm", steps=S, row="η = σ̂", col=f"S = {S}") for S in STEPS]
     s.cells = tuple(cells)
-    s.num_samples = 300
+    s.num_samples = 250
     return s
 
 

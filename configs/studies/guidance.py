@@ -27,6 +27,7 @@ def get_config():
     s.metrics = ("fid", "is")
     s.plot = dict(x="is_mean", y="fid", series="row", logx=False)
     s.num_samples = 500
+    s.budget.train.num_steps = 2000
     return s
 
 

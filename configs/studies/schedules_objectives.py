@@ -25,8 +25,8 @@ def get_config():
                     for m in s.models for S in (1000, 100, 50))
     s.metrics = ("fid", "nll")
     s.plot = dict(x="steps", y="fid", series="row", logx=True)
-    s.num_samples = 200
-    s.nll_examples = 64
+    s.num_samples = 100
+    s.nll_examples = 32
     s.budget.train.num_steps = 1500
     return s
 
