@@ -242,6 +242,7 @@ def main():
               f"Device: {jax.devices()[0].device_kind} ×{jax.device_count()} ({platform.processor() or platform.machine()}, "
               f"{os.cpu_count()} CPU threads); {versions}.\nBatches: {batches}; measured peak "
               f"({'bf16' if gpu else 'fp32'} {suite['peak']}² matmul): {peak / 1e9:.1f} GFLOP/s.\n"
+              f"XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}`\n"
               f"Command: `python -m benchmarks.run --suite {args.suite} --models {args.models}`\n\n"
               + table(rows, peak, suite["ddpm_steps"]) + "\n")
     print(report)
