@@ -117,18 +117,18 @@ def samples_for(run, mesh, out: Path, sampler: str, steps: int, eta: float, *, n
     batches and draws only the rest); ``clip`` (None: the config's) thresholds x̂_0."""
     tag = setting_tag(sampler, steps, eta, guide, scale, clip)
     path = out / f"samples_{tag}_seed{seed}_step{run.step}.npz"
-    cached = np.zeros((0,), np.uint8)
+    kept = []
     if path.exists():
         with np.load(path) as f:
             if len(f["image"]) >= num:
                 return f["image"][:num]
-            cached = f["image"][:len(f["image"]) // batch * batch]
+            kept = [f["image"][:len(f["image"]) // batch * batch]]
     draw = generate.build_draw_fn(run, mesh, sampler=sampler, steps=steps, eta=eta,
                                   clip=run.config.sample.clip if clip is None else clip,
                                   guide=guide, classifier_log_prob=classifier_log_prob)
     images = generate.draw_samples(run, draw, mesh, num=num, batch=batch, seed=seed, scale=scale, desc=tag,
-                                   first=len(cached))
-    images = np.concatenate([cached, images]) if len(cached) else images
+                                   first=sum(map(len, kept)))
+    images = np.concatenate(kept + [images])
     if jax.process_index() == 0:
         np.savez(path, image=images)
     return images
