@@ -1,6 +1,7 @@
 """Diffusion models as pure JAX functions: schedules, the Gaussian process maths, losses,
 likelihood, samplers and guidance; Flax networks live in ``diffusion.models``."""
 import os
+import re
 
 _YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 
@@ -15,7 +16,8 @@ def _cpu_convolutions_on_xla_kernels() -> None:
     if os.environ.get("DIFFUSION_KEEP_XLA_FLAGS") or _YNN_FLAG.rstrip("=") in flags:
         return
     from jaxlib import version
-    if tuple(int(p) for p in version.__version__.split(".")[:2]) >= (0, 10):
+    major, minor = re.match(r"(\d+)\.(\d+)", version.__version__).groups()   # "0.10.1", "0.11.0rc1", …
+    if (int(major), int(minor)) >= (0, 10):
         os.environ["XLA_FLAGS"] = f"{flags} {_YNN_FLAG}".strip()
 
 
