@@ -185,7 +185,7 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
                  inception_weights: Optional[str] = None, nll_examples: int = 0, stats_dir=None,
                  guide: str = "", scale: float = 0.0, classifier_workdir: Optional[str] = None) -> tuple[list, Optional[dict]]:
     """Rows of FID/IS/confidence (the held-out split first, then each setting) and the NLL, also
-    written to ``<workdir>/eval/*.json`` and ``<workdir>/eval/results.md``."""
+    written to ``<workdir>/eval/*.json`` (with the checkpoint's step) and ``<workdir>/eval/results.md``."""
     run = generate.load_run(workdir)
     config = run.config
     mesh = parallel.make_mesh()
@@ -206,14 +206,14 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
                    **quality(*feature_fn(images), reference))
         rows.append(row)
         if jax.process_index() == 0:
-            (out / f"{tag}.json").write_text(json.dumps(row, indent=2))
+            (out / f"{tag}.json").write_text(json.dumps(dict(row, step=run.step), indent=2))
             print(f"{tag}: FID {row['fid']:.2f}, IS {row['is_mean']:.2f} ± {row['is_std']:.2f}, "
                   f"{100 * row['confident_0.9']:.1f}% confident")
     nll = None
     if nll_examples > 0 and config.model.kind == "unet":
         nll = nll_bits_per_dim(run, mesh, heldout, nll_examples, seed=seed)
         if jax.process_index() == 0:
-            (out / "nll.json").write_text(json.dumps(nll, indent=2))
+            (out / "nll.json").write_text(json.dumps(dict(nll, step=run.step), indent=2))
     if jax.process_index() == 0:
         table = markdown(rows, nll, feature_name)
         (out / "results.md").write_text(f"# {workdir} at step {run.step}\n\n" + table)
