@@ -102,10 +102,17 @@ def ensure_model(config, workdir: Path):
         trainer.train_and_evaluate(config, workdir)
 
 
-def ensure_classifier(config, workdir: Path) -> Path:
+def ensure_classifier(config, reference, config_file: str, workdir: Path, study, scale: str,
+                      commands: list) -> Path:
+    """Train (or reuse) a classifier, its steps cut to the study's budget at the default scale, and
+    record the command that trains it; returns its ``classifier.msgpack``."""
+    if scale == "default":
+        config.train.num_steps = study.classifier_steps
     if not trained(config, workdir) or not (workdir / "classifier.msgpack").exists():
         trainer.train_classifier(config, workdir)
-    return workdir
+    commands.append(f"python -m experiments.train_classifier --config {config_file} --workdir {workdir} "
+                    + " ".join(overrides(config, reference)))
+    return workdir / "classifier.msgpack"
 
 
 def cell_name(cell: dict) -> str:
@@ -213,11 +220,9 @@ def run_study(study_module, workdir, *, dataset=None, data=None, scale: str = "d
     if classifier_module is not None:
         c = classifier_module.get_config()
         c.data = any_config.data
-        if scale == "default":
-            c.train.num_steps = study.classifier_steps
-        classifier_weights = str(ensure_classifier(c, workdir / "feature_classifier") / "classifier.msgpack")
-        commands.append(f"python -m experiments.train_classifier --config configs/{classifier_module.__name__.split('.')[-1]}.py "
-                        f"--workdir {workdir / 'feature_classifier'} " + " ".join(overrides(c, classifier_module.get_config())))
+        config_file = f"configs/{classifier_module.__name__.split('.')[-1]}.py"
+        classifier_weights = str(ensure_classifier(c, classifier_module.get_config(), config_file,
+                                                   workdir / "feature_classifier", study, scale, commands))
     noisy = None
     if study.noisy_classifier:
         c = noisy_classifier_mnist.get_config()
@@ -225,12 +230,9 @@ def run_study(study_module, workdir, *, dataset=None, data=None, scale: str = "d
         c.data, c.diffusion = model_side.data, model_side.diffusion
         c.model.update(model_side.model.to_dict())
         c.data.class_dropout = 0.0
-        if scale == "default":
-            c.train.num_steps = study.classifier_steps
         noisy = workdir / "noisy_classifier"
-        ensure_classifier(c, noisy)
-        commands.append(f"python -m experiments.train_classifier --config configs/noisy_classifier_mnist.py "
-                        f"--workdir {noisy} " + " ".join(overrides(c, noisy_classifier_mnist.get_config())))
+        ensure_classifier(c, noisy_classifier_mnist.get_config(), "configs/noisy_classifier_mnist.py", noisy,
+                          study, scale, commands)
 
     train_split, heldout = trainer.load_data(any_config)
     feature_name, feature_fn = evaluation.make_feature_fn(any_config, mesh, "auto", classifier_weights,
