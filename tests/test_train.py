@@ -144,3 +144,16 @@ def test_every_shipped_config_runs_a_step(tmp_path, name):
         state = trainer.train_and_evaluate(c, tmp_path)
     assert int(state.step) == 1
     assert (tmp_path / "samples" / "step_0000001.png").exists()
+
+
+def test_a_tfds_set_without_test_split_needs_a_holdout_fraction(monkeypatch):
+    def fake_split(name, split, data_dir):
+        if split != "train":
+            raise ValueError(f"Unknown split {split!r}")
+        return np.arange(16 * 28 * 28, dtype=np.uint8).reshape(16, 28, 28, 1), np.arange(16, dtype=np.int32)
+    monkeypatch.setattr(datasets, "_tfds_split", fake_split)
+    with pytest.raises(ValueError, match="no test split.*holdout_fraction"):
+        datasets.load_splits("tfds:trainonly", image_size=28, holdout_fraction=0.0)
+    train, heldout = datasets.load_splits("tfds:trainonly", image_size=28, holdout_fraction=0.25)
+    assert (len(train), len(heldout)) == (12, 4)
+    assert sorted(np.concatenate([train.labels, heldout.labels])) == list(range(16))

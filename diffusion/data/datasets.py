@@ -109,7 +109,10 @@ def load_splits(source: str, *, image_size: int, holdout_fraction: float, seed: 
         images = resize_images(images, image_size)
         if test is not None:
             test = (resize_images(test[0], image_size), test[1])
-    if test is not None and holdout_fraction == 0:
+    if holdout_fraction == 0:
+        if test is None:
+            raise ValueError(f"data source {source!r} has no test split to hold out and data.holdout_fraction "
+                             f"is 0: set --config.data.holdout_fraction (e.g. 0.1) to hold out part of train")
         return Split(images, labels), Split(*test)
     order = np.random.default_rng(seed).permutation(len(images))   # the files are ordered by class
     n_hold = int(round(holdout_fraction * len(images)))
