@@ -102,16 +102,16 @@ def ensure_model(config, workdir: Path):
         trainer.train_and_evaluate(config, workdir)
 
 
-def ensure_classifier(config, reference, config_file: str, workdir: Path, study, scale: str,
-                      commands: list) -> Path:
-    """Train (or reuse) a classifier, its steps cut to the study's budget at the default scale, and
-    record the command that trains it; returns its ``classifier.msgpack``."""
+def ensure_classifier(config, config_module, workdir: Path, study, scale: str, commands: list) -> Path:
+    """Train (or reuse) a classifier configured from ``config_module``, its steps cut to the study's
+    budget at the default scale, and record the command that trains it; returns its ``classifier.msgpack``."""
     if scale == "default":
         config.train.num_steps = study.classifier_steps
     if not trained(config, workdir) or not (workdir / "classifier.msgpack").exists():
         trainer.train_classifier(config, workdir)
+    config_file = f"configs/{config_module.__name__.split('.')[-1]}.py"
     commands.append(f"python -m experiments.train_classifier --config {config_file} --workdir {workdir} "
-                    + " ".join(overrides(config, reference)))
+                    + " ".join(overrides(config, config_module.get_config())))
     return workdir / "classifier.msgpack"
 
 
@@ -220,9 +220,8 @@ def run_study(study_module, workdir, *, dataset=None, data=None, scale: str = "d
     if classifier_module is not None:
         c = classifier_module.get_config()
         c.data = any_config.data
-        config_file = f"configs/{classifier_module.__name__.split('.')[-1]}.py"
-        classifier_weights = str(ensure_classifier(c, classifier_module.get_config(), config_file,
-                                                   workdir / "feature_classifier", study, scale, commands))
+        classifier_weights = str(ensure_classifier(c, classifier_module, workdir / "feature_classifier",
+                                                   study, scale, commands))
     noisy = None
     if study.noisy_classifier:
         c = noisy_classifier_mnist.get_config()
@@ -231,8 +230,7 @@ def run_study(study_module, workdir, *, dataset=None, data=None, scale: str = "d
         c.model.update(model_side.model.to_dict())
         c.data.class_dropout = 0.0
         noisy = workdir / "noisy_classifier"
-        ensure_classifier(c, noisy_classifier_mnist.get_config(), "configs/noisy_classifier_mnist.py", noisy,
-                          study, scale, commands)
+        ensure_classifier(c, noisy_classifier_mnist, noisy, study, scale, commands)
 
     train_split, heldout = trainer.load_data(any_config)
     feature_name, feature_fn = evaluation.make_feature_fn(any_config, mesh, "auto", classifier_weights,

@@ -21,6 +21,7 @@ TINY_STUDY = textwrap.dedent('''
         s.plot = dict(x="eta", y="fid", series="row", logx=False)
         s.reconstruct_steps = 2
         s.num_samples, s.nll_examples = 16, 8
+        s.noisy_classifier, s.classifier_steps = "linear", 2
         s.budget = dict(model=dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                                    attention_resolutions=(14,), norm_groups=4),
                         train=dict(batch_size=16, num_steps=4, log_every=1, checkpoint_every=2, sample_every=1000),
@@ -47,7 +48,10 @@ def test_a_study_trains_measures_reports_and_resumes(tmp_path):
     for picture in ("plot.png", "linear_samples.png", "linear_reconstruction.png", "cosine_reconstruction.png"):
         assert (workdir / picture).stat().st_size > 1000 and f"({picture})" in report
     assert "--config.diffusion.schedule=cosine" in report and "python -m experiments.evaluate" in report
-    stamps = {p: p.stat().st_mtime_ns for p in cells + sorted((workdir / "models").rglob("checkpoints/*/*"))}
+    assert (f"python -m experiments.train_classifier --config configs/noisy_classifier_mnist.py "
+            f"--workdir {workdir / 'noisy_classifier'} ") in report and "--config.train.num_steps=2" in report
+    stamps = {p: p.stat().st_mtime_ns for p in cells + sorted((workdir / "models").rglob("checkpoints/*/*"))
+              + sorted((workdir / "noisy_classifier").rglob("*.msgpack"))}
     reproduce.run_study(reproduce.load_study(str(study_file)), workdir, batch=8)     # rerun: nothing redone
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
