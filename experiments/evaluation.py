@@ -180,12 +180,23 @@ def markdown(rows: list[dict], nll: dict | None, feature_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recorded(out: Path, step: int, feature_name: str) -> tuple[list[dict], Optional[dict]]:
+    """The settings (with these features) and the NLL measured at this checkpoint step by any
+    invocation, from ``out/*.json``, so ``results.md`` lists every one of them."""
+    found = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    rows = sorted((r for r in found if "fid" in r and r.get("step") == step and r.get("features") == feature_name),
+                  key=lambda r: (r["guidance"], r["scale"], r["sampler"], r["steps"], r["eta"], r["name"]))
+    nll = next((r for r in found if "bits_per_dim" in r and r.get("step") == step), None)
+    return rows, nll
+
+
 def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, batch: int, seed: int = 0,
                  features: str = "auto", classifier_weights: Optional[str] = None,
                  inception_weights: Optional[str] = None, nll_examples: int = 0, stats_dir=None,
                  guide: str = "", scale: float = 0.0, classifier_workdir: Optional[str] = None) -> tuple[list, Optional[dict]]:
     """Rows of FID/IS/confidence (the held-out split first, then each setting) and the NLL, also
-    written to ``<workdir>/eval/*.json`` (with the checkpoint's step) and ``<workdir>/eval/results.md``."""
+    written to ``<workdir>/eval/*.json`` (with the checkpoint's step); ``<workdir>/eval/results.md``
+    tables everything measured at that step, this call's settings and earlier calls' alike."""
     run = generate.load_run(workdir)
     config = run.config
     mesh = parallel.make_mesh()
@@ -206,7 +217,7 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
                    **quality(*feature_fn(images), reference))
         rows.append(row)
         if jax.process_index() == 0:
-            (out / f"{tag}.json").write_text(json.dumps(dict(row, step=run.step), indent=2))
+            (out / f"{tag}.json").write_text(json.dumps(dict(row, step=run.step, features=feature_name), indent=2))
             print(f"{tag}: FID {row['fid']:.2f}, IS {row['is_mean']:.2f} ± {row['is_std']:.2f}, "
                   f"{100 * row['confident_0.9']:.1f}% confident")
     nll = None
@@ -215,7 +226,8 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
         if jax.process_index() == 0:
             (out / "nll.json").write_text(json.dumps(dict(nll, step=run.step), indent=2))
     if jax.process_index() == 0:
-        table = markdown(rows, nll, feature_name)
+        measured, measured_nll = recorded(out, run.step, feature_name)
+        table = markdown(rows[:1] + measured, measured_nll, feature_name)
         (out / "results.md").write_text(f"# {workdir} at step {run.step}\n\n" + table)
         print(table)
     return rows, nll

@@ -91,6 +91,8 @@ def test_evaluate_reports_fid_is_and_an_nll_that_adds_up(run_dir):
     stamp = cached.stat().st_mtime_ns
     again, _ = evaluation.evaluate_run(run_dir, settings[:1], num=16, batch=8)
     assert cached.stat().st_mtime_ns == stamp and again[1]["fid"] == pytest.approx(samples[0]["fid"])
+    table = (run_dir / "eval" / "results.md").read_text()       # still every setting measured at this step
+    assert table.count("\n|") == 5 and "| ddpm3 |" in table and f"{nll['bits_per_dim']:.3f}" in table
 
 
 def test_a_larger_num_extends_the_cached_samples_exactly(run_dir, tmp_path):
