@@ -10,8 +10,8 @@ def _cpu_convolutions_on_xla_kernels() -> None:
     """XLA:CPU (jaxlib ≥ 0.10) hands convolutions to YNNPACK by default; on the U-Nets here its
     kernels for 7×7–14×14 feature maps are ~2× slower than XLA's own, and turning it off takes
     MNIST U-Net training on 2 cores from 0.45× to 0.71× PyTorch's images/s with the CIFAR-10 U-Net
-    unchanged (benchmarks/RESULTS.md). Applied before JAX starts its CPU backend; a user's own setting of
-    the flag, or ``DIFFUSION_KEEP_XLA_FLAGS=1``, leaves XLA_FLAGS alone."""
+    unchanged (benchmarks/RESULTS.md). Applied before JAX starts its CPU backend; a user's own
+    setting of the flag, or ``DIFFUSION_KEEP_XLA_FLAGS=1``, leaves XLA_FLAGS alone."""
     flags = os.environ.get("XLA_FLAGS", "")
     if os.environ.get("DIFFUSION_KEEP_XLA_FLAGS") or _YNN_FLAG.rstrip("=") in flags:
         return
