@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from configs import cifar10_ddpm, classifier_fashion_mnist, fashion_mnist, mnist, noisy_classifier_mnist  # noqa: E402
 from diffusion import parallel, visualize  # noqa: E402
 from diffusion.data import datasets  # noqa: E402
-from diffusion.checkpoints import Checkpointer  # noqa: E402
+from diffusion.checkpoints import Checkpointer, config_differences  # noqa: E402
 from experiments import evaluation, generate, trainer  # noqa: E402
 
 # Per dataset: the config its models derive from (and its file, for the printed commands), and the
@@ -90,11 +90,19 @@ def overrides(config: ml_collections.ConfigDict, reference: ml_collections.Confi
 
 
 def trained(config, workdir: Path) -> bool:
+    """Whether ``workdir``'s last checkpoint is at ``train.num_steps``; a run there made with another
+    model or schedule (a study file edited since) is an error, not a reason to reuse its results."""
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
     try:
-        return ckpt.latest_step() == config.train.num_steps
+        step = ckpt.latest_step()
+        diffs = [] if step is None else config_differences(ckpt.read_meta(step)["config"], config.to_dict())
     finally:
         ckpt.close()
+    if diffs:
+        raise ValueError(f"{workdir} holds a run made with a different model or schedule than the study asks for:\n  "
+                         + "\n  ".join(diffs) + f"\nuse a new --workdir, or move {workdir} and the study's cells/ "
+                         "aside to retrain and remeasure")
+    return step == config.train.num_steps
 
 
 def ensure_model(config, workdir: Path):

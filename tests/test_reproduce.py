@@ -54,6 +54,9 @@ def test_a_study_trains_measures_reports_and_resumes(tmp_path):
               + sorted((workdir / "noisy_classifier").rglob("*.msgpack"))}
     reproduce.run_study(reproduce.load_study(str(study_file)), workdir, batch=8)     # rerun: nothing redone
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    study_file.write_text(TINY_STUDY.replace('schedule="cosine"', 'schedule="linear"'))   # an edited study
+    with pytest.raises(ValueError, match="(?s)different model or schedule.*diffusion.schedule: checkpoint 'cosine'"):
+        reproduce.run_study(reproduce.load_study(str(study_file)), workdir, batch=8)
 
 
 @pytest.mark.parametrize("name", ["ddim_table1", "schedules_objectives", "guidance", "simplified_ddpm"])
