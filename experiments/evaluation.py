@@ -92,9 +92,9 @@ def reference_stats(config, feature_name: str, feature_fn: FeatureFn, split_name
 
 def quality(feats, probs, reference: metrics.FeatureStats) -> dict:
     is_mean, is_std = metrics.inception_score(probs)
-    return {"fid": metrics.fid_from_stats(metrics.FeatureStats(feats.shape[1]).update(feats), reference),
-            "is_mean": is_mean, "is_std": is_std, "confident_0.9": metrics.confident_fraction(probs, 0.9),
-            "num": int(len(feats))}
+    fid = metrics.fid_from_stats(metrics.FeatureStats(feats.shape[1]).update(feats), reference)
+    return {"fid": fid, "fid_spread": metrics.fid_spread(feats, reference), "is_mean": is_mean, "is_std": is_std,
+            "confident_0.9": metrics.confident_fraction(probs, 0.9), "num": int(len(feats))}
 
 
 def parse_setting(text: str) -> tuple[str, int, float]:
@@ -168,10 +168,16 @@ def nll_bits_per_dim(run, mesh, heldout, num: int, batch: int = 32, seed: int = 
             "sum_Lt": float(np.concatenate(steps).mean()), "num": int(len(total))}
 
 
+def fid_text(row: dict) -> str:
+    """FID with its bootstrap spread (rows measured before the spread was recorded show FID alone)."""
+    return f"{row['fid']:.2f}" + (f" ± {row['fid_spread']:.2f}" if "fid_spread" in row else "")
+
+
 def markdown(rows: list[dict], nll: dict | None, feature_name: str) -> str:
-    lines = [f"| samples | FID ({feature_name}) | IS | ≥ 0.9 confident | N |", "| --- | --- | --- | --- | --- |"]
+    lines = [f"| samples | FID ({feature_name}, ± bootstrap spread) | IS | ≥ 0.9 confident | N |",
+             "| --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['fid']:.2f} | {r['is_mean']:.2f} ± {r['is_std']:.2f} | "
+        lines.append(f"| {r['name']} | {fid_text(r)} | {r['is_mean']:.2f} ± {r['is_std']:.2f} | "
                      f"{100 * r['confident_0.9']:.1f}% | {r['num']} |")
     if nll:
         lines += ["", f"NLL on {nll['num']} held-out images: **{nll['bits_per_dim']:.3f} ± {nll['stderr']:.3f} "
@@ -218,7 +224,7 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
         rows.append(row)
         if jax.process_index() == 0:
             (out / f"{tag}.json").write_text(json.dumps(dict(row, step=run.step, features=feature_name), indent=2))
-            print(f"{tag}: FID {row['fid']:.2f}, IS {row['is_mean']:.2f} ± {row['is_std']:.2f}, "
+            print(f"{tag}: FID {fid_text(row)}, IS {row['is_mean']:.2f} ± {row['is_std']:.2f}, "
                   f"{100 * row['confident_0.9']:.1f}% confident")
     nll = None
     if nll_examples > 0 and config.model.kind == "unet":

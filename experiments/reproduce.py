@@ -153,7 +153,7 @@ def plot(study, results: list[dict], path: Path):
 def entry(r: dict, metrics) -> str:
     parts = []
     if "fid" in metrics:
-        parts.append(f"{r['fid']:.2f}")
+        parts.append(evaluation.fid_text(r))
     if "is" in metrics:
         parts.append(f"IS {r['is_mean']:.2f} ± {r['is_std']:.2f}")
     if "confident" in metrics:
@@ -164,7 +164,7 @@ def entry(r: dict, metrics) -> str:
 def report(study, results: list[dict], nll: dict, heldout: dict, context: dict) -> str:
     rows, cols = list(dict.fromkeys(r["row"] for r in results)), list(dict.fromkeys(r["col"] for r in results))
     by = {(r["row"], r["col"]): r for r in results}
-    what = " · ".join({"fid": "FID ↓", "is": "Inception Score ↑", "confident": "share of samples classified "
+    what = " · ".join({"fid": "FID ↓ ± its bootstrap spread over the cell's samples", "is": "Inception Score ↑", "confident": "share of samples classified "
                        "with confidence ≥ 0.9"}[m] for m in study.metrics if m != "nll")
     lines = [f"# {study.title}", "", f"Reproduces: {study.paper}.", "",
              f"Data: {context['dataset']} ({context['source']}); features: {context['features']}; "

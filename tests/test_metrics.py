@@ -83,3 +83,16 @@ def test_fid_is_zero_on_itself_and_grows_with_noise(mnist_features):
         fids.append(metrics.fid_from_stats(metrics.FeatureStats(128).update(feats), ref))
     assert all(a < b for a, b in zip(fids, fids[1:])), fids
     assert fids[0] < 0.1 * fids[-1]
+
+
+def test_fid_spread_matches_the_monte_carlo_spread_of_fid():
+    """The bootstrap spread from one sample set ≈ the standard deviation of FID over independent sample sets."""
+    rng = np.random.default_rng(3)
+    d, n = 16, 250
+    mu, cov = 0.3 * rng.normal(size=d), random_cov(rng, d)
+    reference = metrics.FeatureStats(d).update(rng.normal(size=(50_000, d)))
+    draw = lambda: rng.multivariate_normal(mu, cov, size=n)
+    monte_carlo = np.std([metrics.fid_from_stats(metrics.FeatureStats(d).update(draw()), reference)
+                          for _ in range(300)], ddof=1)
+    bootstrap = np.mean([metrics.fid_spread(draw(), reference, seed=i) for i in range(8)])
+    assert bootstrap == pytest.approx(monte_carlo, rel=0.25)
