@@ -5,6 +5,7 @@ importance sampling of t for L_VLB. FID with the full and respaced (100, 50) DDP
 python -m experiments.reproduce --study schedules_objectives --workdir runs/studies/schedules_objectives
 """
 from configs.studies import base
+from experiments.evaluation import fid_text
 
 LEARNED = dict(variance="learned_range")
 
@@ -32,7 +33,8 @@ def get_config():
 
 
 def claims(results, nll):
-    fid = {(r["row"], r["steps"]): r["fid"] for r in results}
+    cell = {(r["row"], r["steps"]): r for r in results}
+    fid = {k: r["fid"] for k, r in cell.items()}
     bits = {m: v["bits_per_dim"] for m, v in nll.items()}
     learned_holds = all(fid[("cosine_hybrid", S)] <= fid[("cosine_simple", S)] for S in (50, 100))
     return [
@@ -46,8 +48,9 @@ def claims(results, nll):
          bits["cosine_simple"] < bits["linear_simple"],
          f"{bits['cosine_simple']:.3f} vs {bits['linear_simple']:.3f} bits/dim"),
         ("Learned variances keep FID with 50 and 100 respaced steps better than fixed ones", learned_holds,
-         f"50 steps: hybrid {fid[('cosine_hybrid', 50)]:.2f} vs simple {fid[('cosine_simple', 50)]:.2f}"),
+         "; ".join(f"{S} steps: hybrid {fid_text(cell[('cosine_hybrid', S)])} vs simple "
+                   f"{fid_text(cell[('cosine_simple', S)])}" for S in (100, 50))),
         ("L_simple has better FID than L_VLB (full sampler)",
          fid[("cosine_simple", 1000)] < fid[("cosine_vlb", 1000)],
-         f"{fid[('cosine_simple', 1000)]:.2f} vs {fid[('cosine_vlb', 1000)]:.2f}"),
+         f"{fid_text(cell[('cosine_simple', 1000)])} vs {fid_text(cell[('cosine_vlb', 1000)])}"),
     ]
