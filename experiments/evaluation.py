@@ -93,7 +93,7 @@ def reference_stats(config, feature_name: str, feature_fn: FeatureFn, split_name
 def quality(feats, probs, reference: metrics.FeatureStats) -> dict:
     is_mean, is_std = metrics.inception_score(probs)
     fid = metrics.fid_from_stats(metrics.FeatureStats(feats.shape[1]).update(feats), reference)
-    return {"fid": fid, "fid_spread": metrics.fid_spread(feats, reference), "is_mean": is_mean, "is_std": is_std,
+    return {"fid": fid, "fid_se": metrics.fid_standard_error(feats, reference), "is_mean": is_mean, "is_std": is_std,
             "confident_0.9": metrics.confident_fraction(probs, 0.9), "num": int(len(feats))}
 
 
@@ -169,12 +169,12 @@ def nll_bits_per_dim(run, mesh, heldout, num: int, batch: int = 32, seed: int = 
 
 
 def fid_text(row: dict) -> str:
-    """FID with its bootstrap spread (rows measured before the spread was recorded show FID alone)."""
-    return f"{row['fid']:.2f}" + (f" ± {row['fid_spread']:.2f}" if "fid_spread" in row else "")
+    """FID ± its jackknife standard error (rows measured before it was recorded show FID alone)."""
+    return f"{row['fid']:.2f}" + (f" ± {row['fid_se']:.2f}" if "fid_se" in row else "")
 
 
 def markdown(rows: list[dict], nll: dict | None, feature_name: str) -> str:
-    lines = [f"| samples | FID ({feature_name}, ± bootstrap spread) | IS | ≥ 0.9 confident | N |",
+    lines = [f"| samples | FID ({feature_name}, ± jackknife s.e.) | IS | ≥ 0.9 confident | N |",
              "| --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['name']} | {fid_text(r)} | {r['is_mean']:.2f} ± {r['is_std']:.2f} | "

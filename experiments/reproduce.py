@@ -164,7 +164,7 @@ def entry(r: dict, metrics) -> str:
 def report(study, results: list[dict], nll: dict, heldout: dict, context: dict) -> str:
     rows, cols = list(dict.fromkeys(r["row"] for r in results)), list(dict.fromkeys(r["col"] for r in results))
     by = {(r["row"], r["col"]): r for r in results}
-    what = " · ".join({"fid": "FID ↓ ± its bootstrap spread over the cell's samples", "is": "Inception Score ↑", "confident": "share of samples classified "
+    what = " · ".join({"fid": "FID ↓ ± its jackknife standard error over the cell's samples", "is": "Inception Score ↑", "confident": "share of samples classified "
                        "with confidence ≥ 0.9"}[m] for m in study.metrics if m != "nll")
     lines = [f"# {study.title}", "", f"Reproduces: {study.paper}.", "",
              f"Data: {context['dataset']} ({context['source']}); features: {context['features']}; "

@@ -42,7 +42,7 @@ def test_a_study_trains_measures_reports_and_resumes(tmp_path):
     assert [c.stem for c in cells] == ["cosine_ddim2_eta0", "cosine_ddim2_eta1", "linear_ddim2_eta0", "linear_ddim2_eta1"]
     for c in cells:
         row = json.loads(c.read_text())
-        assert row["num"] == 16 and np.isfinite(row["fid"]) and row["fid_spread"] > 0 and 1.0 <= row["is_mean"] <= 10.0
+        assert row["num"] == 16 and np.isfinite(row["fid"]) and row["fid_se"] > 0 and 1.0 <= row["is_mean"] <= 10.0
     assert "| | eta 0 | eta 1 |" in report and report.count("\n| linear |") == 2    # FID table and NLL table
     assert ("✓ reproduced: cosine beats linear" in report) or ("✗ not reproduced: cosine beats linear" in report)
     for picture in ("plot.png", "linear_samples.png", "linear_reconstruction.png", "cosine_reconstruction.png"):

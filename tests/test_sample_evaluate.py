@@ -80,7 +80,7 @@ def test_evaluate_reports_fid_is_and_an_nll_that_adds_up(run_dir):
     assert heldout["num"] == 1000 and heldout["is_mean"] > 8.5 and heldout["confident_0.9"] > 0.95
     for row in samples:
         assert row["num"] == 16 and np.isfinite(row["fid"]) and row["fid"] > heldout["fid"]
-        assert 0 < row["fid_spread"] < row["fid"]
+        assert 0 < row["fid_se"] < row["fid"]
         assert 1.0 <= row["is_mean"] <= 10.0
     assert nll["num"] == 8
     assert nll["bits_per_dim"] == pytest.approx(nll["prior"] + nll["decoder_L0"] + nll["sum_Lt"], rel=1e-5)

@@ -24,7 +24,7 @@ def get_config():
 
 
 def claims(results, nll):
-    """The paper's qualitative claims, each (text, held, figures); figures carry FID's bootstrap spread."""
+    """The paper's qualitative claims, each (text, held, figures); figures carry FID ± its standard error."""
     cell = {(r["row"], r["steps"]): r for r in results}
     rows = list(dict.fromkeys(r["row"] for r in results))
     fid = lambda row, S: cell[(row, S)]["fid"]
