@@ -130,12 +130,15 @@ def cell_name(cell: dict) -> str:
 
 
 def plot(study, results: list[dict], path: Path):
-    """The study's plot: y against x for each series (x and y are cell fields or metrics)."""
+    """The study's plot: y against x for each series (x and y are cell fields or metrics), with
+    error bars where the metric has a standard error (``fid_se``)."""
     spec = study.plot
     fig, ax = plt.subplots(figsize=(6, 4))
     for series in dict.fromkeys(r[spec.series] for r in results):
         rows = [r for r in results if r[spec.series] == series]
-        ax.plot([r[spec.x] for r in rows], [r[spec.y] for r in rows], marker="o", label=str(series))
+        errors = [r.get(f"{spec.y}_se") for r in rows]
+        ax.errorbar([r[spec.x] for r in rows], [r[spec.y] for r in rows], yerr=None if None in errors else errors,
+                    marker="o", capsize=3, label=str(series))
         if spec.x == "is_mean":
             for r in rows:
                 ax.annotate(r["col"], (r[spec.x], r[spec.y]), fontsize=7, xytext=(3, 3), textcoords="offset points")

@@ -20,6 +20,7 @@ def get_config():
     cells += [dict(model="ddpm", sampler="ddpm", steps=S, row="η = σ̂", col=f"S = {S}") for S in STEPS]
     s.cells = tuple(cells)
     s.num_samples = 250
+    s.reconstruct_steps = 100          # sample grid and DDIM encode-then-decode pictures (Song et al. §5.4)
     return s
 
 
