@@ -189,13 +189,16 @@ def report(study, results: list[dict], nll: dict, heldout: dict, context: dict) 
                   for text, held, figures in context["claims"]]
         lines.append("")
     if context["pictures"]:
-        lines += ["## Pictures", ""] + [f"![{p}]({p})" for p in context["pictures"]] + [""]
+        lines += ["## Pictures", ""]
+        lines += [line for file, caption in context["pictures"] for line in (f"{caption}:", "", f"![{file}]({file})", "")]
     lines += ["## Commands behind each cell", "", "```bash"] + context["commands"] + ["```", ""]
     return "\n".join(lines)
 
 
-def pictures(run, mesh, heldout, name: str, images: np.ndarray, steps: int, out: Path) -> list[str]:
-    """A grid of 64 samples and 8 held-out images over their DDIM encode-then-decode."""
+def pictures(run, mesh, heldout, name: str, images: np.ndarray, setting: str, steps: int,
+             out: Path) -> list[tuple[str, str]]:
+    """(file, caption) of a grid of 64 samples drawn with ``setting`` and of 8 held-out images over
+    their DDIM encode-then-decode."""
     grid = visualize.save_png(visualize.image_grid(images[:64]), out / f"{name}_samples.png", scale=2)
     n = 8 + -8 % mesh.devices.size
     x0 = datasets.to_model_range(heldout.images[:n])
@@ -203,7 +206,9 @@ def pictures(run, mesh, heldout, name: str, images: np.ndarray, steps: int, out:
     rows = np.concatenate([x0, np.clip(z / 3, -1, 1), np.clip(decoded, -1, 1)])
     recon = visualize.save_png(visualize.image_grid(datasets.to_uint8(rows), ncols=n),
                                out / f"{name}_reconstruction.png", scale=2)
-    return [grid.name, recon.name]
+    return [(grid.name, f"{name}: 64 samples, {setting}"),
+            (recon.name, f"{name}: 8 held-out images (top), their {steps}-step DDIM latents x_T (middle, ÷ 3) and "
+                         f"those latents decoded with {steps} DDIM steps (bottom)")]
 
 
 def run_study(study_module, workdir, *, dataset=None, data=None, scale: str = "default", batch: int = 250,
@@ -293,7 +298,9 @@ def run_study(study_module, workdir, *, dataset=None, data=None, scale: str = "d
             first = next(r for r in study.cells if r["model"] == m)
             images = evaluation.samples_for(runs[m], mesh, workdir / "models" / m, first["sampler"], first["steps"],
                                             first.get("eta", 0.0), num=num, batch=batch, seed=0)
-            picture_files += pictures(runs[m], mesh, heldout, m, images, study.reconstruct_steps, workdir)
+            setting = f"{first['sampler'].upper()} {first['steps']}" + (
+                f" (η = {first.get('eta', 0.0):g})" if first["sampler"] == "ddim" else "")
+            picture_files += pictures(runs[m], mesh, heldout, m, images, setting, study.reconstruct_steps, workdir)
 
     if jax.process_index() != 0:
         return workdir / "report.md"

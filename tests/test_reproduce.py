@@ -47,6 +47,7 @@ def test_a_study_trains_measures_reports_and_resumes(tmp_path):
     assert ("✓ reproduced: cosine beats linear" in report) or ("✗ not reproduced: cosine beats linear" in report)
     for picture in ("plot.png", "linear_samples.png", "linear_reconstruction.png", "cosine_reconstruction.png"):
         assert (workdir / picture).stat().st_size > 1000 and f"({picture})" in report
+    assert "linear: 64 samples, DDIM 2 (η = 0):" in report and "2-step DDIM latents" in report
     assert "--config.diffusion.schedule=cosine" in report and "python -m experiments.evaluate" in report
     assert (f"python -m experiments.train_classifier --config configs/noisy_classifier_mnist.py "
             f"--workdir {workdir / 'noisy_classifier'} ") in report and "--config.train.num_steps=2" in report
