@@ -144,7 +144,7 @@ def plot(study, results: list[dict], path: Path):
                 ax.annotate(r["col"], (r[spec.x], r[spec.y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if spec.logx:
         ax.set_xscale("log")
-    ax.set_xlabel({"steps": "sampling steps S", "is_mean": "Inception Score"}.get(spec.x, spec.x))
+    ax.set_xlabel({"steps": "sampling steps S", "is_mean": "Inception Score", "col": ""}.get(spec.x, spec.x))
     ax.set_ylabel({"fid": "FID"}.get(spec.y, spec.y))
     ax.set_title(study.title, fontsize=9)
     ax.legend(fontsize=7)
