@@ -314,7 +314,8 @@ def run_study(study_module, workdir, *, dataset=None, data=None, scale: str = "d
                   f"train 35.7M-parameter (or larger) U-Nets for 500k–800k steps at batch 128 and compute FID "
                   f"from {PAPER_SAMPLES:,} samples with Inception features, so absolute numbers are not comparable "
                   f"and only the orderings are checked. `--scale paper` uses the papers' settings")
-    context = dict(dataset=dataset, source=any_config.data.source, features=feature_name, num=num,
+    features = f"the classifier trained in {classifier_weights}" if classifier_weights else feature_name
+    context = dict(dataset=dataset, source=any_config.data.source, features=features, num=num,
                    scale_note=paper_note + ".", claims=claims, pictures=picture_files, commands=commands)
     path = workdir / "report.md"
     path.write_text(report(study, results, nll, heldout_row, context))
