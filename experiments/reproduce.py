@@ -167,8 +167,9 @@ def entry(r: dict, metrics) -> str:
 def report(study, results: list[dict], nll: dict, heldout: dict, context: dict) -> str:
     rows, cols = list(dict.fromkeys(r["row"] for r in results)), list(dict.fromkeys(r["col"] for r in results))
     by = {(r["row"], r["col"]): r for r in results}
-    what = " · ".join({"fid": "FID ↓ ± its jackknife standard error over the cell's samples", "is": "Inception Score ↑", "confident": "share of samples classified "
-                       "with confidence ≥ 0.9"}[m] for m in study.metrics if m != "nll")
+    described = {"fid": "FID ↓ ± its jackknife standard error over the cell's samples", "is": "Inception Score ↑",
+                 "confident": "share of samples classified with confidence ≥ 0.9"}
+    what = " · ".join(described[m] for m in study.metrics if m != "nll")
     lines = [f"# {study.title}", "", f"Reproduces: {study.paper}.", "",
              f"Data: {context['dataset']} ({context['source']}); features: {context['features']}; "
              f"{context['num']} samples per cell. Held-out real images against the training split: "
@@ -190,7 +191,8 @@ def report(study, results: list[dict], nll: dict, heldout: dict, context: dict) 
         lines.append("")
     if context["pictures"]:
         lines += ["## Pictures", ""]
-        lines += [line for file, caption in context["pictures"] for line in (f"{caption}:", "", f"![{file}]({file})", "")]
+        for file, caption in context["pictures"]:
+            lines += [f"{caption}:", "", f"![{file}]({file})", ""]
     lines += ["## Commands behind each cell", "", "```bash"] + context["commands"] + ["```", ""]
     return "\n".join(lines)
 
