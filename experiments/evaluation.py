@@ -136,7 +136,8 @@ def samples_for(run, mesh, out: Path, sampler: str, steps: int, eta: float, *, n
 
 def nll_bits_per_dim(run, mesh, heldout, num: int, batch: int = 32, seed: int = 0) -> dict:
     """Mean and standard error of the variational bound (bits/dim) on ``num`` held-out images,
-    with the mean of each term (prior, decoder L_0, Σ L_t)."""
+    with the mean of each term (prior, decoder L_0, Σ L_t) and, per step t = 1 … T, the mean term
+    ``per_step_bpd`` (index 0 is L_0) and ‖ε − ε̂‖² ``per_step_eps_mse`` (Nichol & Dhariwal 2021, Fig. 2)."""
     config = run.config
     n_dev = mesh.devices.size
     batch += -batch % n_dev
@@ -149,7 +150,7 @@ def nll_bits_per_dim(run, mesh, heldout, num: int, batch: int = 32, seed: int = 
                                             decoder=config.diffusion.decoder, cond=cond, **kw)
     dat = parallel.data_sharded(mesh)
     fn = jax.jit(bound, in_shardings=(parallel.replicated(mesh), dat, dat, parallel.replicated(mesh)))
-    totals, priors, decoders, steps = [], [], [], []
+    totals, priors, terms, mses = [], [], [], []
     num = min(num, len(heldout))
     for i in tqdm(range(0, num, batch), desc="nll", unit="batch", disable=jax.process_index() != 0):
         x = datasets.to_model_range(heldout.images[i:min(i + batch, num)])
@@ -160,12 +161,13 @@ def nll_bits_per_dim(run, mesh, heldout, num: int, batch: int = 32, seed: int = 
         out = jax.tree.map(lambda a: np.asarray(a)[:n], fn(run.params, x, labels, jax.random.key(seed + i)))
         totals.append(out["total"])
         priors.append(out["prior"])
-        decoders.append(out["terms"][:, 0])
-        steps.append(out["terms"][:, 1:].sum(1))
-    total = np.concatenate(totals)
+        terms.append(out["terms"])
+        mses.append(out["mse"])
+    total, per_step = np.concatenate(totals), np.concatenate(terms).mean(0)
     return {"bits_per_dim": float(total.mean()), "stderr": float(total.std(ddof=1) / np.sqrt(len(total))),
-            "prior": float(np.concatenate(priors).mean()), "decoder_L0": float(np.concatenate(decoders).mean()),
-            "sum_Lt": float(np.concatenate(steps).mean()), "num": int(len(total))}
+            "prior": float(np.concatenate(priors).mean()), "decoder_L0": float(per_step[0]),
+            "sum_Lt": float(per_step[1:].sum()), "num": int(len(total)),
+            "per_step_bpd": per_step.tolist(), "per_step_eps_mse": np.concatenate(mses).mean(0).tolist()}
 
 
 def fid_text(row: dict) -> str:

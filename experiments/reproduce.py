@@ -153,6 +153,25 @@ def plot(study, results: list[dict], path: Path):
     plt.close(fig)
 
 
+def vlb_terms_plot(nll: dict, path: Path):
+    """Each model's mean term of the bound (bits/dim) and ‖ε − ε̂‖² against the step t, as in Nichol &
+    Dhariwal (2021), Fig. 2: where in the chain a model's NLL is spent."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for m, v in nll.items():
+        t = np.arange(1, len(v["per_step_bpd"]) + 1)
+        left.plot(t, v["per_step_bpd"], lw=1, label=m)
+        right.plot(t, v["per_step_eps_mse"], lw=1, label=m)
+    left.set_ylabel("term of the bound (bits/dim); t = 1 is L_0")
+    right.set_ylabel("‖ε − ε̂‖² per dimension")
+    for ax in (left, right):
+        ax.set_xlabel("diffusion step t")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def entry(r: dict, metrics) -> str:
     parts = []
     if "fid" in metrics:
@@ -180,9 +199,14 @@ def report(study, results: list[dict], nll: dict, heldout: dict, context: dict) 
         lines.append(f"| {row} | " + " | ".join(entry(by[(row, c)], study.metrics) if (row, c) in by else "–"
                                                  for c in cols) + " |")
     if nll:
-        lines += ["", "| model | NLL (bits/dim) ↓ | prior | decoder L_0 | Σ L_t |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {m} | {v['bits_per_dim']:.3f} ± {v['stderr']:.3f} | {v['prior']:.4f} | {v['decoder_L0']:.3f} | "
-                  f"{v['sum_Lt']:.3f} |" for m, v in nll.items()]
+        lines += ["", "| model | NLL (bits/dim) ↓ | prior | decoder L_0 | Σ L_t | largest L_t |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for m, v in nll.items():
+            i = int(np.argmax(v["per_step_bpd"][1:])) + 1          # index i holds step t = i + 1
+            lines.append(f"| {m} | {v['bits_per_dim']:.3f} ± {v['stderr']:.3f} | {v['prior']:.4f} | "
+                         f"{v['decoder_L0']:.3f} | {v['sum_Lt']:.3f} | {v['per_step_bpd'][i]:.3f} (t = {i + 1}) |")
+        lines += ["", "The bound's terms per step, with the ε-prediction error behind them:", "",
+                  "![terms of the variational bound](vlb_terms.png)"]
     lines += ["", "![plot](plot.png)", ""]
     if context["claims"]:
         lines += ["## The paper's claims at this scale", ""]
@@ -289,7 +313,7 @@ def run_study(study_module, workdir, *, dataset=None, data=None, scale: str = "d
     if "nll" in study.metrics:
         for m in study.models:
             path = workdir / "models" / m / "eval" / f"nll_{study.nll_examples}.json"
-            if not path.exists():
+            if not path.exists() or "per_step_bpd" not in json.loads(path.read_text()):   # measured before the per-step terms
                 runs.setdefault(m, generate.load_run(workdir / "models" / m))
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(evaluation.nll_bits_per_dim(runs[m], mesh, heldout, study.nll_examples)))
@@ -307,6 +331,8 @@ def run_study(study_module, workdir, *, dataset=None, data=None, scale: str = "d
     if jax.process_index() != 0:
         return workdir / "report.md"
     plot(study, results, workdir / "plot.png")
+    if nll:
+        vlb_terms_plot(nll, workdir / "vlb_terms.png")
     claims = study_module.claims(results, nll) if hasattr(study_module, "claims") else []
     steps, batch_size = any_config.train.num_steps, any_config.train.batch_size
     epochs = steps * batch_size / len(train_split)

@@ -45,14 +45,16 @@ def test_a_study_trains_measures_reports_and_resumes(tmp_path):
         assert row["num"] == 16 and np.isfinite(row["fid"]) and row["fid_se"] > 0 and 1.0 <= row["is_mean"] <= 10.0
     assert "| | eta 0 | eta 1 |" in report and report.count("\n| linear |") == 2    # FID table and NLL table
     assert ("✓ reproduced: cosine beats linear" in report) or ("✗ not reproduced: cosine beats linear" in report)
-    for picture in ("plot.png", "linear_samples.png", "linear_reconstruction.png", "cosine_reconstruction.png"):
+    assert "| largest L_t |" in report and report.count("(t = ") == 2
+    for picture in ("plot.png", "vlb_terms.png", "linear_samples.png", "linear_reconstruction.png",
+                    "cosine_reconstruction.png"):
         assert (workdir / picture).stat().st_size > 1000 and f"({picture})" in report
     assert "linear: 64 samples, DDIM 2 (η = 0):" in report and "2-step DDIM latents" in report
     assert "--config.diffusion.schedule=cosine" in report and "python -m experiments.evaluate" in report
     assert (f"python -m experiments.train_classifier --config configs/noisy_classifier_mnist.py "
             f"--workdir {workdir / 'noisy_classifier'} ") in report and "--config.train.num_steps=2" in report
     stamps = {p: p.stat().st_mtime_ns for p in cells + sorted((workdir / "models").rglob("checkpoints/*/*"))
-              + sorted((workdir / "noisy_classifier").rglob("*.msgpack"))}
+              + sorted((workdir / "noisy_classifier").rglob("*.msgpack")) + sorted((workdir / "models").rglob("nll_*.json"))}
     reproduce.run_study(reproduce.load_study(str(study_file)), workdir, batch=8)     # rerun: nothing redone
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     study_file.write_text(TINY_STUDY.replace('schedule="cosine"', 'schedule="linear"'))   # an edited study
