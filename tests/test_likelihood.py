@@ -47,3 +47,19 @@ def test_fixed_variance_bound_is_above_the_nll_and_tightens_with_T(x64):
         assert total.mean() - 4 * total.std() / np.sqrt(B) > nll
         bounds.append(total.mean())
     assert bounds[1] < bounds[0]
+
+
+def test_eps_error_of_the_exact_denoiser_is_the_posterior_variance_of_eps(x64):
+    """The bound's per-step ‖ε − ε̂‖² (the report's Fig. 2 panel): the exact denoiser predicts E[ε | x_t],
+    so what is left is Var(ε | x_t) = ᾱ s / (ᾱ s + 1 − ᾱ) per dimension of data variance s."""
+    n, sched = 32 * B, schedules.make_schedule("linear", 100)
+    out = jax.jit(lambda x, k: likelihood.variational_bound(
+        oracle.gaussian_eps(sched, MEAN, jnp.diag(VAR)), sched, x, k, decoder="gaussian"))(data(jax.random.key(4), n),
+                                                                                          jax.random.key(5))
+    a = np.asarray(sched.alphas_cumprod)[:, None]
+    expected = (a * np.asarray(VAR) / (a * np.asarray(VAR) + 1 - a)).mean(1)
+    mse = np.asarray(out["mse"])
+    assert mse.shape == (n, 100)
+    assert np.all(np.abs(mse.mean(0) - expected) < 5 * mse.std(0) / np.sqrt(n))             # each step
+    per_image = mse.mean(1)                                                                 # all steps at once
+    assert abs(per_image.mean() - expected.mean()) < 4 * per_image.std() / np.sqrt(n) < 0.012 * expected.mean()
