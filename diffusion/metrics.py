@@ -85,6 +85,12 @@ def fid_standard_error(features, reference: FeatureStats, groups: int = 25, seed
     return float(np.sqrt((groups - 1) / groups * np.sum((fids - fids.mean()) ** 2)))
 
 
+def fid_text(record: dict) -> str:
+    """A measured cell's ``fid`` ± its ``fid_se`` (``fid_standard_error``) as tables print it; records
+    made before the standard error was kept show the FID alone."""
+    return f"{record['fid']:.2f}" + (f" ± {record['fid_se']:.2f}" if "fid_se" in record else "")
+
+
 def inception_score(probs, splits: int = 10) -> tuple[float, float]:
     """exp(E_x KL(p(y|x) ‖ p(y))) on each of ``splits`` parts; (mean, std) (Salimans et al. 2016)."""
     probs = np.asarray(probs, np.float64)

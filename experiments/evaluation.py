@@ -170,16 +170,11 @@ def nll_bits_per_dim(run, mesh, heldout, num: int, batch: int = 32, seed: int = 
             "per_step_bpd": per_step.tolist(), "per_step_eps_mse": np.concatenate(mses).mean(0).tolist()}
 
 
-def fid_text(row: dict) -> str:
-    """FID ± its jackknife standard error (rows measured before it was recorded show FID alone)."""
-    return f"{row['fid']:.2f}" + (f" ± {row['fid_se']:.2f}" if "fid_se" in row else "")
-
-
 def markdown(rows: list[dict], nll: dict | None, feature_name: str) -> str:
     lines = [f"| samples | FID ({feature_name}, ± jackknife s.e.) | IS | ≥ 0.9 confident | N |",
              "| --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['name']} | {fid_text(r)} | {r['is_mean']:.2f} ± {r['is_std']:.2f} | "
+        lines.append(f"| {r['name']} | {metrics.fid_text(r)} | {r['is_mean']:.2f} ± {r['is_std']:.2f} | "
                      f"{100 * r['confident_0.9']:.1f}% | {r['num']} |")
     if nll:
         lines += ["", f"NLL on {nll['num']} held-out images: **{nll['bits_per_dim']:.3f} ± {nll['stderr']:.3f} "
@@ -226,7 +221,7 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
         rows.append(row)
         if jax.process_index() == 0:
             (out / f"{tag}.json").write_text(json.dumps(dict(row, step=run.step, features=feature_name), indent=2))
-            print(f"{tag}: FID {fid_text(row)}, IS {row['is_mean']:.2f} ± {row['is_std']:.2f}, "
+            print(f"{tag}: FID {metrics.fid_text(row)}, IS {row['is_mean']:.2f} ± {row['is_std']:.2f}, "
                   f"{100 * row['confident_0.9']:.1f}% confident")
     nll = None
     if nll_examples > 0 and config.model.kind == "unet":

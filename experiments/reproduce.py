@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from configs import cifar10_ddpm, classifier_fashion_mnist, fashion_mnist, mnist, noisy_classifier_mnist  # noqa: E402
-from diffusion import parallel, visualize  # noqa: E402
+from diffusion import metrics, parallel, visualize  # noqa: E402
 from diffusion.data import datasets  # noqa: E402
 from diffusion.checkpoints import Checkpointer, config_differences  # noqa: E402
 from experiments import evaluation, generate, trainer  # noqa: E402
@@ -172,13 +172,14 @@ def vlb_terms_plot(nll: dict, path: Path):
     plt.close(fig)
 
 
-def entry(r: dict, metrics) -> str:
+def entry(r: dict, shown) -> str:
+    """One table cell: the study's ``metrics`` measured for cell ``r``."""
     parts = []
-    if "fid" in metrics:
-        parts.append(evaluation.fid_text(r))
-    if "is" in metrics:
+    if "fid" in shown:
+        parts.append(metrics.fid_text(r))
+    if "is" in shown:
         parts.append(f"IS {r['is_mean']:.2f} ± {r['is_std']:.2f}")
-    if "confident" in metrics:
+    if "confident" in shown:
         parts.append(f"{100 * r['confident_0.9']:.0f}% ≥ 0.9")
     return " · ".join(parts)
 

@@ -4,7 +4,7 @@
 python -m experiments.reproduce --study ddim_table1 --workdir runs/studies/ddim_table1
 """
 from configs.studies import base
-from experiments.evaluation import fid_text
+from diffusion import metrics
 
 STEPS = (10, 20, 50, 100, 1000)
 ETAS = (0.0, 0.2, 0.5, 1.0)
@@ -30,7 +30,7 @@ def claims(results, nll):
     rows = list(dict.fromkeys(r["row"] for r in results))
     fid = lambda row, S: cell[(row, S)]["fid"]
     best = lambda S: min(rows, key=lambda row: fid(row, S))
-    show = lambda row, S: f"{row} {fid_text(cell[(row, S)])}"
+    show = lambda row, S: f"{row} {metrics.fid_text(cell[(row, S)])}"
     eta0_best = all(best(S) == "η = 0" for S in (10, 20))
     sigma_worst = all(max(rows, key=lambda row: fid(row, S)) == "η = σ̂" for S in (10, 20))
     at_1000 = sorted(rows, key=lambda row: fid(row, 1000))

@@ -5,7 +5,7 @@ ADM noisy classifier on an unconditional one, and static vs dynamic thresholding
 python -m experiments.reproduce --study guidance --workdir runs/studies/guidance
 """
 from configs.studies import base
-from experiments.evaluation import fid_text
+from diffusion import metrics
 
 SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)
 
@@ -43,9 +43,9 @@ def claims(results, nll):
         ("Classifier-free guidance raises the Inception Score as w grows", is_up,
          " → ".join(f"{r['is_mean']:.2f}" for r in cf)),
         ("FID is best at a small positive w and worsens at large w", 0.0 < best < max(SCALES),
-         f"best w = {best:g}; FID " + " → ".join(fid_text(r) for r in cf)),
+         f"best w = {best:g}; FID " + " → ".join(metrics.fid_text(r) for r in cf)),
         ("Classifier guidance raises the Inception Score as the scale grows",
          cg[-1]["is_mean"] > cg[0]["is_mean"], f"{cg[0]['is_mean']:.2f} → {cg[-1]['is_mean']:.2f}"),
         ("Dynamic thresholding gives a better FID than static at large w (w = 8)",
-         dyn["fid"] < stat["fid"], f"{fid_text(dyn)} vs {fid_text(stat)}"),
+         dyn["fid"] < stat["fid"], f"{metrics.fid_text(dyn)} vs {metrics.fid_text(stat)}"),
     ]

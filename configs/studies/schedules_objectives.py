@@ -5,7 +5,7 @@ importance sampling of t for L_VLB. FID with the full and respaced (100, 50) DDP
 python -m experiments.reproduce --study schedules_objectives --workdir runs/studies/schedules_objectives
 """
 from configs.studies import base
-from experiments.evaluation import fid_text
+from diffusion import metrics
 
 LEARNED = dict(variance="learned_range")
 
@@ -51,9 +51,9 @@ def claims(results, nll):
          f"(t = T, where the clipped cosine β_T = 0.999 multiplies ε errors by 1/√α_T ≈ 32): "
          f"{without_last('cosine_simple'):.3f} vs {without_last('linear_simple'):.3f}"),
         ("Learned variances keep FID with 50 and 100 respaced steps better than fixed ones", learned_holds,
-         "; ".join(f"{S} steps: hybrid {fid_text(cell[('cosine_hybrid', S)])} vs simple "
-                   f"{fid_text(cell[('cosine_simple', S)])}" for S in (100, 50))),
+         "; ".join(f"{S} steps: hybrid {metrics.fid_text(cell[('cosine_hybrid', S)])} vs simple "
+                   f"{metrics.fid_text(cell[('cosine_simple', S)])}" for S in (100, 50))),
         ("L_simple has better FID than L_VLB (full sampler)",
          fid[("cosine_simple", 1000)] < fid[("cosine_vlb", 1000)],
-         f"{fid_text(cell[('cosine_simple', 1000)])} vs {fid_text(cell[('cosine_vlb', 1000)])}"),
+         f"{metrics.fid_text(cell[('cosine_simple', 1000)])} vs {metrics.fid_text(cell[('cosine_vlb', 1000)])}"),
     ]

@@ -4,7 +4,7 @@ linear schedule with T = 1000; samples and DDIM encode-then-decode pictures of b
 python -m experiments.reproduce --study simplified_ddpm --workdir runs/studies/simplified_ddpm
 """
 from configs.studies import base
-from experiments.evaluation import fid_text
+from diffusion import metrics
 
 
 def get_config():
@@ -32,5 +32,5 @@ def claims(results, nll):
         ("The constant-β, T = 50 model draws recognisable digits (≥ 50% of samples classified with ≥ 0.9 confidence)",
          const["confident_0.9"] >= 0.5, f"{100 * const['confident_0.9']:.1f}%"),
         ("It does so with 20× fewer network evaluations than the T = 1000 model, at a worse FID",
-         const["fid"] >= lin["fid"], f"FID {fid_text(const)} (50 steps) vs {fid_text(lin)} (1000 steps)"),
+         const["fid"] >= lin["fid"], f"FID {metrics.fid_text(const)} (50 steps) vs {metrics.fid_text(lin)} (1000 steps)"),
     ]
