@@ -314,11 +314,12 @@ def run_study(study_module, workdir, *, dataset=None, data=None, scale: str = "d
     if "nll" in study.metrics:
         for m in study.models:
             path = workdir / "models" / m / "eval" / f"nll_{study.nll_examples}.json"
-            if not path.exists() or "per_step_bpd" not in json.loads(path.read_text()):   # measured before the per-step terms
+            nll[m] = json.loads(path.read_text()) if path.exists() else {}
+            if "per_step_bpd" not in nll[m]:           # not measured yet, or measured before the per-step terms
                 runs.setdefault(m, generate.load_run(workdir / "models" / m))
+                nll[m] = evaluation.nll_bits_per_dim(runs[m], mesh, heldout, study.nll_examples)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(evaluation.nll_bits_per_dim(runs[m], mesh, heldout, study.nll_examples)))
-            nll[m] = json.loads(path.read_text())
+                path.write_text(json.dumps(nll[m]))
     if study.reconstruct_steps:
         for m in study.models:
             runs.setdefault(m, generate.load_run(workdir / "models" / m))
