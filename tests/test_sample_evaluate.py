@@ -84,13 +84,13 @@ def test_evaluate_reports_fid_is_and_an_nll_that_adds_up(run_dir):
         assert 1.0 <= row["is_mean"] <= 10.0
     assert nll["num"] == 8
     assert nll["bits_per_dim"] == pytest.approx(nll["prior"] + nll["decoder_L0"] + nll["sum_Lt"], rel=1e-5)
-    T = generate.load_run(run_dir).schedule.num_steps      # the per-step means behind L_0 and Σ L_t, one per step
-    assert len(nll["per_step_bpd"]) == len(nll["per_step_eps_mse"]) == T and min(nll["per_step_eps_mse"]) > 0
+    run = generate.load_run(run_dir)                       # the per-step means behind L_0 and Σ L_t, one per step
+    assert len(nll["per_step_bpd"]) == len(nll["per_step_eps_mse"]) == run.schedule.num_steps
+    assert min(nll["per_step_eps_mse"]) > 0
     assert nll["decoder_L0"] == nll["per_step_bpd"][0]
     assert (run_dir / "eval" / "results.md").read_text().count("\n|") == 5     # header, rule, 3 rows
-    step = generate.load_run(run_dir).step
     for name in ("ddim2_eta0.json", "ddpm3.json", "nll.json"):
-        assert json.loads((run_dir / "eval" / name).read_text())["step"] == step
+        assert json.loads((run_dir / "eval" / name).read_text())["step"] == run.step
     [cached] = (run_dir / "eval").glob("samples_ddim2_eta0_seed0_step*.npz")
     stamp = cached.stat().st_mtime_ns
     again, _ = evaluation.evaluate_run(run_dir, settings[:1], num=16, batch=8)
