@@ -1,20 +1,59 @@
-"""Orbax checkpoints of a ``TrainState`` with the run's config and data position beside it.
+"""Orbax checkpoints of a ``TrainState`` with the run's config, data position and checksums beside it.
 
-A checkpoint whose model, diffusion or data shape differs from the running config is refused,
-naming the fields; a save happens only after the state was checked finite, so the last good
-checkpoint is never replaced by a broken one.
+What a checkpoint promises, and how each failure is named:
+
+* a checkpoint whose model, diffusion or data shape differs from the running config is refused,
+  naming the fields (``ValueError``);
+* a state with a NaN or Inf is never written (``NonFiniteStateError``), so the last good
+  checkpoint is never replaced by a broken one;
+* every leaf's checksum is saved in the checkpoint's JSON meta and checked on restore, so damaged
+  data files fail loudly (``CorruptCheckpointError``) instead of restoring as garbage; only an
+  explicit ``restore_latest_good(..., fall_back=True)`` moves a bad checkpoint aside;
+* a save on a full disk leaves the previous checkpoints as they were and says so
+  (``DiskFullError``); old checkpoints are pruned only after a new one is complete.
+
+The meta item of a checkpoint is the JSON object
+``{"config": {...}, "data_position": int, "checksums": {"params/conv_in/kernel": [sum, weighted], ...}}``.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
+import shutil
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 # Config fields that change what the parameters mean: a resumed run must agree on them.
 COMPATIBILITY_SECTIONS = ("model", "diffusion")
 COMPATIBILITY_FIELDS = ("data.image_size", "data.channels")
+CORRUPT_DIR = "corrupt_checkpoints"   # beside the checkpoints directory, in the workdir
+NAMED_LEAVES = 5                      # how many bad leaves an error message lists
+SETTLE_PASSES, SETTLE_PAUSE_S = 25, 0.2   # cleaning up after a failed save: up to ~5 s
+
+
+class NonFiniteStateError(FloatingPointError):
+    """A state with a NaN or Inf was about to be saved; nothing was written."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint's data cannot be read, or does not match the checksums saved with it."""
+
+
+class DiskFullError(OSError):
+    """A save failed for lack of disk space; the previous checkpoints are intact."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.ENOSPC, message)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -39,48 +78,326 @@ def config_differences(saved: dict, current: dict) -> list[str]:
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
+# --- leaf checks, computed on device -------------------------------------------------------------
+
+def _named_leaves(tree: Any) -> dict[str, Any]:
+    """``{"params/conv_in/kernel": leaf, ...}`` in pytree order."""
+    return {jax.tree_util.keystr(path, simple=True, separator="/") or "<root>": leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+@jax.jit
+def _finite_flags(leaves: list) -> jax.Array:
+    """One bool per leaf: all its elements are finite."""
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def _rows(fn, leaves: list) -> list:
+    """``fn(leaves)``, a jitted function giving one row per leaf, called once per set of devices
+    the leaves live on (one computation cannot mix arrays committed to different devices)."""
+    arrays = [jnp.asarray(x) for x in leaves]
+    groups: dict[frozenset, list[int]] = {}
+    for i, a in enumerate(arrays):
+        groups.setdefault(frozenset(a.sharding.device_set), []).append(i)
+    rows = [None] * len(arrays)
+    for indices in groups.values():
+        for i, row in zip(indices, np.asarray(fn([arrays[i] for i in indices]))):
+            rows[i] = row
+    return rows
+
+
+def nonfinite_leaves(state: Any) -> list[str]:
+    """Names of ``state``'s floating leaves that hold a NaN or Inf (jitted on device; only one
+    bool per leaf comes to the host)."""
+    named = {k: v for k, v in _named_leaves(state).items() if jnp.issubdtype(jnp.result_type(v), jnp.inexact)}
+    flags = _rows(_finite_flags, list(named.values()))
+    return [name for name, finite in zip(named, flags) if not finite]
+
+
+def _bits(x: jax.Array) -> jax.Array:
+    """``x``'s raw bits as a flat uint32 vector; a 64-bit element gives two words."""
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    word = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    return jax.lax.bitcast_convert_type(x, word).astype(jnp.uint32).ravel()
+
+
+def _checksum(x: jax.Array) -> jax.Array:
+    """[Σ bits, Σ bits·(2i+1)] mod 2³² over the flat index i: integer wrap-around sums are exact
+    in any order, so the result does not depend on how the array is sharded; the odd weights make
+    it sensitive to moved as well as changed words."""
+    bits = _bits(x)
+    weights = 2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1
+    return jnp.stack([jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * weights, dtype=jnp.uint32)])
+
+
+@jax.jit
+def _checksum_rows(leaves: list) -> jax.Array:
+    return jnp.stack([_checksum(x) for x in leaves])
+
+
+def checksums(state: Any) -> dict[str, list[int]]:
+    """``{leaf path: [sum, weighted sum]}`` of ``state``'s raw bits, computed on device."""
+    named = _named_leaves(state)
+    rows = _rows(_checksum_rows, list(named.values()))
+    return {name: [int(a), int(b)] for name, (a, b) in zip(named, rows)}
+
+
+# --- failures -------------------------------------------------------------------------------------
+
+def _exception_chain(exc: BaseException):
+    """``exc`` and everything behind it: causes, contexts and the members of exception groups."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from ENOSPC: an ``OSError`` anywhere in its chain, or TensorStore's
+    wording (it reports ENOSPC as a ``ValueError`` 'RESOURCE_EXHAUSTED: … No space left on device')."""
+    return any((isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e)
+               for e in _exception_chain(exc))
+
+
+def _is_closed_loop_noise(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+@contextlib.contextmanager
+def _failed_writes_silenced():
+    """While orbax saves: when one TensorStore write fails, orbax abandons the others, whose
+    callbacks then find their event loop closed and print a traceback each (thousands for one
+    state), and orbax logs each failed thread at ERROR. ``save`` raises the one error that matters,
+    so those are dropped; every other exception still prints. After a failed save the abandoned
+    callbacks go on firing, so both stay silenced; a successful save restores them."""
+    hooks = sys.excepthook, sys.unraisablehook, threading.excepthook
+    orbax_logs = logging.getLogger("absl")
+    level = orbax_logs.level
+
+    def excepthook(kind, value, tb):
+        if not _is_closed_loop_noise(value):
+            hooks[0](kind, value, tb)
+
+    def unraisablehook(unraisable):
+        if not _is_closed_loop_noise(unraisable.exc_value):
+            hooks[1](unraisable)
+
+    def thread_hook(args):
+        if not _is_closed_loop_noise(args.exc_value):
+            hooks[2](args)
+
+    sys.excepthook, sys.unraisablehook, threading.excepthook = excepthook, unraisablehook, thread_hook
+    orbax_logs.setLevel(logging.CRITICAL)
+    yield
+    sys.excepthook, sys.unraisablehook, threading.excepthook = hooks
+    orbax_logs.setLevel(level)
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:limit] if text else ''}"
+
+
+def _listing(names: list[str]) -> str:
+    more = len(names) - NAMED_LEAVES
+    return ", ".join(names[:NAMED_LEAVES]) + (f" and {more} more" if more > 0 else "")
+
+
+def _on_primary(fn, barrier: str):
+    """Run a file-system change once (process 0), then let every process continue together."""
+    if jax.process_index() == 0:
+        fn()
+    multihost_utils.sync_global_devices(barrier)
+
+
+def _say(line: str):
+    if jax.process_index() == 0:
+        print(line, flush=True)
+
+
 class Checkpointer:
-    """``<workdir>/checkpoints`` managed by ``ocp.CheckpointManager``; call on every host."""
+    """``<workdir>/checkpoints`` managed by ``ocp.CheckpointManager``; call on every host.
+
+    Saves are synchronous, so a failure is raised by ``save`` itself with no orbax thread left
+    writing. Orbax keeps every step (no ``max_to_keep``): this class deletes all but the newest
+    ``keep`` only after a save has completed, so a failed save can never cost an older checkpoint.
+    """
 
     def __init__(self, directory, *, keep: int = 3):
         self.directory = Path(directory).absolute()
+        self.keep = keep
         self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+            self.directory, options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
+
+    @property
+    def corrupt_directory(self) -> Path:
+        """``<workdir>/corrupt_checkpoints``: where ``restore_latest_good(..., fall_back=True)`` moves bad ones."""
+        return self.directory.parent / CORRUPT_DIR
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
 
+    def _previous_step(self, step: int) -> Optional[int]:
+        return max((s for s in self.manager.all_steps() if s < step), default=None)
+
+    # --- saving ---
+
     def save(self, step: int, state: Any, *, config: dict, data_position: int):
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            meta=ocp.args.JsonSave({"config": config, "data_position": data_position})))
-        self.manager.wait_until_finished()
+        """Write ``state`` as checkpoint ``step`` with its config, data position and leaf checksums,
+        then prune to the newest ``keep``. Refuses a non-finite state; a full disk raises
+        ``DiskFullError`` after removing what the failed save had written."""
+        bad = nonfinite_leaves(state)
+        if bad:
+            kept = self.latest_step()
+            last = f"the last checkpoint (step {kept}) is kept" if kept is not None else "there is no earlier checkpoint"
+            raise NonFiniteStateError(f"not saving step {step}: non-finite values in {_listing(bad)}; nothing was "
+                                      f"written and {last}; lower optim.lr or check the data")
+        meta = {"config": config, "data_position": data_position, "checksums": checksums(state)}
+        before = set(self.directory.iterdir())
+        try:
+            with _failed_writes_silenced():
+                self.manager.save(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        except Exception as e:
+            self._discard_failed_save(step, before)
+            if is_disk_full(e):
+                raise DiskFullError(self._disk_full_message(step, e)) from None
+            raise
+        self._prune()
+
+    def _discard_failed_save(self, step: int, before: set):
+        """Remove the step directories (final or orbax's temporary ones) that a failed save created,
+        and re-read the steps on disk into orbax's view.
+
+        When orbax raises, TensorStore may still be finishing writes it abandoned, which recreate
+        their directories; so removal repeats until a pass finds nothing (bounded). A leftover
+        ``<step>.orbax-checkpoint-tmp`` would be harmless anyway: orbax lists no step for it and
+        replaces it when that step is saved again."""
+        def remove():
+            for _ in range(SETTLE_PASSES):
+                leftovers = [p for p in set(self.directory.iterdir()) - before if p.name.split(".")[0] == str(step)]
+                if not leftovers:
+                    return
+                for p in leftovers:
+                    shutil.rmtree(p, ignore_errors=True)
+                time.sleep(SETTLE_PAUSE_S)
+        _on_primary(remove, f"checkpoints: discard failed save {step}")
+        self.manager.reload()
+
+    def _disk_full_message(self, step: int, error: BaseException) -> str:
+        free = shutil.disk_usage(self.directory).free
+        kept = self.latest_step()
+        previous = (f"the previous checkpoint (step {kept}) is intact and a rerun after freeing space "
+                    f"resumes from it") if kept is not None else \
+            "there is no earlier checkpoint: a rerun after freeing space starts over"
+        return (f"disk full: checkpoint step {step} could not be saved in {self.directory} "
+                f"({free:,} bytes free; {_first_line(error)}); nothing of step {step} was kept, "
+                f"{previous}")
+
+    def _prune(self):
+        """Delete all but the newest ``keep`` checkpoints (called only after a completed save)."""
+        for old in sorted(self.manager.all_steps())[:-self.keep]:
+            self.manager.delete(old)
+
+    # --- restoring ---
 
     def read_meta(self, step: Optional[int] = None) -> dict:
         step = self.latest_step() if step is None else step
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def restore(self, template: Any, *, config: dict, step: Optional[int] = None):
-        """(state, meta) from ``step`` (default latest), laid out like ``template``; refuses a
-        checkpoint made for a different model or schedule, or one that cannot be read."""
+        """(state, meta) from ``step`` (default latest), laid out like ``template`` and checked
+        against the checksums saved with it. Refuses a checkpoint made for a different model,
+        schedule or state layout (``ValueError``) and one that is unreadable or damaged
+        (``CorruptCheckpointError``)."""
         step = self.latest_step() if step is None else step
         path = self.directory / str(step)
         try:
             meta = self.read_meta(step)
         except Exception as e:
-            raise RuntimeError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); move it "
-                               "aside to resume from an earlier one, or use a new workdir") from e
+            raise CorruptCheckpointError(self._corrupt_message(
+                step, f"its meta is unreadable ({_first_line(e)})")) from e
         diffs = config_differences(meta["config"], config)
         if diffs:
             raise ValueError(f"checkpoint {path} was made with a different model or schedule:\n  "
                              + "\n  ".join(diffs) + "\nuse a new --workdir, or the checkpoint's config")
+        saved = meta.get("checksums")
+        if saved is not None:
+            self._check_layout(path, saved, template)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+            args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            state = self.manager.restore(step, args=args)["state"]
         except Exception as e:
-            raise RuntimeError(f"checkpoint {path} does not restore into this run's state "
-                               f"({type(e).__name__}: {e}); it is corrupt or from another version") from e
-        return restored["state"], meta
+            raise CorruptCheckpointError(self._corrupt_message(
+                step, f"its data is unreadable ({_first_line(e)})")) from e
+        if saved is None:
+            _say(f"warning: checkpoint {path} was written without checksums and could not be verified")
+        else:
+            bad = [name for name, sums in checksums(state).items() if saved[name] != sums]
+            if bad:
+                raise CorruptCheckpointError(self._corrupt_message(
+                    step, f"{_listing(bad)} do not match the checksums saved with it"))
+        return state, meta
+
+    @staticmethod
+    def _check_layout(path: Path, saved: dict, template: Any):
+        """A checkpoint of a differently laid-out state (another optimizer, changed code) is a
+        mismatch to report, not corruption to fall back from."""
+        names = set(_named_leaves(template))
+        missing, extra = sorted(names - set(saved)), sorted(set(saved) - names)
+        if missing or extra:
+            raise ValueError(
+                f"checkpoint {path} holds a differently laid-out state (absent from the checkpoint: "
+                f"{_listing(missing) or 'none'}; not in this run's state: {_listing(extra) or 'none'}); "
+                "use the optimizer and code it was made with, or a new --workdir")
+
+    def _corrupt_message(self, step: int, problem: str) -> str:
+        previous = self._previous_step(step)
+        fix = (f"rerun with --fall_back_to_good_checkpoint to move it to {self.corrupt_directory}/ and "
+               f"resume from step {previous}") if previous is not None else \
+            "there is no earlier checkpoint: move it aside or use a new --workdir to start over"
+        return f"checkpoint {self.directory / str(step)} is corrupt: {problem}; {fix}"
+
+    def restore_latest_good(self, template: Any, *, config: dict, fall_back: bool):
+        """(state, meta) of the latest checkpoint. A corrupt one is re-raised unless ``fall_back``;
+        with it, each corrupt checkpoint is moved (never deleted) to ``corrupt_directory`` and the
+        next latest is tried, until one verifies."""
+        last_error = None
+        while (step := self.latest_step()) is not None:
+            try:
+                return self.restore(template, config=config, step=step)
+            except CorruptCheckpointError as e:
+                if not fall_back:
+                    raise
+                last_error = e
+                self._move_aside(step)
+        if last_error is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        raise CorruptCheckpointError(
+            f"no checkpoint in {self.directory} verifies; the corrupt ones are in {self.corrupt_directory}/: "
+            "use a new --workdir to start over") from last_error
+
+    def _move_aside(self, step: int):
+        """Move checkpoint ``step`` out of orbax's directory into ``corrupt_directory`` (a numbered
+        suffix if that name is taken), so that the step can be saved again."""
+        source = self.directory / str(step)
+        target = self.corrupt_directory / str(step)
+        suffix = 1
+        while target.exists():
+            target, suffix = self.corrupt_directory / f"{step}.{suffix}", suffix + 1
+
+        def move():
+            self.corrupt_directory.mkdir(parents=True, exist_ok=True)
+            shutil.move(source, target)
+        _on_primary(move, f"checkpoints: move aside {step}")
+        self.manager.reload()
+        _say(f"checkpoint {source} is corrupt: moved to {target}; trying the checkpoint before it")
 
     def close(self):
         self.manager.close()

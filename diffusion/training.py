@@ -63,18 +63,26 @@ def create_train_state(key, params, tx: optax.GradientTransformation, num_steps:
 
 def apply_gradients(state: TrainState, loss, grads, *, tx: optax.GradientTransformation, ema_decay: float,
                     ema_warmup: bool, loss_history: Optional[timestep_sampling.LossHistory] = None):
-    """(next state, gradient norm): the optimizer update and the EMA, applied only when the loss and
-    the gradients are finite, so the state a host would save after a bad step is the last good one."""
+    """(next state, gradient norm, finite): the optimizer update and the EMA, applied only when the
+    loss, the gradients and the updated parameters and EMA are all finite (``finite``), so the state a
+    host would save after a bad step is the last good one. A finite loss and gradient can still give
+    infinite parameters (an overflowing update), hence the check after the update."""
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     decay = ema_decay_at(state.step, ema_decay, ema_warmup)
     ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params) & all_finite(ema)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     history = state.loss_history if loss_history is None else keep(loss_history, state.loss_history)
     return state.replace(step=state.step + 1, params=keep(params, state.params), ema_params=keep(ema, state.ema_params),
-                         opt_state=keep(opt_state, state.opt_state), loss_history=history), grad_norm
+                         opt_state=keep(opt_state, state.opt_state), loss_history=history), grad_norm, finite
+
+
+def all_finite(tree) -> jax.Array:
+    """One boolean: every element of every floating leaf of ``tree`` is finite."""
+    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.GradientTransformation,
@@ -83,7 +91,8 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.
                random_flip: bool = False):
     """One optimisation step on ``batch`` ({'image' [B, ...] in [−1, 1], 'label' int[B]}).
 
-    Samples t (uniformly or by importance), ε and dropout from ``fold_in(rng, step)``.
+    Samples t (uniformly or by importance), ε and dropout from ``fold_in(rng, step)``. The metrics'
+    ``update_finite`` is False when the step was skipped as non-finite (``apply_gradients``).
     """
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     k_t, k_noise, k_drop, k_flip, k_label = jax.random.split(key, 5)
@@ -112,9 +121,9 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.
     history = None
     if timestep_sampler == "importance":
         history = timestep_sampling.update_loss_history(state.loss_history, t, terms["loss"])
-    new_state, grad_norm = apply_gradients(state, loss, grads, tx=tx, ema_decay=ema_decay, ema_warmup=ema_warmup,
-                                           loss_history=history)
-    metrics = {"loss": loss, "mse": jnp.mean(terms["mse"]), "grad_norm": grad_norm}
+    new_state, grad_norm, finite = apply_gradients(state, loss, grads, tx=tx, ema_decay=ema_decay,
+                                                   ema_warmup=ema_warmup, loss_history=history)
+    metrics = {"loss": loss, "mse": jnp.mean(terms["mse"]), "grad_norm": grad_norm, "update_finite": finite}
     if "vlb" in terms:
         metrics["vlb"] = jnp.mean(terms["vlb"])
     return new_state, metrics
@@ -151,6 +160,7 @@ def classifier_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: o
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state, grad_norm = apply_gradients(state, loss, grads, tx=tx, ema_decay=ema_decay, ema_warmup=ema_warmup)
+    new_state, grad_norm, finite = apply_gradients(state, loss, grads, tx=tx, ema_decay=ema_decay,
+                                                   ema_warmup=ema_warmup)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-    return new_state, {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm}
+    return new_state, {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm, "update_finite": finite}

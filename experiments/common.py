@@ -4,6 +4,8 @@ Every entry point goes through here, so a bad config fails before any work, nami
 """
 from __future__ import annotations
 
+import math
+import numbers
 from functools import partial
 
 import jax.numpy as jnp
@@ -23,6 +25,34 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def _choice(field: str, value, allowed):
     if value not in allowed:
         raise ValueError(f"config field {field}={value!r} is not one of {sorted(map(str, allowed))}")
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _at_least_one(field: str, value):
+    if not _is_integer(value) or value < 1:
+        extra = (" (it keeps that many of the newest checkpoints; 0 would delete them all)"
+                 if field == "train.keep_checkpoints" else "")
+        raise ValueError(f"config field {field}={value!r} must be an integer >= 1{extra}")
+
+
+def check_flags_at_least(minimum: int, **flags):
+    """Refuse command-line counts (``--num``, ``--batch``, …) below ``minimum``, naming the flag."""
+    for name, value in flags.items():
+        if not _is_integer(value) or value < minimum:
+            raise ValueError(f"--{name}={value!r} must be an integer >= {minimum}")
+
+
+def check_sampler_steps(sampler: str, steps, num_steps: int, what: str = "sampler steps"):
+    """Refuse a step count a sampler cannot run as asked: not an integer, below 1, or above the
+    schedule's T (every sampler here visits distinct schedule indices, so T is the most there are)."""
+    if not _is_integer(steps) or steps < 1:
+        raise ValueError(f"{what}={steps!r} for {sampler!r} must be an integer >= 1")
+    if steps > num_steps:
+        raise ValueError(f"{what}={steps} for {sampler!r} exceeds the schedule's T = {num_steps} steps: "
+                         f"use at most {num_steps}")
 
 
 def validate(c: ml_collections.ConfigDict):
@@ -62,8 +92,12 @@ def validate(c: ml_collections.ConfigDict):
                          "(2-D toy data take the 'mlp', images the 'unet')")
     if is_toy and d.decoder != "gaussian":
         raise ValueError("config: toy data are continuous; set diffusion.decoder='gaussian'")
-    if c.train.batch_size < 1 or c.train.num_steps < 1:
-        raise ValueError("config: train.batch_size and train.num_steps must be >= 1")
+    for field in ("train.batch_size", "train.num_steps", "train.log_every", "train.sample_every",
+                  "train.checkpoint_every", "train.keep_checkpoints", "sample.num"):
+        _at_least_one(field, c[field.split(".")[0]][field.split(".")[1]])
+    if not (math.isfinite(c.optim.lr) and c.optim.lr > 0):
+        raise ValueError(f"config field optim.lr={c.optim.lr!r} must be a finite number > 0")
+    check_sampler_steps(c.sample.sampler, c.sample.steps, d.num_steps, what="config field sample.steps")
     if not is_toy:
         make_model(c)   # the U-Net checks that the image size fits its levels
 
@@ -121,8 +155,10 @@ def make_sampler(c: ml_collections.ConfigDict, schedule, *, sampler=None, steps=
     DDPM and predictor–corrector sampling on fewer steps run on the respaced schedule; DDIM and
     Langevin jump between the kept steps of the full one.
     """
-    name = sampler or c.sample.sampler
-    steps = steps or c.sample.steps
+    name = c.sample.sampler if sampler is None else sampler
+    steps = c.sample.steps if steps is None else steps
+    _choice("sampler", name, samplers.STEPS)
+    check_sampler_steps(name, steps, schedule.num_steps)
     clip = c.sample.clip if clip is None else clip
     kw = dict(model_kwargs(c), clip=clip or None)
     step = samplers.STEPS[name]

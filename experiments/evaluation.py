@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from diffusion import likelihood, metrics, parallel
+from diffusion import likelihood, metrics, parallel, samplers
 from diffusion.data import datasets
 from diffusion.models import classifier as classifier_lib
 from diffusion.models import inception
@@ -98,10 +98,19 @@ def quality(feats, probs, reference: metrics.FeatureStats) -> dict:
 
 
 def parse_setting(text: str) -> tuple[str, int, float]:
+    """'ddim:50:0.5' → ('ddim', 50, 0.5); a malformed setting is a ValueError saying the form."""
+    form = f"sampler setting {text!r} is not name:steps[:eta] with name {'|'.join(samplers.STEPS)}, " \
+           "steps an integer >= 1 and eta a number"
     parts = text.split(":")
-    if len(parts) not in (2, 3) or parts[0] not in ("ddpm", "ddim", "langevin", "pc"):
-        raise ValueError(f"sampler setting {text!r} is not name:steps[:eta] with name ddpm|ddim|langevin|pc")
-    return parts[0], int(parts[1]), float(parts[2]) if len(parts) == 3 else 0.0
+    if len(parts) not in (2, 3) or parts[0] not in samplers.STEPS or not re.fullmatch(r"\d+", parts[1]):
+        raise ValueError(form)
+    try:
+        eta = float(parts[2]) if len(parts) == 3 else 0.0
+    except ValueError:
+        raise ValueError(form) from None
+    if int(parts[1]) < 1 or not np.isfinite(eta) or eta < 0:
+        raise ValueError(form)
+    return parts[0], int(parts[1]), eta
 
 
 def setting_tag(sampler: str, steps: int, eta: float, guide: str = "", scale: float = 0.0,
@@ -200,8 +209,12 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
     """Rows of FID/IS/confidence (the held-out split first, then each setting) and the NLL, also
     written to ``<workdir>/eval/*.json`` (with the checkpoint's step); ``<workdir>/eval/results.md``
     tables everything measured at that step, this call's settings and earlier calls' alike."""
+    common.check_flags_at_least(1, num=num, batch=batch)
+    common.check_flags_at_least(0, nll_examples=nll_examples)
     run = generate.load_run(workdir)
     config = run.config
+    for sampler, steps, _ in settings:   # every setting is checked before any is drawn
+        common.check_sampler_steps(sampler, steps, run.schedule.num_steps, what=f"{sampler}:{steps} steps")
     mesh = parallel.make_mesh()
     out = Path(workdir) / "eval"
     out.mkdir(parents=True, exist_ok=True)

@@ -131,6 +131,19 @@ def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0,
     return jax.jit(draw, in_shardings=parallel.replicated(mesh))
 
 
+def check_label(config, label: int, guide: str = ""):
+    """Refuse a requested class (``--label``) the model cannot draw: outside [0, data.num_classes), or
+    any class for an unconditional model without classifier guidance (it would be ignored)."""
+    if label == -1:
+        return
+    if not 0 <= label < config.data.num_classes:
+        raise ValueError(f"--label={label} is not a class of this run: use 0 … {config.data.num_classes - 1}, "
+                         "or -1 for the classes in turn")
+    if config.model.num_classes == 0 and guide != "classifier":
+        raise ValueError(f"--label={label}: this run's model is unconditional (model.num_classes=0), so a "
+                         "label has no effect; drop --label, or use --guidance classifier")
+
+
 def class_labels(config, num: int, label: int = -1) -> np.ndarray:
     """``label`` for every sample, or classes in turn when ``label`` < 0."""
     k = max(config.data.num_classes, 1)

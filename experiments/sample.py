@@ -12,14 +12,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from diffusion import parallel, samplers, visualize
 from diffusion.data import datasets
 from diffusion.models.convert import load_diffusers_unet
-from experiments import common, generate, trainer
+from experiments import cli, common, generate, trainer
 
 flags.DEFINE_string("workdir", None, "A training run's workdir (its config and latest EMA checkpoint).")
 config_flags.DEFINE_config_file("config", None, "With --diffusers_weights: the config the weights fit.")
@@ -106,9 +106,7 @@ def interpolate(run, mesh, args, out: Path, tag: str, pairs: int = 4, points: in
 def reconstruct(run, mesh, args, out: Path, tag: str, num: int = 16):
     """Held-out images → DDIM latents (fixed-point inversion) → DDIM decodes; rows: real, latent, decoded."""
     config = run.config
-    _, heldout = datasets.load_splits(config.data.source, image_size=config.data.image_size,
-                                      holdout_fraction=config.data.holdout_fraction, seed=config.seed,
-                                      tfds_data_dir=config.data.tfds_data_dir)
+    _, heldout = trainer.load_data(config)
     num += -num % mesh.devices.size
     x0 = datasets.to_model_range(heldout.images[:num])
     z, decoded = generate.reconstruct(run, mesh, x0, heldout.labels[:num], args.steps)
@@ -121,20 +119,43 @@ def reconstruct(run, mesh, args, out: Path, tag: str, num: int = 16):
         print(f"reconstruction of {num} held-out images with {args.steps} DDIM steps: mean squared error {mse:.2e}")
 
 
+def toy(run, mesh, args, out: Path, tag: str):
+    """A 2-D toy run: the data | samples | reverse-trajectory figure and the points as ``<tag>.npz``."""
+    if args.interpolate or args.reconstruct or args.guidance:
+        raise ValueError(f"{args.workdir} is a 2-D toy run: --interpolate, --reconstruct and --guidance are "
+                         "for image models; drop them (the figure shows the reverse trajectory)")
+    n = args.num + -args.num % mesh.devices.size
+    draw = generate.build_draw_fn(run, mesh, sampler=args.sampler, steps=args.steps, eta=args.eta,
+                                  clip=args.clip, keep_every=max(args.steps // 20, 1))
+    final, frames = draw(run.params, jax.random.key(args.seed), generate.class_labels(run.config, n), np.float32(0))
+    final, frames = gather(final)[:args.num], gather(frames["x_t"])[:, :args.num]
+    train_split, _ = trainer.load_data(run.config)
+    if jax.process_index() == 0:
+        np.savez(out / f"{tag}.npz", points=final)
+        path = visualize.toy_figure(train_split.images[:args.num], final, frames, out / f"{tag}.png",
+                                    title=f"{run.config.data.source}, step {run.step}, {args.sampler} {args.steps}")
+        print(f"wrote {path} and {out / (tag + '.npz')}")
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
+    common.check_flags_at_least(1, num=FLAGS.num, batch=FLAGS.batch, steps=FLAGS.steps)
     if FLAGS.distributed:
         jax.distributed.initialize()
     run = load(FLAGS)
+    common.check_sampler_steps(FLAGS.sampler, FLAGS.steps, run.schedule.num_steps, what="--steps")
+    generate.check_label(run.config, FLAGS.label, FLAGS.guidance)
     mesh = parallel.make_mesh()
     out = Path(FLAGS.out or Path(FLAGS.workdir or ".") / "sample")
     out.mkdir(parents=True, exist_ok=True)
     clip = "" if FLAGS.clip == "none" else FLAGS.clip
     FLAGS.clip = clip
+    tag = f"{FLAGS.sampler}{FLAGS.steps}_eta{FLAGS.eta:g}_{FLAGS.guidance or 'unguided'}{FLAGS.scale:g}_seed{FLAGS.seed}"
+    if run.config.model.kind == "mlp":
+        return toy(run, mesh, FLAGS, out, tag)
     classifier = (generate.load_noisy_classifier(FLAGS.classifier_workdir, run.schedule)
                   if FLAGS.guidance == "classifier" else None)
-    tag = f"{FLAGS.sampler}{FLAGS.steps}_eta{FLAGS.eta:g}_{FLAGS.guidance or 'unguided'}{FLAGS.scale:g}_seed{FLAGS.seed}"
     draw = generate.build_draw_fn(run, mesh, sampler=FLAGS.sampler, steps=FLAGS.steps, eta=FLAGS.eta, clip=clip,
                                   guide=FLAGS.guidance, classifier_log_prob=classifier)
     images = generate.draw_samples(run, draw, mesh, num=FLAGS.num, batch=FLAGS.batch, seed=FLAGS.seed,
@@ -149,4 +170,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

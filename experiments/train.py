@@ -3,11 +3,16 @@
 Any config field can be overridden (``--config.optim.lr=1e-4``); rerunning the same command
 resumes from the latest checkpoint in ``<workdir>/checkpoints``.
 """
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from experiments import cli
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU).")
+flags.DEFINE_bool("fall_back_to_good_checkpoint", False,
+                  "When the latest checkpoint fails its checksums, move it to <workdir>/corrupt_checkpoints "
+                  "and resume from the newest one that verifies (without it, a corrupt checkpoint is an error).")
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
@@ -21,8 +26,8 @@ def main(argv):
         jax.distributed.initialize()
     from experiments import trainer
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, hosts: {jax.process_count()}")
-    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, fall_back=FLAGS.fall_back_to_good_checkpoint)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

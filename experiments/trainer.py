@@ -22,19 +22,34 @@ from diffusion.data import datasets
 from experiments import common
 
 
-class NonFiniteLossError(FloatingPointError):
-    pass
+class NonFiniteStepError(FloatingPointError):
+    """A step's loss, or the parameters or EMA it would produce, were not finite; it was not applied."""
+
+
+def drop_rows_after(path: Path, step: int):
+    """Rewrite the JSON-lines file ``path`` without rows past ``step`` (atomically, by rename): a run
+    resumed at ``step`` replays the steps a crash lost, and their rows must not appear twice."""
+    if not path.exists():
+        return
+    rows = path.read_text().splitlines(keepends=True)
+    kept = [r for r in rows if r.strip() and json.loads(r)["step"] <= step]
+    if len(kept) != len(rows):
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
 
 
 class MetricWriter:
-    """Scalars to ``<workdir>/metrics.jsonl`` and TensorBoard event files (host 0 only)."""
+    """Scalars to ``<workdir>/metrics.jsonl`` and TensorBoard event files (host 0 only), one row per
+    step: resuming at ``start`` first drops what was logged after it."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, start: int = 0):
         self.active = jax.process_index() == 0
         if self.active:
             from tensorboardX import SummaryWriter
+            drop_rows_after(workdir / "metrics.jsonl", start)
             self.jsonl = open(workdir / "metrics.jsonl", "a")
-            self.tb = SummaryWriter(str(workdir / "tensorboard"))
+            self.tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=start + 1 if start else None)
 
     def write(self, step: int, scalars: dict):
         if not self.active:
@@ -99,36 +114,50 @@ def make_optimizer(config: ml_collections.ConfigDict):
         optimizer=o.optimizer, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, grad_clip=o.grad_clip)
 
 
-def prepare_run(config: ml_collections.ConfigDict, workdir) -> tuple[Path, "jax.sharding.Mesh", dict]:
-    """Validate, create ``workdir``, build the mesh, check the batch, write ``config.json``."""
+def prepare_run(config: ml_collections.ConfigDict, workdir) -> tuple[Path, "jax.sharding.Mesh"]:
+    """Validate, create ``workdir``, build the mesh, check the batch."""
     common.validate(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = parallel.make_mesh()
     parallel.check_batch(config.train.batch_size, mesh)
-    cfg_dict = config.to_dict()
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(json.dumps(cfg_dict, indent=2, default=list))
-    return workdir, mesh, cfg_dict
+    return workdir, mesh
 
 
-def restore_or_init(config, workdir: Path, init_fn, mesh) -> tuple[training.TrainState, int, Checkpointer]:
-    """(state, first step, checkpointer): the latest checkpoint in ``workdir``, or ``init_fn(key)``."""
+def restore_or_init(config, workdir: Path, init_fn, mesh, *, fall_back: bool = False
+                    ) -> tuple[training.TrainState, int, Checkpointer]:
+    """(state, first step, checkpointer): the latest checkpoint in ``workdir``, or ``init_fn(key)``.
+
+    ``config.json`` is written only once the checkpoint is known to fit the config, so a refused
+    resume leaves the run's own config in place. A corrupt latest checkpoint is an error unless
+    ``fall_back``, which moves it aside and resumes from the newest one that verifies.
+    """
     state = jax.jit(init_fn, out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
     start = 0
-    if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(state, config=config.to_dict())
-        start = int(meta["data_position"])
-        print(f"resumed from {ckpt.directory} at step {start}")
+    try:
+        if ckpt.latest_step() is not None:
+            state, meta = ckpt.restore_latest_good(state, config=config.to_dict(), fall_back=fall_back)
+            start = int(meta["data_position"])
+            if start > config.train.num_steps:
+                raise ValueError(f"config field train.num_steps={config.train.num_steps} is below step {start} "
+                                 f"already reached in {workdir}: set --config.train.num_steps above {start} to "
+                                 "train on, or sample and evaluate the run as it is")
+            print(f"resumed from {ckpt.directory} at step {start}")
+    except BaseException:
+        ckpt.close()
+        raise
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=list))
     return state, start, ckpt
 
 
 def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_fn, train_split, mesh,
              on_sample: Optional[Callable] = None, desc: str = "train"):
     """Steps ``start`` … ``train.num_steps`` with a progress bar, JSON-lines/TensorBoard scalars,
-    checkpoints and ``on_sample(step, state)``; stops at once on a non-finite loss."""
-    writer = MetricWriter(workdir)
+    checkpoints and ``on_sample(step, state)``; stops at once on a non-finite loss or update (the
+    step that made it is not applied, so nothing non-finite is saved)."""
+    writer = MetricWriter(workdir, start)
     total = config.train.num_steps
     bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True,
                disable=jax.process_index() != 0)
@@ -137,11 +166,13 @@ def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_
         for step in range(start, total):
             local = datasets.host_batch(train_split, config.train.batch_size, step, config.seed)
             state, metrics = step_fn(state, parallel.global_batch(local, mesh))
+            update_finite = bool(metrics.pop("update_finite"))
             loss = float(metrics["loss"])
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss}) at step {step}: the run stops here and the last checkpoint "
-                    f"(step {ckpt.latest_step()}) is kept; lower optim.lr or check the data")
+            if not (math.isfinite(loss) and update_finite):
+                what = f"loss ({loss})" if not math.isfinite(loss) else "parameters or EMA after the update"
+                raise NonFiniteStepError(
+                    f"non-finite {what} at step {step}: the run stops here, the step is not applied and the "
+                    f"last finite checkpoint (step {ckpt.latest_step()}) is kept; lower optim.lr or check the data")
             bar.update(1)
             window_steps += 1
             done = step + 1
@@ -166,21 +197,27 @@ def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_
 
 
 def load_data(config):
-    return datasets.load_splits(config.data.source, image_size=config.data.image_size,
-                                holdout_fraction=config.data.holdout_fraction, seed=config.seed,
-                                tfds_data_dir=config.data.tfds_data_dir)
+    """(train, held-out) splits of ``data.source``, checked against the config's channels and classes."""
+    splits = datasets.load_splits(config.data.source, image_size=config.data.image_size,
+                                  holdout_fraction=config.data.holdout_fraction, seed=config.seed,
+                                  tfds_data_dir=config.data.tfds_data_dir)
+    for split in splits:
+        datasets.check_split(split, channels=config.data.channels, num_classes=config.data.num_classes,
+                             source=config.data.source)
+    return splits
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> training.TrainState:
-    """Train (or resume) the diffusion model described by ``config`` in ``workdir``; returns the final state."""
-    workdir, mesh, _ = prepare_run(config, workdir)
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fall_back: bool = False) -> training.TrainState:
+    """Train (or resume) the diffusion model described by ``config`` in ``workdir``; returns the final
+    state. ``fall_back``: resume from the newest checkpoint that verifies when the latest is corrupt."""
+    workdir, mesh = prepare_run(config, workdir)
     train_split, _ = load_data(config)
     model = common.make_model(config)
     schedule = common.make_schedule(config)
     tx = make_optimizer(config)
     state, start, ckpt = restore_or_init(
         config, workdir, lambda k: training.create_train_state(k, init_params(model, config, k), tx,
-                                                               schedule.num_steps), mesh)
+                                                               schedule.num_steps), mesh, fall_back=fall_back)
     rep = parallel.replicated(mesh)
     step_fn = jax.jit(partial(
         training.train_step, apply_fn=model.apply, tx=tx, schedule=schedule,
@@ -223,10 +260,11 @@ def heldout_accuracy(config, model, params, split, mesh, timestep: Optional[int]
     return correct / len(split)
 
 
-def train_classifier(config: ml_collections.ConfigDict, workdir) -> tuple[training.TrainState, dict]:
+def train_classifier(config: ml_collections.ConfigDict, workdir, *, fall_back: bool = False
+                     ) -> tuple[training.TrainState, dict]:
     """Train (or resume) a feature classifier or ADM noisy classifier; report held-out accuracy in
     ``<workdir>/accuracy.json`` and write the EMA weights to ``<workdir>/classifier.msgpack``."""
-    workdir, mesh, _ = prepare_run(config, workdir)
+    workdir, mesh = prepare_run(config, workdir)
     train_split, heldout = load_data(config)
     model = common.make_classifier(config)
     noisy = config.classifier.kind == "noisy"
@@ -238,7 +276,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir) -> tuple[traini
         args = (jnp.zeros((1,), jnp.int32),) if noisy else ()
         return training.create_train_state(k, model.init(k, x, *args)["params"], tx, 1)
 
-    state, start, ckpt = restore_or_init(config, workdir, init, mesh)
+    state, start, ckpt = restore_or_init(config, workdir, init, mesh, fall_back=fall_back)
     rep = parallel.replicated(mesh)
     step_fn = jax.jit(partial(training.classifier_step, apply_fn=model.apply, tx=tx, ema_decay=config.ema.decay,
                               ema_warmup=config.ema.warmup, max_shift=config.classifier.max_shift,

@@ -1,10 +1,12 @@
 """The training entry point on tiny configs: resume, sharding, the NaN guard, config checks, every shipped config."""
 import importlib
 import json
+import shutil
 from functools import partial
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -39,6 +41,13 @@ def test_resume_is_bitwise_identical(tmp_path):
         np.testing.assert_array_equal(a, b)
     lines = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines] == [1, 2, 3, 4] and all(np.isfinite(l["loss"]) for l in lines)
+    # Killed after logging steps 3 and 4 but before checkpoint 4 was written: the resumed run
+    # replays them, and the log keeps one row per step, equal to the uninterrupted run's.
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")
+    trainer.train_and_evaluate(tiny(), tmp_path / "b")
+    replayed = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in replayed] == [1, 2, 3, 4]
+    assert [l["loss"] for l in replayed] == [l["loss"] for l in lines]
     assert list((tmp_path / "a" / "tensorboard").iterdir())
     assert (tmp_path / "a" / "samples" / "step_0000004.png").exists()
     assert sorted(int(p.name) for p in (tmp_path / "a" / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
@@ -83,7 +92,7 @@ def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "host_batch", poisoned)
     c = tiny()
     c.train.num_steps = 6
-    with pytest.raises(trainer.NonFiniteLossError, match="at step 3.*last checkpoint \\(step 2\\)"):
+    with pytest.raises(trainer.NonFiniteStepError, match="loss \\(nan\\) at step 3.*last finite checkpoint \\(step 2\\)"):
         trainer.train_and_evaluate(c, tmp_path)
     ckpt = Checkpointer(tmp_path / "checkpoints")
     assert ckpt.latest_step() == 2
@@ -94,15 +103,18 @@ def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     assert meta["data_position"] == 2 and all(np.isfinite(a).all() for a in leaves(state))
 
 
-def test_mismatched_checkpoint_is_refused(tmp_path):
+def test_an_update_that_overflows_the_parameters_is_not_applied_or_saved(tmp_path, monkeypatch):
+    """A finite loss and gradient whose update makes the parameters infinite (here an update scaled
+    by ∞ at step 3) stops the run at that step; checkpoint 4 is never written with it."""
+    real = trainer.make_optimizer
+    overflow_at_3 = optax.scale_by_schedule(lambda count: jnp.where(count == 3, jnp.inf, 1.0))
+    monkeypatch.setattr(trainer, "make_optimizer", lambda config: optax.chain(real(config), overflow_at_3))
     c = tiny()
-    c.train.num_steps = 2
-    trainer.train_and_evaluate(c, tmp_path)
-    other = tiny()
-    other.diffusion.schedule = "cosine"
-    other.model.base_channels = 12
-    with pytest.raises(ValueError, match="diffusion.schedule: checkpoint 'linear' vs config 'cosine'"):
-        trainer.train_and_evaluate(other, tmp_path)
+    c.train.num_steps = 6
+    with pytest.raises(trainer.NonFiniteStepError,
+                       match=r"parameters or EMA after the update at step 3.*last finite checkpoint \(step 2\)"):
+        trainer.train_and_evaluate(c, tmp_path)
+    assert Checkpointer(tmp_path / "checkpoints").latest_step() == 2
 
 
 @pytest.mark.parametrize("field, value, message", [

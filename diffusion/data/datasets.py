@@ -41,10 +41,16 @@ def _read_npz(path) -> tuple[np.ndarray, np.ndarray]:
         if "image" not in f:
             raise ValueError(f"{path} has no 'image' array (it has {sorted(f.files)})")
         images = f["image"]
-        labels = f["label"].astype(np.int32) if "label" in f else np.zeros(len(images), np.int32)
+        labels = f["label"] if "label" in f else np.zeros(len(images), np.int32)
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise ValueError(f"{path}: 'image' must be uint8 N×H×W(×C), got {images.dtype} {images.shape}")
-    return (images[..., None] if images.ndim == 3 else images), labels
+    if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
+        raise ValueError(f"{path}: 'image' {images.shape} looks channels-first (N×C×H×W); store it "
+                         "channels-last, N×H×W×C (np.transpose(image, (0, 2, 3, 1)))")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(images),):
+        raise ValueError(f"{path}: 'label' must be integers, one per image ({len(images)}), got "
+                         f"{labels.dtype} {labels.shape}")
+    return (images[..., None] if images.ndim == 3 else images), labels.astype(np.int32)
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
@@ -118,6 +124,20 @@ def load_splits(source: str, *, image_size: int, holdout_fraction: float, seed: 
     n_hold = int(round(holdout_fraction * len(images)))
     hold, train = order[:n_hold], order[n_hold:]
     return Split(images[train], labels[train]), Split(images[hold], labels[hold])
+
+
+def check_split(split: Split, *, channels: int, num_classes: int, source: str):
+    """Refuse data a run would misread: images whose channel count is not ``data.channels``, labels
+    outside [0, ``data.num_classes``) (an out-of-range class embedding turns the first step's loss
+    into NaN)."""
+    if split.images.dtype == np.uint8 and split.images.shape[-1] != channels:
+        raise ValueError(f"data {source!r} has {split.images.shape[-1]}-channel images {split.images.shape[1:]} "
+                         f"but config field data.channels={channels}: set --config.data.channels="
+                         f"{split.images.shape[-1]} or convert the images")
+    if len(split) and (split.labels.min() < 0 or split.labels.max() >= num_classes):
+        raise ValueError(f"data {source!r} has labels in [{split.labels.min()}, {split.labels.max()}], outside "
+                         f"[0, data.num_classes={num_classes}): set --config.data.num_classes="
+                         f"{split.labels.max() + 1} or fix the labels")
 
 
 def to_model_range(images: np.ndarray) -> np.ndarray:

@@ -1,0 +1,198 @@
+"""Bad settings and bad data are refused before any work, naming the field and the fix; a refused
+run leaves what was saved as it was (issue 17)."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs import base, mnist_cfg, swissroll
+from diffusion import schedules
+from diffusion.checkpoints import CorruptCheckpointError
+from experiments import common, evaluation, generate, trainer
+from tiny_configs import shrink
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny():
+    return shrink(base.get_config())
+
+
+def cli(*args):
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"))
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("train.keep_checkpoints", 0, r"train.keep_checkpoints=0 must be an integer >= 1 .*delete them all"),
+    ("train.checkpoint_every", 0, "train.checkpoint_every=0 must be an integer >= 1"),
+    ("train.log_every", 0, "train.log_every=0"),
+    ("optim.lr", 0.0, r"optim.lr=0.0 must be a finite number > 0"),
+    ("optim.lr", -1e-3, r"optim.lr=-0.001 must be"),
+    ("optim.lr", float("nan"), r"optim.lr=nan must be"),
+    ("sample.steps", 0, r"sample.steps=0 for 'ddim' must be an integer >= 1"),
+    ("sample.steps", 1001, r"sample.steps=1001 for 'ddim' exceeds the schedule's T = 1000"),
+    ("sample.num", 0, "sample.num=0"),
+])
+def test_impossible_settings_are_refused_before_any_work(tmp_path, field, value, message):
+    c = tiny()
+    section, name = field.split(".")
+    c[section][name] = value
+    with pytest.raises(ValueError, match=message):
+        trainer.train_and_evaluate(c, tmp_path)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("sampler, steps, message", [
+    ("ddim", 0, "must be an integer >= 1"),          # once silently ran sample.steps and was labelled ddim0
+    ("ddpm", 1001, "exceeds the schedule's T = 1000"),   # once silently ran T and was labelled ddpm1001
+    ("pc", 2000, "exceeds"),
+    ("euler", 10, "sampler='euler' is not one of"),
+])
+def test_a_sampler_step_count_it_cannot_run_is_refused(sampler, steps, message):
+    c = tiny()
+    with pytest.raises(ValueError, match=message):
+        common.make_sampler(c, schedules.make_schedule("linear", 1000), sampler=sampler, steps=steps)
+
+
+@pytest.mark.parametrize("text", ["ddim", "ddim:0", "ddim:-3", "ddim:1.5", "ddim:x", "ddim:10:abc", "ddim:10:-1",
+                                  "ddim:10:0:1", "euler:10", "ddim:10:nan"])
+def test_a_malformed_sampler_setting_is_refused(text):
+    with pytest.raises(ValueError, match="is not name:steps\\[:eta\\]"):
+        evaluation.parse_setting(text)
+    assert evaluation.parse_setting("ddim:20:0.5") == ("ddim", 20, 0.5)
+
+
+def write_npz(path, images, labels=None):
+    arrays = {"image": images} if labels is None else {"image": images, "label": labels}
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("label_too_large", r"labels in \[0, 10\], outside \[0, data.num_classes=10\)"),
+    ("negative_label", r"labels in \[-1, 9\]"),
+    ("float_labels", "'label' must be integers"),
+    ("short_labels", r"one per image \(40\)"),
+    ("rgb_for_one_channel", "3-channel images .* data.channels=1"),
+    ("channels_first", "looks channels-first"),
+])
+def test_data_the_config_would_misread_is_refused(tmp_path, case, message):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 28, 28, 1), dtype=np.uint8)
+    labels = np.arange(40, dtype=np.int64) % 10
+    if case == "label_too_large":
+        labels[7] = 10
+    elif case == "negative_label":
+        labels[3] = -1
+    elif case == "float_labels":
+        labels = labels.astype(np.float32)
+    elif case == "short_labels":
+        labels = labels[:30]
+    elif case == "rgb_for_one_channel":
+        images = np.repeat(images, 3, axis=-1)
+    elif case == "channels_first":
+        images = images.transpose(0, 3, 1, 2)
+    c = tiny()
+    c.data.source = write_npz(tmp_path / "data.npz", images, labels)
+    with pytest.raises(ValueError, match=message):
+        trainer.train_and_evaluate(c, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_class_the_model_cannot_draw_is_refused():
+    conditional, unconditional = mnist_cfg.get_config(), base.get_config()
+    for label in (10, -2):
+        with pytest.raises(ValueError, match=f"--label={label} is not a class of this run: use 0 … 9"):
+            generate.check_label(conditional, label)
+    with pytest.raises(ValueError, match="unconditional .* no effect"):
+        generate.check_label(unconditional, 3)
+    generate.check_label(unconditional, 3, guide="classifier")     # a label for the classifier: fine
+    generate.check_label(conditional, 9)
+
+
+def test_a_mistyped_override_is_one_line_naming_the_closest_field(tmp_path):
+    proc = cli("experiments.train", "--config", "configs/mnist.py", "--workdir", str(tmp_path / "run"),
+               "--config.optim.lrr=1e-4")
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == ("error: --config.optim.lrr is not a field of configs/mnist.py; "
+                                   "did you mean --config.optim.lr?")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny run trained to step 4 (checkpoints at 2 and 4)."""
+    workdir = tmp_path_factory.mktemp("trained")
+    trainer.train_and_evaluate(tiny(), workdir)
+    return workdir
+
+
+def test_a_refused_resume_leaves_the_runs_config(trained):
+    saved = (trained / "config.json").read_text()
+    other = tiny()
+    other.diffusion.schedule = "cosine"
+    with pytest.raises(ValueError, match="diffusion.schedule: checkpoint 'linear' vs config 'cosine'"):
+        trainer.train_and_evaluate(other, trained)
+    shorter = tiny()
+    shorter.train.num_steps = 2
+    with pytest.raises(ValueError, match="train.num_steps=2 is below step 4 already reached"):
+        trainer.train_and_evaluate(shorter, trained)
+    assert (trained / "config.json").read_text() == saved
+    assert generate.load_run(trained).step == 4          # the run still samples
+
+
+def test_sample_refuses_bad_counts_and_labels(trained):
+    for args, message in [(("--num", "0"), "--num=0 must be an integer >= 1"),
+                          (("--batch", "0"), "--batch=0 must be an integer >= 1"),
+                          (("--steps", "0"), "--steps=0 must be an integer >= 1"),
+                          (("--sampler", "ddpm", "--steps", "1001"), "--steps=1001 for 'ddpm' exceeds"),
+                          (("--label", "3"), "unconditional")]:
+        proc = cli("experiments.sample", "--workdir", str(trained), *args)
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr[-2000:])
+    assert not (trained / "sample").exists()
+
+
+def test_evaluate_refuses_a_setting_beyond_T_before_sampling(trained):
+    with pytest.raises(ValueError, match="ddpm:1001 steps=1001 for 'ddpm' exceeds the schedule's T = 1000"):
+        evaluation.evaluate_run(trained, [("ddim", 2, 0.0), ("ddpm", 1001, 0.0)], num=8, batch=8)
+    with pytest.raises(ValueError, match="--num=0"):
+        evaluation.evaluate_run(trained, [("ddim", 2, 0.0)], num=0, batch=8)
+    assert not (trained / "eval").exists()
+
+
+def test_sample_draws_the_toy_figure_for_a_2d_run(tmp_path):
+    c = shrink(swissroll.get_config(), steps=2)
+    trainer.train_and_evaluate(c, tmp_path)
+    proc = cli("experiments.sample", "--workdir", str(tmp_path), "--sampler", "ddpm", "--steps", "10",
+               "--num", "64", "--batch", "64")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tag = "ddpm10_eta0_unguided0_seed0"
+    with np.load(tmp_path / "sample" / f"{tag}.npz") as f:
+        assert f["points"].shape == (64, 2) and np.isfinite(f["points"]).all()
+    from PIL import Image
+    with Image.open(tmp_path / "sample" / f"{tag}.png") as img:
+        assert img.width > 3 * img.height      # data | samples | reverse frames side by side
+    proc = cli("experiments.sample", "--workdir", str(tmp_path), "--steps", "10", "--interpolate")
+    assert proc.returncode != 0 and "2-D toy run" in proc.stderr
+
+
+def test_a_corrupt_checkpoint_is_fallen_back_from_only_when_asked(trained, tmp_path):
+    from test_checkpoints import damage
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    damage(run / "checkpoints", 4)
+    with pytest.raises(CorruptCheckpointError,
+                       match=r"checkpoints/4 is corrupt: .* do not match the checksums saved with it; rerun with "
+                             r"--fall_back_to_good_checkpoint to move it to .*corrupt_checkpoints/ and resume from step 2"):
+        trainer.train_and_evaluate(tiny(), run)
+    assert (run / "checkpoints" / "4").is_dir()            # refused, untouched
+    state = trainer.train_and_evaluate(tiny(), run, fall_back=True)
+    assert int(state.step) == 4 and (run / "corrupt_checkpoints" / "4").is_dir()
+    for a, b in zip(jax.tree.leaves(generate.load_run(trained).params), jax.tree.leaves(state.ema_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))   # steps 3–4 retrained bit for bit
