@@ -28,7 +28,8 @@ flags.DEFINE_string("out", None, "Output directory (default <workdir>/sample).")
 flags.DEFINE_enum("sampler", "ddim", ["ddpm", "ddim", "langevin", "pc"], "Reverse-process sampler.")
 flags.DEFINE_integer("steps", 50, "Number of sampling steps (respaced for ddpm/pc).")
 flags.DEFINE_float("eta", 0.0, "DDIM η (0 deterministic, 1 DDPM-like).")
-flags.DEFINE_enum("clip", "static", ["static", "dynamic", "none"], "Thresholding of the predicted x_0.")
+flags.DEFINE_enum("clip", None, ["static", "dynamic", "none"], "Thresholding of the predicted x_0 "
+                  "(default: the run's sample.clip).")
 flags.DEFINE_integer("num", 64, "Number of samples.")
 flags.DEFINE_integer("batch", 64, "Samples per compiled batch (a multiple of the device count).")
 flags.DEFINE_integer("seed", 0, "Noise seed.")
@@ -149,7 +150,7 @@ def main(argv):
     mesh = parallel.make_mesh()
     out = Path(FLAGS.out or Path(FLAGS.workdir or ".") / "sample")
     out.mkdir(parents=True, exist_ok=True)
-    clip = "" if FLAGS.clip == "none" else FLAGS.clip
+    clip = run.config.sample.clip if FLAGS.clip is None else "" if FLAGS.clip == "none" else FLAGS.clip
     FLAGS.clip = clip
     tag = f"{FLAGS.sampler}{FLAGS.steps}_eta{FLAGS.eta:g}_{FLAGS.guidance or 'unguided'}{FLAGS.scale:g}_seed{FLAGS.seed}"
     if run.config.model.kind == "mlp":
