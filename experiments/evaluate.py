@@ -3,7 +3,7 @@
 For each sampler setting (``--samplers ddpm:1000,ddim:50,ddim:50:1.0`` = name:steps[:η]) it draws
 ``--num`` samples (kept in ``<workdir>/eval/samples_<tag>_seed<s>_step<n>.npz``, so a rerun skips them) and
 computes FID against the training split, the Inception Score (10 splits) and the fraction of
-samples the classifier is ≥ 90% sure of; the held-out split's own FID and IS are the floor and
+samples the classifier gives a probability ≥ 0.9; the held-out split's own FID and IS are the floor and
 ceiling. NLL in bits/dim comes from the full variational bound on held-out images. Results go to
 ``<workdir>/eval/*.json`` and ``<workdir>/eval/results.md``.
 

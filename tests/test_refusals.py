@@ -197,3 +197,12 @@ def test_a_corrupt_checkpoint_is_fallen_back_from_only_when_asked(trained, tmp_p
     assert int(state.step) == 4 and (run / "corrupt_checkpoints" / "4").is_dir()
     for a, b in zip(jax.tree.leaves(generate.load_run(trained).params), jax.tree.leaves(state.ema_params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))   # steps 3–4 retrained bit for bit
+
+
+@pytest.mark.parametrize("entry", ["train", "train_classifier", "sample", "evaluate", "reproduce"])
+def test_help_prints_the_docstring_as_written(entry):
+    """absl %-formats the module docstring for --help when it holds a '%' (evaluate's '≥ 90% sure'
+    once printed as '≥ 90/…/evaluate.pyure')."""
+    import ast
+    doc = ast.get_docstring(ast.parse((REPO / "experiments" / f"{entry}.py").read_text()), clean=False)
+    assert doc.count("%") == 2 * doc.count("%%") == 0
