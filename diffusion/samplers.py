@@ -3,17 +3,22 @@
 Every step has one signature, ``step(model_fn, schedule, x_t, t, t_prev, key, **kw) -> (x_prev, x0)``:
 it moves x from level ``t`` to level ``t_prev`` (−1 is clean data) and also returns its x̂_0.
 ``t`` and ``t_prev`` are scalar schedule indices; ``model_fn(x_t, timesteps, **cond)`` is the network.
-``sample`` runs a whole trajectory in one ``lax.scan``.
+``sample`` runs a whole trajectory in one ``lax.scan``; ``plan`` turns a sampler's name and step
+count into the step, the schedule it runs on and its timesteps (``SAMPLERS`` is the table).
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import numbers
+from functools import partial
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
 from diffusion import gaussian, reverse
-from diffusion.schedules import Schedule, space_timesteps
+from diffusion.schedules import Schedule, respace, space_timesteps
 
 
 def _model_gaussian(model_fn, schedule, x_t, t, cond, prediction, variance, clip, clip_percentile):
@@ -187,9 +192,46 @@ def spaced(schedule: Schedule, spec) -> jax.Array:
     return jnp.asarray(space_timesteps(schedule.num_steps, spec)[::-1].copy(), jnp.int32)
 
 
-STEPS = {
-    "ddpm": ddpm_step,
-    "ddim": ddim_step,
-    "langevin": langevin_step,
-    "pc": predictor_corrector_step,
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """A reverse step and how it covers fewer steps than T: ``respaced`` steps move one index at a
+    time, so they run on a respaced schedule (Nichol & Dhariwal 2021, §4); the others jump between
+    the kept indices of the full schedule (Song et al. 2021, §4.2)."""
+    step: Callable
+    respaced: bool
+
+
+# The samplers every entry point offers, by name; a new sampler is one entry here.
+SAMPLERS = {
+    "ddpm": Sampler(ddpm_step, respaced=True),
+    "ddim": Sampler(ddim_step, respaced=False),
+    "langevin": Sampler(langevin_step, respaced=False),
+    "pc": Sampler(predictor_corrector_step, respaced=True),
 }
+
+
+def check_steps(name: str, steps, num_steps: int, what: str = "steps"):
+    """Refuse a step count a sampler cannot run as asked: not an integer, below 1, or above the
+    schedule's T (every sampler visits distinct schedule indices)."""
+    if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"{what}={steps!r} for {name!r} must be an integer >= 1")
+    if steps > num_steps:
+        raise ValueError(f"{what}={steps} for {name!r} exceeds the schedule's T = {num_steps} steps: "
+                         f"use at most {num_steps}")
+
+
+def plan(name: str, schedule: Schedule, steps: int, **settings) -> tuple[Callable, Schedule, jax.Array]:
+    """(step with ``settings`` bound, the schedule it runs on, its descending timesteps) for the
+    sampler ``name`` in ``steps`` steps. Settings the step does not take (η for DDPM, say) are
+    dropped, so one set of settings serves every sampler."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    check_steps(name, steps, schedule.num_steps)
+    sampler = SAMPLERS[name]
+    taken = inspect.signature(sampler.step).parameters
+    step = partial(sampler.step, **{k: v for k, v in settings.items() if k in taken})
+    if sampler.respaced:
+        if steps < schedule.num_steps:
+            schedule = respace(schedule, space_timesteps(schedule.num_steps, steps))
+        return step, schedule, jnp.arange(schedule.num_steps - 1, -1, -1)
+    return step, schedule, spaced(schedule, steps)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from functools import partial
 
 import jax.numpy as jnp
 import ml_collections
@@ -45,16 +44,6 @@ def check_flags_at_least(minimum: int, **flags):
             raise ValueError(f"--{name}={value!r} must be an integer >= {minimum}")
 
 
-def check_sampler_steps(sampler: str, steps, num_steps: int, what: str = "sampler steps"):
-    """Refuse a step count a sampler cannot run as asked: not an integer, below 1, or above the
-    schedule's T (every sampler here visits distinct schedule indices, so T is the most there are)."""
-    if not _is_integer(steps) or steps < 1:
-        raise ValueError(f"{what}={steps!r} for {sampler!r} must be an integer >= 1")
-    if steps > num_steps:
-        raise ValueError(f"{what}={steps} for {sampler!r} exceeds the schedule's T = {num_steps} steps: "
-                         f"use at most {num_steps}")
-
-
 def validate(c: ml_collections.ConfigDict):
     """Raise ValueError naming the first unknown name or impossible combination."""
     d, m = c.diffusion, c.model
@@ -67,7 +56,7 @@ def validate(c: ml_collections.ConfigDict):
     _choice("diffusion.decoder", d.decoder, losses.DECODERS)
     _choice("model.kind", m.kind, ("unet", "mlp"))
     _choice("train.compute_dtype", c.train.compute_dtype, DTYPES)
-    _choice("sample.sampler", c.sample.sampler, samplers.STEPS)
+    _choice("sample.sampler", c.sample.sampler, samplers.SAMPLERS)
     _choice("sample.clip", c.sample.clip, ("", "static", "dynamic"))
     _choice("optim.optimizer", c.optim.optimizer, ("adam", "adamw"))
     _choice("optim.decay", c.optim.decay, ("constant", "cosine"))
@@ -97,7 +86,7 @@ def validate(c: ml_collections.ConfigDict):
         _at_least_one(field, c[field.split(".")[0]][field.split(".")[1]])
     if not (math.isfinite(c.optim.lr) and c.optim.lr > 0):
         raise ValueError(f"config field optim.lr={c.optim.lr!r} must be a finite number > 0")
-    check_sampler_steps(c.sample.sampler, c.sample.steps, d.num_steps, what="config field sample.steps")
+    samplers.check_steps(c.sample.sampler, c.sample.steps, d.num_steps, what="config field sample.steps")
     if not is_toy:
         make_model(c)   # the U-Net checks that the image size fits its levels
 
@@ -150,22 +139,10 @@ def loss_kwargs(c: ml_collections.ConfigDict) -> dict:
 
 
 def make_sampler(c: ml_collections.ConfigDict, schedule, *, sampler=None, steps=None, eta=None, clip=None):
-    """(step function with its settings bound, schedule to run on, descending timesteps).
-
-    DDPM and predictor–corrector sampling on fewer steps run on the respaced schedule; DDIM and
-    Langevin jump between the kept steps of the full one.
-    """
+    """``samplers.plan`` for the config's sampler settings, each overridable: (step with its
+    settings bound, schedule to run on, descending timesteps)."""
     name = c.sample.sampler if sampler is None else sampler
     steps = c.sample.steps if steps is None else steps
-    _choice("sampler", name, samplers.STEPS)
-    check_sampler_steps(name, steps, schedule.num_steps)
     clip = c.sample.clip if clip is None else clip
-    kw = dict(model_kwargs(c), clip=clip or None)
-    step = samplers.STEPS[name]
-    if name == "ddim":
-        kw["eta"] = c.sample.eta if eta is None else eta
-    if name in ("ddpm", "pc"):
-        if steps < schedule.num_steps:
-            schedule = schedules.respace(schedule, schedules.space_timesteps(schedule.num_steps, steps))
-        return partial(step, **kw), schedule, jnp.arange(schedule.num_steps - 1, -1, -1)
-    return partial(step, **kw), schedule, samplers.spaced(schedule, steps)
+    return samplers.plan(name, schedule, steps, eta=c.sample.eta if eta is None else eta,
+                         clip=clip or None, **model_kwargs(c))

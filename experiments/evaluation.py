@@ -99,10 +99,10 @@ def quality(feats, probs, reference: metrics.FeatureStats) -> dict:
 
 def parse_setting(text: str) -> tuple[str, int, float]:
     """'ddim:50:0.5' → ('ddim', 50, 0.5); a malformed setting is a ValueError saying the form."""
-    form = f"sampler setting {text!r} is not name:steps[:eta] with name {'|'.join(samplers.STEPS)}, " \
+    form = f"sampler setting {text!r} is not name:steps[:eta] with name {'|'.join(samplers.SAMPLERS)}, " \
            "steps an integer >= 1 and eta a number"
     parts = text.split(":")
-    if len(parts) not in (2, 3) or parts[0] not in samplers.STEPS or not re.fullmatch(r"\d+", parts[1]):
+    if len(parts) not in (2, 3) or parts[0] not in samplers.SAMPLERS or not re.fullmatch(r"\d+", parts[1]):
         raise ValueError(form)
     try:
         eta = float(parts[2]) if len(parts) == 3 else 0.0
@@ -214,7 +214,7 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
     run = generate.load_run(workdir)
     config = run.config
     for sampler, steps, _ in settings:   # every setting is checked before any is drawn
-        common.check_sampler_steps(sampler, steps, run.schedule.num_steps, what=f"{sampler}:{steps} steps")
+        samplers.check_steps(sampler, steps, run.schedule.num_steps, what=f"{sampler}:{steps} steps")
     mesh = parallel.make_mesh()
     out = Path(workdir) / "eval"
     out.mkdir(parents=True, exist_ok=True)

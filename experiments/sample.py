@@ -25,7 +25,7 @@ flags.DEFINE_string("workdir", None, "A training run's workdir (its config and l
 config_flags.DEFINE_config_file("config", None, "With --diffusers_weights: the config the weights fit.")
 flags.DEFINE_string("diffusers_weights", None, "A diffusers UNet2DModel .safetensors/.bin to sample from.")
 flags.DEFINE_string("out", None, "Output directory (default <workdir>/sample).")
-flags.DEFINE_enum("sampler", "ddim", ["ddpm", "ddim", "langevin", "pc"], "Reverse-process sampler.")
+flags.DEFINE_enum("sampler", "ddim", list(samplers.SAMPLERS), "Reverse-process sampler.")
 flags.DEFINE_integer("steps", 50, "Number of sampling steps (respaced for ddpm/pc).")
 flags.DEFINE_float("eta", 0.0, "DDIM η (0 deterministic, 1 DDPM-like).")
 flags.DEFINE_enum("clip", None, ["static", "dynamic", "none"], "Thresholding of the predicted x_0 "
@@ -145,7 +145,7 @@ def main(argv):
     if FLAGS.distributed:
         jax.distributed.initialize()
     run = load(FLAGS)
-    common.check_sampler_steps(FLAGS.sampler, FLAGS.steps, run.schedule.num_steps, what="--steps")
+    samplers.check_steps(FLAGS.sampler, FLAGS.steps, run.schedule.num_steps, what="--steps")
     generate.check_label(run.config, FLAGS.label, FLAGS.guidance)
     mesh = parallel.make_mesh()
     out = Path(FLAGS.out or Path(FLAGS.workdir or ".") / "sample")

@@ -166,3 +166,22 @@ def test_sampler_compiles_once_across_keys_and_scales():
         run(sched, x_T, jax.random.key(i), timesteps=samplers.spaced(sched, 5),
             cond={"labels": jnp.zeros(4, jnp.int32), "guidance_scale": jnp.float32(w)})
     assert len(traces) == 1
+
+
+def test_plan_respaces_one_index_steps_and_jumps_the_others():
+    sched = schedules.make_schedule("linear", 1000)
+    step, run_on, ts = samplers.plan("ddpm", sched, 50, eta=0.7, clip="static", prediction="eps")
+    assert run_on.num_steps == 50 and list(np.asarray(ts)) == list(range(49, -1, -1))
+    kept = schedules.space_timesteps(1000, 50)           # the respaced ᾱ are the kept steps' ᾱ
+    np.testing.assert_allclose(run_on.alphas_cumprod, sched.alphas_cumprod[kept], rtol=1e-6)
+    assert "eta" not in step.keywords and step.keywords["clip"] == "static"    # DDPM takes no η
+    step, run_on, ts = samplers.plan("ddim", sched, 50, eta=0.7)
+    assert run_on is sched and step.keywords == {"eta": 0.7}
+    np.testing.assert_array_equal(ts, kept[::-1])
+    _, run_on, ts = samplers.plan("pc", sched, 1000)
+    assert run_on is sched and len(ts) == 1000
+    assert set(samplers.SAMPLERS) == {"ddpm", "ddim", "langevin", "pc"}
+    for name, steps, message in [("ddim", 0, "must be an integer >= 1"), ("ddpm", 1001, "exceeds the schedule's T"),
+                                 ("ddim", 2.0, "must be an integer"), ("heun", 10, "unknown sampler 'heun'")]:
+        with pytest.raises(ValueError, match=message):
+            samplers.plan(name, sched, steps)
