@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import cifar10_ddpm, mnist
-from diffusion import samplers, training
+from diffusion import samplers, training, xla_flags
 from diffusion.models.cost import compiled_flops
 from experiments import common, trainer
 
@@ -214,6 +214,7 @@ def table(rows: list[dict], peak: float, ddpm_steps: int) -> str:
 
 
 def main():
+    xla_flags.use_xla_cpu_convolutions()   # before jax.default_backend() starts the backend
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=sorted(SUITES), default="gpu" if jax.default_backend() == "gpu" else "cpu")
     parser.add_argument("--models", default="mnist,cifar10")

@@ -1,5 +1,6 @@
-"""What the entry points share on the command line: flag parsing that answers a mistyped config
-override (``--config.optim.lrr=1``) with one line naming it and the closest field, not a traceback."""
+"""What the entry points share on the command line: the CPU's XLA settings, flag parsing that
+answers a mistyped config override (``--config.optim.lrr=1``) with one line naming it and the
+closest field, not a traceback, and one line for a full disk."""
 from __future__ import annotations
 
 import difflib
@@ -11,6 +12,8 @@ from typing import Optional
 
 import ml_collections
 from absl import app, flags
+
+from diffusion import xla_flags
 
 
 def _config_file(argv: list[str]) -> Optional[str]:
@@ -64,7 +67,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main):
-    """``app.run(main)`` with ``parse_flags``; a full disk ends the process with its one message."""
+    """``app.run(main)`` with ``parse_flags`` and the CPU's XLA settings applied before JAX starts
+    (``xla_flags.use_xla_cpu_convolutions``); a full disk ends the process with its one message."""
+    xla_flags.use_xla_cpu_convolutions()
     def guarded(argv):
         try:
             return main(argv)

@@ -14,9 +14,9 @@ Features: for 28×28 single-channel data the project's classifier (the embedded 
 from pathlib import Path
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 
-from experiments import evaluation
+from experiments import cli, evaluation
 
 flags.DEFINE_string("workdir", None, "A training run's workdir.")
 flags.DEFINE_string("samplers", "ddim:50", "Comma-separated sampler settings name:steps[:eta].")
@@ -51,4 +51,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    cli.run(main)

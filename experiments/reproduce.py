@@ -21,7 +21,7 @@ import jax
 import matplotlib
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -30,7 +30,7 @@ from configs import cifar10_ddpm, classifier_fashion_mnist, fashion_mnist, mnist
 from diffusion import metrics, parallel, visualize  # noqa: E402
 from diffusion.data import datasets  # noqa: E402
 from diffusion.checkpoints import Checkpointer, config_differences  # noqa: E402
-from experiments import evaluation, generate, trainer  # noqa: E402
+from experiments import cli, evaluation, generate, trainer  # noqa: E402
 
 # Per dataset: the config its models derive from (and its file, for the printed commands), and the
 # feature classifier config for 28×28 data (None: the embedded MNIST classifier, or Inception).
@@ -362,4 +362,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["study", "workdir"])
-    app.run(main)
+    cli.run(main)

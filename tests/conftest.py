@@ -3,6 +3,10 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
+from diffusion import xla_flags  # noqa: E402
+
+xla_flags.use_xla_cpu_convolutions()   # as the entry points do, so tests compile what they run
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

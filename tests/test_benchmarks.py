@@ -1,5 +1,5 @@
-"""The benchmark script runs end to end on its tiny suite (no timing is asserted), and `import diffusion`
-sets the CPU convolution default the benchmarks chose."""
+"""The benchmark script runs end to end on its tiny suite (no timing is asserted); the CPU convolution
+setting the benchmarks chose applies only when asked, and `import diffusion` leaves XLA_FLAGS alone."""
 import importlib.util
 import os
 import subprocess
@@ -25,22 +25,29 @@ def test_benchmark_script_prints_its_table(tmp_path):
 
 
 PROBE = """
-import os, diffusion, jax, jax.numpy as jnp
+import os, sys
+before = os.environ.get("XLA_FLAGS", "")
+import diffusion, diffusion.samplers, diffusion.xla_flags
+assert os.environ.get("XLA_FLAGS", "") == before, "import diffusion touched XLA_FLAGS"
+if sys.argv[1] == "opt-in":
+    diffusion.xla_flags.use_xla_cpu_convolutions()
+import jax, jax.numpy as jnp
 conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 hlo = jax.jit(conv).lower(jnp.ones((8, 28, 28, 64)), jnp.ones((3, 3, 64, 64))).compile().as_text()
 print(os.environ.get("XLA_FLAGS", ""), "|", "__ynn_fusion" in hlo)
 """
 
 
-@pytest.mark.parametrize("extra, flags, ynn", [
-    ({}, "--xla_cpu_experimental_ynn_fusion_type=", False),                  # the project's CPU default
-    ({"DIFFUSION_KEEP_XLA_FLAGS": "1"}, "", True),                             # opted out: XLA's default
-    ({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_convolution"},
+@pytest.mark.parametrize("mode, extra, flags, ynn", [
+    ("import-only", {}, "", True),                                             # a notebook: JAX's defaults
+    ("opt-in", {}, "--xla_cpu_experimental_ynn_fusion_type=", False),          # the entry points' CPU setting
+    ("opt-in", {"DIFFUSION_KEEP_XLA_FLAGS": "1"}, "", True),                   # opted out: XLA's default
+    ("opt-in", {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_convolution"},
      "--xla_cpu_experimental_ynn_fusion_type=individual_convolution", True),  # the user's own value wins
 ])
-def test_import_routes_cpu_convolutions_to_xla_kernels_unless_told_not_to(extra, flags, ynn):
+def test_cpu_convolutions_go_to_xla_kernels_only_when_asked(mode, extra, flags, ynn):
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "DIFFUSION_KEEP_XLA_FLAGS")}
     env.update(extra, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", PROBE, mode], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == f"{flags} | {ynn}".strip()
