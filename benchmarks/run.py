@@ -28,7 +28,7 @@ import numpy as np
 from configs import cifar10_ddpm, mnist
 from diffusion import samplers, training, xla_flags
 from diffusion.models.cost import compiled_flops
-from experiments import common, trainer
+from experiments import common
 
 SUITES = {
     # Batch sizes and timed windows per suite. On CPU, DDPM 1000 runs on a small batch of the MNIST
@@ -83,9 +83,9 @@ def ours(name: str, suite_name: str) -> dict:
     config = model_config(name, suite_name)
     config.train.compute_dtype = suite["dtype"]
     model, schedule = common.make_model(config), common.make_schedule(config)
-    tx = trainer.make_optimizer(config)
+    tx = common.make_optimizer(config)
     key = jax.random.key(0)
-    state = training.create_train_state(key, trainer.init_params(model, config, key), tx, schedule.num_steps)
+    state = training.create_train_state(key, common.init_params(model, config, key), tx, schedule.num_steps)
     B = suite["train_batch"][name]
     shape = common.data_shape(config)
     batch = {"image": jax.random.uniform(key, (B,) + shape, minval=-1, maxval=1), "label": jnp.zeros((B,), jnp.int32)}
@@ -109,7 +109,7 @@ def ours(name: str, suite_name: str) -> dict:
     for label, (sampler, steps, S) in runs.items():
         x_T = jax.random.normal(key, (S,) + shape)
         step_fn, run_schedule, timesteps = common.make_sampler(config, schedule, sampler=sampler, steps=steps)
-        draw = jax.jit(lambda p, x: samplers.sample(step_fn, trainer.make_denoiser(model, p), run_schedule, x,
+        draw = jax.jit(lambda p, x: samplers.sample(step_fn, common.make_denoiser(model, p), run_schedule, x,
                                                     jax.random.key(1), timesteps=timesteps))
         out[f"{label}_img_s"] = median_rate(lambda: draw(params, x_T).block_until_ready(), S,
                                             windows=1 if sampler == "ddpm" else suite["windows"],

@@ -310,11 +310,12 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    def restore(self, template: Any, *, config: dict, step: Optional[int] = None):
+    def restore(self, template: Any, *, config: dict, step: Optional[int] = None, partial: bool = False):
         """(state, meta) from ``step`` (default latest), laid out like ``template`` and checked
         against the checksums saved with it. Refuses a checkpoint made for a different model,
         schedule or state layout (``ValueError``) and one that is unreadable or damaged
-        (``CorruptCheckpointError``)."""
+        (``CorruptCheckpointError``). ``partial``: ``template`` is a part of the saved state (say
+        ``{"ema_params": …}`` to sample), and only that part is read."""
         step = self.latest_step() if step is None else step
         path = self.directory / str(step)
         try:
@@ -328,11 +329,15 @@ class Checkpointer:
                              + "\n  ".join(diffs) + "\nuse a new --workdir, or the checkpoint's config")
         saved = meta.get("checksums")
         if saved is not None:
-            self._check_layout(path, saved, template)
+            self._check_layout(path, saved, template, partial)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        if partial:
+            restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract)
+            args = ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True)
+        else:
+            args = ocp.args.StandardRestore(abstract)
         try:
-            args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-            state = self.manager.restore(step, args=args)["state"]
+            state = self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
         except Exception as e:
             raise CorruptCheckpointError(self._corrupt_message(
                 step, f"its data is unreadable ({_first_line(e)})")) from e
@@ -346,11 +351,11 @@ class Checkpointer:
         return state, meta
 
     @staticmethod
-    def _check_layout(path: Path, saved: dict, template: Any):
+    def _check_layout(path: Path, saved: dict, template: Any, partial: bool = False):
         """A checkpoint of a differently laid-out state (another optimizer, changed code) is a
         mismatch to report, not corruption to fall back from."""
         names = set(_named_leaves(template))
-        missing, extra = sorted(names - set(saved)), sorted(set(saved) - names)
+        missing, extra = sorted(names - set(saved)), [] if partial else sorted(set(saved) - names)
         if missing or extra:
             raise ValueError(
                 f"checkpoint {path} holds a differently laid-out state (absent from the checkpoint: "

@@ -5,6 +5,7 @@ from typing import Optional, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
@@ -35,3 +36,20 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
     """Assemble each host's rows into global arrays sharded over ``data``."""
     sharding = data_sharded(mesh)
     return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), local)
+
+
+def padded_count(n: int, mesh: Mesh) -> int:
+    """``n`` rounded up to a multiple of the device count, the smallest batch that shards evenly."""
+    return n + -n % mesh.devices.size
+
+
+def pad_to_devices(x: np.ndarray, mesh: Mesh) -> np.ndarray:
+    """``x`` [N, ...] with its last row repeated up to ``padded_count(N)`` rows; drop them after with ``[:N]``."""
+    pad = padded_count(len(x), mesh) - len(x)
+    return np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
+
+
+def gather(x) -> np.ndarray:
+    """A global (sharded) array as one host NumPy array on every process: ``np.asarray`` alone
+    fails when other processes hold some of its shards."""
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))

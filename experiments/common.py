@@ -1,4 +1,5 @@
-"""From a config to the library's typed objects: validation, model, schedule, loss and sampler settings.
+"""From a config to the library's typed objects: validation, model and its parameters, schedule,
+loss, optimizer, data, conditioning and sampler settings.
 
 Every entry point goes through here, so a bad config fails before any work, naming the field.
 """
@@ -6,11 +7,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Optional
 
 import jax.numpy as jnp
 import ml_collections
 
-from diffusion import gaussian, losses, reverse, samplers, schedules
+from diffusion import gaussian, losses, reverse, samplers, schedules, training
+from diffusion.data import datasets
 from diffusion.models.mlp import MLPDenoiser
 from diffusion.models.classifier import ImageClassifier
 from diffusion.models.unet import NoisyClassifier, UNet
@@ -123,6 +126,12 @@ def data_shape(c: ml_collections.ConfigDict) -> tuple:
     return (c.data.image_size, c.data.image_size, c.data.channels)
 
 
+def conditioning(c: ml_collections.ConfigDict, labels) -> Optional[dict]:
+    """The network's conditioning arguments for ``labels``: ``{"labels": …}`` for a class-conditional
+    model, None for an unconditional one."""
+    return {"labels": labels} if c.model.num_classes else None
+
+
 def make_schedule(c: ml_collections.ConfigDict) -> schedules.Schedule:
     return schedules.make_schedule(c.diffusion.schedule, c.diffusion.num_steps)
 
@@ -146,3 +155,33 @@ def make_sampler(c: ml_collections.ConfigDict, schedule, *, sampler=None, steps=
     clip = c.sample.clip if clip is None else clip
     return samplers.plan(name, schedule, steps, eta=c.sample.eta if eta is None else eta,
                          clip=clip or None, **model_kwargs(c))
+
+
+def init_params(model, config, key):
+    """The denoiser's initial parameters, from one example of the data's shape."""
+    cond = conditioning(config, jnp.zeros((1,), jnp.int32)) or {}
+    return model.init(key, jnp.zeros((1,) + data_shape(config)), jnp.zeros((1,), jnp.int32), **cond)["params"]
+
+
+def make_denoiser(model, params, train: bool = False):
+    """``model_fn(x_t, timesteps, **cond)`` for the library's samplers and likelihood."""
+    return lambda x, ts, **cond: model.apply({"params": params}, x, ts, train=train, **cond)
+
+
+def make_optimizer(config: ml_collections.ConfigDict):
+    """``training.make_optimizer`` with the config's ``optim`` settings over ``train.num_steps``."""
+    o = config.optim
+    return training.make_optimizer(
+        lr=o.lr, warmup_steps=o.warmup_steps, decay=o.decay, total_steps=config.train.num_steps,
+        optimizer=o.optimizer, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, grad_clip=o.grad_clip)
+
+
+def load_data(config):
+    """(train, held-out) splits of ``data.source``, checked against the config's channels and classes."""
+    splits = datasets.load_splits(config.data.source, image_size=config.data.image_size,
+                                  holdout_fraction=config.data.holdout_fraction, seed=config.seed,
+                                  tfds_data_dir=config.data.tfds_data_dir)
+    for split in splits:
+        datasets.check_split(split, channels=config.data.channels, num_classes=config.data.num_classes,
+                             source=config.data.source)
+    return splits

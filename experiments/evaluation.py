@@ -16,7 +16,7 @@ from diffusion import likelihood, metrics, parallel, samplers
 from diffusion.data import datasets
 from diffusion.models import classifier as classifier_lib
 from diffusion.models import inception
-from experiments import common, generate, trainer
+from experiments import common, sampling
 
 FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]   # uint8 images -> (features, probabilities)
 
@@ -132,10 +132,10 @@ def samples_for(run, mesh, out: Path, sampler: str, steps: int, eta: float, *, n
             if len(f["image"]) >= num:
                 return f["image"][:num]
             kept = [f["image"][:len(f["image"]) // batch * batch]]
-    draw = generate.build_draw_fn(run, mesh, sampler=sampler, steps=steps, eta=eta,
+    draw = sampling.build_draw_fn(run, mesh, sampler=sampler, steps=steps, eta=eta,
                                   clip=run.config.sample.clip if clip is None else clip,
                                   guide=guide, classifier_log_prob=classifier_log_prob)
-    images = generate.draw_samples(run, draw, mesh, num=num, batch=batch, seed=seed, scale=scale, desc=tag,
+    images = sampling.draw_samples(run, draw, mesh, num=num, batch=batch, seed=seed, scale=scale, desc=tag,
                                    first=sum(map(len, kept)))
     images = np.concatenate(kept + [images])
     if jax.process_index() == 0:
@@ -155,7 +155,7 @@ def nll_bits_per_dim(run, mesh, heldout, num: int, batch: int = 32, seed: int = 
 
     def bound(params, x, labels, key):
         cond = {"labels": labels} if cond_on else None
-        return likelihood.variational_bound(trainer.make_denoiser(run.model, params), run.schedule, x, key,
+        return likelihood.variational_bound(common.make_denoiser(run.model, params), run.schedule, x, key,
                                             decoder=config.diffusion.decoder, cond=cond, **kw)
     dat = parallel.data_sharded(mesh)
     fn = jax.jit(bound, in_shardings=(parallel.replicated(mesh), dat, dat, parallel.replicated(mesh)))
@@ -211,20 +211,20 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
     tables everything measured at that step, this call's settings and earlier calls' alike."""
     common.check_flags_at_least(1, num=num, batch=batch)
     common.check_flags_at_least(0, nll_examples=nll_examples)
-    run = generate.load_run(workdir)
+    run = sampling.load_run(workdir)
     config = run.config
     for sampler, steps, _ in settings:   # every setting is checked before any is drawn
         samplers.check_steps(sampler, steps, run.schedule.num_steps, what=f"{sampler}:{steps} steps")
     mesh = parallel.make_mesh()
     out = Path(workdir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    train_split, heldout = trainer.load_data(config)
+    train_split, heldout = common.load_data(config)
     feature_name, feature_fn = make_feature_fn(config, mesh, features, classifier_weights, inception_weights)
     stats_dir = Path(stats_dir) if stats_dir else out / "reference_stats"
     reference, _ = reference_stats(config, feature_name, feature_fn, "train", train_split, stats_dir)
     rows = [dict(name=f"held-out split ({len(heldout)} real images)",
                  **quality(*feature_fn(heldout.images), reference))]
-    classifier = generate.load_noisy_classifier(classifier_workdir, run.schedule) if guide == "classifier" else None
+    classifier = sampling.load_noisy_classifier(classifier_workdir, run.schedule) if guide == "classifier" else None
     for sampler, steps, eta in settings:
         images = samples_for(run, mesh, out, sampler, steps, eta, num=num, batch=batch, seed=seed,
                              guide=guide, scale=scale, classifier_log_prob=classifier)

@@ -30,7 +30,7 @@ from configs import cifar10_ddpm, classifier_fashion_mnist, fashion_mnist, mnist
 from diffusion import metrics, parallel, visualize  # noqa: E402
 from diffusion.data import datasets  # noqa: E402
 from diffusion.checkpoints import Checkpointer, config_differences  # noqa: E402
-from experiments import cli, evaluation, generate, trainer  # noqa: E402
+from experiments import cli, common, evaluation, sampling, trainer  # noqa: E402
 
 # Per dataset: the config its models derive from (and its file, for the printed commands), and the
 # feature classifier config for 28×28 data (None: the embedded MNIST classifier, or Inception).
@@ -229,7 +229,7 @@ def pictures(run, mesh, heldout, name: str, images: np.ndarray, setting: str, st
     grid = visualize.save_png(visualize.image_grid(images[:64]), out / f"{name}_samples.png", scale=2)
     n = 8 + -8 % mesh.devices.size
     x0 = datasets.to_model_range(heldout.images[:n])
-    z, decoded = generate.reconstruct(run, mesh, x0, heldout.labels[:n], steps)
+    z, decoded = sampling.reconstruct(run, mesh, x0, heldout.labels[:n], steps)
     rows = np.concatenate([x0, np.clip(z / 3, -1, 1), np.clip(decoded, -1, 1)])
     recon = visualize.save_png(visualize.image_grid(datasets.to_uint8(rows), ncols=n),
                                out / f"{name}_reconstruction.png", scale=2)
@@ -275,7 +275,7 @@ def run_study(study_module, workdir, *, dataset=None, data=None, scale: str = "d
         noisy = workdir / "noisy_classifier"
         ensure_classifier(c, noisy_classifier_mnist, noisy, study, scale, commands)
 
-    train_split, heldout = trainer.load_data(any_config)
+    train_split, heldout = common.load_data(any_config)
     feature_name, feature_fn = evaluation.make_feature_fn(any_config, mesh, "auto", classifier_weights,
                                                           inception_weights)
     ref_stats, _ = evaluation.reference_stats(any_config, feature_name, feature_fn, "train", train_split,
@@ -290,9 +290,9 @@ def run_study(study_module, workdir, *, dataset=None, data=None, scale: str = "d
             continue
         m = cell["model"]
         if m not in runs:
-            runs[m] = generate.load_run(workdir / "models" / m)
+            runs[m] = sampling.load_run(workdir / "models" / m)
         guide = cell.get("guidance", "")
-        classifier = generate.load_noisy_classifier(noisy, runs[m].schedule) if guide == "classifier" else None
+        classifier = sampling.load_noisy_classifier(noisy, runs[m].schedule) if guide == "classifier" else None
         images = evaluation.samples_for(runs[m], mesh, workdir / "models" / m, cell["sampler"], cell["steps"],
                                         cell.get("eta", 0.0), num=num, batch=batch, seed=0, guide=guide,
                                         scale=cell.get("scale", 0.0), classifier_log_prob=classifier,
@@ -316,13 +316,13 @@ def run_study(study_module, workdir, *, dataset=None, data=None, scale: str = "d
             path = workdir / "models" / m / "eval" / f"nll_{study.nll_examples}.json"
             nll[m] = json.loads(path.read_text()) if path.exists() else {}
             if "per_step_bpd" not in nll[m]:           # not measured yet, or measured before the per-step terms
-                runs.setdefault(m, generate.load_run(workdir / "models" / m))
+                runs.setdefault(m, sampling.load_run(workdir / "models" / m))
                 nll[m] = evaluation.nll_bits_per_dim(runs[m], mesh, heldout, study.nll_examples)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(nll[m]))
     if study.reconstruct_steps:
         for m in study.models:
-            runs.setdefault(m, generate.load_run(workdir / "models" / m))
+            runs.setdefault(m, sampling.load_run(workdir / "models" / m))
             first = next(r for r in study.cells if r["model"] == m)
             images = evaluation.samples_for(runs[m], mesh, workdir / "models" / m, first["sampler"], first["steps"],
                                             first.get("eta", 0.0), num=num, batch=batch, seed=0)

@@ -19,7 +19,7 @@ from ml_collections import config_flags
 from diffusion import parallel, samplers, visualize
 from diffusion.data import datasets
 from diffusion.models.convert import load_diffusers_unet
-from experiments import cli, common, generate, trainer
+from experiments import cli, common, sampling
 
 flags.DEFINE_string("workdir", None, "A training run's workdir (its config and latest EMA checkpoint).")
 config_flags.DEFINE_config_file("config", None, "With --diffusers_weights: the config the weights fit.")
@@ -44,7 +44,7 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first
 FLAGS = flags.FLAGS
 
 
-def load(flags_) -> generate.Run:
+def load(flags_) -> sampling.Run:
     if flags_.diffusers_weights:
         if flags_.config is None:
             raise ValueError("--diffusers_weights needs --config: the config whose U-Net the weights fit")
@@ -52,10 +52,10 @@ def load(flags_) -> generate.Run:
         common.validate(config)
         model = common.make_model(config)
         params = load_diffusers_unet(flags_.diffusers_weights, model, image_channels=config.data.channels)
-        return generate.Run(config, model, common.make_schedule(config), params, step=0)
+        return sampling.Run(config, model, common.make_schedule(config), params, step=0)
     if not flags_.workdir:
         raise ValueError("give --workdir (a training run) or --config with --diffusers_weights")
-    return generate.load_run(flags_.workdir)
+    return sampling.load_run(flags_.workdir)
 
 
 def gather(x) -> np.ndarray:
@@ -72,10 +72,10 @@ def write(out: Path, tag: str, pictures: np.ndarray, samples: np.ndarray, ncols=
 def trajectory(run, mesh, args, out: Path, tag: str, classifier):
     """8 samples' x_t (odd rows) and predicted x_0 (even rows) at ~10 points of the reverse process."""
     n = max(8, mesh.devices.size)
-    draw = generate.build_draw_fn(run, mesh, sampler=args.sampler, steps=args.steps, eta=args.eta,
+    draw = sampling.build_draw_fn(run, mesh, sampler=args.sampler, steps=args.steps, eta=args.eta,
                                   clip=args.clip, guide=args.guidance, classifier_log_prob=classifier,
                                   keep_every=max(args.steps // 10, 1))
-    _, frames = draw(run.params, jax.random.key(args.seed), generate.class_labels(run.config, n, args.label),
+    _, frames = draw(run.params, jax.random.key(args.seed), sampling.class_labels(run.config, n, args.label),
                      np.float32(args.scale))
     x_t, x0 = gather(frames["x_t"]), gather(frames["x0"])     # [F, n, H, W, C]
     rows = np.stack([x_t, x0], axis=2).reshape((x_t.shape[0], 2 * n) + x_t.shape[2:])
@@ -95,9 +95,9 @@ def interpolate(run, mesh, args, out: Path, tag: str, pairs: int = 4, points: in
     alphas = jnp.linspace(0.0, 1.0, points)
     z = jax.vmap(lambda a: samplers.slerp(z0, z1, a))(alphas).transpose(1, 0, 2, 3, 4).reshape((-1,) + shape)
     z = jnp.concatenate([z, z[:-len(z) % mesh.devices.size]])
-    labels = np.resize(np.repeat(generate.class_labels(config, pairs, args.label), points), len(z))
+    labels = np.resize(np.repeat(sampling.class_labels(config, pairs, args.label), points), len(z))
     cond = {"labels": jnp.asarray(labels)} if config.model.num_classes else None
-    fn = jax.jit(lambda p, x: samplers.sample(step, trainer.make_denoiser(run.model, p), schedule, x,
+    fn = jax.jit(lambda p, x: samplers.sample(step, common.make_denoiser(run.model, p), schedule, x,
                                               jax.random.key(0), timesteps=timesteps, cond=cond),
                  in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)))
     images = datasets.to_uint8(gather(fn(run.params, z))[:pairs * points])
@@ -107,10 +107,10 @@ def interpolate(run, mesh, args, out: Path, tag: str, pairs: int = 4, points: in
 def reconstruct(run, mesh, args, out: Path, tag: str, num: int = 16):
     """Held-out images → DDIM latents (fixed-point inversion) → DDIM decodes; rows: real, latent, decoded."""
     config = run.config
-    _, heldout = trainer.load_data(config)
+    _, heldout = common.load_data(config)
     num += -num % mesh.devices.size
     x0 = datasets.to_model_range(heldout.images[:num])
-    z, decoded = generate.reconstruct(run, mesh, x0, heldout.labels[:num], args.steps)
+    z, decoded = sampling.reconstruct(run, mesh, x0, heldout.labels[:num], args.steps)
     mse = float(np.mean((decoded - x0) ** 2))
     latent_view = np.clip(z / 3, -1, 1)
     rows = np.concatenate([x0, latent_view, np.clip(decoded, -1, 1)])
@@ -126,11 +126,11 @@ def toy(run, mesh, args, out: Path, tag: str):
         raise ValueError(f"{args.workdir} is a 2-D toy run: --interpolate, --reconstruct and --guidance are "
                          "for image models; drop them (the figure shows the reverse trajectory)")
     n = args.num + -args.num % mesh.devices.size
-    draw = generate.build_draw_fn(run, mesh, sampler=args.sampler, steps=args.steps, eta=args.eta,
+    draw = sampling.build_draw_fn(run, mesh, sampler=args.sampler, steps=args.steps, eta=args.eta,
                                   clip=args.clip, keep_every=max(args.steps // 20, 1))
-    final, frames = draw(run.params, jax.random.key(args.seed), generate.class_labels(run.config, n), np.float32(0))
+    final, frames = draw(run.params, jax.random.key(args.seed), sampling.class_labels(run.config, n), np.float32(0))
     final, frames = gather(final)[:args.num], gather(frames["x_t"])[:, :args.num]
-    train_split, _ = trainer.load_data(run.config)
+    train_split, _ = common.load_data(run.config)
     if jax.process_index() == 0:
         np.savez(out / f"{tag}.npz", points=final)
         path = visualize.toy_figure(train_split.images[:args.num], final, frames, out / f"{tag}.png",
@@ -146,7 +146,7 @@ def main(argv):
         jax.distributed.initialize()
     run = load(FLAGS)
     samplers.check_steps(FLAGS.sampler, FLAGS.steps, run.schedule.num_steps, what="--steps")
-    generate.check_label(run.config, FLAGS.label, FLAGS.guidance)
+    sampling.check_label(run.config, FLAGS.label, FLAGS.guidance)
     mesh = parallel.make_mesh()
     out = Path(FLAGS.out or Path(FLAGS.workdir or ".") / "sample")
     out.mkdir(parents=True, exist_ok=True)
@@ -155,13 +155,13 @@ def main(argv):
     tag = f"{FLAGS.sampler}{FLAGS.steps}_eta{FLAGS.eta:g}_{FLAGS.guidance or 'unguided'}{FLAGS.scale:g}_seed{FLAGS.seed}"
     if run.config.model.kind == "mlp":
         return toy(run, mesh, FLAGS, out, tag)
-    classifier = (generate.load_noisy_classifier(FLAGS.classifier_workdir, run.schedule)
+    classifier = (sampling.load_noisy_classifier(FLAGS.classifier_workdir, run.schedule)
                   if FLAGS.guidance == "classifier" else None)
-    draw = generate.build_draw_fn(run, mesh, sampler=FLAGS.sampler, steps=FLAGS.steps, eta=FLAGS.eta, clip=clip,
+    draw = sampling.build_draw_fn(run, mesh, sampler=FLAGS.sampler, steps=FLAGS.steps, eta=FLAGS.eta, clip=clip,
                                   guide=FLAGS.guidance, classifier_log_prob=classifier)
-    images = generate.draw_samples(run, draw, mesh, num=FLAGS.num, batch=FLAGS.batch, seed=FLAGS.seed,
+    images = sampling.draw_samples(run, draw, mesh, num=FLAGS.num, batch=FLAGS.batch, seed=FLAGS.seed,
                                    label=FLAGS.label, scale=FLAGS.scale)
-    write(out, tag, images, images, label=generate.class_labels(run.config, FLAGS.num, FLAGS.label))
+    write(out, tag, images, images, label=sampling.class_labels(run.config, FLAGS.num, FLAGS.label))
     if FLAGS.trajectory:
         trajectory(run, mesh, FLAGS, out, tag, classifier)
     if FLAGS.interpolate:

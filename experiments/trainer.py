@@ -65,24 +65,13 @@ class MetricWriter:
             self.tb.close()
 
 
-def init_params(model, config, key):
-    shape = (1,) + common.data_shape(config)
-    extra = {"labels": jnp.zeros((1,), jnp.int32)} if config.model.num_classes else {}
-    return model.init(key, jnp.zeros(shape), jnp.zeros((1,), jnp.int32), **extra)["params"]
-
-
-def make_denoiser(model, params, train: bool = False):
-    """``model_fn(x_t, timesteps, **cond)`` for the library's samplers and likelihood."""
-    return lambda x, ts, **cond: model.apply({"params": params}, x, ts, train=train, **cond)
-
-
 def build_sample_fn(config, model, schedule, mesh, *, sampler=None, steps=None, keep_every=0):
     """A compiled ``fn(ema_params, x_T, key, labels) -> samples`` sharded over ``data``."""
     step, run_schedule, timesteps = common.make_sampler(config, schedule, sampler=sampler, steps=steps)
 
     def sample_fn(params, x_T, key, labels):
         cond = {"labels": labels} if config.model.num_classes else None
-        return samplers.sample(step, make_denoiser(model, params), run_schedule, x_T, key,
+        return samplers.sample(step, common.make_denoiser(model, params), run_schedule, x_T, key,
                                timesteps=timesteps, keep_every=keep_every, cond=cond)
 
     rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
@@ -105,13 +94,6 @@ def write_samples(config, sample_fn, params, mesh, workdir: Path, step: int, tra
                                     workdir / "samples" / f"step_{step:07d}.png", title=f"step {step}")
     grid = visualize.image_grid(np.asarray(out))
     return visualize.save_png(grid, workdir / "samples" / f"step_{step:07d}.png", scale=2)
-
-
-def make_optimizer(config: ml_collections.ConfigDict):
-    o = config.optim
-    return training.make_optimizer(
-        lr=o.lr, warmup_steps=o.warmup_steps, decay=o.decay, total_steps=config.train.num_steps,
-        optimizer=o.optimizer, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, grad_clip=o.grad_clip)
 
 
 def prepare_run(config: ml_collections.ConfigDict, workdir) -> tuple[Path, "jax.sharding.Mesh"]:
@@ -196,27 +178,16 @@ def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_
     return state
 
 
-def load_data(config):
-    """(train, held-out) splits of ``data.source``, checked against the config's channels and classes."""
-    splits = datasets.load_splits(config.data.source, image_size=config.data.image_size,
-                                  holdout_fraction=config.data.holdout_fraction, seed=config.seed,
-                                  tfds_data_dir=config.data.tfds_data_dir)
-    for split in splits:
-        datasets.check_split(split, channels=config.data.channels, num_classes=config.data.num_classes,
-                             source=config.data.source)
-    return splits
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fall_back: bool = False) -> training.TrainState:
     """Train (or resume) the diffusion model described by ``config`` in ``workdir``; returns the final
     state. ``fall_back``: resume from the newest checkpoint that verifies when the latest is corrupt."""
     workdir, mesh = prepare_run(config, workdir)
-    train_split, _ = load_data(config)
+    train_split, _ = common.load_data(config)
     model = common.make_model(config)
     schedule = common.make_schedule(config)
-    tx = make_optimizer(config)
+    tx = common.make_optimizer(config)
     state, start, ckpt = restore_or_init(
-        config, workdir, lambda k: training.create_train_state(k, init_params(model, config, k), tx,
+        config, workdir, lambda k: training.create_train_state(k, common.init_params(model, config, k), tx,
                                                                schedule.num_steps), mesh, fall_back=fall_back)
     rep = parallel.replicated(mesh)
     step_fn = jax.jit(partial(
@@ -265,11 +236,11 @@ def train_classifier(config: ml_collections.ConfigDict, workdir, *, fall_back: b
     """Train (or resume) a feature classifier or ADM noisy classifier; report held-out accuracy in
     ``<workdir>/accuracy.json`` and write the EMA weights to ``<workdir>/classifier.msgpack``."""
     workdir, mesh = prepare_run(config, workdir)
-    train_split, heldout = load_data(config)
+    train_split, heldout = common.load_data(config)
     model = common.make_classifier(config)
     noisy = config.classifier.kind == "noisy"
     schedule = common.make_schedule(config) if noisy else None
-    tx = make_optimizer(config)
+    tx = common.make_optimizer(config)
 
     def init(k):
         x = jnp.zeros((1,) + common.data_shape(config))

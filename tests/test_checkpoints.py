@@ -59,13 +59,15 @@ def data_files(directory, step):
     return [p for p in (directory / str(step) / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
 
 
-def damage(directory, step):
+def damage(directory, step, every_file=False):
     """Overwrite four bytes in the middle of the largest data file (``params/w``'s values): orbax
-    itself restores this without complaint, as garbage (values up to ~1e38)."""
-    f = max(data_files(directory, step), key=lambda p: p.stat().st_size)
-    data = bytearray(f.read_bytes())
-    data[len(data) // 2:len(data) // 2 + 4] = b"\x00\x00\xff\x7f"
-    f.write_bytes(bytes(data))
+    itself restores this without complaint, as garbage (values up to ~1e38). ``every_file``: of
+    every data file, for states whose arrays are spread over several."""
+    files = data_files(directory, step)
+    for f in files if every_file else [max(files, key=lambda p: p.stat().st_size)]:
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2:len(data) // 2 + 4] = b"\x00\x00\xff\x7f"
+        f.write_bytes(bytes(data))
 
 
 def saved(directory, steps, keep=3):

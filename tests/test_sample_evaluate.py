@@ -12,7 +12,7 @@ from PIL import Image
 
 from configs import classifier_fashion_mnist, classifier_mnist, mnist_cfg, noisy_classifier_mnist
 from diffusion import parallel
-from experiments import evaluation, generate, trainer
+from experiments import evaluation, sampling, trainer
 from tiny_configs import shrink
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def test_evaluate_reports_fid_is_and_an_nll_that_adds_up(run_dir):
         assert 1.0 <= row["is_mean"] <= 10.0
     assert nll["num"] == 8
     assert nll["bits_per_dim"] == pytest.approx(nll["prior"] + nll["decoder_L0"] + nll["sum_Lt"], rel=1e-5)
-    run = generate.load_run(run_dir)                       # the per-step means behind L_0 and Σ L_t, one per step
+    run = sampling.load_run(run_dir)                       # the per-step means behind L_0 and Σ L_t, one per step
     assert len(nll["per_step_bpd"]) == len(nll["per_step_eps_mse"]) == run.schedule.num_steps
     assert min(nll["per_step_eps_mse"]) > 0
     assert nll["decoder_L0"] == nll["per_step_bpd"][0]
@@ -100,7 +100,7 @@ def test_evaluate_reports_fid_is_and_an_nll_that_adds_up(run_dir):
 
 
 def test_a_larger_num_extends_the_cached_samples_exactly(run_dir, tmp_path):
-    run, mesh = generate.load_run(run_dir), parallel.make_mesh()
+    run, mesh = sampling.load_run(run_dir), parallel.make_mesh()
     fresh = evaluation.samples_for(run, mesh, tmp_path, "ddim", 2, 0.0, num=24, batch=8, seed=5)
     evaluation.samples_for(run, mesh, run_dir / "eval", "ddim", 2, 0.0, num=12, batch=8, seed=5)
     extended = evaluation.samples_for(run, mesh, run_dir / "eval", "ddim", 2, 0.0, num=24, batch=8, seed=5)

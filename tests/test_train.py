@@ -60,7 +60,7 @@ def test_eight_devices_match_one(tmp_path):
     # all-reduce order (Adam's m/√v would amplify float noise in near-zero gradients).
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1))
     key = jax.random.key(0)
-    state = training.create_train_state(key, trainer.init_params(model, c, key), tx, schedule.num_steps)
+    state = training.create_train_state(key, common.init_params(model, c, key), tx, schedule.num_steps)
     train_split, _ = datasets.load_splits("mnist", image_size=28, holdout_fraction=0.1)
     batch = datasets.host_batch(train_split, 16, 0, 0)
     results = []
@@ -97,7 +97,7 @@ def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     ckpt = Checkpointer(tmp_path / "checkpoints")
     assert ckpt.latest_step() == 2
     model = common.make_model(c)
-    template = training.create_train_state(jax.random.key(0), trainer.init_params(model, c, jax.random.key(0)),
+    template = training.create_train_state(jax.random.key(0), common.init_params(model, c, jax.random.key(0)),
                                            training.make_optimizer(lr=1e-3, grad_clip=1.0), 1000)
     state, meta = ckpt.restore(template, config=c.to_dict())
     assert meta["data_position"] == 2 and all(np.isfinite(a).all() for a in leaves(state))
@@ -106,9 +106,9 @@ def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
 def test_an_update_that_overflows_the_parameters_is_not_applied_or_saved(tmp_path, monkeypatch):
     """A finite loss and gradient whose update makes the parameters infinite (here an update scaled
     by ∞ at step 3) stops the run at that step; checkpoint 4 is never written with it."""
-    real = trainer.make_optimizer
+    real = common.make_optimizer
     overflow_at_3 = optax.scale_by_schedule(lambda count: jnp.where(count == 3, jnp.inf, 1.0))
-    monkeypatch.setattr(trainer, "make_optimizer", lambda config: optax.chain(real(config), overflow_at_3))
+    monkeypatch.setattr(common, "make_optimizer", lambda config: optax.chain(real(config), overflow_at_3))
     c = tiny()
     c.train.num_steps = 6
     with pytest.raises(trainer.NonFiniteStepError,

@@ -16,11 +16,11 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from configs import base
-from diffusion import guidance, parallel, samplers, training
+from diffusion import guidance, parallel, samplers
 from diffusion.checkpoints import Checkpointer
 from diffusion.data import datasets
 from diffusion.schedules import Schedule
-from experiments import common, trainer
+from experiments import common
 
 GUIDANCE = ("", "classifier_free", "classifier")
 
@@ -52,24 +52,23 @@ def load_config(workdir) -> ml_collections.ConfigDict:
 
 
 def load_run(workdir, step: Optional[int] = None) -> Run:
-    """The EMA parameters of ``workdir``'s latest (or ``step``'s) checkpoint, with its config."""
+    """The EMA parameters of ``workdir``'s latest (or ``step``'s) checkpoint, with its config; only
+    they are read (no optimizer is built and no optimizer state is restored)."""
     config = load_config(workdir)
     common.validate(config)
     model, schedule = common.make_model(config), common.make_schedule(config)
-    tx = trainer.make_optimizer(config)
-    abstract = jax.eval_shape(lambda k: training.create_train_state(
-        k, trainer.init_params(model, config, k), tx, schedule.num_steps), jax.random.key(0))
+    abstract = jax.eval_shape(lambda k: common.init_params(model, config, k), jax.random.key(0))
     rep = parallel.replicated(parallel.make_mesh())
-    template = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), abstract)
+    template = {"ema_params": jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), abstract)}
     ckpt = Checkpointer(Path(workdir) / "checkpoints")
     try:
         if ckpt.latest_step() is None:
             raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first with "
                                     f"python -m experiments.train --workdir {workdir}")
-        state, meta = ckpt.restore(template, config=config.to_dict(), step=step)
+        state, meta = ckpt.restore(template, config=config.to_dict(), step=step, partial=True)
     finally:
         ckpt.close()
-    return Run(config, model, schedule, state.ema_params, int(meta["data_position"]))
+    return Run(config, model, schedule, state["ema_params"], int(meta["data_position"]))
 
 
 def load_noisy_classifier(workdir, schedule: Schedule):
@@ -114,7 +113,7 @@ def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0,
         k_T, k_steps = jax.random.split(key)
         x_T = jax.lax.with_sharding_constraint(
             jax.random.normal(k_T, labels.shape + common.data_shape(config)), parallel.data_sharded(mesh))
-        model_fn = trainer.make_denoiser(run.model, params)
+        model_fn = common.make_denoiser(run.model, params)
         if guide == "classifier_free":
             model_fn = guidance.classifier_free(model_fn, config.model.num_classes, config.diffusion.variance)
             cond = {"labels": labels, "guidance_scale": scale}
@@ -176,7 +175,7 @@ def reconstruct(run: Run, mesh, x0: np.ndarray, labels: np.ndarray, steps: int, 
     kw = common.model_kwargs(config)
 
     def invert_and_decode(params, x):
-        model_fn = trainer.make_denoiser(run.model, params)
+        model_fn = common.make_denoiser(run.model, params)
         z = samplers.ddim_invert(model_fn, schedule, x, timesteps=timesteps[::-1],
                                  fixed_point_iters=fixed_point_iters, cond=cond, **kw)
         return z, samplers.sample(step, model_fn, schedule, z, jax.random.key(0), timesteps=timesteps, cond=cond)
