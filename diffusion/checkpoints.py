@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,17 +57,9 @@ class DiskFullError(OSError):
         super().__init__(errno.ENOSPC, message)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        name = f"{prefix}{k}"
-        out.update(_flatten(v, name + ".") if isinstance(v, dict) else {name: v})
-    return out
-
-
 def compatibility_view(config: dict) -> dict:
     """The flattened fields that a checkpoint and a run must agree on (lists normalised from tuples)."""
-    flat = _flatten(config)
+    flat = flax.traverse_util.flatten_dict(config, sep=".")
     keep = {k: v for k, v in flat.items()
             if k.split(".")[0] in COMPATIBILITY_SECTIONS or k in COMPATIBILITY_FIELDS}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in keep.items()}

@@ -92,6 +92,22 @@ def timestep_weight(schedule: Schedule, t, prediction: str, weighting: Optional[
     return 1.0 / (p2_k + snr) ** p2_gamma
 
 
+def check_loss_variance(loss: str, variance: str, field_prefix: str = ""):
+    """Refuse a loss that cannot train the reverse variance asked for: L_simple has no term for a
+    learned Σ_θ, and the hybrid loss is L_simple plus the L_VLB that trains one (Nichol & Dhariwal
+    2021, §3.1). ``field_prefix`` names the fields as the caller's settings do ("diffusion.")."""
+    loss_field, variance_field = f"{field_prefix}loss", f"{field_prefix}variance"
+    if loss not in LOSSES:
+        raise ValueError(f"unknown {loss_field} {loss!r}; choose one of {LOSSES}")
+    learned = variance.startswith("learned")
+    if loss == "simple" and learned:
+        raise ValueError(f"{loss_field}='simple' trains no variance but {variance_field} is {variance!r}: "
+                         "use loss 'hybrid' or 'vlb', or a fixed variance")
+    if loss == "hybrid" and not learned:
+        raise ValueError(f"{loss_field}='hybrid' trains the variance through L_VLB, so it needs {variance_field} "
+                         f"'learned' or 'learned_range', not {variance!r}; or use loss 'simple'")
+
+
 def training_losses(model_fn: Callable, schedule: Schedule, x0, t, noise, *, prediction="eps",
                     variance="fixed_small", loss="simple", hybrid_weight=1e-3,
                     weighting=None, min_snr_gamma=5.0, p2_gamma=1.0, p2_k=1.0,
@@ -103,15 +119,7 @@ def training_losses(model_fn: Callable, schedule: Schedule, x0, t, noise, *, pre
     simple: ‖target − f_θ‖² (eq. 14); vlb: T·L_{t−1}; hybrid: L_simple + λ·T·L_{t−1} with the
     gradient stopped through the mean (Nichol & Dhariwal 2021, §3.1).
     """
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
-    learned = variance.startswith("learned")
-    if loss == "simple" and learned:
-        raise ValueError(f"loss 'simple' trains no variance but variance is {variance!r}: "
-                         "use loss 'hybrid' or 'vlb', or a fixed variance")
-    if loss == "hybrid" and not learned:
-        raise ValueError(f"loss 'hybrid' trains the variance through L_VLB but variance is {variance!r}: "
-                         "use 'learned_range' or 'learned', or loss 'simple'")
+    check_loss_variance(loss, variance)
     x_t = gaussian.q_sample(schedule, x0, t, noise)
     output = model_fn(x_t, schedule.timesteps[t], **(cond or {}))
     pred, var_out = reverse.split_output(output, variance)

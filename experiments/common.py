@@ -64,12 +64,7 @@ def validate(c: ml_collections.ConfigDict):
     _choice("optim.optimizer", c.optim.optimizer, ("adam", "adamw"))
     _choice("optim.decay", c.optim.decay, ("constant", "cosine"))
     _choice("classifier.kind", c.classifier.kind, ("cnn", "noisy"))
-    learned = d.variance.startswith("learned")
-    if d.loss == "simple" and learned:
-        raise ValueError(f"config: diffusion.loss='simple' cannot train diffusion.variance={d.variance!r}; "
-                         "use loss 'hybrid' or 'vlb', or a fixed variance")
-    if d.loss == "hybrid" and not learned:
-        raise ValueError("config: diffusion.loss='hybrid' needs diffusion.variance 'learned' or 'learned_range'")
+    losses.check_loss_variance(d.loss, d.variance, field_prefix="diffusion.")
     if d.timestep_sampler == "importance" and d.loss == "simple":
         raise ValueError("config: diffusion.timestep_sampler='importance' samples L_VLB; use diffusion.loss 'vlb' or 'hybrid'")
     if d.num_steps < 1:

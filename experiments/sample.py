@@ -7,13 +7,13 @@ and decoding back); ``--guidance classifier_free|classifier --scale w`` with ``-
 An official DDPM checkpoint in diffusers' layout loads with ``--config configs/cifar10_ddpm.py
 --diffusers_weights <file>`` in place of ``--workdir``'s checkpoint.
 """
+import dataclasses
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
-from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from diffusion import parallel, samplers, visualize
@@ -44,22 +44,33 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first
 FLAGS = flags.FLAGS
 
 
-def load(flags_) -> sampling.Run:
-    if flags_.diffusers_weights:
-        if flags_.config is None:
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What to draw, read once from the flags: the helpers below take plain values, not FLAGS."""
+    sampler: str
+    steps: int
+    eta: float
+    clip: str            # "", "static" or "dynamic"
+    num: int
+    batch: int
+    seed: int
+    guidance: str
+    scale: float
+    label: int
+
+
+def load(workdir, config, diffusers_weights) -> sampling.Run:
+    """The run to draw from: a training workdir's EMA weights, or diffusers weights with ``config``."""
+    if diffusers_weights:
+        if config is None:
             raise ValueError("--diffusers_weights needs --config: the config whose U-Net the weights fit")
-        config = flags_.config
         common.validate(config)
         model = common.make_model(config)
-        params = load_diffusers_unet(flags_.diffusers_weights, model, image_channels=config.data.channels)
+        params = load_diffusers_unet(diffusers_weights, model, image_channels=config.data.channels)
         return sampling.Run(config, model, common.make_schedule(config), params, step=0)
-    if not flags_.workdir:
+    if not workdir:
         raise ValueError("give --workdir (a training run) or --config with --diffusers_weights")
-    return sampling.load_run(flags_.workdir)
-
-
-def gather(x) -> np.ndarray:
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return sampling.load_run(workdir)
 
 
 def write(out: Path, tag: str, pictures: np.ndarray, samples: np.ndarray, ncols=None, **extra):
@@ -69,72 +80,67 @@ def write(out: Path, tag: str, pictures: np.ndarray, samples: np.ndarray, ncols=
         print(f"wrote {path} and {out / (tag + '.npz')}")
 
 
-def trajectory(run, mesh, args, out: Path, tag: str, classifier):
+def write_trajectory(run, mesh, r: Request, out: Path, tag: str, classifier):
     """8 samples' x_t (odd rows) and predicted x_0 (even rows) at ~10 points of the reverse process."""
-    n = max(8, mesh.devices.size)
-    draw = sampling.build_draw_fn(run, mesh, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                                  clip=args.clip, guide=args.guidance, classifier_log_prob=classifier,
-                                  keep_every=max(args.steps // 10, 1))
-    _, frames = draw(run.params, jax.random.key(args.seed), sampling.class_labels(run.config, n, args.label),
-                     np.float32(args.scale))
-    x_t, x0 = gather(frames["x_t"]), gather(frames["x0"])     # [F, n, H, W, C]
+    n = parallel.padded_count(8, mesh)
+    draw = sampling.build_draw_fn(run, mesh, sampler=r.sampler, steps=r.steps, eta=r.eta, clip=r.clip,
+                                  guide=r.guidance, classifier_log_prob=classifier, keep_every=max(r.steps // 10, 1))
+    _, frames = draw(run.params, jax.random.key(r.seed), sampling.class_labels(run.config, n, r.label),
+                     np.float32(r.scale))
+    x_t, x0 = parallel.gather(frames["x_t"]), parallel.gather(frames["x0"])     # [F, n, H, W, C]
     rows = np.stack([x_t, x0], axis=2).reshape((x_t.shape[0], 2 * n) + x_t.shape[2:])
     strip = visualize.trajectory_strip(np.clip(rows, -1, 1))
     if jax.process_index() == 0:
         print(f"wrote {visualize.save_png(strip, out / f'{tag}_trajectory.png', scale=2)}")
 
 
-def interpolate(run, mesh, args, out: Path, tag: str, pairs: int = 4, points: int = 9):
+def write_interpolation(run, mesh, r: Request, out: Path, tag: str, pairs: int = 4, points: int = 9):
     """DDIM (η = 0) decodes of slerp(z0, z1, α) for ``pairs`` pairs of latents, α in [0, 1]."""
     config = run.config
-    step, schedule, timesteps = common.make_sampler(config, run.schedule, sampler="ddim", steps=args.steps,
-                                                    eta=0.0, clip=args.clip)
+    step, schedule, timesteps = common.make_sampler(config, run.schedule, sampler="ddim", steps=r.steps,
+                                                    eta=0.0, clip=r.clip)
     shape = common.data_shape(config)
-    k0, k1 = jax.random.split(jax.random.key(args.seed))
+    k0, k1 = jax.random.split(jax.random.key(r.seed))
     z0, z1 = jax.random.normal(k0, (pairs,) + shape), jax.random.normal(k1, (pairs,) + shape)
     alphas = jnp.linspace(0.0, 1.0, points)
     z = jax.vmap(lambda a: samplers.slerp(z0, z1, a))(alphas).transpose(1, 0, 2, 3, 4).reshape((-1,) + shape)
-    z = jnp.concatenate([z, z[:-len(z) % mesh.devices.size]])
-    labels = np.resize(np.repeat(sampling.class_labels(config, pairs, args.label), points), len(z))
-    cond = {"labels": jnp.asarray(labels)} if config.model.num_classes else None
+    z = parallel.pad_to_devices(np.asarray(z), mesh)
+    labels = np.resize(np.repeat(sampling.class_labels(config, pairs, r.label), points), len(z))
+    cond = common.conditioning(config, jnp.asarray(labels))
     fn = jax.jit(lambda p, x: samplers.sample(step, common.make_denoiser(run.model, p), schedule, x,
                                               jax.random.key(0), timesteps=timesteps, cond=cond),
                  in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)))
-    images = datasets.to_uint8(gather(fn(run.params, z))[:pairs * points])
+    images = datasets.to_uint8(parallel.gather(fn(run.params, z))[:pairs * points])
     write(out, f"{tag}_interpolation", images, images, ncols=points, alpha=np.asarray(alphas))
 
 
-def reconstruct(run, mesh, args, out: Path, tag: str, num: int = 16):
+def write_reconstruction(run, mesh, r: Request, out: Path, tag: str, num: int = 16):
     """Held-out images → DDIM latents (fixed-point inversion) → DDIM decodes; rows: real, latent, decoded."""
-    config = run.config
-    _, heldout = common.load_data(config)
-    num += -num % mesh.devices.size
+    _, heldout = common.load_data(run.config)
+    num = parallel.padded_count(num, mesh)
     x0 = datasets.to_model_range(heldout.images[:num])
-    z, decoded = sampling.reconstruct(run, mesh, x0, heldout.labels[:num], args.steps)
+    z, decoded = sampling.reconstruct(run, mesh, x0, heldout.labels[:num], r.steps)
     mse = float(np.mean((decoded - x0) ** 2))
     latent_view = np.clip(z / 3, -1, 1)
     rows = np.concatenate([x0, latent_view, np.clip(decoded, -1, 1)])
     write(out, f"{tag}_reconstruction", datasets.to_uint8(rows), datasets.to_uint8(decoded), ncols=num,
           latent=z, mse=mse)
     if jax.process_index() == 0:
-        print(f"reconstruction of {num} held-out images with {args.steps} DDIM steps: mean squared error {mse:.2e}")
+        print(f"reconstruction of {num} held-out images with {r.steps} DDIM steps: mean squared error {mse:.2e}")
 
 
-def toy(run, mesh, args, out: Path, tag: str):
+def write_toy_figure(run, mesh, r: Request, out: Path, tag: str):
     """A 2-D toy run: the data | samples | reverse-trajectory figure and the points as ``<tag>.npz``."""
-    if args.interpolate or args.reconstruct or args.guidance:
-        raise ValueError(f"{args.workdir} is a 2-D toy run: --interpolate, --reconstruct and --guidance are "
-                         "for image models; drop them (the figure shows the reverse trajectory)")
-    n = args.num + -args.num % mesh.devices.size
-    draw = sampling.build_draw_fn(run, mesh, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                                  clip=args.clip, keep_every=max(args.steps // 20, 1))
-    final, frames = draw(run.params, jax.random.key(args.seed), sampling.class_labels(run.config, n), np.float32(0))
-    final, frames = gather(final)[:args.num], gather(frames["x_t"])[:, :args.num]
+    draw = sampling.build_draw_fn(run, mesh, sampler=r.sampler, steps=r.steps, eta=r.eta, clip=r.clip,
+                                  keep_every=max(r.steps // 20, 1))
+    n = parallel.padded_count(r.num, mesh)
+    final, frames = draw(run.params, jax.random.key(r.seed), sampling.class_labels(run.config, n), np.float32(0))
+    final, frames = parallel.gather(final)[:r.num], parallel.gather(frames["x_t"])[:, :r.num]
     train_split, _ = common.load_data(run.config)
     if jax.process_index() == 0:
         np.savez(out / f"{tag}.npz", points=final)
-        path = visualize.toy_figure(train_split.images[:args.num], final, frames, out / f"{tag}.png",
-                                    title=f"{run.config.data.source}, step {run.step}, {args.sampler} {args.steps}")
+        path = visualize.toy_figure(train_split.images[:r.num], final, frames, out / f"{tag}.png",
+                                    title=f"{run.config.data.source}, step {run.step}, {r.sampler} {r.steps}")
         print(f"wrote {path} and {out / (tag + '.npz')}")
 
 
@@ -144,30 +150,35 @@ def main(argv):
     common.check_flags_at_least(1, num=FLAGS.num, batch=FLAGS.batch, steps=FLAGS.steps)
     if FLAGS.distributed:
         jax.distributed.initialize()
-    run = load(FLAGS)
+    run = load(FLAGS.workdir, FLAGS.config, FLAGS.diffusers_weights)
     samplers.check_steps(FLAGS.sampler, FLAGS.steps, run.schedule.num_steps, what="--steps")
     sampling.check_label(run.config, FLAGS.label, FLAGS.guidance)
+    toy = run.config.model.kind == "mlp"
+    if toy and (FLAGS.interpolate or FLAGS.reconstruct or FLAGS.guidance):
+        raise ValueError(f"{FLAGS.workdir} is a 2-D toy run: --interpolate, --reconstruct and --guidance are "
+                         "for image models; drop them (the figure shows the reverse trajectory)")
+    clip = run.config.sample.clip if FLAGS.clip is None else "" if FLAGS.clip == "none" else FLAGS.clip
+    r = Request(sampler=FLAGS.sampler, steps=FLAGS.steps, eta=FLAGS.eta, clip=clip, num=FLAGS.num,
+                batch=FLAGS.batch, seed=FLAGS.seed, guidance=FLAGS.guidance, scale=FLAGS.scale, label=FLAGS.label)
     mesh = parallel.make_mesh()
     out = Path(FLAGS.out or Path(FLAGS.workdir or ".") / "sample")
     out.mkdir(parents=True, exist_ok=True)
-    clip = run.config.sample.clip if FLAGS.clip is None else "" if FLAGS.clip == "none" else FLAGS.clip
-    FLAGS.clip = clip
-    tag = f"{FLAGS.sampler}{FLAGS.steps}_eta{FLAGS.eta:g}_{FLAGS.guidance or 'unguided'}{FLAGS.scale:g}_seed{FLAGS.seed}"
-    if run.config.model.kind == "mlp":
-        return toy(run, mesh, FLAGS, out, tag)
+    tag = f"{r.sampler}{r.steps}_eta{r.eta:g}_{r.guidance or 'unguided'}{r.scale:g}_seed{r.seed}"
+    if toy:
+        return write_toy_figure(run, mesh, r, out, tag)
     classifier = (sampling.load_noisy_classifier(FLAGS.classifier_workdir, run.schedule)
-                  if FLAGS.guidance == "classifier" else None)
-    draw = sampling.build_draw_fn(run, mesh, sampler=FLAGS.sampler, steps=FLAGS.steps, eta=FLAGS.eta, clip=clip,
-                                  guide=FLAGS.guidance, classifier_log_prob=classifier)
-    images = sampling.draw_samples(run, draw, mesh, num=FLAGS.num, batch=FLAGS.batch, seed=FLAGS.seed,
-                                   label=FLAGS.label, scale=FLAGS.scale)
-    write(out, tag, images, images, label=sampling.class_labels(run.config, FLAGS.num, FLAGS.label))
+                  if r.guidance == "classifier" else None)
+    draw = sampling.build_draw_fn(run, mesh, sampler=r.sampler, steps=r.steps, eta=r.eta, clip=r.clip,
+                                  guide=r.guidance, classifier_log_prob=classifier)
+    images = sampling.draw_samples(run, draw, mesh, num=r.num, batch=r.batch, seed=r.seed, label=r.label,
+                                   scale=r.scale)
+    write(out, tag, images, images, label=sampling.class_labels(run.config, r.num, r.label))
     if FLAGS.trajectory:
-        trajectory(run, mesh, FLAGS, out, tag, classifier)
+        write_trajectory(run, mesh, r, out, tag, classifier)
     if FLAGS.interpolate:
-        interpolate(run, mesh, FLAGS, out, tag)
+        write_interpolation(run, mesh, r, out, tag)
     if FLAGS.reconstruct:
-        reconstruct(run, mesh, FLAGS, out, tag)
+        write_reconstruction(run, mesh, r, out, tag)
 
 
 if __name__ == "__main__":

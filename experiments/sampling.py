@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import serialization
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from configs import base
@@ -123,7 +122,7 @@ def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0,
                                            variance=config.diffusion.variance, conditional=conditional)
             cond = {"labels": labels, "guidance_scale": scale}
         else:
-            cond = {"labels": labels} if conditional else None
+            cond = common.conditioning(config, labels)
         return samplers.sample(step, model_fn, run_schedule, x_T, k_steps, timesteps=timesteps,
                                keep_every=keep_every, cond=cond)
 
@@ -161,7 +160,7 @@ def draw_samples(run: Run, draw_fn, mesh, *, num: int, batch: int, seed: int, la
         n = min(batch, num - start)
         lab = np.resize(labels[start:start + n], batch)
         x = draw_fn(run.params, jax.random.fold_in(jax.random.key(seed), start), lab, np.float32(scale))
-        x = np.asarray(multihost_utils.process_allgather(x, tiled=True))[:n]
+        x = parallel.gather(x)[:n]
         out.append(x if run.config.model.kind == "mlp" else datasets.to_uint8(x))
     return np.concatenate(out)
 
@@ -170,7 +169,7 @@ def reconstruct(run: Run, mesh, x0: np.ndarray, labels: np.ndarray, steps: int, 
     """(latents, decodes): images in [−1, 1] inverted to x_T with DDIM (η = 0, fixed-point
     iterations, no clipping) over ``steps`` steps and decoded back (Song et al. 2021, §5.4)."""
     config = run.config
-    cond = {"labels": jnp.asarray(labels)} if config.model.num_classes else None
+    cond = common.conditioning(config, jnp.asarray(labels))
     step, schedule, timesteps = common.make_sampler(config, run.schedule, sampler="ddim", steps=steps, eta=0.0, clip="")
     kw = common.model_kwargs(config)
 
@@ -182,5 +181,4 @@ def reconstruct(run: Run, mesh, x0: np.ndarray, labels: np.ndarray, steps: int, 
 
     dat = parallel.data_sharded(mesh)
     z, decoded = jax.jit(invert_and_decode, in_shardings=(parallel.replicated(mesh), dat))(run.params, x0)
-    gather = lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True))
-    return gather(z), gather(decoded)
+    return parallel.gather(z), parallel.gather(decoded)

@@ -70,7 +70,7 @@ def build_sample_fn(config, model, schedule, mesh, *, sampler=None, steps=None, 
     step, run_schedule, timesteps = common.make_sampler(config, schedule, sampler=sampler, steps=steps)
 
     def sample_fn(params, x_T, key, labels):
-        cond = {"labels": labels} if config.model.num_classes else None
+        cond = common.conditioning(config, labels)
         return samplers.sample(step, common.make_denoiser(model, params), run_schedule, x_T, key,
                                timesteps=timesteps, keep_every=keep_every, cond=cond)
 
@@ -85,14 +85,14 @@ def write_samples(config, sample_fn, params, mesh, workdir: Path, step: int, tra
     key = jax.random.key(config.seed + 1)   # the same noise at every step, so grids are comparable
     x_T = jax.random.normal(key, (n,) + common.data_shape(config))
     labels = jnp.arange(n, dtype=jnp.int32) % max(config.model.num_classes, 1)
-    out = sample_fn(params, x_T, jax.random.fold_in(key, 1), labels)
+    out = jax.tree.map(parallel.gather, sample_fn(params, x_T, jax.random.fold_in(key, 1), labels))
     if jax.process_index() != 0:
         return None
     if config.model.kind == "mlp":
         final, traj = out
-        return visualize.toy_figure(train_split.images[:n], np.asarray(final), np.asarray(traj["x_t"]),
+        return visualize.toy_figure(train_split.images[:n], final, traj["x_t"],
                                     workdir / "samples" / f"step_{step:07d}.png", title=f"step {step}")
-    grid = visualize.image_grid(np.asarray(out))
+    grid = visualize.image_grid(out)
     return visualize.save_png(grid, workdir / "samples" / f"step_{step:07d}.png", scale=2)
 
 
@@ -215,19 +215,17 @@ def heldout_accuracy(config, model, params, split, mesh, timestep: Optional[int]
     """Accuracy on a whole split (the noisy classifier at one fixed ``timestep`` on seeded x_t)."""
     logits_fn = classifier_logits_fn(config, model, mesh)
     schedule = common.make_schedule(config)
-    n_dev, correct, batch = mesh.devices.size, 0, 256
+    correct, batch = 0, 256
     for i in range(0, len(split), batch):
-        x = datasets.to_model_range(split.images[i:i + batch])
-        n = len(x)
-        pad = -n % n_dev
-        x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
+        n = len(split.images[i:i + batch])
+        x = parallel.pad_to_devices(datasets.to_model_range(split.images[i:i + batch]), mesh)
         if timestep is None:
             logits = logits_fn(params, x)
         else:
             t = np.full((len(x),), timestep, np.int32)
             noise = np.asarray(jax.random.normal(jax.random.key(i), x.shape))
             logits = logits_fn(params, np.asarray(gaussian.q_sample(schedule, x, t, noise)), t)
-        correct += int(np.sum(np.argmax(np.asarray(logits)[:n], -1) == split.labels[i:i + batch]))
+        correct += int(np.sum(np.argmax(parallel.gather(logits)[:n], -1) == split.labels[i:i + batch]))
     return correct / len(split)
 
 
