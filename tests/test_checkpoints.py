@@ -14,7 +14,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from orbax.checkpoint._src.path import async_path
 
-from diffusion import checkpoints
+from diffusion import checkpoint_checks
 from diffusion.checkpoints import Checkpointer, CorruptCheckpointError, DiskFullError, NonFiniteStateError
 
 CONFIG = {"model": {"base_channels": 8}, "diffusion": {"schedule": "linear"}}
@@ -94,8 +94,8 @@ def test_non_finite_state_is_not_saved(tmp_path):
 def test_non_finite_leaves_are_found_in_sharded_arrays():
     state = tiny_state()
     state["params"]["w"] = state["params"]["w"].at[4095].set(-jnp.inf)   # on the last device only
-    assert checkpoints.nonfinite_leaves(state) == ["params/w"]
-    assert checkpoints.nonfinite_leaves(tiny_state()) == []
+    assert checkpoint_checks.nonfinite_leaves(state) == ["params/w"]
+    assert checkpoint_checks.nonfinite_leaves(tiny_state()) == []
 
 
 # --- 2. per-leaf checksums, verified on restore ---
@@ -108,10 +108,10 @@ def test_checksums_are_saved_and_do_not_depend_on_sharding(tmp_path, x64):
     ckpt = Checkpointer(tmp_path)
     ckpt.save(5, state, config=CONFIG, data_position=5)
     sums = ckpt.read_meta(5)["checksums"]
-    assert list(sums) == list(checkpoints._named_leaves(state))
+    assert list(sums) == list(checkpoint_checks.named_leaves(state))
     assert "params/conv_in/kernel" in sums and "extra/mask" in sums
     assert all(len(v) == 2 and all(isinstance(x, int) and 0 <= x < 2 ** 32 for x in v) for v in sums.values())
-    assert checkpoints.checksums(jax.device_get(state)) == sums       # one device, same sums
+    assert checkpoint_checks.checksums(jax.device_get(state)) == sums       # one device, same sums
     template = jax.device_get(state)                                  # restore unsharded: still verifies
     restored, meta = ckpt.restore(template, config=CONFIG)
     assert_identical(restored, state)
@@ -120,9 +120,9 @@ def test_checksums_are_saved_and_do_not_depend_on_sharding(tmp_path, x64):
 
 def test_checksums_see_a_changed_or_moved_word():
     w = jnp.arange(8, dtype=jnp.float32)
-    base = checkpoints.checksums(w)["<root>"]
-    assert checkpoints.checksums(w.at[3].set(3.0000002))["<root>"] != base
-    swapped = checkpoints.checksums(w[jnp.array([1, 0, 2, 3, 4, 5, 6, 7])])["<root>"]
+    base = checkpoint_checks.checksums(w)["<root>"]
+    assert checkpoint_checks.checksums(w.at[3].set(3.0000002))["<root>"] != base
+    swapped = checkpoint_checks.checksums(w[jnp.array([1, 0, 2, 3, 4, 5, 6, 7])])["<root>"]
     assert swapped[0] == base[0] and swapped[1] != base[1]
 
 
@@ -252,7 +252,7 @@ def chained(outer, inner):
     (ValueError("DATA_LOSS: CRC-32C checksum verification failed"), False),
 ])
 def test_disk_full_is_recognised_anywhere_in_the_chain(exc, full):
-    assert checkpoints.is_disk_full(exc) is full
+    assert checkpoint_checks.is_disk_full(exc) is full
 
 
 def assert_disk_full_handled(directory, ckpt, error):
