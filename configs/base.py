@@ -90,5 +90,5 @@ def get_config():
     c.sample.steps = 50
     c.sample.eta = 0.0
     c.sample.num = 64
-    c.sample.clip = "static"           # "", "static" or "dynamic"
+    c.sample.clip = "static"           # "none", "static" or "dynamic" (Imagen's)
     return c

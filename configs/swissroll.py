@@ -25,5 +25,5 @@ def get_config():
     c.sample.sampler = "ddpm"
     c.sample.steps = 100
     c.sample.num = 2000
-    c.sample.clip = ""
+    c.sample.clip = "none"
     return c

@@ -22,6 +22,7 @@ UNET_FIELDS = ("base_channels", "channel_mult", "num_res_blocks", "attention_res
                "num_heads", "num_head_channels", "resblock_updown", "scale_shift_norm", "rescale_residual",
                "scale_skip", "efficient", "num_classes", "context_dim", "norm_groups", "remat")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+CLIPS = ("none", "static", "dynamic")   # x̂_0 thresholding, one spelling in configs and flags (None in the library)
 
 
 def _choice(field: str, value, allowed):
@@ -60,7 +61,7 @@ def validate(c: ml_collections.ConfigDict):
     _choice("model.kind", m.kind, ("unet", "mlp"))
     _choice("train.compute_dtype", c.train.compute_dtype, DTYPES)
     _choice("sample.sampler", c.sample.sampler, samplers.SAMPLERS)
-    _choice("sample.clip", c.sample.clip, ("", "static", "dynamic"))
+    _choice("sample.clip", c.sample.clip, CLIPS)
     _choice("optim.optimizer", c.optim.optimizer, ("adam", "adamw"))
     _choice("optim.decay", c.optim.decay, ("constant", "cosine"))
     _choice("classifier.kind", c.classifier.kind, ("cnn", "noisy"))
@@ -149,7 +150,7 @@ def make_sampler(c: ml_collections.ConfigDict, schedule, *, sampler=None, steps=
     steps = c.sample.steps if steps is None else steps
     clip = c.sample.clip if clip is None else clip
     return samplers.plan(name, schedule, steps, eta=c.sample.eta if eta is None else eta,
-                         clip=clip or None, **model_kwargs(c))
+                         clip=None if clip == "none" else clip, **model_kwargs(c))
 
 
 def init_params(model, config, key):

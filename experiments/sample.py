@@ -28,7 +28,7 @@ flags.DEFINE_string("out", None, "Output directory (default <workdir>/sample).")
 flags.DEFINE_enum("sampler", "ddim", list(samplers.SAMPLERS), "Reverse-process sampler.")
 flags.DEFINE_integer("steps", 50, "Number of sampling steps (respaced for ddpm/pc).")
 flags.DEFINE_float("eta", 0.0, "DDIM η (0 deterministic, 1 DDPM-like).")
-flags.DEFINE_enum("clip", None, ["static", "dynamic", "none"], "Thresholding of the predicted x_0 "
+flags.DEFINE_enum("clip", None, list(common.CLIPS), "Thresholding of the predicted x_0 "
                   "(default: the run's sample.clip).")
 flags.DEFINE_integer("num", 64, "Number of samples.")
 flags.DEFINE_integer("batch", 64, "Samples per compiled batch (a multiple of the device count).")
@@ -50,7 +50,7 @@ class Request:
     sampler: str
     steps: int
     eta: float
-    clip: str            # "", "static" or "dynamic"
+    clip: str            # common.CLIPS: "none", "static" or "dynamic"
     num: int
     batch: int
     seed: int
@@ -157,7 +157,7 @@ def main(argv):
     if toy and (FLAGS.interpolate or FLAGS.reconstruct or FLAGS.guidance):
         raise ValueError(f"{FLAGS.workdir} is a 2-D toy run: --interpolate, --reconstruct and --guidance are "
                          "for image models; drop them (the figure shows the reverse trajectory)")
-    clip = run.config.sample.clip if FLAGS.clip is None else "" if FLAGS.clip == "none" else FLAGS.clip
+    clip = run.config.sample.clip if FLAGS.clip is None else FLAGS.clip
     r = Request(sampler=FLAGS.sampler, steps=FLAGS.steps, eta=FLAGS.eta, clip=clip, num=FLAGS.num,
                 batch=FLAGS.batch, seed=FLAGS.seed, guidance=FLAGS.guidance, scale=FLAGS.scale, label=FLAGS.label)
     mesh = parallel.make_mesh()

@@ -47,6 +47,8 @@ def load_config(workdir) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f"{path} not found: {workdir} is not a training run's workdir")
     config = base.get_config()
     config.update(_tuples(json.loads(path.read_text())))
+    if config.sample.clip == "":       # runs saved when "" spelled no thresholding
+        config.sample.clip = "none"
     return config
 
 
@@ -170,7 +172,7 @@ def reconstruct(run: Run, mesh, x0: np.ndarray, labels: np.ndarray, steps: int, 
     iterations, no clipping) over ``steps`` steps and decoded back (Song et al. 2021, §5.4)."""
     config = run.config
     cond = common.conditioning(config, jnp.asarray(labels))
-    step, schedule, timesteps = common.make_sampler(config, run.schedule, sampler="ddim", steps=steps, eta=0.0, clip="")
+    step, schedule, timesteps = common.make_sampler(config, run.schedule, sampler="ddim", steps=steps, eta=0.0, clip="none")
     kw = common.model_kwargs(config)
 
     def invert_and_decode(params, x):

@@ -175,7 +175,7 @@ def test_sample_draws_the_toy_figure_for_a_2d_run(tmp_path):
     tag = "ddpm10_eta0_unguided0_seed0"
     with np.load(tmp_path / "sample" / f"{tag}.npz") as f:
         assert f["points"].shape == (64, 2) and np.isfinite(f["points"]).all()
-        assert np.abs(f["points"]).max() > 1     # the config's sample.clip='' holds: no clipping to [−1, 1]
+        assert np.abs(f["points"]).max() > 1     # the config's sample.clip='none' holds: no clipping to [−1, 1]
     from PIL import Image
     with Image.open(tmp_path / "sample" / f"{tag}.png") as img:
         assert img.width > 3 * img.height      # data | samples | reverse frames side by side
