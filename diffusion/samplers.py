@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffusion import gaussian, reverse
 from diffusion.schedules import Schedule, respace, space_timesteps
@@ -62,6 +63,33 @@ def ddim_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, eta=0.0, pre
     z = jax.random.normal(key, x_t.shape, x_t.dtype)
     x_prev = (jnp.sqrt(a_prev) * p.x0 + direction * p.eps + sigma * z).astype(x_t.dtype)
     return x_prev, p.x0
+
+
+def _log_snr_half(alpha_bar):
+    """λ = log(α/σ) = ½·log(ᾱ/(1 − ᾱ)) (Lu et al. 2022); +∞ for clean data (ᾱ = 1)."""
+    return 0.5 * (jnp.log(alpha_bar) - jnp.log1p(-alpha_bar))
+
+
+def dpm_solver_pp_2m_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, previous, prediction="eps",
+                          variance="fixed_small", clip=None, clip_percentile=0.995, cond=None):
+    """DPM-Solver++(2M), the multistep second-order solver of the probability-flow ODE in data
+    prediction (Lu et al. 2022, "DPM-Solver++", Algorithm 2), on the λ grid of the kept steps.
+
+    With h = λ_{t′} − λ_t: x_{t′} = (σ_{t′}/σ_t)·x_t − α_{t′}·(e^{−h} − 1)·D, where D = x̂_0 at the
+    first step (first order) and D = (1 + 1/2r)·x̂_0 − (1/2r)·x̂_0^{before}, r = h_before / h,
+    after it. The step to clean data (λ = ∞) is first order, D = x̂_0: the lower-order final step.
+    ``previous`` = (x̂_0 of the step before, its index; −2 for none), carried by ``sample``.
+    """
+    del key
+    p, _ = _model_gaussian(model_fn, schedule, x_t, t, cond, prediction, variance, clip, clip_percentile)
+    x0_before, t_before = previous
+    a_t, a_prev, a_before = _alpha_bar(schedule, t), _alpha_bar(schedule, t_prev), _alpha_bar(schedule, t_before)
+    h = _log_snr_half(a_prev) - _log_snr_half(a_t)
+    second_order = (t_before >= 0) & (t_prev >= 0)
+    r = jnp.where(second_order, (_log_snr_half(a_t) - _log_snr_half(a_before)) / jnp.where(second_order, h, 1.0), 1.0)
+    D = jnp.where(second_order, (1 + 0.5 / r) * p.x0 - (0.5 / r) * x0_before, p.x0)
+    x_prev = jnp.sqrt((1 - a_prev) / (1 - a_t)) * x_t - jnp.sqrt(a_prev) * jnp.expm1(-h) * D
+    return x_prev.astype(x_t.dtype), p.x0
 
 
 def langevin_correct(model_fn, schedule: Schedule, x, t, key, *, n_steps=1, snr=0.16,
@@ -115,6 +143,9 @@ def sample(step: Callable, model_fn: Callable, schedule: Schedule, x_T, key, *,
     """Run ``step`` from x_T [B, ...] down the descending schedule indices ``timesteps``
     (default: every step, T−1 … 0), ending at clean data, inside one ``lax.scan``.
 
+    A multistep solver (a step with a ``previous`` parameter) is also handed the x̂_0 of the step
+    before and that step's index, ``(x̂_0, t)``; before the first step the index is −2 (none).
+
     With ``keep_every = k > 0`` also returns ``{"x_t": [F, B, ...], "x0": [F, B, ...]}``: the state
     before every k-th step and its x̂_0, followed by the final sample.
     """
@@ -124,25 +155,34 @@ def sample(step: Callable, model_fn: Callable, schedule: Schedule, x_T, key, *,
     n = timesteps.shape[0]
     t_prevs = jnp.concatenate([timesteps[1:], jnp.array([-1], jnp.int32)])
     keys = jax.random.split(key, n)
+    multistep = "previous" in inspect.signature(step).parameters
+    memory = (jnp.zeros_like(x_T), jnp.array(-2, jnp.int32)) if multistep else None
 
-    def advance(x, i):
-        return step(model_fn, schedule, x, timesteps[i], t_prevs[i], keys[i], cond=cond, **step_kwargs)
+    def advance(x, memory, i):
+        """(x at the next level, its x̂_0, the memory for the step after)."""
+        extra = {"previous": memory} if multistep else {}
+        x_next, x0 = step(model_fn, schedule, x, timesteps[i], t_prevs[i], keys[i], cond=cond,
+                          **extra, **step_kwargs)
+        return x_next, x0, (x0, timesteps[i]) if multistep else None
 
     if keep_every <= 0:
-        return jax.lax.scan(lambda x, i: (advance(x, i)[0], None), x_T, jnp.arange(n))[0]
+        def body(carry, i):
+            x_next, _, memory = advance(*carry, i)
+            return (x_next, memory), None
+        return jax.lax.scan(body, (x_T, memory), jnp.arange(n))[0][0]
 
     frames = -(-n // keep_every)
     buffers = (jnp.zeros((frames,) + x_T.shape, x_T.dtype),) * 2
 
     def body(carry, i):
-        x, (xs, x0s) = carry
-        x_next, x0 = advance(x, i)
+        x, memory, (xs, x0s) = carry
+        x_next, x0, memory = advance(x, memory, i)
         slot, keep = i // keep_every, i % keep_every == 0
         xs = jax.lax.dynamic_update_index_in_dim(xs, jnp.where(keep, x, xs[slot]), slot, 0)
         x0s = jax.lax.dynamic_update_index_in_dim(x0s, jnp.where(keep, x0, x0s[slot]), slot, 0)
-        return (x_next, (xs, x0s)), None
+        return (x_next, memory, (xs, x0s)), None
 
-    (x0, (xs, x0s)), _ = jax.lax.scan(body, (x_T, buffers), jnp.arange(n))
+    (x0, _, (xs, x0s)), _ = jax.lax.scan(body, (x_T, memory, buffers), jnp.arange(n))
     return x0, {"x_t": jnp.concatenate([xs, x0[None]]), "x0": jnp.concatenate([x0s, x0[None]])}
 
 
@@ -192,13 +232,34 @@ def spaced(schedule: Schedule, spec) -> jax.Array:
     return jnp.asarray(space_timesteps(schedule.num_steps, spec)[::-1].copy(), jnp.int32)
 
 
+def logsnr_spaced(schedule: Schedule, steps: int) -> jax.Array:
+    """``steps`` descending schedule indices whose λ = ½·log(ᾱ/(1 − ᾱ)) are as near uniform as the
+    discrete steps allow, from the noisiest to the cleanest (the λ grid of Lu et al. 2022, §3.3);
+    indices are strictly decreasing, so where λ changes faster than one step they are consecutive."""
+    alpha_bar = np.asarray(schedule.alphas_cumprod, np.float64)
+    lam = 0.5 * (np.log(alpha_bar) - np.log1p(-alpha_bar))
+    targets = np.linspace(lam[-1], lam[0], steps)
+    idx = np.abs(lam[None, :] - targets[:, None]).argmin(1)
+    for k in range(1, steps):
+        idx[k] = min(idx[k], idx[k - 1] - 1)
+    idx[-1] = max(idx[-1], 0)
+    for k in range(steps - 2, -1, -1):
+        idx[k] = max(idx[k], idx[k + 1] + 1)
+    return jnp.asarray(idx, jnp.int32)
+
+
+SPACINGS = {"time": lambda schedule, steps: spaced(schedule, steps), "logsnr": logsnr_spaced}
+
+
 @dataclasses.dataclass(frozen=True)
 class Sampler:
     """A reverse step and how it covers fewer steps than T: ``respaced`` steps move one index at a
     time, so they run on a respaced schedule (Nichol & Dhariwal 2021, §4); the others jump between
-    the kept indices of the full schedule (Song et al. 2021, §4.2)."""
+    kept indices of the full schedule (Song et al. 2021, §4.2), chosen evenly in t or in λ
+    (``spacing``, a key of ``SPACINGS``)."""
     step: Callable
     respaced: bool
+    spacing: str = "time"
 
 
 # The samplers every entry point offers, by name; a new sampler is one entry here.
@@ -207,6 +268,7 @@ SAMPLERS = {
     "ddim": Sampler(ddim_step, respaced=False),
     "langevin": Sampler(langevin_step, respaced=False),
     "pc": Sampler(predictor_corrector_step, respaced=True),
+    "dpmpp_2m": Sampler(dpm_solver_pp_2m_step, respaced=False, spacing="logsnr"),
 }
 
 
@@ -234,4 +296,4 @@ def plan(name: str, schedule: Schedule, steps: int, **settings) -> tuple[Callabl
         if steps < schedule.num_steps:
             schedule = respace(schedule, space_timesteps(schedule.num_steps, steps))
         return step, schedule, jnp.arange(schedule.num_steps - 1, -1, -1)
-    return step, schedule, spaced(schedule, steps)
+    return step, schedule, SPACINGS[sampler.spacing](schedule, steps)
