@@ -132,14 +132,14 @@ def make_schedule(c: ml_collections.ConfigDict) -> schedules.Schedule:
     return schedules.make_schedule(c.diffusion.schedule, c.diffusion.num_steps)
 
 
-def model_kwargs(c: ml_collections.ConfigDict) -> dict:
+def output_kwargs(c: ml_collections.ConfigDict) -> dict:
     """How the network's output is read: prediction target and variance."""
     return {"prediction": c.diffusion.prediction, "variance": c.diffusion.variance}
 
 
 def loss_kwargs(c: ml_collections.ConfigDict) -> dict:
     d = c.diffusion
-    return dict(model_kwargs(c), loss=d.loss, hybrid_weight=d.hybrid_weight, weighting=d.weighting or None,
+    return dict(output_kwargs(c), loss=d.loss, hybrid_weight=d.hybrid_weight, weighting=d.weighting or None,
                 min_snr_gamma=d.min_snr_gamma, p2_gamma=d.p2_gamma, p2_k=d.p2_k, decoder=d.decoder)
 
 
@@ -150,7 +150,7 @@ def make_sampler(c: ml_collections.ConfigDict, schedule, *, sampler=None, steps=
     steps = c.sample.steps if steps is None else steps
     clip = c.sample.clip if clip is None else clip
     return samplers.plan(name, schedule, steps, eta=c.sample.eta if eta is None else eta,
-                         clip=None if clip == "none" else clip, **model_kwargs(c))
+                         clip=None if clip == "none" else clip, **output_kwargs(c))
 
 
 def init_params(model, config, key):

@@ -1,8 +1,9 @@
 """Evaluation as papers do it, composed from the library: feature networks, cached reference
-statistics, FID / IS / confidence of sampler settings, and NLL in bits/dim; used by
-``experiments.evaluate`` and the studies."""
+statistics, the sample-quality metrics of sampler settings (``METRICS``: FID, IS, confidence), and
+NLL in bits/dim kept once per checkpoint; used by ``experiments.evaluate`` and the studies."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -23,16 +24,13 @@ FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]   # uint8 imag
 
 def batched(fn, mesh, batch: int = 500):
     """Apply a jitted ``fn(x) -> (a, b)`` over uint8 images in padded, device-sharded batches."""
-    n_dev = mesh.devices.size
-    batch -= batch % n_dev
+    batch -= batch % mesh.devices.size
 
     def apply(images: np.ndarray):
         outs = []
         for i in range(0, len(images), batch):
             x = datasets.to_model_range(images[i:i + batch])
-            n = len(x)
-            x = np.concatenate([x, np.repeat(x[-1:], -n % n_dev, 0)])
-            outs.append([np.asarray(o)[:n] for o in fn(x)])
+            outs.append([parallel.gather(o)[:len(x)] for o in fn(parallel.pad_to_devices(x, mesh))])
         return tuple(np.concatenate(parts) for parts in zip(*outs))
     return apply
 
@@ -90,11 +88,43 @@ def reference_stats(config, feature_name: str, feature_fn: FeatureFn, split_name
     return stats, probs
 
 
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A sample-quality metric: its fields of a measured record, and how each table prints them."""
+    compute: Callable[[np.ndarray, np.ndarray, metrics.FeatureStats], dict]   # (features, probs, reference) -> fields
+    column: str                     # its column in results.md; {features} is the feature network's name
+    cell: Callable[[dict], str]     # a record's entry in results.md
+    entry: Callable[[dict], str]    # a record's entry in a study's report.md, where metrics share a table cell
+    legend: str                     # what a report.md entry means
+
+
+# Every metric that results.md tables and a study may list in its ``metrics``, in table order.
+METRICS = {
+    "fid": Metric(
+        compute=lambda feats, probs, ref: {
+            "fid": metrics.fid_from_stats(metrics.FeatureStats(feats.shape[1]).update(feats), ref),
+            "fid_se": metrics.fid_standard_error(feats, ref)},
+        column="FID ({features}, ± jackknife s.e.)", cell=metrics.fid_text, entry=metrics.fid_text,
+        legend="FID ↓ ± its jackknife standard error over the cell's samples"),
+    "is": Metric(
+        compute=lambda feats, probs, ref: dict(zip(("is_mean", "is_std"), metrics.inception_score(probs))),
+        column="IS", cell=lambda r: f"{r['is_mean']:.2f} ± {r['is_std']:.2f}",
+        entry=lambda r: f"IS {r['is_mean']:.2f} ± {r['is_std']:.2f}", legend="Inception Score ↑"),
+    "confident": Metric(
+        compute=lambda feats, probs, ref: {"confident_0.9": metrics.confident_fraction(probs, 0.9)},
+        column="≥ 0.9 confident", cell=lambda r: f"{100 * r['confident_0.9']:.1f}%",
+        entry=lambda r: f"{100 * r['confident_0.9']:.0f}% ≥ 0.9",
+        legend="share of samples classified with confidence ≥ 0.9"),
+}
+
+
 def quality(feats, probs, reference: metrics.FeatureStats) -> dict:
-    is_mean, is_std = metrics.inception_score(probs)
-    fid = metrics.fid_from_stats(metrics.FeatureStats(feats.shape[1]).update(feats), reference)
-    return {"fid": fid, "fid_se": metrics.fid_standard_error(feats, reference), "is_mean": is_mean, "is_std": is_std,
-            "confident_0.9": metrics.confident_fraction(probs, 0.9), "num": int(len(feats))}
+    """Every metric of ``METRICS`` for one sample set (features [N, D], class probabilities [N, K])
+    against the reference statistics, and the set's size ``num``."""
+    record = {}
+    for metric in METRICS.values():
+        record.update(metric.compute(feats, probs, reference))
+    return dict(record, num=int(len(feats)))
 
 
 def parse_setting(text: str) -> tuple[str, int, float]:
@@ -148,15 +178,13 @@ def nll_bits_per_dim(run, mesh, heldout, num: int, batch: int = 32, seed: int = 
     with the mean of each term (prior, decoder L_0, Σ L_t) and, per step t = 1 … T, the mean term
     ``per_step_bpd`` (index 0 is L_0) and ‖ε − ε̂‖² ``per_step_eps_mse`` (Nichol & Dhariwal 2021, Fig. 2)."""
     config = run.config
-    n_dev = mesh.devices.size
-    batch += -batch % n_dev
-    kw = common.model_kwargs(config)
-    cond_on = config.model.num_classes > 0
+    batch = parallel.padded_count(batch, mesh)
+    kw = common.output_kwargs(config)
 
     def bound(params, x, labels, key):
-        cond = {"labels": labels} if cond_on else None
         return likelihood.variational_bound(common.make_denoiser(run.model, params), run.schedule, x, key,
-                                            decoder=config.diffusion.decoder, cond=cond, **kw)
+                                            decoder=config.diffusion.decoder,
+                                            cond=common.conditioning(config, labels), **kw)
     dat = parallel.data_sharded(mesh)
     fn = jax.jit(bound, in_shardings=(parallel.replicated(mesh), dat, dat, parallel.replicated(mesh)))
     totals, priors, terms, mses = [], [], [], []
@@ -164,10 +192,9 @@ def nll_bits_per_dim(run, mesh, heldout, num: int, batch: int = 32, seed: int = 
     for i in tqdm(range(0, num, batch), desc="nll", unit="batch", disable=jax.process_index() != 0):
         x = datasets.to_model_range(heldout.images[i:min(i + batch, num)])
         labels = heldout.labels[i:min(i + batch, num)]
-        n = len(x)
-        pad = -n % n_dev
-        x, labels = np.concatenate([x, np.repeat(x[-1:], pad, 0)]), np.concatenate([labels, np.repeat(labels[-1:], pad)])
-        out = jax.tree.map(lambda a: np.asarray(a)[:n], fn(run.params, x, labels, jax.random.key(seed + i)))
+        out = fn(run.params, parallel.pad_to_devices(x, mesh), parallel.pad_to_devices(labels, mesh),
+                 jax.random.key(seed + i))
+        out = jax.tree.map(lambda a: parallel.gather(a)[:len(x)], out)
         totals.append(out["total"])
         priors.append(out["prior"])
         terms.append(out["terms"])
@@ -179,12 +206,30 @@ def nll_bits_per_dim(run, mesh, heldout, num: int, batch: int = 32, seed: int = 
             "per_step_bpd": per_step.tolist(), "per_step_eps_mse": np.concatenate(mses).mean(0).tolist()}
 
 
+def nll_record(run, mesh, heldout, num: int, out: Path, seed: int = 0) -> dict:
+    """``nll_bits_per_dim`` of the run's checkpoint on ``num`` held-out images with its ``step``, the
+    one record per checkpoint in ``out/nll.json``: read back when it is of this step and count (and
+    has the per-step terms), measured and written otherwise. The noise ``seed`` is not matched: it
+    moves the estimate within its standard error, not what is measured."""
+    path = Path(out) / "nll.json"
+    if path.exists():
+        record = json.loads(path.read_text())
+        if (record.get("step") == run.step and record.get("num") == min(num, len(heldout))
+                and "per_step_bpd" in record):
+            return record
+    record = dict(nll_bits_per_dim(run, mesh, heldout, num, seed=seed), step=run.step)
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2))
+    return record
+
+
 def markdown(rows: list[dict], nll: dict | None, feature_name: str) -> str:
-    lines = [f"| samples | FID ({feature_name}, ± jackknife s.e.) | IS | ≥ 0.9 confident | N |",
-             "| --- | --- | --- | --- | --- |"]
+    """results.md's table: a row per record, a column per metric of ``METRICS``; then the NLL."""
+    columns = " | ".join(m.column.format(features=feature_name) for m in METRICS.values())
+    lines = [f"| samples | {columns} | N |", "| --- |" + " --- |" * (len(METRICS) + 1)]
     for r in rows:
-        lines.append(f"| {r['name']} | {metrics.fid_text(r)} | {r['is_mean']:.2f} ± {r['is_std']:.2f} | "
-                     f"{100 * r['confident_0.9']:.1f}% | {r['num']} |")
+        lines.append(f"| {r['name']} | " + " | ".join(m.cell(r) for m in METRICS.values()) + f" | {r['num']} |")
     if nll:
         lines += ["", f"NLL on {nll['num']} held-out images: **{nll['bits_per_dim']:.3f} ± {nll['stderr']:.3f} "
                   f"bits/dim** (prior {nll['prior']:.4f}, decoder L_0 {nll['decoder_L0']:.3f}, "
@@ -206,9 +251,10 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
                  features: str = "auto", classifier_weights: Optional[str] = None,
                  inception_weights: Optional[str] = None, nll_examples: int = 0, stats_dir=None,
                  guide: str = "", scale: float = 0.0, classifier_workdir: Optional[str] = None) -> tuple[list, Optional[dict]]:
-    """Rows of FID/IS/confidence (the held-out split first, then each setting) and the NLL, also
-    written to ``<workdir>/eval/*.json`` (with the checkpoint's step); ``<workdir>/eval/results.md``
-    tables everything measured at that step, this call's settings and earlier calls' alike."""
+    """Rows of every metric (the held-out split first, then each setting) and the NLL, also written
+    to ``<workdir>/eval/*.json`` (with the checkpoint's step; the NLL measured once per step and
+    count, ``nll_record``); ``<workdir>/eval/results.md`` tables everything measured at that step,
+    this call's settings and earlier calls' alike."""
     common.check_flags_at_least(1, num=num, batch=batch)
     common.check_flags_at_least(0, nll_examples=nll_examples)
     run = sampling.load_run(workdir)
@@ -234,13 +280,11 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
         rows.append(row)
         if jax.process_index() == 0:
             (out / f"{tag}.json").write_text(json.dumps(dict(row, step=run.step, features=feature_name), indent=2))
-            print(f"{tag}: FID {metrics.fid_text(row)}, IS {row['is_mean']:.2f} ± {row['is_std']:.2f}, "
-                  f"{100 * row['confident_0.9']:.1f}% confident")
+            print(f"{tag}: " + ", ".join(f"{m.column.format(features=feature_name)} {m.cell(row)}"
+                                         for m in METRICS.values()))
     nll = None
     if nll_examples > 0 and config.model.kind == "unet":
-        nll = nll_bits_per_dim(run, mesh, heldout, nll_examples, seed=seed)
-        if jax.process_index() == 0:
-            (out / "nll.json").write_text(json.dumps(dict(nll, step=run.step), indent=2))
+        nll = nll_record(run, mesh, heldout, nll_examples, out, seed=seed)
     if jax.process_index() == 0:
         measured, measured_nll = recorded(out, run.step, feature_name)
         table = markdown(rows[:1] + measured, measured_nll, feature_name)

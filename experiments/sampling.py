@@ -173,7 +173,7 @@ def reconstruct(run: Run, mesh, x0: np.ndarray, labels: np.ndarray, steps: int, 
     config = run.config
     cond = common.conditioning(config, jnp.asarray(labels))
     step, schedule, timesteps = common.make_sampler(config, run.schedule, sampler="ddim", steps=steps, eta=0.0, clip="none")
-    kw = common.model_kwargs(config)
+    kw = common.output_kwargs(config)
 
     def invert_and_decode(params, x):
         model_fn = common.make_denoiser(run.model, params)

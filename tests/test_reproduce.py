@@ -6,7 +6,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from experiments import common, reproduce
+from experiments import common, studies
+from experiments.studies import plan
 
 TINY_STUDY = textwrap.dedent('''
     from configs.studies import base
@@ -37,7 +38,7 @@ def test_a_study_trains_measures_reports_and_resumes(tmp_path):
     study_file = tmp_path / "tiny_study.py"
     study_file.write_text(TINY_STUDY)
     workdir = tmp_path / "study"
-    report = reproduce.run_study(reproduce.load_study(str(study_file)), workdir, batch=8).read_text()
+    report = studies.run_study(plan.load_study(str(study_file)), workdir, batch=8).read_text()
     cells = sorted((workdir / "cells").glob("*.json"))
     assert [c.stem for c in cells] == ["cosine_ddim2_eta0", "cosine_ddim2_eta1", "linear_ddim2_eta0", "linear_ddim2_eta1"]
     for c in cells:
@@ -54,26 +55,26 @@ def test_a_study_trains_measures_reports_and_resumes(tmp_path):
     assert (f"python -m experiments.train_classifier --config configs/noisy_classifier_mnist.py "
             f"--workdir {workdir / 'noisy_classifier'} ") in report and "--config.train.num_steps=2" in report
     stamps = {p: p.stat().st_mtime_ns for p in cells + sorted((workdir / "models").rglob("checkpoints/*/*"))
-              + sorted((workdir / "noisy_classifier").rglob("*.msgpack")) + sorted((workdir / "models").rglob("nll_*.json"))}
-    reproduce.run_study(reproduce.load_study(str(study_file)), workdir, batch=8)     # rerun: nothing redone
+              + sorted((workdir / "noisy_classifier").rglob("*.msgpack")) + sorted((workdir / "models").rglob("eval/nll.json"))}
+    studies.run_study(plan.load_study(str(study_file)), workdir, batch=8)     # rerun: nothing redone
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     study_file.write_text(TINY_STUDY.replace('schedule="cosine"', 'schedule="linear"'))   # an edited study
     with pytest.raises(ValueError, match="(?s)different model or schedule.*diffusion.schedule: checkpoint 'cosine'"):
-        reproduce.run_study(reproduce.load_study(str(study_file)), workdir, batch=8)
+        studies.run_study(plan.load_study(str(study_file)), workdir, batch=8)
 
 
 @pytest.mark.parametrize("name", ["ddim_table1", "schedules_objectives", "guidance", "simplified_ddpm"])
 def test_every_shipped_study_builds_valid_configs(name):
-    study = reproduce.load_study(name).get_config()
-    for dataset in reproduce.DATASETS:
+    study = plan.load_study(name).get_config()
+    for dataset in plan.DATASETS:
         for scale in ("default", "paper"):
             for model in study.models:
-                common.validate(reproduce.model_config(study, model, dataset, scale))
+                common.validate(plan.model_config(study, model, dataset, scale))
     assert {c["model"] for c in study.cells} == set(study.models)
 
 
 def test_claims_read_the_table_they_are_given():
-    module = reproduce.load_study("ddim_table1")
+    module = plan.load_study("ddim_table1")
     cells = module.get_config().cells
     fid = lambda c: c["steps"] ** -0.5 * (10 + 40 * (c["sampler"] == "ddpm") + 20 * c.get("eta", 0.0))
     results = [dict(c, fid=fid(c) if c["steps"] < 1000 else 1.0 + (c["sampler"] != "ddpm")) for c in cells]
@@ -84,4 +85,4 @@ def test_claims_read_the_table_they_are_given():
 
 def test_unknown_study_is_named():
     with pytest.raises(ValueError, match="unknown study 'ddim_tabel1'.*ddim_table1"):
-        reproduce.load_study("ddim_tabel1")
+        plan.load_study("ddim_tabel1")

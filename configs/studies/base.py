@@ -11,10 +11,10 @@ def get_config():
     s = ml_collections.ConfigDict()
     s.title = ""
     s.paper = ""                       # what is reproduced: paper, table or figure
-    s.dataset = "fashion_mnist"        # "fashion_mnist", "mnist" or "cifar10" (experiments.reproduce.DATASETS)
+    s.dataset = "fashion_mnist"        # "fashion_mnist", "mnist" or "cifar10" (experiments.studies.plan.DATASETS)
     s.models = {}                      # model name -> nested overrides of the dataset's config
     s.cells = ()                       # dicts: model, sampler, steps, eta, guidance, scale, clip, row, col
-    s.metrics = ("fid",)               # table entries per cell: "fid", "is", "confident"; "nll" adds a per-model table
+    s.metrics = ("fid",)               # table entries per cell (experiments.evaluation.METRICS): "fid", "is", "confident"; "nll" adds a per-model table
     s.plot = dict(x="steps", y="fid", series="row", logx=True)   # x, y: a cell field or a metric
     s.noisy_classifier = ""            # a model name: train an ADM noisy classifier on its config (classifier guidance)
     s.reconstruct_steps = 0            # > 0: per model, a sample grid and DDIM encode-then-decode pictures

@@ -1,0 +1,134 @@
+"""A study's work: train what its plan needs and is missing, then measure each cell once (every
+metric of ``evaluation.METRICS``, kept in ``<workdir>/cells/<cell>.json``), each model's NLL (its
+checkpoint's ``evaluation.nll_record``) and its sample and encode-then-decode pictures."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from diffusion import parallel, visualize
+from diffusion.checkpoints import Checkpointer, config_differences
+from diffusion.data import datasets
+from experiments import common, evaluation, sampling, trainer
+from experiments.studies.plan import Plan, Training, cell_name
+
+
+def trained(config, workdir: Path) -> bool:
+    """Whether ``workdir``'s last checkpoint is at ``train.num_steps``; a run there made with another
+    model or schedule (a study file edited since) is an error, not a reason to reuse its results."""
+    ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+    try:
+        step = ckpt.latest_step()
+        diffs = [] if step is None else config_differences(ckpt.read_meta(step)["config"], config.to_dict())
+    finally:
+        ckpt.close()
+    if diffs:
+        raise ValueError(f"{workdir} holds a run made with a different model or schedule than the study asks for:\n  "
+                         + "\n  ".join(diffs) + f"\nuse a new --workdir, or move {workdir} and the study's cells/ "
+                         "aside to retrain and remeasure")
+    return step == config.train.num_steps
+
+
+def ensure_trained(job: Training):
+    """Train (or resume) ``job`` unless its last checkpoint is at its last step (and, for a
+    classifier, its ``classifier.msgpack`` is written)."""
+    if job.entry_point == "train":
+        if not trained(job.config, job.workdir):
+            trainer.train_and_evaluate(job.config, job.workdir)
+    elif not trained(job.config, job.workdir) or not (job.workdir / "classifier.msgpack").exists():
+        trainer.train_classifier(job.config, job.workdir)
+
+
+def train(plan: Plan):
+    """Every model of the plan, then its feature and noisy classifiers."""
+    for job in plan.trainings:
+        ensure_trained(job)
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """What a study measured: a row per cell (its settings and metrics), NLL per model, the held-out
+    split's own metrics, the pictures' (file, caption), and what the report says about features and data."""
+    results: list[dict]
+    nll: dict
+    heldout: dict
+    pictures: list[tuple[str, str]]
+    feature_name: str
+    train_images: int
+
+
+def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured:
+    """Measure the plan's (trained) models: each cell, NLL when the study lists it, pictures when it asks."""
+    config = plan.data_config
+    train_split, heldout = common.load_data(config)
+    feature_name, feature_fn = evaluation.make_feature_fn(config, mesh, "auto", plan.classifier_weights,
+                                                          inception_weights)
+    reference, _ = evaluation.reference_stats(config, feature_name, feature_fn, "train", train_split,
+                                              plan.workdir / "reference_stats")
+    heldout_row = evaluation.quality(*feature_fn(heldout.images), reference)
+    load_run = functools.cache(lambda m: sampling.load_run(plan.model_dir(m)))     # each model's, once
+    results = [measure_cell(plan, load_run, mesh, cell, feature_fn, reference, batch) for cell in plan.cells]
+    nll = {}
+    if "nll" in plan.study.metrics:
+        nll = {m: evaluation.nll_record(load_run(m), mesh, heldout, plan.study.nll_examples, plan.model_dir(m) / "eval")
+               for m in plan.models}
+    pictures = []
+    if plan.study.reconstruct_steps:
+        for m in plan.models:
+            pictures += model_pictures(plan, load_run(m), m, mesh, heldout, batch)
+    return Measured(results=results, nll=nll, heldout=heldout_row, pictures=pictures, feature_name=feature_name,
+                    train_images=len(train_split))
+
+
+def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, batch: int) -> dict:
+    """The cell's row (its settings and every metric of its samples), read from
+    ``<workdir>/cells/<cell>.json`` when measured with as many samples, else measured and kept there;
+    ``load_run(model)`` is a model's run."""
+    path = plan.workdir / "cells" / f"{cell_name(cell)}.json"
+    if path.exists():
+        row = json.loads(path.read_text())
+        if row["num"] == plan.num:
+            return row
+    m = cell["model"]
+    run = load_run(m)
+    classifier = (sampling.load_noisy_classifier(plan.noisy_classifier.workdir, run.schedule)
+                  if cell["guidance"] == "classifier" else None)
+    images = evaluation.samples_for(run, mesh, plan.model_dir(m), cell["sampler"], cell["steps"], cell["eta"],
+                                    num=plan.num, batch=batch, seed=0, guide=cell["guidance"], scale=cell["scale"],
+                                    classifier_log_prob=classifier, clip=cell["clip"])
+    row = {**cell, **evaluation.quality(*feature_fn(images), reference)}
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(row, indent=2))
+    return row
+
+
+def model_pictures(plan: Plan, run, name: str, mesh, heldout, batch: int) -> list[tuple[str, str]]:
+    """``pictures`` of model ``name`` with the sampler of its first cell (unguided)."""
+    first = next(c for c in plan.cells if c["model"] == name)
+    images = evaluation.samples_for(run, mesh, plan.model_dir(name), first["sampler"], first["steps"], first["eta"],
+                                    num=plan.num, batch=batch, seed=0)
+    setting = f"{first['sampler'].upper()} {first['steps']}" + (
+        f" (η = {first['eta']:g})" if first["sampler"] == "ddim" else "")
+    return pictures(run, mesh, heldout, name, images, setting, plan.study.reconstruct_steps, plan.workdir)
+
+
+def pictures(run, mesh, heldout, name: str, images: np.ndarray, setting: str, steps: int,
+             out: Path) -> list[tuple[str, str]]:
+    """(file, caption) of a grid of 64 samples drawn with ``setting`` and of 8 held-out images over
+    their DDIM encode-then-decode."""
+    grid = visualize.save_png(visualize.image_grid(images[:64]), out / f"{name}_samples.png", scale=2)
+    n = parallel.padded_count(8, mesh)
+    x0 = datasets.to_model_range(heldout.images[:n])
+    z, decoded = sampling.reconstruct(run, mesh, x0, heldout.labels[:n], steps)
+    rows = np.concatenate([x0, np.clip(z / 3, -1, 1), np.clip(decoded, -1, 1)])
+    recon = visualize.save_png(visualize.image_grid(datasets.to_uint8(rows), ncols=n),
+                               out / f"{name}_reconstruction.png", scale=2)
+    return [(grid.name, f"{name}: 64 samples, {setting}"),
+            (recon.name, f"{name}: 8 held-out images (top), their {steps}-step DDIM latents x_T (middle, ÷ 3) and "
+                         f"those latents decoded with {steps} DDIM steps (bottom)")]

@@ -1,0 +1,206 @@
+"""What a study needs, decided before anything runs: each model's config (its dataset's, brought to
+the study's budget, with the model's overrides), the feature and noisy classifiers it trains, the
+cells it measures, and the ``experiments.train`` / ``train_classifier`` / ``evaluate`` command
+behind each of them."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import importlib.util
+import re
+from pathlib import Path
+from typing import Callable, Optional
+
+import ml_collections
+from flax import traverse_util
+
+from configs import cifar10_ddpm, classifier_fashion_mnist, fashion_mnist, mnist, noisy_classifier_mnist
+from experiments import evaluation
+
+# Per dataset: the config its models derive from (and its file, for the printed commands), and the
+# feature classifier config for 28×28 data (None: the embedded MNIST classifier, or Inception).
+DATASETS = {
+    "fashion_mnist": (fashion_mnist, "configs/fashion_mnist.py", classifier_fashion_mnist),
+    "mnist": (mnist, "configs/mnist.py", None),
+    "cifar10": (cifar10_ddpm, "configs/cifar10_ddpm.py", None),
+}
+PAPER_SAMPLES = 50_000
+CELL_DEFAULTS = dict(eta=0.0, guidance="", scale=0.0, clip=None)
+PER_MODEL_METRICS = ("nll",)      # a study's metrics measured per model rather than per cell
+
+
+def load_study(name: str):
+    """The study module (its ``get_config`` and optional ``claims``) by name or file path."""
+    if name.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(Path(name).stem, name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(f"configs.studies.{name}")
+    except ModuleNotFoundError:
+        known = sorted(p.stem for p in (Path(__file__).parents[2] / "configs" / "studies").glob("*.py")
+                       if p.stem not in ("__init__", "base"))
+        raise ValueError(f"unknown study {name!r}; choose one of {known} or give a study file's path") from None
+
+
+def check_study(study: ml_collections.ConfigDict):
+    """Refuse a study whose cells, noisy classifier or metrics name something it does not have."""
+    for cell in study.cells:
+        if cell["model"] not in study.models:
+            raise ValueError(f"study cell names model {cell['model']!r}, which is not in its models "
+                             f"{sorted(study.models)}")
+    if study.noisy_classifier and study.noisy_classifier not in study.models:
+        raise ValueError(f"study noisy_classifier={study.noisy_classifier!r} is not one of its models "
+                         f"{sorted(study.models)}")
+    if any(cell.get("guidance") == "classifier" for cell in study.cells) and not study.noisy_classifier:
+        raise ValueError("study cells use classifier guidance; set noisy_classifier to the model it guides")
+    unknown = set(study.metrics) - set(evaluation.METRICS) - set(PER_MODEL_METRICS)
+    if unknown:
+        raise ValueError(f"study metrics {sorted(unknown)} are not among "
+                         f"{sorted(evaluation.METRICS) + list(PER_MODEL_METRICS)}")
+
+
+def model_config(study, name: str, dataset: str, scale: str, data=None) -> ml_collections.ConfigDict:
+    """The dataset's config, brought to the study's budget (default scale), with the model's overrides."""
+    if name not in study.models:
+        raise ValueError(f"study cell names model {name!r}, which is not in its models {sorted(study.models)}")
+    config = DATASETS[dataset][0].get_config()
+    if data:
+        config.data.source = data
+    if scale == "default":
+        config.update(study.budget.to_dict())
+    config.update(study.models[name].to_dict())
+    return config
+
+
+def classifier_config(config_module, model: ml_collections.ConfigDict, study, scale: str, *,
+                      encoder: bool) -> ml_collections.ConfigDict:
+    """``config_module``'s classifier on ``model``'s data without class dropout (a conditional
+    denoiser's, which a classifier refuses); with ``encoder``, ADM's noisy classifier on the model's
+    diffusion and U-Net. At the default scale it trains the study's ``classifier_steps``."""
+    c = config_module.get_config()
+    c.data = copy.deepcopy(model.data)
+    c.data.class_dropout = 0.0
+    if encoder:
+        c.diffusion = copy.deepcopy(model.diffusion)
+        c.model.update(model.model.to_dict())
+    if scale == "default":
+        c.train.num_steps = study.classifier_steps
+    return c
+
+
+def overrides(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict) -> list[str]:
+    """``--config.<field>=<value>`` for every field where ``config`` differs from ``reference``."""
+    mine = traverse_util.flatten_dict(config.to_dict(), sep=".")
+    theirs = traverse_util.flatten_dict(reference.to_dict(), sep=".")
+    text = lambda v: ",".join(map(str, v)) if isinstance(v, (tuple, list)) else v
+    return [f"--config.{k}={text(v)}" for k, v in mine.items() if theirs.get(k) != v]
+
+
+def cell_name(cell: dict) -> str:
+    """The name of a cell of ``Plan.cells`` (its measurements' file): its model and setting tag."""
+    tag = evaluation.setting_tag(cell["sampler"], cell["steps"], cell["eta"], cell["guidance"], cell["scale"],
+                                 cell["clip"])
+    return re.sub(r"\W+", "_", f"{cell['model']}_{tag}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """A model or classifier the study trains: ``python -m experiments.<entry_point>`` on ``config``
+    in ``workdir``; the command prints ``config`` as overrides of ``config_file``'s, ``reference``."""
+    entry_point: str                    # "train" or "train_classifier"
+    config: ml_collections.ConfigDict
+    config_file: str
+    reference: ml_collections.ConfigDict
+    workdir: Path
+
+    @property
+    def command(self) -> str:
+        return (f"python -m experiments.{self.entry_point} --config {self.config_file} --workdir {self.workdir} "
+                + " ".join(overrides(self.config, self.reference)))
+
+
+def classifier_training(config_module, config: ml_collections.ConfigDict, workdir: Path) -> Training:
+    """Training ``config`` (built from ``config_module``) with ``experiments.train_classifier``."""
+    config_file = f"configs/{config_module.__name__.split('.')[-1]}.py"
+    return Training("train_classifier", config, config_file, config_module.get_config(), workdir)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything a study trains and measures, and where: ``<workdir>/models/<name>``,
+    ``feature_classifier``, ``noisy_classifier``, ``cells``."""
+    study: ml_collections.ConfigDict
+    claims: Optional[Callable]          # the study module's claims(results, nll), if it has one
+    dataset: str
+    scale: str
+    workdir: Path
+    num: int                            # samples per cell
+    models: dict[str, Training]
+    feature_classifier: Optional[Training]
+    noisy_classifier: Optional[Training]
+
+    @property
+    def cells(self) -> list[dict]:
+        """The study's cells with every setting filled in (``CELL_DEFAULTS``)."""
+        return [{**CELL_DEFAULTS, **cell} for cell in self.study.cells]
+
+    @property
+    def data_config(self) -> ml_collections.ConfigDict:
+        """A model's config, for what the models share: data, seed, image size."""
+        return next(iter(self.models.values())).config
+
+    @property
+    def classifier_weights(self) -> Optional[str]:
+        return str(self.feature_classifier.workdir / "classifier.msgpack") if self.feature_classifier else None
+
+    @property
+    def trainings(self) -> list[Training]:
+        return list(self.models.values()) + [t for t in (self.feature_classifier, self.noisy_classifier) if t]
+
+    def model_dir(self, name: str) -> Path:
+        return self.models[name].workdir
+
+    def evaluate_command(self, cell: dict) -> str:
+        """The ``experiments.evaluate`` command that measures one cell on its own."""
+        setting = f"{cell['sampler']}:{cell['steps']}" + (f":{cell['eta']:g}" if cell["sampler"] == "ddim" else "")
+        guided = f" --guidance {cell['guidance']} --scale {cell['scale']:g}" if cell["guidance"] else ""
+        guided += f" --classifier_workdir {self.noisy_classifier.workdir}" if cell["guidance"] == "classifier" else ""
+        weights = f" --classifier_weights {self.classifier_weights}" if self.classifier_weights else ""
+        clip = f"  # x̂_0 thresholding: {cell['clip'] or 'none'}" if cell["clip"] is not None else ""
+        return (f"python -m experiments.evaluate --workdir {self.model_dir(cell['model'])} --samplers {setting} "
+                f"--num {self.num}{guided}{weights}{clip}")
+
+    @property
+    def commands(self) -> list[str]:
+        return [t.command for t in self.trainings] + [self.evaluate_command(c) for c in self.cells]
+
+
+def make_plan(study_module, workdir, *, dataset=None, data=None, scale: str = "default") -> Plan:
+    """The plan of ``study_module`` (a ``configs/studies`` file) in ``workdir``: ``dataset`` (default:
+    the study's) read from ``data`` (default: the dataset config's), at the study's budget or, with
+    ``scale="paper"``, the dataset's paper config and ``PAPER_SAMPLES`` per cell."""
+    study = study_module.get_config()
+    dataset = dataset or study.dataset
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
+    check_study(study)
+    workdir = Path(workdir)
+    base_module, base_file, classifier_module = DATASETS[dataset]
+    reference = base_module.get_config()
+    models = {m: Training("train", model_config(study, m, dataset, scale, data), base_file, reference,
+                          workdir / "models" / m) for m in study.models}
+    first = next(iter(models.values())).config
+    feature = noisy = None
+    if classifier_module is not None:
+        feature = classifier_training(classifier_module, classifier_config(
+            classifier_module, first, study, scale, encoder=False), workdir / "feature_classifier")
+    if study.noisy_classifier:
+        noisy = classifier_training(noisy_classifier_mnist, classifier_config(
+            noisy_classifier_mnist, models[study.noisy_classifier].config, study, scale, encoder=True),
+            workdir / "noisy_classifier")
+    return Plan(study=study, claims=getattr(study_module, "claims", None), dataset=dataset, scale=scale,
+                workdir=workdir, num=PAPER_SAMPLES if scale == "paper" else study.num_samples, models=models,
+                feature_classifier=feature, noisy_classifier=noisy)

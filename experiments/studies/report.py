@@ -1,0 +1,133 @@
+"""A study's ``report.md``: the table of its cells (each entry the study's metrics, formatted by
+``evaluation.METRICS``), NLL per model with the bound's terms per step, the plot, the paper's
+claims checked on the figures, the pictures, and the commands behind every cell."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from experiments import evaluation
+from experiments.studies.measure import Measured
+from experiments.studies.plan import PAPER_SAMPLES, Plan
+
+AXIS_LABELS = {"steps": "sampling steps S", "is_mean": "Inception Score", "col": "", "fid": "FID"}
+
+
+def plot(study, results: list[dict], path: Path):
+    """The study's plot: y against x for each series (x and y are cell fields or metrics), with
+    error bars where the metric has a standard error (``fid_se``)."""
+    spec = study.plot
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for series in dict.fromkeys(r[spec.series] for r in results):
+        rows = [r for r in results if r[spec.series] == series]
+        errors = [r.get(f"{spec.y}_se") for r in rows]
+        ax.errorbar([r[spec.x] for r in rows], [r[spec.y] for r in rows], yerr=None if None in errors else errors,
+                    marker="o", capsize=3, label=str(series))
+        if spec.x == "is_mean":
+            for r in rows:
+                ax.annotate(r["col"], (r[spec.x], r[spec.y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if spec.logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(AXIS_LABELS.get(spec.x, spec.x))
+    ax.set_ylabel(AXIS_LABELS.get(spec.y, spec.y))
+    ax.set_title(study.title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def vlb_terms_plot(nll: dict, path: Path):
+    """Each model's mean term of the bound (bits/dim) and ‖ε − ε̂‖² against the step t, as in Nichol &
+    Dhariwal (2021), Fig. 2: where in the chain a model's NLL is spent."""
+    fig = Figure(figsize=(10, 3.8))
+    left, right = fig.subplots(1, 2)
+    for m, v in nll.items():
+        t = np.arange(1, len(v["per_step_bpd"]) + 1)
+        left.plot(t, v["per_step_bpd"], lw=1, label=m)
+        right.plot(t, v["per_step_eps_mse"], lw=1, label=m)
+    left.set_ylabel("term of the bound (bits/dim); t = 1 is L_0")
+    right.set_ylabel("‖ε − ε̂‖² per dimension")
+    for ax in (left, right):
+        ax.set_xlabel("diffusion step t")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def cell_table(study, results: list[dict]) -> list[str]:
+    """Rows × columns of the study's cells, each entry its metrics (in ``evaluation.METRICS`` order)."""
+    shown = [evaluation.METRICS[m] for m in evaluation.METRICS if m in study.metrics]
+    rows, cols = list(dict.fromkeys(r["row"] for r in results)), list(dict.fromkeys(r["col"] for r in results))
+    by = {(r["row"], r["col"]): r for r in results}
+    entry = lambda r: " · ".join(metric.entry(r) for metric in shown)
+    lines = ["Entries: " + " · ".join(metric.legend for metric in shown) + ".", "",
+             "| | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(entry(by[(row, c)]) if (row, c) in by else "–" for c in cols) + " |")
+    return lines
+
+
+def nll_table(nll: dict) -> list[str]:
+    """Each model's NLL, its terms and its largest L_t, and the plot of the terms per step."""
+    lines = ["", "| model | NLL (bits/dim) ↓ | prior | decoder L_0 | Σ L_t | largest L_t |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for m, v in nll.items():
+        i = int(np.argmax(v["per_step_bpd"][1:])) + 1          # index i holds step t = i + 1
+        lines.append(f"| {m} | {v['bits_per_dim']:.3f} ± {v['stderr']:.3f} | {v['prior']:.4f} | "
+                     f"{v['decoder_L0']:.3f} | {v['sum_Lt']:.3f} | {v['per_step_bpd'][i]:.3f} (t = {i + 1}) |")
+    return lines + ["", "The bound's terms per step, with the ε-prediction error behind them:", "",
+                    "![terms of the variational bound](vlb_terms.png)"]
+
+
+def scale_note(plan: Plan, measured: Measured) -> str:
+    """How far the study's models and sample counts are from the papers'."""
+    if plan.scale == "paper":
+        return "at the papers' settings."
+    config = plan.data_config
+    steps, batch_size = config.train.num_steps, config.train.batch_size
+    epochs = steps * batch_size / measured.train_images
+    return (f"each model trains {steps:,} steps at batch {batch_size} (~{epochs:.0f} epochs of "
+            f"{measured.train_images:,} images) with {config.model.base_channels} base channels; the papers "
+            f"train 35.7M-parameter (or larger) U-Nets for 500k–800k steps at batch 128 and compute FID "
+            f"from {PAPER_SAMPLES:,} samples with Inception features, so absolute numbers are not comparable "
+            f"and only the orderings are checked. `--scale paper` uses the papers' settings.")
+
+
+def markdown(plan: Plan, measured: Measured, claims: list) -> str:
+    """The text of ``report.md``; ``claims`` are the study's (text, held, figures)."""
+    study, heldout = plan.study, measured.heldout
+    features = (f"the classifier trained in {plan.classifier_weights}" if plan.classifier_weights
+                else measured.feature_name)
+    lines = [f"# {study.title}", "", f"Reproduces: {study.paper}.", "",
+             f"Data: {plan.dataset} ({plan.data_config.data.source}); features: {features}; "
+             f"{plan.num} samples per cell. Held-out real images against the training split: FID "
+             f"{heldout['fid']:.2f}, IS {heldout['is_mean']:.2f} ± {heldout['is_std']:.2f} (the floor and ceiling).",
+             "", f"**Scale.** {scale_note(plan, measured)}", ""]
+    lines += cell_table(study, measured.results)
+    if measured.nll:
+        lines += nll_table(measured.nll)
+    lines += ["", "![plot](plot.png)", ""]
+    if claims:
+        lines += ["## The paper's claims at this scale", ""]
+        lines += [f"- {'✓ reproduced' if held else '✗ not reproduced'}: {text} ({figures})"
+                  for text, held, figures in claims]
+        lines.append("")
+    if measured.pictures:
+        lines += ["## Pictures", ""]
+        for file, caption in measured.pictures:
+            lines += [f"{caption}:", "", f"![{file}]({file})", ""]
+    lines += ["## Commands behind each cell", "", "```bash"] + plan.commands + ["```", ""]
+    return "\n".join(lines)
+
+
+def write(plan: Plan, measured: Measured, path: Path):
+    """``report.md`` at ``path`` with ``plot.png`` (and ``vlb_terms.png`` with NLL) beside it."""
+    plot(plan.study, measured.results, path.parent / "plot.png")
+    if measured.nll:
+        vlb_terms_plot(measured.nll, path.parent / "vlb_terms.png")
+    claims = plan.claims(measured.results, measured.nll) if plan.claims else []
+    path.write_text(markdown(plan, measured, claims))
