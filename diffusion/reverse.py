@@ -106,3 +106,13 @@ def reverse_gaussian(schedule: Schedule, output, x_t, t, *, prediction: str = "e
     mean, _, _ = gaussian.q_posterior(schedule, x0, x_t, t)
     log_var = log_variance(schedule, t, var_out, x_t, variance)
     return ReverseGaussian(mean, jnp.exp(log_var), log_var, x0, eps)
+
+
+def predict(model_fn, schedule: Schedule, x_t, t, cond=None, *, prediction: str = "eps", variance: str = "fixed_small",
+            clip: Optional[str] = None, clip_percentile: float = 0.995) -> ReverseGaussian:
+    """``reverse_gaussian`` of the network called at the scalar schedule index ``t`` on x_t [B, ...]:
+    what every sampler's step starts from (x̂_0, ε̂ and p_θ(x_{t−1} | x_t))."""
+    t_batch = jnp.full((x_t.shape[0],), t, dtype=jnp.int32)
+    output = model_fn(x_t, schedule.timesteps[t_batch], **(cond or {}))
+    return reverse_gaussian(schedule, output, x_t, t_batch, prediction=prediction, variance=variance,
+                            clip=clip, clip_percentile=clip_percentile)

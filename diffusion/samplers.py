@@ -16,18 +16,10 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from diffusion import gaussian, reverse
-from diffusion.schedules import Schedule, respace, space_timesteps
-
-
-def _model_gaussian(model_fn, schedule, x_t, t, cond, prediction, variance, clip, clip_percentile):
-    t_batch = jnp.full((x_t.shape[0],), t, dtype=jnp.int32)
-    output = model_fn(x_t, schedule.timesteps[t_batch], **(cond or {}))
-    p = reverse.reverse_gaussian(schedule, output, x_t, t_batch, prediction=prediction,
-                                 variance=variance, clip=clip, clip_percentile=clip_percentile)
-    return p, t_batch
+from diffusion import ode_solvers
+from diffusion.schedules import Schedule, alpha_bar_with_clean, respace, space_timesteps
 
 
 def ddpm_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, prediction="eps",
@@ -38,15 +30,11 @@ def ddpm_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, prediction="
     respaced schedule.
     """
     del t_prev
-    p, _ = _model_gaussian(model_fn, schedule, x_t, t, cond, prediction, variance, clip, clip_percentile)
+    p = reverse.predict(model_fn, schedule, x_t, t, cond, prediction=prediction, variance=variance, clip=clip,
+                        clip_percentile=clip_percentile)
     z = jax.random.normal(key, x_t.shape, x_t.dtype)
     x_prev = p.mean + jnp.where(t > 0, jnp.exp(0.5 * p.log_variance), 0.0) * z
     return x_prev, p.x0
-
-
-def _alpha_bar(schedule: Schedule, t):
-    """ᾱ at index t, with ᾱ_{−1} = 1 (clean data)."""
-    return jnp.where(t >= 0, schedule.alphas_cumprod[jnp.maximum(t, 0)], 1.0)
 
 
 def ddim_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, eta=0.0, prediction="eps",
@@ -56,40 +44,14 @@ def ddim_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, eta=0.0, pre
     x_{t′} = √ᾱ_{t′}·x̂_0 + √(1 − ᾱ_{t′} − σ²)·ε̂ + σ·z,
     σ = η·√((1−ᾱ_{t′})/(1−ᾱ_t))·√(1 − ᾱ_t/ᾱ_{t′}); η = 0 is deterministic, η = 1 is DDPM's β̃.
     """
-    p, _ = _model_gaussian(model_fn, schedule, x_t, t, cond, prediction, variance, clip, clip_percentile)
-    a_t, a_prev = _alpha_bar(schedule, t), _alpha_bar(schedule, t_prev)
+    p = reverse.predict(model_fn, schedule, x_t, t, cond, prediction=prediction, variance=variance, clip=clip,
+                        clip_percentile=clip_percentile)
+    a_t, a_prev = alpha_bar_with_clean(schedule, t), alpha_bar_with_clean(schedule, t_prev)
     sigma = eta * jnp.sqrt((1 - a_prev) / (1 - a_t)) * jnp.sqrt(1 - a_t / a_prev)
     direction = jnp.sqrt(jnp.maximum(1 - a_prev - sigma ** 2, 0.0))
     z = jax.random.normal(key, x_t.shape, x_t.dtype)
     x_prev = (jnp.sqrt(a_prev) * p.x0 + direction * p.eps + sigma * z).astype(x_t.dtype)
     return x_prev, p.x0
-
-
-def _log_snr_half(alpha_bar):
-    """λ = log(α/σ) = ½·log(ᾱ/(1 − ᾱ)) (Lu et al. 2022); +∞ for clean data (ᾱ = 1)."""
-    return 0.5 * (jnp.log(alpha_bar) - jnp.log1p(-alpha_bar))
-
-
-def dpm_solver_pp_2m_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, previous, prediction="eps",
-                          variance="fixed_small", clip=None, clip_percentile=0.995, cond=None):
-    """DPM-Solver++(2M), the multistep second-order solver of the probability-flow ODE in data
-    prediction (Lu et al. 2022, "DPM-Solver++", Algorithm 2), on the λ grid of the kept steps.
-
-    With h = λ_{t′} − λ_t: x_{t′} = (σ_{t′}/σ_t)·x_t − α_{t′}·(e^{−h} − 1)·D, where D = x̂_0 at the
-    first step (first order) and D = (1 + 1/2r)·x̂_0 − (1/2r)·x̂_0^{before}, r = h_before / h,
-    after it. The step to clean data (λ = ∞) is first order, D = x̂_0: the lower-order final step.
-    ``previous`` = (x̂_0 of the step before, its index; −2 for none), carried by ``sample``.
-    """
-    del key
-    p, _ = _model_gaussian(model_fn, schedule, x_t, t, cond, prediction, variance, clip, clip_percentile)
-    x0_before, t_before = previous
-    a_t, a_prev, a_before = _alpha_bar(schedule, t), _alpha_bar(schedule, t_prev), _alpha_bar(schedule, t_before)
-    h = _log_snr_half(a_prev) - _log_snr_half(a_t)
-    second_order = (t_before >= 0) & (t_prev >= 0)
-    r = jnp.where(second_order, (_log_snr_half(a_t) - _log_snr_half(a_before)) / jnp.where(second_order, h, 1.0), 1.0)
-    D = jnp.where(second_order, (1 + 0.5 / r) * p.x0 - (0.5 / r) * x0_before, p.x0)
-    x_prev = jnp.sqrt((1 - a_prev) / (1 - a_t)) * x_t - jnp.sqrt(a_prev) * jnp.expm1(-h) * D
-    return x_prev.astype(x_t.dtype), p.x0
 
 
 def langevin_correct(model_fn, schedule: Schedule, x, t, key, *, n_steps=1, snr=0.16,
@@ -118,7 +80,8 @@ def langevin_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, n_steps=
                   prediction="eps", variance="fixed_small", clip=None, clip_percentile=0.995, cond=None):
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1): ``n_steps`` Langevin steps at
     the next noise level t′; at t′ = −1 the last level is denoised with Tweedie's x̂_0."""
-    p, _ = _model_gaussian(model_fn, schedule, x_t, t, cond, prediction, variance, clip, clip_percentile)
+    p = reverse.predict(model_fn, schedule, x_t, t, cond, prediction=prediction, variance=variance, clip=clip,
+                        clip_percentile=clip_percentile)
     x = langevin_correct(model_fn, schedule, x_t, jnp.maximum(t_prev, 0), key, n_steps=n_steps,
                          snr=snr, prediction=prediction, variance=variance, cond=cond)
     return jnp.where(t_prev >= 0, x, p.x0), p.x0
@@ -208,7 +171,7 @@ def ddim_invert(model_fn, schedule: Schedule, x0, *, timesteps=None, fixed_point
 
     def up(x, ts):
         lo, hi = ts
-        a_lo, a_hi = _alpha_bar(schedule, lo), _alpha_bar(schedule, hi)
+        a_lo, a_hi = alpha_bar_with_clean(schedule, lo), alpha_bar_with_clean(schedule, hi)
         move = lambda eps: (jnp.sqrt(a_hi / a_lo) * (x - jnp.sqrt(1 - a_lo) * eps)
                             + jnp.sqrt(1 - a_hi) * eps).astype(x.dtype)
         # From clean data (level −1) the network is first asked at the level being reached.
@@ -232,23 +195,8 @@ def spaced(schedule: Schedule, spec) -> jax.Array:
     return jnp.asarray(space_timesteps(schedule.num_steps, spec)[::-1].copy(), jnp.int32)
 
 
-def logsnr_spaced(schedule: Schedule, steps: int) -> jax.Array:
-    """``steps`` descending schedule indices whose λ = ½·log(ᾱ/(1 − ᾱ)) are as near uniform as the
-    discrete steps allow, from the noisiest to the cleanest (the λ grid of Lu et al. 2022, §3.3);
-    indices are strictly decreasing, so where λ changes faster than one step they are consecutive."""
-    alpha_bar = np.asarray(schedule.alphas_cumprod, np.float64)
-    lam = 0.5 * (np.log(alpha_bar) - np.log1p(-alpha_bar))
-    targets = np.linspace(lam[-1], lam[0], steps)
-    idx = np.abs(lam[None, :] - targets[:, None]).argmin(1)
-    for k in range(1, steps):
-        idx[k] = min(idx[k], idx[k - 1] - 1)
-    idx[-1] = max(idx[-1], 0)
-    for k in range(steps - 2, -1, -1):
-        idx[k] = max(idx[k], idx[k + 1] + 1)
-    return jnp.asarray(idx, jnp.int32)
-
-
-SPACINGS = {"time": lambda schedule, steps: spaced(schedule, steps), "logsnr": logsnr_spaced}
+SPACINGS = {"time": lambda schedule, steps: spaced(schedule, steps), "logsnr": ode_solvers.logsnr_spaced,
+            "karras": ode_solvers.karras_spaced}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,7 +216,9 @@ SAMPLERS = {
     "ddim": Sampler(ddim_step, respaced=False),
     "langevin": Sampler(langevin_step, respaced=False),
     "pc": Sampler(predictor_corrector_step, respaced=True),
-    "dpmpp_2m": Sampler(dpm_solver_pp_2m_step, respaced=False, spacing="logsnr"),
+    "dpmpp_2m": Sampler(ode_solvers.dpm_solver_pp_2m_step, respaced=False, spacing="logsnr"),
+    "heun": Sampler(ode_solvers.heun_step, respaced=False, spacing="karras"),
+    "euler_ancestral": Sampler(ode_solvers.euler_ancestral_step, respaced=False, spacing="karras"),
 }
 
 

@@ -208,3 +208,8 @@ def respace(schedule: Schedule, kept) -> Schedule:
     betas = 1.0 - ac / np.append(1.0, ac[:-1])
     return from_betas(betas, timesteps=np.asarray(schedule.timesteps)[kept],
                       dtype=schedule.betas.dtype)
+
+
+def alpha_bar_with_clean(schedule: Schedule, t):
+    """ᾱ at schedule index t, with ᾱ_{−1} = 1 (clean data), for steps that end at the data."""
+    return jnp.where(t >= 0, schedule.alphas_cumprod[jnp.maximum(t, 0)], 1.0)

@@ -1,0 +1,142 @@
+"""Solvers of the probability-flow ODE (and its ancestral SDE), as steps of ``samplers.sample``'s
+common signature on the kept indices of a discrete VP schedule: DPM-Solver++(2M) on the λ grid
+(Lu et al. 2022), and Heun's method and Euler ancestral in the σ-parameterisation of Karras et al.
+2022 (EDM) on their ρ-grid of σ.
+
+The σ-parameterisation of a VP model: x̃ = x/√ᾱ, σ = √((1 − ᾱ)/ᾱ), and the ODE dx̃/dσ =
+(x̃ − x̂_0)/σ. A grid in σ (or λ) is rounded to the nearest schedule indices, and the network is
+evaluated exactly at those indices (never at an interpolated t), so the model sees only the
+timesteps it was trained on.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion import reverse
+from diffusion.schedules import Schedule, alpha_bar_with_clean
+
+
+def _distinct_descending(idx: np.ndarray) -> jax.Array:
+    """Indices made strictly decreasing and ≥ 0, moving as few as possible: where a grid is finer
+    than the schedule's steps, they become consecutive."""
+    idx = np.array(idx)
+    for k in range(1, len(idx)):
+        idx[k] = min(idx[k], idx[k - 1] - 1)
+    idx[-1] = max(idx[-1], 0)
+    for k in range(len(idx) - 2, -1, -1):
+        idx[k] = max(idx[k], idx[k + 1] + 1)
+    return jnp.asarray(idx, jnp.int32)
+
+
+def _nearest(values: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    return np.abs(values[None, :] - targets[:, None]).argmin(1)
+
+
+def logsnr_spaced(schedule: Schedule, steps: int) -> jax.Array:
+    """``steps`` descending schedule indices whose λ = ½·log(ᾱ/(1 − ᾱ)) are as near uniform as the
+    discrete steps allow, from the noisiest to the cleanest (the λ grid of Lu et al. 2022, §3.3);
+    indices are strictly decreasing, so where λ changes faster than one step they are consecutive."""
+    alpha_bar = np.asarray(schedule.alphas_cumprod, np.float64)
+    lam = 0.5 * (np.log(alpha_bar) - np.log1p(-alpha_bar))
+    return _distinct_descending(_nearest(lam, np.linspace(lam[-1], lam[0], steps)))
+
+
+def _log_snr_half(alpha_bar):
+    """λ = log(α/σ) = ½·log(ᾱ/(1 − ᾱ)) (Lu et al. 2022); +∞ for clean data (ᾱ = 1)."""
+    return 0.5 * (jnp.log(alpha_bar) - jnp.log1p(-alpha_bar))
+
+
+def dpm_solver_pp_2m_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, previous, prediction="eps",
+                          variance="fixed_small", clip=None, clip_percentile=0.995, cond=None):
+    """DPM-Solver++(2M), the multistep second-order solver of the probability-flow ODE in data
+    prediction (Lu et al. 2022, "DPM-Solver++", Algorithm 2), on the λ grid of the kept steps.
+
+    With h = λ_{t′} − λ_t: x_{t′} = (σ_{t′}/σ_t)·x_t − α_{t′}·(e^{−h} − 1)·D, where D = x̂_0 at the
+    first step (first order) and D = (1 + 1/2r)·x̂_0 − (1/2r)·x̂_0^{before}, r = h_before / h,
+    after it. The step to clean data (λ = ∞) is first order, D = x̂_0: the lower-order final step.
+    ``previous`` = (x̂_0 of the step before, its index; −2 for none), carried by ``sample``.
+    """
+    del key
+    p = reverse.predict(model_fn, schedule, x_t, t, cond, prediction=prediction, variance=variance, clip=clip,
+                        clip_percentile=clip_percentile)
+    x0_before, t_before = previous
+    a_t, a_prev, a_before = (alpha_bar_with_clean(schedule, i) for i in (t, t_prev, t_before))
+    h = _log_snr_half(a_prev) - _log_snr_half(a_t)
+    second_order = (t_before >= 0) & (t_prev >= 0)
+    r = jnp.where(second_order, (_log_snr_half(a_t) - _log_snr_half(a_before)) / jnp.where(second_order, h, 1.0), 1.0)
+    D = jnp.where(second_order, (1 + 0.5 / r) * p.x0 - (0.5 / r) * x0_before, p.x0)
+    x_prev = jnp.sqrt((1 - a_prev) / (1 - a_t)) * x_t - jnp.sqrt(a_prev) * jnp.expm1(-h) * D
+    return x_prev.astype(x_t.dtype), p.x0
+
+
+def sigmas(schedule: Schedule):
+    """σ_t = √((1 − ᾱ_t)/ᾱ_t) of every schedule index (Karras et al. 2022, Table 1, VP)."""
+    return jnp.sqrt((1 - schedule.alphas_cumprod) / schedule.alphas_cumprod)
+
+
+def karras_spaced(schedule: Schedule, steps: int, rho: float = 7.0) -> jax.Array:
+    """``steps`` descending schedule indices nearest to Karras et al.'s σ grid (2022, eq. 5):
+    σ_i = (σ_max^{1/ρ} + i/(n − 1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ from the schedule's largest σ to
+    its smallest, ρ = 7; indices strictly decreasing."""
+    sigma = np.asarray(sigmas(schedule), np.float64)
+    ramp = np.linspace(0, 1, steps)
+    grid = (sigma[-1] ** (1 / rho) + ramp * (sigma[0] ** (1 / rho) - sigma[-1] ** (1 / rho))) ** rho
+    return _distinct_descending(_nearest(sigma, grid))
+
+
+def _denoised(model_fn, schedule, x_t, t, cond, kw):
+    """(x̃ = x_t/√ᾱ_t, σ_t, x̂_0) at schedule index t."""
+    a = alpha_bar_with_clean(schedule, t)
+    x0 = reverse.predict(model_fn, schedule, x_t, t, cond, **kw).x0
+    return x_t / jnp.sqrt(a), jnp.sqrt((1 - a) / a), x0
+
+
+def heun_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, churn=0.0, noise_scale=1.0,
+              prediction="eps", variance="fixed_small", clip=None, clip_percentile=0.995, cond=None):
+    """Heun's second-order step of dx̃/dσ = (x̃ − x̂_0)/σ from σ_t to σ_{t′} (Karras et al. 2022,
+    Algorithm 2); the step to clean data (σ = 0) is Euler's, as there.
+
+    ``churn`` = γ > 0 first raises the noise to σ̂ = (1 + γ)·σ_t by adding fresh noise of variance
+    σ̂² − σ_t² (scaled by ``noise_scale``) and starts from the index nearest σ̂: EDM's stochastic
+    sampler, with γ = min(S_churn/N, √2 − 1) as the paper sets it.
+    """
+    kw = dict(prediction=prediction, variance=variance, clip=clip, clip_percentile=clip_percentile)
+    sigma = sigmas(schedule)
+    if churn:
+        sigma_hat = (1 + churn) * sigma[t]
+        x_tilde = x_t / jnp.sqrt(schedule.alphas_cumprod[t])
+        z = jax.random.normal(key, x_t.shape, x_t.dtype)
+        x_tilde = x_tilde + noise_scale * jnp.sqrt(sigma_hat ** 2 - sigma[t] ** 2) * z
+        t = jnp.argmin(jnp.abs(sigma - sigma_hat)).astype(jnp.int32)   # the index nearest σ̂
+        x_t = x_tilde * jnp.sqrt(schedule.alphas_cumprod[t])
+    x_tilde, s, x0 = _denoised(model_fn, schedule, x_t, t, cond, kw)
+    a_prev = alpha_bar_with_clean(schedule, t_prev)
+    s_prev = jnp.sqrt((1 - a_prev) / a_prev)
+    d = (x_tilde - x0) / s
+    euler = x_tilde + (s_prev - s) * d
+
+    def corrected(_):
+        _, _, x0_prev = _denoised(model_fn, schedule, euler * jnp.sqrt(a_prev), t_prev, cond, kw)
+        return x_tilde + (s_prev - s) * 0.5 * (d + (euler - x0_prev) / s_prev)
+
+    x_tilde_prev = jax.lax.cond(t_prev >= 0, corrected, lambda _: euler, None)
+    return (x_tilde_prev * jnp.sqrt(a_prev)).astype(x_t.dtype), x0
+
+
+def euler_ancestral_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, prediction="eps",
+                         variance="fixed_small", clip=None, clip_percentile=0.995, cond=None):
+    """Euler ancestral (k-diffusion's ``sample_euler_ancestral`` at η = 1): an Euler step of the
+    σ-ODE down to σ_down, then fresh noise σ_up, with σ_up = √(σ_{t′}²(σ_t² − σ_{t′}²)/σ_t²) and
+    σ_down = √(σ_{t′}² − σ_up²), so that x̃ has the marginal variance of level t′. (No η: the
+    deterministic end of that family is ``heun``'s Euler half, or DDIM.)"""
+    kw = dict(prediction=prediction, variance=variance, clip=clip, clip_percentile=clip_percentile)
+    x_tilde, s, x0 = _denoised(model_fn, schedule, x_t, t, cond, kw)
+    a_prev = alpha_bar_with_clean(schedule, t_prev)
+    s_prev = jnp.sqrt((1 - a_prev) / a_prev)
+    s_up = jnp.minimum(s_prev, jnp.sqrt(s_prev ** 2 * (s ** 2 - s_prev ** 2) / s ** 2))
+    s_down = jnp.sqrt(s_prev ** 2 - s_up ** 2)
+    z = jax.random.normal(key, x_t.shape, x_t.dtype)
+    x_tilde_prev = x_tilde + (s_down - s) * (x_tilde - x0) / s + s_up * z
+    return (x_tilde_prev * jnp.sqrt(a_prev)).astype(x_t.dtype), x0
