@@ -17,7 +17,7 @@ def get_config():
     c.data.channels = 1
     c.data.random_flip = False
     c.data.holdout_fraction = 0.1      # held out (after a seeded shuffle) for evaluation
-    c.data.num_classes = 10            # labels available in the data; used when model.num_classes > 0
+    c.data.num_classes = 10            # labels in the data are [0, num_classes); checked and used when model.num_classes > 0 (and by classifiers)
     c.data.class_dropout = 0.0         # labels replaced by the null label (classifier-free guidance)
 
     c.model = ml_collections.ConfigDict()

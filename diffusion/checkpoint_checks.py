@@ -102,16 +102,23 @@ def _is_closed_loop_noise(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
 
 
+class _AbandonedWriteRecords(logging.Filter):
+    """Drops orbax's ERROR record of each write thread that a failed save abandoned."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_SignalingThread.run() raised an exception" not in record.getMessage()
+
+
 @contextlib.contextmanager
 def failed_writes_silenced():
     """While orbax saves: when one TensorStore write fails, orbax abandons the others, whose
     callbacks then find their event loop closed and print a traceback each (thousands for one
     state), and orbax logs each failed thread at ERROR. ``save`` raises the one error that matters,
-    so those are dropped; every other exception still prints. After a failed save the abandoned
-    callbacks go on firing, so both stay silenced; a successful save restores them."""
+    so exactly those are dropped (RuntimeError 'Event loop is closed' and orbax's abandoned-thread
+    records); every other exception and log record still prints. The abandoned callbacks go on
+    firing after a failed save, so the filters stay then; a successful save removes them."""
     hooks = sys.excepthook, sys.unraisablehook, threading.excepthook
-    orbax_logs = logging.getLogger("absl")
-    level = orbax_logs.level
+    records = _AbandonedWriteRecords()
 
     def excepthook(kind, value, tb):
         if not _is_closed_loop_noise(value):
@@ -126,7 +133,7 @@ def failed_writes_silenced():
             hooks[2](args)
 
     sys.excepthook, sys.unraisablehook, threading.excepthook = excepthook, unraisablehook, thread_hook
-    orbax_logs.setLevel(logging.CRITICAL)
+    logging.getLogger("absl").addFilter(records)
     yield
     sys.excepthook, sys.unraisablehook, threading.excepthook = hooks
-    orbax_logs.setLevel(level)
+    logging.getLogger("absl").removeFilter(records)

@@ -234,8 +234,9 @@ class Checkpointer:
 
     def _corrupt_message(self, step: int, problem: str) -> str:
         previous = self._previous_step(step)
-        fix = (f"rerun with --fall_back_to_good_checkpoint to move it to {self.corrupt_directory}/ and "
-               f"resume from step {previous}") if previous is not None else \
+        fix = (f"rerun the training command (experiments.train or train_classifier) with "
+               f"--fall_back_to_good_checkpoint to move it to {self.corrupt_directory}/ and resume from step "
+               f"{previous}") if previous is not None else \
             "there is no earlier checkpoint: move it aside or use a new --workdir to start over"
         return f"checkpoint {self.directory / str(step)} is corrupt: {problem}; {fix}"
 

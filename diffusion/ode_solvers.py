@@ -98,18 +98,18 @@ def heun_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, churn=0.0, n
     """Heun's second-order step of dx̃/dσ = (x̃ − x̂_0)/σ from σ_t to σ_{t′} (Karras et al. 2022,
     Algorithm 2); the step to clean data (σ = 0) is Euler's, as there.
 
-    ``churn`` = γ > 0 first raises the noise to σ̂ = (1 + γ)·σ_t by adding fresh noise of variance
-    σ̂² − σ_t² (scaled by ``noise_scale``) and starts from the index nearest σ̂: EDM's stochastic
-    sampler, with γ = min(S_churn/N, √2 − 1) as the paper sets it.
+    ``churn`` = γ > 0 first raises the noise to σ̂, the σ of the index nearest (1 + γ)·σ_t, by
+    adding fresh noise of variance σ̂² − σ_t² (scaled by ``noise_scale``), and steps from there:
+    EDM's stochastic sampler, with γ = min(S_churn/N, √2 − 1) as the paper sets it.
     """
     kw = dict(prediction=prediction, variance=variance, clip=clip, clip_percentile=clip_percentile)
     sigma = sigmas(schedule)
     if churn:
-        sigma_hat = (1 + churn) * sigma[t]
+        t_hat = jnp.argmin(jnp.abs(sigma - (1 + churn) * sigma[t])).astype(jnp.int32)   # the index nearest σ̂
         x_tilde = x_t / jnp.sqrt(schedule.alphas_cumprod[t])
         z = jax.random.normal(key, x_t.shape, x_t.dtype)
-        x_tilde = x_tilde + noise_scale * jnp.sqrt(sigma_hat ** 2 - sigma[t] ** 2) * z
-        t = jnp.argmin(jnp.abs(sigma - sigma_hat)).astype(jnp.int32)   # the index nearest σ̂
+        x_tilde = x_tilde + noise_scale * jnp.sqrt(sigma[t_hat] ** 2 - sigma[t] ** 2) * z
+        t = t_hat
         x_t = x_tilde * jnp.sqrt(schedule.alphas_cumprod[t])
     x_tilde, s, x0 = _denoised(model_fn, schedule, x_t, t, cond, kw)
     a_prev = alpha_bar_with_clean(schedule, t_prev)

@@ -195,7 +195,7 @@ def spaced(schedule: Schedule, spec) -> jax.Array:
     return jnp.asarray(space_timesteps(schedule.num_steps, spec)[::-1].copy(), jnp.int32)
 
 
-SPACINGS = {"time": lambda schedule, steps: spaced(schedule, steps), "logsnr": ode_solvers.logsnr_spaced,
+SPACINGS = {"time": spaced, "logsnr": ode_solvers.logsnr_spaced,
             "karras": ode_solvers.karras_spaced}
 
 
@@ -232,6 +232,11 @@ def check_steps(name: str, steps, num_steps: int, what: str = "steps"):
                          f"use at most {num_steps}")
 
 
+def takes(name: str, setting: str) -> bool:
+    """Whether sampler ``name``'s step has the keyword ``setting`` (``eta``, ``churn``, …)."""
+    return setting in inspect.signature(SAMPLERS[name].step).parameters
+
+
 def plan(name: str, schedule: Schedule, steps: int, **settings) -> tuple[Callable, Schedule, jax.Array]:
     """(step with ``settings`` bound, the schedule it runs on, its descending timesteps) for the
     sampler ``name`` in ``steps`` steps. Settings the step does not take (η for DDPM, say) are
@@ -240,8 +245,7 @@ def plan(name: str, schedule: Schedule, steps: int, **settings) -> tuple[Callabl
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
     check_steps(name, steps, schedule.num_steps)
     sampler = SAMPLERS[name]
-    taken = inspect.signature(sampler.step).parameters
-    step = partial(sampler.step, **{k: v for k, v in settings.items() if k in taken})
+    step = partial(sampler.step, **{k: v for k, v in settings.items() if takes(name, k)})
     if sampler.respaced:
         if steps < schedule.num_steps:
             schedule = respace(schedule, space_timesteps(schedule.num_steps, steps))

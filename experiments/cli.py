@@ -76,7 +76,8 @@ def run(main):
         except OSError as e:
             if e.errno != errno.ENOSPC:
                 raise
-            print(f"error: {e.strerror}", file=sys.stderr, flush=True)
+            where = f" ({e.filename})" if e.filename else ""
+            print(f"error: {e.strerror}{where}", file=sys.stderr, flush=True)
             sys.stdout.flush()
             # Orbax's abandoned writes would print thousands of lines of 'Event loop is closed'
             # tracebacks during interpreter shutdown, burying the message: exit without one.

@@ -172,12 +172,14 @@ def make_optimizer(config: ml_collections.ConfigDict):
         optimizer=o.optimizer, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, grad_clip=o.grad_clip)
 
 
-def load_data(config):
-    """(train, held-out) splits of ``data.source``, checked against the config's channels and classes."""
+def load_data(config, labels_used: Optional[bool] = None):
+    """(train, held-out) splits of ``data.source``, checked against ``data.channels`` and, where the
+    labels are used (``labels_used``; default: a class-conditional model), ``data.num_classes``."""
     splits = datasets.load_splits(config.data.source, image_size=config.data.image_size,
                                   holdout_fraction=config.data.holdout_fraction, seed=config.seed,
                                   tfds_data_dir=config.data.tfds_data_dir)
+    labels_used = config.model.num_classes > 0 if labels_used is None else labels_used
     for split in splits:
-        datasets.check_split(split, channels=config.data.channels, num_classes=config.data.num_classes,
-                             source=config.data.source)
+        datasets.check_split(split, channels=config.data.channels, source=config.data.source,
+                             num_classes=config.data.num_classes if labels_used else None)
     return splits

@@ -140,6 +140,8 @@ def parse_setting(text: str) -> tuple[str, int, float]:
         raise ValueError(form) from None
     if int(parts[1]) < 1 or not np.isfinite(eta) or eta < 0:
         raise ValueError(form)
+    if len(parts) == 3 and not samplers.takes(parts[0], "eta"):
+        raise ValueError(f"sampler setting {text!r}: {parts[0]} has no η; write {parts[0]}:{parts[1]}")
     return parts[0], int(parts[1]), eta
 
 

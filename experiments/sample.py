@@ -152,6 +152,8 @@ def main(argv):
         jax.distributed.initialize()
     run = load(FLAGS.workdir, FLAGS.config, FLAGS.diffusers_weights)
     samplers.check_steps(FLAGS.sampler, FLAGS.steps, run.schedule.num_steps, what="--steps")
+    if FLAGS.eta and not samplers.takes(FLAGS.sampler, "eta"):
+        raise ValueError(f"--eta={FLAGS.eta:g}: the {FLAGS.sampler} sampler has no η; drop --eta")
     sampling.check_label(run.config, FLAGS.label, FLAGS.guidance)
     toy = run.config.model.kind == "mlp"
     if toy and (FLAGS.interpolate or FLAGS.reconstruct or FLAGS.guidance):

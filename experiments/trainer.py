@@ -26,13 +26,22 @@ class NonFiniteStepError(FloatingPointError):
     """A step's loss, or the parameters or EMA it would produce, were not finite; it was not applied."""
 
 
+def _row_step(line: str) -> Optional[int]:
+    """The step of one metrics.jsonl row, or None for a line a crash left half-written."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def drop_rows_after(path: Path, step: int):
     """Rewrite the JSON-lines file ``path`` without rows past ``step`` (atomically, by rename): a run
-    resumed at ``step`` replays the steps a crash lost, and their rows must not appear twice."""
+    resumed at ``step`` replays the steps a crash lost, and their rows must not appear twice; a
+    half-written last line (killed mid-write, or a full disk) is dropped too."""
     if not path.exists():
         return
     rows = path.read_text().splitlines(keepends=True)
-    kept = [r for r in rows if r.strip() and json.loads(r)["step"] <= step]
+    kept = [r for r in rows if r.endswith("\n") and (row := _row_step(r)) is not None and row <= step]
     if len(kept) != len(rows):
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(kept))
@@ -234,7 +243,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir, *, fall_back: b
     """Train (or resume) a feature classifier or ADM noisy classifier; report held-out accuracy in
     ``<workdir>/accuracy.json`` and write the EMA weights to ``<workdir>/classifier.msgpack``."""
     workdir, mesh = prepare_run(config, workdir)
-    train_split, heldout = common.load_data(config)
+    train_split, heldout = common.load_data(config, labels_used=True)
     model = common.make_classifier(config)
     noisy = config.classifier.kind == "noisy"
     schedule = common.make_schedule(config) if noisy else None

@@ -1,6 +1,7 @@
 """Checkpoint reliability on tiny states: no non-finite saves, checksums verified on restore,
 falling back from a corrupt checkpoint only when asked, and a full disk that says so."""
 import errno
+import logging
 import os
 import subprocess
 import sys
@@ -267,6 +268,9 @@ def assert_disk_full_handled(directory, ckpt, error):
     assert meta["data_position"] == 1
     restored, _ = Checkpointer(directory).restore(tiny_state(), config=CONFIG)   # as a rerun sees it
     assert_identical(restored, tiny_state(1))
+    absl = logging.getLogger("absl")       # only orbax's abandoned-write records are dropped after it
+    assert absl.isEnabledFor(logging.WARNING)
+    assert absl.filter(logging.makeLogRecord({"msg": "an unrelated warning", "levelno": logging.WARNING}))
 
 
 @pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"), TENSORSTORE_ENOSPC],

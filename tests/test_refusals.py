@@ -66,6 +66,8 @@ def test_a_malformed_sampler_setting_is_refused(text):
     with pytest.raises(ValueError, match="is not name:steps\\[:eta\\]"):
         evaluation.parse_setting(text)
     assert evaluation.parse_setting("ddim:20:0.5") == ("ddim", 20, 0.5)
+    with pytest.raises(ValueError, match="'heun:10:0.5': heun has no η"):     # once silently dropped
+        evaluation.parse_setting("heun:10:0.5")
 
 
 def write_npz(path, images, labels=None):
@@ -76,7 +78,7 @@ def write_npz(path, images, labels=None):
 
 @pytest.mark.parametrize("case, message", [
     ("label_too_large", r"labels in \[0, 10\], outside \[0, data.num_classes=10\)"),
-    ("negative_label", r"labels in \[-1, 9\]"),
+    ("negative_label", r"negative labels \(as low as -1\)"),
     ("float_labels", "'label' must be integers"),
     ("short_labels", r"one per image \(40\)"),
     ("rgb_for_one_channel", "3-channel images .* data.channels=1"),
@@ -98,11 +100,15 @@ def test_data_the_config_would_misread_is_refused(tmp_path, case, message):
         images = np.repeat(images, 3, axis=-1)
     elif case == "channels_first":
         images = images.transpose(0, 3, 1, 2)
-    c = tiny()
+    c = shrink(mnist_cfg.get_config())          # class-conditional: its labels are used
     c.data.source = write_npz(tmp_path / "data.npz", images, labels)
     with pytest.raises(ValueError, match=message):
         trainer.train_and_evaluate(c, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+    if case in ("label_too_large", "negative_label"):   # an unconditional model never reads them
+        unconditional = tiny()
+        unconditional.data.source = c.data.source
+        common.load_data(unconditional)
 
 
 def test_a_class_the_model_cannot_draw_is_refused():
@@ -190,7 +196,7 @@ def test_a_corrupt_checkpoint_is_fallen_back_from_only_when_asked(trained, tmp_p
     shutil.copytree(trained, run)
     damage(run / "checkpoints", 4, every_file=True)     # which file holds which array varies run to run
     with pytest.raises(CorruptCheckpointError,
-                       match=r"checkpoints/4 is corrupt: .*; rerun with --fall_back_to_good_checkpoint to move it "
+                       match=r"checkpoints/4 is corrupt: .*; rerun the training command .* with --fall_back_to_good_checkpoint to move it "
                              r"to .*corrupt_checkpoints/ and resume from step 2"):
         trainer.train_and_evaluate(tiny(), run)
     assert (run / "checkpoints" / "4").is_dir()            # refused, untouched
@@ -201,7 +207,7 @@ def test_a_corrupt_checkpoint_is_fallen_back_from_only_when_asked(trained, tmp_p
 
 
 @pytest.mark.parametrize("entry", ["train", "train_classifier", "sample", "evaluate", "reproduce"])
-def test_help_prints_the_docstring_as_written(entry):
+def test_entry_point_docstrings_hold_no_percent_sign_for_absl_help(entry):
     """absl %-formats the module docstring for --help when it holds a '%' (evaluate's '≥ 90% sure'
     once printed as '≥ 90/…/evaluate.pyure')."""
     import ast

@@ -179,6 +179,7 @@ HOSTILE_RECORDS = {   # (offset, size, stride) over a one-float storage
     "4e9_element_view": (0, (4_000_000_000,), (1,)),
     "negative_stride": (0, (2,), (-1,)),
     "negative_size": (0, (-1,), (1,)),
+    "huge_stride_of_a_size_1_dimension": (0, (1, 1), (2**62, 1)),    # in bounds, but as_strided overflows
     "offset_past_the_end": (5, (1,), (1,)),
     "empty_tensor_past_the_end": (2, (0,), (1,)),
     "more_strides_than_sizes": (0, (1,), (1, 1)),
@@ -267,3 +268,30 @@ def test_torch_save_round_trips_in_both_layouts(tmp_path):
         got = read_torch_state_dict(path)
         for name, t in state.items():
             np.testing.assert_array_equal(got[name], t.numpy(), err_msg=f"{name} (legacy={legacy})")
+
+
+def test_zip_members_may_not_unpack_to_more_than_the_archive_in_all(tmp_path):
+    """Each member within the archive's size is not enough: together they are bounded too (a
+    deflated zip of many well-compressing members once loaded ~220× its size)."""
+    zeros = [Storage(str(i), [0.0] * 20_000) for i in range(8)]
+    state = {f"w{i}": Tensor(s, 0, (20_000,), (1,)) for i, s in enumerate(zeros)}
+    buffer = io.BytesIO()
+    TorchPickler(buffer, legacy=False).dump(state)
+    path = tmp_path / "bomb.bin"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", buffer.getvalue())
+        for z in zeros:
+            archive.writestr(f"archive/data/{z.key}", z.raw())
+    assert path.stat().st_size < 80_000 * 4 / 8     # each member alone fits, all together do not
+    with pytest.raises(ValueError, match="unpack to more bytes than the archive holds"):
+        read_torch_state_dict(path)
+
+
+def test_a_legacy_stream_saved_with_a_newer_pickle_protocol_reads(tmp_path):
+    """torch.save(..., pickle_protocol=4) pickles the magic number with that protocol too."""
+    path = tmp_path / "p4.bin"
+    legacy_file(path, {"w": Tensor(Storage("0", [1.0, 2.0]), 0, (2,), (1,))})
+    data = path.read_bytes()
+    p2, p4 = pickle.dumps(LEGACY_MAGIC, protocol=2), pickle.dumps(LEGACY_MAGIC, protocol=4)
+    path.write_bytes(p4 + data[len(p2):])
+    np.testing.assert_array_equal(read_torch_state_dict(path)["w"], [1.0, 2.0])

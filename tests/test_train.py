@@ -44,6 +44,8 @@ def test_resume_is_bitwise_identical(tmp_path):
     # Killed after logging steps 3 and 4 but before checkpoint 4 was written: the resumed run
     # replays them, and the log keeps one row per step, equal to the uninterrupted run's.
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')                  # and killed halfway through writing a row
     trainer.train_and_evaluate(tiny(), tmp_path / "b")
     replayed = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in replayed] == [1, 2, 3, 4]

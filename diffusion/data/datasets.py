@@ -126,18 +126,23 @@ def load_splits(source: str, *, image_size: int, holdout_fraction: float, seed: 
     return Split(images[train], labels[train]), Split(images[hold], labels[hold])
 
 
-def check_split(split: Split, *, channels: int, num_classes: int, source: str):
-    """Refuse data a run would misread: images whose channel count is not ``data.channels``, labels
-    outside [0, ``data.num_classes``) (an out-of-range class embedding turns the first step's loss
-    into NaN)."""
+def check_split(split: Split, *, channels: int, num_classes: Optional[int], source: str):
+    """Refuse data a run would misread: images whose channel count is not ``data.channels``, and,
+    when ``num_classes`` is given (the labels are used), labels outside [0, ``num_classes``) (an
+    out-of-range class embedding turns the first step's loss into NaN)."""
     if split.images.dtype == np.uint8 and split.images.shape[-1] != channels:
         raise ValueError(f"data {source!r} has {split.images.shape[-1]}-channel images {split.images.shape[1:]} "
                          f"but config field data.channels={channels}: set --config.data.channels="
                          f"{split.images.shape[-1]} or convert the images")
-    if len(split) and (split.labels.min() < 0 or split.labels.max() >= num_classes):
-        raise ValueError(f"data {source!r} has labels in [{split.labels.min()}, {split.labels.max()}], outside "
-                         f"[0, data.num_classes={num_classes}): set --config.data.num_classes="
-                         f"{split.labels.max() + 1} or fix the labels")
+    if num_classes is None or not len(split):
+        return
+    low, high = int(split.labels.min()), int(split.labels.max())
+    if low < 0:
+        raise ValueError(f"data {source!r} has negative labels (as low as {low}): labels must be class "
+                         f"indices in [0, data.num_classes={num_classes})")
+    if high >= num_classes:
+        raise ValueError(f"data {source!r} has labels in [{low}, {high}], outside [0, data.num_classes="
+                         f"{num_classes}): set --config.data.num_classes={high + 1} or fix the labels")
 
 
 def to_model_range(images: np.ndarray) -> np.ndarray:

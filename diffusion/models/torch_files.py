@@ -25,7 +25,8 @@ import ml_dtypes
 import numpy as np
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-LEGACY_MAGIC_PICKLE = pickle.dumps(LEGACY_MAGIC, protocol=2)   # how every legacy stream starts
+# How a legacy stream starts: the magic number pickled with torch.save's pickle_protocol (2 by default).
+LEGACY_MAGIC_PICKLES = tuple(pickle.dumps(LEGACY_MAGIC, protocol=p) for p in range(2, pickle.HIGHEST_PROTOCOL + 1))
 LEGACY_PROTOCOL = 1001
 MAX_EXPANSION = 4   # tensors may take at most this many times the file's bytes (tied weights share storage)
 STORAGE_DTYPES = {
@@ -86,6 +87,8 @@ def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, backw
         raise _malformed("a tensor record without a non-negative integer offset and one such size and stride "
                          "per dimension")
     array = storage.array
+    if any(n * array.itemsize >= 2**63 for n in (offset, *stride)):
+        raise _malformed(f"a tensor record whose offset or strides overflow a byte offset ({offset}, {tuple(stride)})")
     if 0 in size:
         if offset > len(array):
             raise _malformed(f"an empty tensor at offset {offset} of a {len(array)}-element storage")
@@ -159,9 +162,13 @@ def _read_zip(path: Path) -> dict:
     exactly its declared numel. No member may be larger than the archive (a zip bomb)."""
     size = path.stat().st_size
     with zipfile.ZipFile(path) as archive:
+        unpacked = 0
+
         def read(name):
-            if archive.getinfo(name).file_size > size:
-                raise _malformed(f"{name} unpacks to more bytes than the archive holds")
+            nonlocal unpacked
+            unpacked += archive.getinfo(name).file_size
+            if unpacked > size:   # torch.save stores members uncompressed: more is a zip bomb
+                raise _malformed(f"members up to {name} unpack to more bytes than the archive holds")
             return archive.read(name)
 
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
@@ -185,7 +192,10 @@ def _read_legacy(path: Path) -> dict:
     name each of them once, so none is left unfilled."""
     size = path.stat().st_size
     with open(path, "rb") as f:
-        if f.read(len(LEGACY_MAGIC_PICKLE)) != LEGACY_MAGIC_PICKLE:
+        head = f.read(max(map(len, LEGACY_MAGIC_PICKLES)))
+        magic = next((m for m in LEGACY_MAGIC_PICKLES if head.startswith(m)), None)
+        f.seek(len(magic) if magic else 0)
+        if magic is None:
             raise ValueError("neither a zip archive nor a legacy torch.save stream; "
                              "refusing to unpickle it (save the state dict with torch.save)")
         protocol = _PrimitiveUnpickler(f).load()
@@ -223,7 +233,7 @@ def _read_legacy(path: Path) -> dict:
         return state
 
 
-_UNREADABLE = (pickle.UnpicklingError, EOFError, KeyError, IndexError, TypeError, AttributeError,
+_UNREADABLE = (pickle.UnpicklingError, EOFError, KeyError, IndexError, TypeError, AttributeError, OverflowError,
                struct.error, zipfile.BadZipFile)
 
 

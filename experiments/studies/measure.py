@@ -122,13 +122,14 @@ def pictures(run, mesh, heldout, name: str, images: np.ndarray, setting: str, st
              out: Path) -> list[tuple[str, str]]:
     """(file, caption) of a grid of 64 samples drawn with ``setting`` and of 8 held-out images over
     their DDIM encode-then-decode."""
-    grid = visualize.save_png(visualize.image_grid(images[:64]), out / f"{name}_samples.png", scale=2)
     n = parallel.padded_count(8, mesh)
     x0 = datasets.to_model_range(heldout.images[:n])
-    z, decoded = sampling.reconstruct(run, mesh, x0, heldout.labels[:n], steps)
-    rows = np.concatenate([x0, np.clip(z / 3, -1, 1), np.clip(decoded, -1, 1)])
-    recon = visualize.save_png(visualize.image_grid(datasets.to_uint8(rows), ncols=n),
-                               out / f"{name}_reconstruction.png", scale=2)
+    z, decoded = sampling.reconstruct(run, mesh, x0, heldout.labels[:n], steps)    # on every process
+    grid, recon = out / f"{name}_samples.png", out / f"{name}_reconstruction.png"
+    if jax.process_index() == 0:
+        visualize.save_png(visualize.image_grid(images[:64]), grid, scale=2)
+        rows = np.concatenate([x0, np.clip(z / 3, -1, 1), np.clip(decoded, -1, 1)])
+        visualize.save_png(visualize.image_grid(datasets.to_uint8(rows), ncols=n), recon, scale=2)
     return [(grid.name, f"{name}: 64 samples, {setting}"),
             (recon.name, f"{name}: 8 held-out images (top), their {steps}-step DDIM latents x_T (middle, ÷ 3) and "
                          f"those latents decoded with {steps} DDIM steps (bottom)")]

@@ -16,7 +16,7 @@ import ml_collections
 from flax import traverse_util
 
 from configs import cifar10_ddpm, classifier_fashion_mnist, fashion_mnist, mnist, noisy_classifier_mnist
-from experiments import evaluation
+from experiments import common, evaluation
 
 # Per dataset: the config its models derive from (and its file, for the printed commands), and the
 # feature classifier config for 28×28 data (None: the embedded MNIST classifier, or Inception).
@@ -51,6 +51,9 @@ def check_study(study: ml_collections.ConfigDict):
         if cell["model"] not in study.models:
             raise ValueError(f"study cell names model {cell['model']!r}, which is not in its models "
                              f"{sorted(study.models)}")
+        if cell.get("clip") not in (None,) + common.CLIPS:
+            raise ValueError(f"study cell {cell} has clip={cell['clip']!r}: use one of {common.CLIPS} "
+                             "(or leave it out for the model's sample.clip)")
     if study.noisy_classifier and study.noisy_classifier not in study.models:
         raise ValueError(f"study noisy_classifier={study.noisy_classifier!r} is not one of its models "
                          f"{sorted(study.models)}")
@@ -64,8 +67,6 @@ def check_study(study: ml_collections.ConfigDict):
 
 def model_config(study, name: str, dataset: str, scale: str, data=None) -> ml_collections.ConfigDict:
     """The dataset's config, brought to the study's budget (default scale), with the model's overrides."""
-    if name not in study.models:
-        raise ValueError(f"study cell names model {name!r}, which is not in its models {sorted(study.models)}")
     config = DATASETS[dataset][0].get_config()
     if data:
         config.data.source = data
