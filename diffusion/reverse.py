@@ -53,8 +53,10 @@ def static_threshold(x0):
 
 
 def dynamic_threshold(x0, percentile: float = 0.995):
-    """Imagen's dynamic thresholding: s = max(1, quantile_p |x̂_0|) per example; clip to [−s, s], divide by s."""
-    flat = jnp.abs(x0.reshape(x0.shape[0], -1)).astype(jnp.float32)
+    """Imagen's dynamic thresholding: s = max(1, quantile_p |x̂_0|) per example; clip to [−s, s], divide by s.
+
+    The quantile is taken in x̂_0's own precision (float32 at least: bf16 cannot rank 784 values)."""
+    flat = jnp.abs(x0.reshape(x0.shape[0], -1)).astype(jnp.promote_types(x0.dtype, jnp.float32))
     s = jnp.maximum(jnp.quantile(flat, percentile, axis=1), 1.0).astype(x0.dtype)
     s = s.reshape((-1,) + (1,) * (x0.ndim - 1))
     return jnp.clip(x0, -s, s) / s

@@ -110,3 +110,13 @@ def test_thresholding():
     np.testing.assert_allclose(dyn[1], x0[1], rtol=1e-6)           # s < 1: untouched
     s = np.quantile(np.abs(np.asarray(x0[0])), 0.5)
     np.testing.assert_allclose(reverse.dynamic_threshold(x0, 0.5)[0], np.clip(x0[0], -s, s) / s, rtol=1e-6)
+
+
+def test_dynamic_threshold_takes_its_percentile_in_the_input_precision(x64):
+    """With x64 on, s is the float64 quantile, so x̂_0/s matches NumPy's float64 to round-off; a
+    float32 quantile (as once) moves s, and every value under it, by ~1e-8."""
+    x0 = jnp.linspace(0.0, 3.0, 1001, dtype=jnp.float64)[None] + jnp.array([[0.0], [1e-3]])
+    out = reverse.dynamic_threshold(x0, percentile=0.995)
+    s = np.quantile(np.abs(np.asarray(x0)), 0.995, axis=1)[:, None]
+    assert out.dtype == jnp.float64
+    np.testing.assert_allclose(out, np.clip(np.asarray(x0), -s, s) / s, rtol=1e-13, atol=0)
