@@ -88,6 +88,7 @@ def get_config():
     c.sample = ml_collections.ConfigDict()
     c.sample.sampler = "ddim"
     c.sample.steps = 50
+    c.sample.spacing = ""              # kept steps: "" (the sampler's own), "leading", "trailing", "linspace", "quad"
     c.sample.eta = 0.0
     c.sample.num = 64
     c.sample.clip = "static"           # "none", "static" or "dynamic" (Imagen's)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from diffusion import gaussian, reverse
 from diffusion import ode_solvers
-from diffusion.schedules import Schedule, alpha_bar_with_clean, respace, space_timesteps
+from diffusion.schedules import SPACING_NAMES, Schedule, alpha_bar_with_clean, respace, space_timesteps
 
 
 def ddpm_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, prediction="eps",
@@ -237,17 +237,23 @@ def takes(name: str, setting: str) -> bool:
     return setting in inspect.signature(SAMPLERS[name].step).parameters
 
 
-def plan(name: str, schedule: Schedule, steps: int, **settings) -> tuple[Callable, Schedule, jax.Array]:
+def plan(name: str, schedule: Schedule, steps: int, spacing: str = "", **settings
+         ) -> tuple[Callable, Schedule, jax.Array]:
     """(step with ``settings`` bound, the schedule it runs on, its descending timesteps) for the
-    sampler ``name`` in ``steps`` steps. Settings the step does not take (η for DDPM, say) are
-    dropped, so one set of settings serves every sampler."""
+    sampler ``name`` in ``steps`` steps. ``spacing`` (one of ``schedules.SPACING_NAMES``, e.g.
+    'trailing') overrides the sampler's own choice of kept steps. Settings the step does not take
+    (η for DDPM, say) are dropped, so one set of settings serves every sampler."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    if spacing and spacing not in SPACING_NAMES:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACING_NAMES} (or '' for the sampler's own)")
     check_steps(name, steps, schedule.num_steps)
     sampler = SAMPLERS[name]
     step = partial(sampler.step, **{k: v for k, v in settings.items() if takes(name, k)})
     if sampler.respaced:
-        if steps < schedule.num_steps:
-            schedule = respace(schedule, space_timesteps(schedule.num_steps, steps))
+        if steps < schedule.num_steps or spacing:
+            schedule = respace(schedule, space_timesteps(schedule.num_steps, f"{spacing}{steps}"))
         return step, schedule, jnp.arange(schedule.num_steps - 1, -1, -1)
+    if spacing:
+        return step, schedule, spaced(schedule, f"{spacing}{steps}")
     return step, schedule, SPACINGS[sampler.spacing](schedule, steps)

@@ -147,33 +147,60 @@ def make_schedule(name_or_betas, T: int | None = None, dtype=None, **kwargs) -> 
 
 # ---- respacing (DDIM §4.2, improved DDPM §4) ----
 
+SPACING_NAMES = ("leading", "trailing", "linspace", "quad")
+
+
 def space_timesteps(T: int, spec: int | str) -> np.ndarray:
     """Sorted indices of the steps to keep.
 
-    ``spec``: ``"uniformS"`` or int S (DDIM's linear τ_i = ⌊c·i⌋, c = T/S),
-    ``"quadS"`` (DDIM's quadratic τ_i = ⌊c·i²⌋ up to 0.8·T, repeats pushed up one step), or improved-diffusion sections
-    ``"10,10,10"`` (split [0, T) in equal parts, stride evenly inside each, keeping both ends).
+    ``spec``:
+      - int S, ``"uniformS"`` or ``"leadingS"``: DDIM's linear τ_i = ⌊i·T/S⌋, from 0 (diffusers' 'leading');
+      - ``"trailingS"``: ⌊T − i·T/S⌉ − 1, so the first step is T − 1 (Lin et al. 2024, Table 2);
+      - ``"linspaceS"``: round(linspace(0, T − 1, S)), both ends kept;
+      - ``"quadS"``: DDIM's quadratic τ_i = ⌊c·i²⌋ up to 0.8·T, repeats pushed up one step;
+      - ``"sections:10,10,10"`` or plain ``"10,10,10"``: improved-diffusion's sections (split [0, T) in
+        equal parts, stride evenly inside each, keeping both ends); a single section needs the
+        prefix, ``"sections:25"``, since a bare count means DDIM's uniform spacing.
     """
     spec = str(spec).strip()
     try:
-        if spec.isdigit() or spec.startswith("uniform"):
-            S = int(spec.removeprefix("uniform"))
-            _check_count(T, S)
-            steps = (np.arange(S) * T) // S
-        elif spec.startswith("quad"):
-            S = int(spec.removeprefix("quad"))
-            _check_count(T, S)
-            steps = np.floor(np.linspace(0, np.sqrt(T * 0.8), S) ** 2).astype(int)
-            # DDIM's code repeats the first steps when S is large; keep them strictly increasing.
-            steps = np.maximum.accumulate(steps - np.arange(S)) + np.arange(S)
-        else:
-            steps = _section_steps(T, [int(x) for x in spec.split(",")])
+        for prefix, spacing in _SPACINGS.items():
+            rest = spec.removeprefix(prefix)
+            if rest.isdigit() and (prefix or rest == spec):
+                _check_count(T, int(rest))
+                return np.asarray(spacing(T, int(rest)), dtype=np.int64)
+        steps = _section_steps(T, [int(x) for x in spec.removeprefix("sections:").split(",")])
     except ValueError as e:
         if "invalid literal" in str(e):
-            raise ValueError(f"cannot parse timestep spacing {spec!r}: use an int, 'uniformS', "
-                             "'quadS' or comma-separated section counts like '10,10,10'") from None
+            raise ValueError(f"cannot parse timestep spacing {spec!r}: use an int, 'leadingS', 'trailingS', "
+                             "'linspaceS', 'quadS' or section counts like '10,10,10' / 'sections:25'") from None
         raise
     return np.asarray(steps, dtype=np.int64)
+
+
+def _quadratic_steps(T: int, S: int) -> np.ndarray:
+    steps = np.floor(np.linspace(0, np.sqrt(T * 0.8), S) ** 2).astype(int)
+    # DDIM's code repeats the first steps when S is large; keep them strictly increasing.
+    return np.maximum.accumulate(steps - np.arange(S)) + np.arange(S)
+
+
+def _leading_steps(T: int, S: int) -> np.ndarray:
+    return (np.arange(S) * T) // S
+
+
+def _trailing_steps(T: int, S: int) -> np.ndarray:
+    return np.sort(np.round(np.arange(T, 0, -T / S)).astype(int) - 1)
+
+
+# Named spacings of S steps out of T, by their spec prefix ("" for a bare count).
+_SPACINGS = {
+    "": _leading_steps,
+    "uniform": _leading_steps,
+    "leading": _leading_steps,
+    "trailing": _trailing_steps,
+    "linspace": lambda T, S: np.round(np.linspace(0, T - 1, S)).astype(int),
+    "quad": _quadratic_steps,
+}
 
 
 def _check_count(T: int, S: int):

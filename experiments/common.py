@@ -62,6 +62,7 @@ def validate(c: ml_collections.ConfigDict):
     _choice("train.compute_dtype", c.train.compute_dtype, DTYPES)
     _choice("sample.sampler", c.sample.sampler, samplers.SAMPLERS)
     _choice("sample.clip", c.sample.clip, CLIPS)
+    _choice("sample.spacing", c.sample.spacing, ("",) + schedules.SPACING_NAMES)
     _choice("optim.optimizer", c.optim.optimizer, ("adam", "adamw"))
     _choice("optim.decay", c.optim.decay, ("constant", "cosine"))
     _choice("classifier.kind", c.classifier.kind, ("cnn", "noisy"))
@@ -143,14 +144,16 @@ def loss_kwargs(c: ml_collections.ConfigDict) -> dict:
                 min_snr_gamma=d.min_snr_gamma, p2_gamma=d.p2_gamma, p2_k=d.p2_k, decoder=d.decoder)
 
 
-def make_sampler(c: ml_collections.ConfigDict, schedule, *, sampler=None, steps=None, eta=None, clip=None):
+def make_sampler(c: ml_collections.ConfigDict, schedule, *, sampler=None, steps=None, eta=None, clip=None,
+                 spacing=None):
     """``samplers.plan`` for the config's sampler settings, each overridable: (step with its
     settings bound, schedule to run on, descending timesteps)."""
     name = c.sample.sampler if sampler is None else sampler
     steps = c.sample.steps if steps is None else steps
     clip = c.sample.clip if clip is None else clip
-    return samplers.plan(name, schedule, steps, eta=c.sample.eta if eta is None else eta,
-                         clip=None if clip == "none" else clip, **output_kwargs(c))
+    return samplers.plan(name, schedule, steps, spacing=c.sample.spacing if spacing is None else spacing,
+                         eta=c.sample.eta if eta is None else eta, clip=None if clip == "none" else clip,
+                         **output_kwargs(c))
 
 
 def init_params(model, config, key):

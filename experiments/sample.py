@@ -16,7 +16,7 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from diffusion import parallel, samplers, visualize
+from diffusion import parallel, samplers, schedules, visualize
 from diffusion.data import datasets
 from diffusion.models.convert import load_diffusers_unet
 from experiments import cli, common, sampling
@@ -27,6 +27,8 @@ flags.DEFINE_string("diffusers_weights", None, "A diffusers UNet2DModel .safeten
 flags.DEFINE_string("out", None, "Output directory (default <workdir>/sample).")
 flags.DEFINE_enum("sampler", "ddim", list(samplers.SAMPLERS), "Reverse-process sampler.")
 flags.DEFINE_integer("steps", 50, "Number of sampling steps (respaced for ddpm/pc).")
+flags.DEFINE_enum("spacing", None, list(schedules.SPACING_NAMES), "Which steps to keep: leading (DDIM's), "
+                  "trailing (from T − 1), linspace or quad (default: the run's sample.spacing, else the sampler's own).")
 flags.DEFINE_float("eta", 0.0, "DDIM η (0 deterministic, 1 DDPM-like).")
 flags.DEFINE_enum("clip", None, list(common.CLIPS), "Thresholding of the predicted x_0 "
                   "(default: the run's sample.clip).")
@@ -51,6 +53,7 @@ class Request:
     steps: int
     eta: float
     clip: str            # common.CLIPS: "none", "static" or "dynamic"
+    spacing: str         # schedules.SPACING_NAMES, or "" for the sampler's own
     num: int
     batch: int
     seed: int
@@ -83,7 +86,7 @@ def write(out: Path, tag: str, pictures: np.ndarray, samples: np.ndarray, ncols=
 def write_trajectory(run, mesh, r: Request, out: Path, tag: str, classifier):
     """8 samples' x_t (odd rows) and predicted x_0 (even rows) at ~10 points of the reverse process."""
     n = parallel.padded_count(8, mesh)
-    draw = sampling.build_draw_fn(run, mesh, sampler=r.sampler, steps=r.steps, eta=r.eta, clip=r.clip,
+    draw = sampling.build_draw_fn(run, mesh, sampler=r.sampler, steps=r.steps, eta=r.eta, clip=r.clip, spacing=r.spacing,
                                   guide=r.guidance, classifier_log_prob=classifier, keep_every=max(r.steps // 10, 1))
     _, frames = draw(run.params, jax.random.key(r.seed), sampling.class_labels(run.config, n, r.label),
                      np.float32(r.scale))
@@ -131,7 +134,7 @@ def write_reconstruction(run, mesh, r: Request, out: Path, tag: str, num: int = 
 
 def write_toy_figure(run, mesh, r: Request, out: Path, tag: str):
     """A 2-D toy run: the data | samples | reverse-trajectory figure and the points as ``<tag>.npz``."""
-    draw = sampling.build_draw_fn(run, mesh, sampler=r.sampler, steps=r.steps, eta=r.eta, clip=r.clip,
+    draw = sampling.build_draw_fn(run, mesh, sampler=r.sampler, steps=r.steps, eta=r.eta, clip=r.clip, spacing=r.spacing,
                                   keep_every=max(r.steps // 20, 1))
     n = parallel.padded_count(r.num, mesh)
     final, frames = draw(run.params, jax.random.key(r.seed), sampling.class_labels(run.config, n), np.float32(0))
@@ -160,17 +163,19 @@ def main(argv):
         raise ValueError(f"{FLAGS.workdir} is a 2-D toy run: --interpolate, --reconstruct and --guidance are "
                          "for image models; drop them (the figure shows the reverse trajectory)")
     clip = run.config.sample.clip if FLAGS.clip is None else FLAGS.clip
-    r = Request(sampler=FLAGS.sampler, steps=FLAGS.steps, eta=FLAGS.eta, clip=clip, num=FLAGS.num,
+    spacing = run.config.sample.spacing if FLAGS.spacing is None else FLAGS.spacing
+    r = Request(sampler=FLAGS.sampler, steps=FLAGS.steps, eta=FLAGS.eta, clip=clip, spacing=spacing, num=FLAGS.num,
                 batch=FLAGS.batch, seed=FLAGS.seed, guidance=FLAGS.guidance, scale=FLAGS.scale, label=FLAGS.label)
     mesh = parallel.make_mesh()
     out = Path(FLAGS.out or Path(FLAGS.workdir or ".") / "sample")
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"{r.sampler}{r.steps}_eta{r.eta:g}_{r.guidance or 'unguided'}{r.scale:g}_seed{r.seed}"
+    tag = (f"{r.sampler}{r.steps}" + (f"_{r.spacing}" if r.spacing else "")
+           + f"_eta{r.eta:g}_{r.guidance or 'unguided'}{r.scale:g}_seed{r.seed}")
     if toy:
         return write_toy_figure(run, mesh, r, out, tag)
     classifier = (sampling.load_noisy_classifier(FLAGS.classifier_workdir, run.schedule)
                   if r.guidance == "classifier" else None)
-    draw = sampling.build_draw_fn(run, mesh, sampler=r.sampler, steps=r.steps, eta=r.eta, clip=r.clip,
+    draw = sampling.build_draw_fn(run, mesh, sampler=r.sampler, steps=r.steps, eta=r.eta, clip=r.clip, spacing=r.spacing,
                                   guide=r.guidance, classifier_log_prob=classifier)
     images = sampling.draw_samples(run, draw, mesh, num=r.num, batch=r.batch, seed=r.seed, label=r.label,
                                    scale=r.scale)

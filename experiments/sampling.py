@@ -95,10 +95,11 @@ def load_noisy_classifier(workdir, schedule: Schedule):
 
 
 def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0, clip: str = "static",
-                  guide: str = "", classifier_log_prob=None, keep_every: int = 0):
+                  guide: str = "", classifier_log_prob=None, keep_every: int = 0, spacing=None):
     """A compiled ``fn(params, key, labels, scale) -> samples`` (and the trajectory when
     ``keep_every > 0``) drawing x_T ~ N(0, I) from ``key`` for a batch the size of ``labels``,
-    sharded over ``data``. ``scale`` is the guidance weight w."""
+    sharded over ``data``. ``scale`` is the guidance weight w; ``spacing`` (None: the config's)
+    chooses the kept steps."""
     config = run.config
     if guide not in GUIDANCE:
         raise ValueError(f"unknown guidance {guide!r}; choose one of {GUIDANCE}")
@@ -107,7 +108,7 @@ def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0,
     if guide == "classifier" and classifier_log_prob is None:
         raise ValueError("classifier guidance needs a noisy classifier (--classifier_workdir)")
     step, run_schedule, timesteps = common.make_sampler(config, run.schedule, sampler=sampler, steps=steps,
-                                                        eta=eta, clip=clip)
+                                                        eta=eta, clip=clip, spacing=spacing)
     conditional = config.model.num_classes > 0
 
     def draw(params, key, labels, scale):

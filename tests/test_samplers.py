@@ -181,6 +181,12 @@ def test_plan_respaces_one_index_steps_and_jumps_the_others():
     _, run_on, ts = samplers.plan("pc", sched, 1000)
     assert run_on is sched and len(ts) == 1000
     assert set(samplers.SAMPLERS) == {"ddpm", "ddim", "langevin", "pc", "dpmpp_2m", "heun", "euler_ancestral"}
+    _, run_on, ts = samplers.plan("ddim", sched, 10, spacing="trailing")      # a spacing overrides the sampler's
+    assert run_on is sched and list(np.asarray(ts)) == list(range(999, 0, -100))
+    _, run_on, ts = samplers.plan("ddpm", sched, 10, spacing="trailing")
+    np.testing.assert_allclose(run_on.alphas_cumprod, sched.alphas_cumprod[99::100], rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown spacing 'middle'"):
+        samplers.plan("ddim", sched, 10, spacing="middle")
     for S in (10, 200, 1000):                      # DPM-Solver's λ grid: distinct indices from T − 1 to 0
         _, run_on, ts = samplers.plan("dpmpp_2m", sched, S)
         ts = np.asarray(ts)

@@ -86,3 +86,22 @@ def test_spacings():
         schedules.space_timesteps(10, 20)
     with pytest.raises(ValueError, match="cannot parse timestep spacing"):
         schedules.space_timesteps(10, "fast")
+
+
+def test_leading_trailing_linspace_and_single_section_spacings():
+    """diffusers' definitions (Lin et al. 2024, Table 2): leading ⌊i·T/S⌋ from 0; trailing
+    round(T − i·T/S) − 1, so sampling starts at T − 1; linspace round(linspace(0, T − 1, S)); and
+    improved-diffusion's one section '25' of 4000 (both ends kept), written 'sections:25'."""
+    np.testing.assert_array_equal(schedules.space_timesteps(1000, "leading10"), np.arange(0, 1000, 100))
+    np.testing.assert_array_equal(schedules.space_timesteps(1000, "trailing10"), np.arange(99, 1000, 100))
+    trailing = schedules.space_timesteps(1000, "trailing7")
+    np.testing.assert_array_equal(trailing, np.sort(np.round(np.arange(1000, 0, -1000 / 7)).astype(int) - 1))
+    assert trailing[-1] == 999
+    np.testing.assert_array_equal(schedules.space_timesteps(1000, "linspace5"), [0, 250, 500, 749, 999])
+    one = schedules.space_timesteps(4000, "sections:25")
+    assert len(one) == 25 and one[0] == 0 and one[-1] == 3999
+    np.testing.assert_array_equal(one, [round(i * 3999 / 24) for i in range(25)])
+    np.testing.assert_array_equal(schedules.space_timesteps(300, "sections:10,10,10"),
+                                  schedules.space_timesteps(300, "10,10,10"))
+    with pytest.raises(ValueError, match="cannot parse timestep spacing 'trailing'"):
+        schedules.space_timesteps(1000, "trailing")
