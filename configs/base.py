@@ -44,6 +44,7 @@ def get_config():
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.schedule = "linear"
     c.diffusion.num_steps = 1000
+    c.diffusion.zero_terminal_snr = False   # rescale β so ᾱ_{T−1} = 0 (Lin et al. 2024; needs prediction "v" or "x0")
     c.diffusion.prediction = "eps"     # "eps", "x0" or "v"
     c.diffusion.variance = "fixed_large"
     c.diffusion.loss = "simple"        # "simple", "vlb" or "hybrid"

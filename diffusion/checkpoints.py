@@ -63,9 +63,12 @@ def compatibility_view(config: dict) -> dict:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
+    """The compatibility fields on which a checkpoint's config and the current one differ. A field the
+    checkpoint's config lacks was added to the code after it was saved, and the run was made with
+    its default: it is not a difference (as ``sampling.load_config`` fills it with that default)."""
     a, b = compatibility_view(saved), compatibility_view(current)
     return [f"{k}: checkpoint {a.get(k, '<absent>')!r} vs config {b.get(k, '<absent>')!r}"
-            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            for k in sorted(a) if a.get(k) != b.get(k)]
 
 
 def _first_line(exc: BaseException, limit: int = 300) -> str:

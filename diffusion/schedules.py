@@ -133,16 +133,30 @@ BETA_SCHEDULES = {
 }
 
 
-def make_schedule(name_or_betas, T: int | None = None, dtype=None, **kwargs) -> Schedule:
-    """A schedule from a β-schedule name and T (``make_schedule("cosine", 1000)``) or a β array."""
+def zero_terminal_snr(betas) -> np.ndarray:
+    """β rescaled so that ᾱ_{T−1} = 0 exactly, the last step pure noise (Lin et al. 2024, Algorithm 1):
+    √ᾱ is shifted to end at 0 and scaled to keep √ᾱ_0. ε-prediction is undefined at SNR 0; train
+    with v- (or x_0-) prediction."""
+    sqrt_ab = np.sqrt(np.cumprod(1.0 - np.asarray(betas, np.float64)))
+    first, last = sqrt_ab[0], sqrt_ab[-1]
+    ab = ((sqrt_ab - last) * first / (first - last)) ** 2
+    return 1.0 - np.append(ab[0], ab[1:] / ab[:-1])
+
+
+def make_schedule(name_or_betas, T: int | None = None, dtype=None, *, zero_terminal: bool = False,
+                  **kwargs) -> Schedule:
+    """A schedule from a β-schedule name and T (``make_schedule("cosine", 1000)``) or a β array;
+    ``zero_terminal`` rescales it to zero terminal SNR (``zero_terminal_snr``)."""
     if isinstance(name_or_betas, str):
         if name_or_betas not in BETA_SCHEDULES:
             raise ValueError(f"unknown beta schedule {name_or_betas!r}; "
                              f"choose one of {sorted(BETA_SCHEDULES)} or pass an array of betas")
         if T is None or T < 1:
             raise ValueError(f"schedule {name_or_betas!r} needs a number of steps T >= 1, got {T}")
-        return from_betas(BETA_SCHEDULES[name_or_betas](T, **kwargs), dtype=dtype)
-    return from_betas(name_or_betas, dtype=dtype)
+        betas = BETA_SCHEDULES[name_or_betas](T, **kwargs)
+    else:
+        betas = name_or_betas
+    return from_betas(zero_terminal_snr(betas) if zero_terminal else betas, dtype=dtype)
 
 
 # ---- respacing (DDIM §4.2, improved DDPM §4) ----

@@ -67,6 +67,9 @@ def validate(c: ml_collections.ConfigDict):
     _choice("optim.decay", c.optim.decay, ("constant", "cosine"))
     _choice("classifier.kind", c.classifier.kind, ("cnn", "noisy"))
     losses.check_loss_variance(d.loss, d.variance, field_prefix="diffusion.")
+    if d.zero_terminal_snr and d.prediction == "eps":
+        raise ValueError("config: diffusion.zero_terminal_snr makes the last step pure noise, where ε-prediction "
+                         "cannot recover x_0; set diffusion.prediction='v' (Lin et al. 2024) or 'x0'")
     if d.timestep_sampler == "importance" and d.loss == "simple":
         raise ValueError("config: diffusion.timestep_sampler='importance' samples L_VLB; use diffusion.loss 'vlb' or 'hybrid'")
     if d.num_steps < 1:
@@ -130,7 +133,8 @@ def conditioning(c: ml_collections.ConfigDict, labels) -> Optional[dict]:
 
 
 def make_schedule(c: ml_collections.ConfigDict) -> schedules.Schedule:
-    return schedules.make_schedule(c.diffusion.schedule, c.diffusion.num_steps)
+    return schedules.make_schedule(c.diffusion.schedule, c.diffusion.num_steps,
+                                   zero_terminal=c.diffusion.zero_terminal_snr)
 
 
 def output_kwargs(c: ml_collections.ConfigDict) -> dict:

@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from orbax.checkpoint._src.path import async_path
 
-from diffusion import checkpoint_checks
+from diffusion import checkpoint_checks, checkpoints
 from diffusion.checkpoints import Checkpointer, CorruptCheckpointError, DiskFullError, NonFiniteStateError
 
 CONFIG = {"model": {"base_channels": 8}, "diffusion": {"schedule": "linear"}}
@@ -330,3 +330,12 @@ def test_train_on_a_full_disk_ends_with_one_message(small_disk):
     assert proc.returncode == 1
     assert len(lines) == 1 and lines[0].startswith("error: disk full: checkpoint step 2 could not be saved in "), lines[:5]
     assert "there is no earlier checkpoint" in lines[0]
+
+
+def test_a_field_added_after_a_checkpoint_is_not_a_difference():
+    """A run saved before diffusion.zero_terminal_snr existed resumes; a changed or removed field does not."""
+    saved = {"model": {"base_channels": 8}, "diffusion": {"schedule": "linear"}}
+    now = {"model": {"base_channels": 8}, "diffusion": {"schedule": "linear", "zero_terminal_snr": False}}
+    assert checkpoints.config_differences(saved, now) == []
+    assert checkpoints.config_differences(saved, {"model": {"base_channels": 8}, "diffusion": {}}) == [
+        "diffusion.schedule: checkpoint 'linear' vs config '<absent>'"]

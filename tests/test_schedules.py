@@ -105,3 +105,33 @@ def test_leading_trailing_linspace_and_single_section_spacings():
                                   schedules.space_timesteps(300, "10,10,10"))
     with pytest.raises(ValueError, match="cannot parse timestep spacing 'trailing'"):
         schedules.space_timesteps(1000, "trailing")
+
+
+def test_zero_terminal_snr(x64):
+    """Lin et al. 2024, Algorithm 1: ᾱ_{T−1} = 0 exactly (β_{T−1} = 1), √ᾱ_0 kept, √ᾱ an affine
+    map of the original's (so still strictly decreasing), and a v-prediction loss finite at t = T − 1."""
+    from diffusion import losses
+    base, zero = schedules.make_schedule("linear", 1000), schedules.make_schedule("linear", 1000, zero_terminal=True)
+    assert float(zero.alphas_cumprod[-1]) == 0.0 and float(zero.betas[-1]) == 1.0
+    np.testing.assert_allclose(zero.alphas_cumprod[0], base.alphas_cumprod[0], rtol=1e-12)
+    a, b = np.sqrt(np.asarray(base.alphas_cumprod)), np.sqrt(np.asarray(zero.alphas_cumprod))
+    slope, intercept = np.polyfit(a, b, 1)
+    np.testing.assert_allclose(b, slope * a + intercept, atol=1e-12)
+    assert np.all(np.diff(b) < 0)
+    x0 = jax.random.uniform(jax.random.key(0), (4, 3), minval=-1, maxval=1)
+    noise = jax.random.normal(jax.random.key(1), x0.shape)
+    t = jnp.full((4,), 999)
+    v_model = lambda x_t, ts: 0.3 * x_t                       # any finite network
+    out = losses.training_losses(v_model, zero, x0, t, noise, prediction="v")
+    assert np.all(np.isfinite(out["loss"]))
+
+
+def test_zero_terminal_snr_needs_v_or_x0_prediction():
+    from configs import base
+    from experiments import common
+    c = base.get_config()
+    c.diffusion.zero_terminal_snr = True
+    with pytest.raises(ValueError, match="zero_terminal_snr .* set diffusion.prediction='v'"):
+        common.validate(c)
+    c.diffusion.prediction = "v"
+    common.validate(c)
