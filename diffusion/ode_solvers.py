@@ -38,14 +38,19 @@ def logsnr_spaced(schedule: Schedule, steps: int) -> jax.Array:
     """``steps`` descending schedule indices whose λ = ½·log(ᾱ/(1 − ᾱ)) are as near uniform as the
     discrete steps allow, from the noisiest to the cleanest (the λ grid of Lu et al. 2022, §3.3);
     indices are strictly decreasing, so where λ changes faster than one step they are consecutive."""
-    alpha_bar = np.asarray(schedule.alphas_cumprod, np.float64)
-    lam = 0.5 * (np.log(alpha_bar) - np.log1p(-alpha_bar))
+    lam = 0.5 * np.log(np.asarray(schedule.snr, np.float64))
     return _distinct_descending(_nearest(lam, np.linspace(lam[-1], lam[0], steps)))
 
 
-def _log_snr_half(alpha_bar):
-    """λ = log(α/σ) = ½·log(ᾱ/(1 − ᾱ)) (Lu et al. 2022); +∞ for clean data (ᾱ = 1)."""
-    return 0.5 * (jnp.log(alpha_bar) - jnp.log1p(-alpha_bar))
+def _lambda(schedule: Schedule, t):
+    """λ_t = log(α/σ) = ½·log SNR_t at index t (Lu et al. 2022); +∞ for clean data (t = −1)."""
+    return jnp.where(t >= 0, 0.5 * jnp.log(schedule.snr[jnp.maximum(t, 0)]), jnp.inf)
+
+
+def _sigma(schedule: Schedule, t):
+    """σ_t = √((1 − ᾱ_t)/ᾱ_t) at index t (Karras et al. 2022, Table 1, VP), the schedule's
+    ``sqrt_recipm1_alphas_cumprod``; 0 for clean data (t = −1)."""
+    return jnp.where(t >= 0, schedule.sqrt_recipm1_alphas_cumprod[jnp.maximum(t, 0)], 0.0)
 
 
 def dpm_solver_pp_2m_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, previous, prediction="eps",
@@ -62,25 +67,21 @@ def dpm_solver_pp_2m_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, 
     p = reverse.predict(model_fn, schedule, x_t, t, cond, prediction=prediction, variance=variance, clip=clip,
                         clip_percentile=clip_percentile)
     x0_before, t_before = previous
-    a_t, a_prev, a_before = (alpha_bar_with_clean(schedule, i) for i in (t, t_prev, t_before))
-    h = _log_snr_half(a_prev) - _log_snr_half(a_t)
+    a_t, a_prev = alpha_bar_with_clean(schedule, t), alpha_bar_with_clean(schedule, t_prev)
+    h = _lambda(schedule, t_prev) - _lambda(schedule, t)
     second_order = (t_before >= 0) & (t_prev >= 0)
-    r = jnp.where(second_order, (_log_snr_half(a_t) - _log_snr_half(a_before)) / jnp.where(second_order, h, 1.0), 1.0)
+    h_before = _lambda(schedule, t) - _lambda(schedule, t_before)
+    r = jnp.where(second_order, h_before / jnp.where(second_order, h, 1.0), 1.0)
     D = jnp.where(second_order, (1 + 0.5 / r) * p.x0 - (0.5 / r) * x0_before, p.x0)
     x_prev = jnp.sqrt((1 - a_prev) / (1 - a_t)) * x_t - jnp.sqrt(a_prev) * jnp.expm1(-h) * D
     return x_prev.astype(x_t.dtype), p.x0
-
-
-def sigmas(schedule: Schedule):
-    """σ_t = √((1 − ᾱ_t)/ᾱ_t) of every schedule index (Karras et al. 2022, Table 1, VP)."""
-    return jnp.sqrt((1 - schedule.alphas_cumprod) / schedule.alphas_cumprod)
 
 
 def karras_spaced(schedule: Schedule, steps: int, rho: float = 7.0) -> jax.Array:
     """``steps`` descending schedule indices nearest to Karras et al.'s σ grid (2022, eq. 5):
     σ_i = (σ_max^{1/ρ} + i/(n − 1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ from the schedule's largest σ to
     its smallest, ρ = 7; indices strictly decreasing."""
-    sigma = np.asarray(sigmas(schedule), np.float64)
+    sigma = np.asarray(schedule.sqrt_recipm1_alphas_cumprod, np.float64)
     ramp = np.linspace(0, 1, steps)
     grid = (sigma[-1] ** (1 / rho) + ramp * (sigma[0] ** (1 / rho) - sigma[-1] ** (1 / rho))) ** rho
     return _distinct_descending(_nearest(sigma, grid))
@@ -88,9 +89,8 @@ def karras_spaced(schedule: Schedule, steps: int, rho: float = 7.0) -> jax.Array
 
 def _denoised(model_fn, schedule, x_t, t, cond, kw):
     """(x̃ = x_t/√ᾱ_t, σ_t, x̂_0) at schedule index t."""
-    a = alpha_bar_with_clean(schedule, t)
     x0 = reverse.predict(model_fn, schedule, x_t, t, cond, **kw).x0
-    return x_t / jnp.sqrt(a), jnp.sqrt((1 - a) / a), x0
+    return x_t * schedule.sqrt_recip_alphas_cumprod[t], _sigma(schedule, t), x0
 
 
 def heun_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, churn=0.0, noise_scale=1.0,
@@ -103,17 +103,17 @@ def heun_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, churn=0.0, n
     EDM's stochastic sampler, with γ = min(S_churn/N, √2 − 1) as the paper sets it.
     """
     kw = dict(prediction=prediction, variance=variance, clip=clip, clip_percentile=clip_percentile)
-    sigma = sigmas(schedule)
+    sigma = schedule.sqrt_recipm1_alphas_cumprod
     if churn:
         t_hat = jnp.argmin(jnp.abs(sigma - (1 + churn) * sigma[t])).astype(jnp.int32)   # the index nearest σ̂
-        x_tilde = x_t / jnp.sqrt(schedule.alphas_cumprod[t])
+        x_tilde = x_t * schedule.sqrt_recip_alphas_cumprod[t]
         z = jax.random.normal(key, x_t.shape, x_t.dtype)
-        x_tilde = x_tilde + noise_scale * jnp.sqrt(sigma[t_hat] ** 2 - sigma[t] ** 2) * z
+        # σ̂² − σ_t² is 0 when t̂ = t, and a fused multiply-add can round it just below 0.
+        x_tilde = x_tilde + noise_scale * jnp.sqrt(jnp.maximum(sigma[t_hat] ** 2 - sigma[t] ** 2, 0.0)) * z
         t = t_hat
-        x_t = x_tilde * jnp.sqrt(schedule.alphas_cumprod[t])
+        x_t = x_tilde * schedule.sqrt_alphas_cumprod[t]
     x_tilde, s, x0 = _denoised(model_fn, schedule, x_t, t, cond, kw)
-    a_prev = alpha_bar_with_clean(schedule, t_prev)
-    s_prev = jnp.sqrt((1 - a_prev) / a_prev)
+    a_prev, s_prev = alpha_bar_with_clean(schedule, t_prev), _sigma(schedule, t_prev)
     d = (x_tilde - x0) / s
     euler = x_tilde + (s_prev - s) * d
 
@@ -133,10 +133,9 @@ def euler_ancestral_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, p
     deterministic end of that family is ``heun``'s Euler half, or DDIM.)"""
     kw = dict(prediction=prediction, variance=variance, clip=clip, clip_percentile=clip_percentile)
     x_tilde, s, x0 = _denoised(model_fn, schedule, x_t, t, cond, kw)
-    a_prev = alpha_bar_with_clean(schedule, t_prev)
-    s_prev = jnp.sqrt((1 - a_prev) / a_prev)
+    a_prev, s_prev = alpha_bar_with_clean(schedule, t_prev), _sigma(schedule, t_prev)
     s_up = jnp.minimum(s_prev, jnp.sqrt(s_prev ** 2 * (s ** 2 - s_prev ** 2) / s ** 2))
-    s_down = jnp.sqrt(s_prev ** 2 - s_up ** 2)
+    s_down = jnp.sqrt(jnp.maximum(s_prev ** 2 - s_up ** 2, 0.0))   # 0 at the last step, where s_up = s_prev
     z = jax.random.normal(key, x_t.shape, x_t.dtype)
     x_tilde_prev = x_tilde + (s_down - s) * (x_tilde - x0) / s + s_up * z
     return (x_tilde_prev * jnp.sqrt(a_prev)).astype(x_t.dtype), x0
