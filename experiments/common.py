@@ -34,11 +34,10 @@ def _is_integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _at_least_one(field: str, value):
-    if not _is_integer(value) or value < 1:
-        extra = (" (it keeps that many of the newest checkpoints; 0 would delete them all)"
-                 if field == "train.keep_checkpoints" else "")
-        raise ValueError(f"config field {field}={value!r} must be an integer >= 1{extra}")
+# Config counts that must be integers >= 1, with what a smaller value would do where that is not obvious.
+COUNT_FIELDS = {"train.batch_size": "", "train.num_steps": "", "train.log_every": "", "train.sample_every": "",
+                "train.checkpoint_every": "", "sample.num": "",
+                "train.keep_checkpoints": " (it keeps that many of the newest checkpoints; 0 would delete them all)"}
 
 
 def check_flags_at_least(minimum: int, **flags):
@@ -84,9 +83,10 @@ def validate(c: ml_collections.ConfigDict):
                          "(2-D toy data take the 'mlp', images the 'unet')")
     if is_toy and d.decoder != "gaussian":
         raise ValueError("config: toy data are continuous; set diffusion.decoder='gaussian'")
-    for field in ("train.batch_size", "train.num_steps", "train.log_every", "train.sample_every",
-                  "train.checkpoint_every", "train.keep_checkpoints", "sample.num"):
-        _at_least_one(field, c[field.split(".")[0]][field.split(".")[1]])
+    for field, why in COUNT_FIELDS.items():
+        section, name = field.split(".")
+        if not _is_integer(c[section][name]) or c[section][name] < 1:
+            raise ValueError(f"config field {field}={c[section][name]!r} must be an integer >= 1{why}")
     if not (math.isfinite(c.optim.lr) and c.optim.lr > 0):
         raise ValueError(f"config field optim.lr={c.optim.lr!r} must be a finite number > 0")
     samplers.check_steps(c.sample.sampler, c.sample.steps, d.num_steps, what="config field sample.steps")
