@@ -208,6 +208,13 @@ class Sampler:
     step: Callable
     respaced: bool
     spacing: str = "time"
+    stages: int = 1          # network evaluations per step, except the last (to clean data): one
+
+
+def _dpm_solver(order: int) -> Callable:
+    step = partial(ode_solvers.dpm_solver_step, order=order)
+    step.__doc__ = f"DPM-Solver-{order}: " + ode_solvers.dpm_solver_step.__doc__
+    return step
 
 
 # The samplers every entry point offers, by name; a new sampler is one entry here.
@@ -217,8 +224,10 @@ SAMPLERS = {
     "langevin": Sampler(langevin_step, respaced=False),
     "pc": Sampler(predictor_corrector_step, respaced=True),
     "dpmpp_2m": Sampler(ode_solvers.dpm_solver_pp_2m_step, respaced=False, spacing="logsnr"),
-    "heun": Sampler(ode_solvers.heun_step, respaced=False, spacing="karras"),
+    "heun": Sampler(ode_solvers.heun_step, respaced=False, spacing="karras", stages=2),
     "euler_ancestral": Sampler(ode_solvers.euler_ancestral_step, respaced=False, spacing="karras"),
+    **{f"dpm_solver_{k}": Sampler(_dpm_solver(k), respaced=False, spacing="logsnr", stages=k)
+       for k in ode_solvers.DPM_SOLVER_ORDERS},
 }
 
 
@@ -230,6 +239,25 @@ def check_steps(name: str, steps, num_steps: int, what: str = "steps"):
     if steps > num_steps:
         raise ValueError(f"{what}={steps} for {name!r} exceeds the schedule's T = {num_steps} steps: "
                          f"use at most {num_steps}")
+
+
+def network_evaluations(name: str, steps: int, **settings) -> int:
+    """Network calls (NFE) that ``steps`` steps of sampler ``name`` cost: ``stages`` a step and one
+    for the last, or 1 + ``n_steps`` Langevin corrections a step for the samplers that correct."""
+    sampler = SAMPLERS[name]
+    if takes(name, "n_steps"):
+        corrections = settings.get("n_steps", inspect.signature(sampler.step).parameters["n_steps"].default)
+        return steps * (1 + corrections)
+    return sampler.stages * (steps - 1) + 1
+
+
+def steps_within(name: str, evaluations: int, **settings) -> int:
+    """The most steps of sampler ``name`` that cost at most ``evaluations`` network calls (an NFE
+    budget, as fast-sampler papers compare them); at least 1."""
+    steps = 1
+    while network_evaluations(name, steps + 1, **settings) <= evaluations:
+        steps += 1
+    return steps
 
 
 def takes(name: str, setting: str) -> bool:
@@ -249,6 +277,10 @@ def plan(name: str, schedule: Schedule, steps: int, spacing: str = "", **setting
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACING_NAMES} (or '' for the sampler's own)")
     check_steps(name, steps, schedule.num_steps)
     sampler = SAMPLERS[name]
+    if sampler.stages > 1 and steps < 2:
+        raise ValueError(f"{name!r} needs at least 2 steps ({sampler.stages + 1} network evaluations): one "
+                         f"{sampler.stages}-stage step and the step to clean data; 1 step is DDIM's single "
+                         "step (use 'ddim')")
     step = partial(sampler.step, **{k: v for k, v in settings.items() if takes(name, k)})
     if sampler.respaced:
         if steps < schedule.num_steps or spacing:
