@@ -102,6 +102,16 @@ def to_x0_eps(schedule: Schedule, x_t, t, pred, prediction: str):
     return x0_from_v(schedule, x_t, t, pred), eps_from_v(schedule, x_t, t, pred)
 
 
+def eps_at_level(x_t, pred, alpha, sigma, prediction: str):
+    """ε̂ from a network output at a level given by its α = √ᾱ and σ = √(1 − ᾱ) rather than a
+    schedule index (continuous time, between a schedule's steps): the relations of ``to_x0_eps``,
+    ε = (x_t − α·x_0)/σ for x_0-prediction and ε = σ·x_t + α·v for v-prediction."""
+    check_prediction(prediction)
+    if prediction == "eps":
+        return pred
+    return (x_t - alpha * pred) / sigma if prediction == "x0" else sigma * x_t + alpha * pred
+
+
 def from_eps(schedule: Schedule, x_t, t, eps, prediction: str):
     """The network target (ε, x_0 or v) that corresponds to ε at x_t."""
     check_prediction(prediction)

@@ -9,11 +9,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from diffusion.schedules import Schedule
+from diffusion.schedules import Schedule, logsnr_at_timesteps
 
 
 def alpha_bar_at(schedule: Schedule, timesteps):
-    """ᾱ at network timesteps, for a full or respaced schedule (ᾱ agrees at kept steps)."""
+    """ᾱ at network timesteps, for a full or respaced schedule (ᾱ agrees at kept steps); at
+    fractional timesteps, ᾱ = sigmoid(λ) of the continuous-time process the schedule stands for
+    (``schedules.logsnr_at_timesteps``), so the oracle is exact between steps too."""
+    if jnp.issubdtype(jnp.asarray(timesteps).dtype, jnp.floating):
+        return jax.nn.sigmoid(2 * logsnr_at_timesteps(schedule, timesteps))
     return schedule.alphas_cumprod[jnp.searchsorted(schedule.timesteps, timesteps)]
 
 

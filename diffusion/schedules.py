@@ -251,6 +251,26 @@ def respace(schedule: Schedule, kept) -> Schedule:
                       dtype=schedule.betas.dtype)
 
 
+def logsnr(schedule: Schedule) -> jax.Array:
+    """λ_t = ½·log SNR_t = log(√ᾱ_t/√(1 − ᾱ_t)) at every index (decreasing in t)."""
+    return 0.5 * jnp.log(schedule.snr)
+
+
+def logsnr_at_timesteps(schedule: Schedule, timesteps) -> jax.Array:
+    """λ at network timesteps, integer or not: the schedule's λ at its own timesteps, linear in
+    between. This is the continuous-time process a discrete schedule stands for when a model is
+    evaluated between its steps (the probability-flow ODE); at the steps it is the schedule's λ."""
+    return jnp.interp(jnp.asarray(timesteps, logsnr(schedule).dtype), schedule.timesteps.astype(logsnr(schedule).dtype),
+                      logsnr(schedule))
+
+
+def timesteps_at_logsnr(schedule: Schedule, lam) -> jax.Array:
+    """The (fractional) network timestep whose λ is ``lam``: the inverse of ``logsnr_at_timesteps``
+    on [λ_{T−1}, λ_0]."""
+    lam_all = logsnr(schedule)
+    return jnp.interp(lam, lam_all[::-1], schedule.timesteps[::-1].astype(lam_all.dtype))
+
+
 def alpha_bar_with_clean(schedule: Schedule, t):
     """ᾱ at schedule index t, with ᾱ_{−1} = 1 (clean data), for steps that end at the data."""
     return jnp.where(t >= 0, schedule.alphas_cumprod[jnp.maximum(t, 0)], 1.0)

@@ -4,7 +4,8 @@ For each sampler setting (``--samplers ddpm:1000,ddim:50,ddim:50:1.0`` = name:st
 ``--num`` samples (kept in ``<workdir>/eval/samples_<tag>_seed<s>_step<n>.npz``, so a rerun skips them) and
 computes FID against the training split, the Inception Score (10 splits) and the fraction of
 samples the classifier gives a probability ≥ 0.9; the held-out split's own FID and IS are the floor and
-ceiling. NLL in bits/dim comes from the full variational bound on held-out images. Results go to
+ceiling. NLL in bits/dim on held-out images comes from the full variational bound (``--nll vlb``)
+and/or the probability-flow ODE (``--nll ode``: exact likelihood by an adaptive solver, slower). Results go to
 ``<workdir>/eval/*.json`` and ``<workdir>/eval/results.md``.
 
 Features: for 28×28 single-channel data the project's classifier (the embedded MNIST one, or
@@ -27,6 +28,10 @@ flags.DEFINE_enum("features", "auto", ["auto", "classifier", "inception"], "Feat
 flags.DEFINE_string("classifier_weights", None, "A trained classifier.msgpack (default: the embedded MNIST one).")
 flags.DEFINE_string("inception_weights", None, "pytorch-fid's pt_inception-2015-12-05 weights file.")
 flags.DEFINE_integer("nll_examples", 128, "Held-out images for NLL in bits/dim (0 skips it).")
+flags.DEFINE_list("nll", ["vlb"], "NLL methods: vlb (the variational bound), ode (the probability-flow ODE "
+                  "likelihood, Song et al. 2021), or vlb,ode.")
+flags.DEFINE_bool("ode_ignores_learned_variance", False,
+                  "Allow --nll ode on a learned-variance model (the ODE uses its ε̂ channels only).")
 flags.DEFINE_string("stats_dir", str(Path.home() / ".cache" / "diffusion" / "fid_stats"),
                     "Where reference feature statistics are cached per dataset and split.")
 flags.DEFINE_enum("guidance", "", ["", "classifier_free", "classifier"], "Guidance kind.")
@@ -46,7 +51,8 @@ def main(argv):
                             features=FLAGS.features, classifier_weights=FLAGS.classifier_weights,
                             inception_weights=FLAGS.inception_weights, nll_examples=FLAGS.nll_examples,
                             stats_dir=FLAGS.stats_dir, guide=FLAGS.guidance, scale=FLAGS.scale,
-                            classifier_workdir=FLAGS.classifier_workdir)
+                            classifier_workdir=FLAGS.classifier_workdir, nll_methods=FLAGS.nll,
+                            ode_ignores_learned_variance=FLAGS.ode_ignores_learned_variance)
 
 
 if __name__ == "__main__":

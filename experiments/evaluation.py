@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -175,92 +176,154 @@ def samples_for(run, mesh, out: Path, sampler: str, steps: int, eta: float, *, n
     return images
 
 
+def _over_heldout(fn, run, mesh, heldout, num: int, batch: int, seed: int, desc: str) -> dict:
+    """``fn(params, x, labels, key) -> {name: [B, ...]}`` over the first ``num`` held-out images in
+    padded, device-sharded batches (a fresh key per batch), concatenated on the host."""
+    batch = parallel.padded_count(batch, mesh)
+    dat = parallel.data_sharded(mesh)
+    fn = jax.jit(fn, in_shardings=(parallel.replicated(mesh), dat, dat, parallel.replicated(mesh)))
+    outs = []
+    num = min(num, len(heldout))
+    for i in tqdm(range(0, num, batch), desc=desc, unit="batch", disable=jax.process_index() != 0):
+        x = datasets.to_model_range(heldout.images[i:min(i + batch, num)])
+        labels = heldout.labels[i:min(i + batch, num)]
+        out = fn(run.params, parallel.pad_to_devices(x, mesh), parallel.pad_to_devices(labels, mesh),
+                 jax.random.key(seed + i))
+        outs.append(jax.tree.map(lambda a: parallel.gather(a)[:len(x)], out))
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
+def _mean_and_stderr(per_image: np.ndarray) -> dict:
+    return {"bits_per_dim": float(per_image.mean()), "stderr": float(per_image.std(ddof=1) / np.sqrt(len(per_image))),
+            "num": int(len(per_image))}
+
+
 def nll_bits_per_dim(run, mesh, heldout, num: int, batch: int = 32, seed: int = 0) -> dict:
     """Mean and standard error of the variational bound (bits/dim) on ``num`` held-out images,
     with the mean of each term (prior, decoder L_0, Σ L_t) and, per step t = 1 … T, the mean term
     ``per_step_bpd`` (index 0 is L_0) and ‖ε − ε̂‖² ``per_step_eps_mse`` (Nichol & Dhariwal 2021, Fig. 2)."""
     config = run.config
-    batch = parallel.padded_count(batch, mesh)
-    kw = common.output_kwargs(config)
 
     def bound(params, x, labels, key):
         return likelihood.variational_bound(common.make_denoiser(run.model, params), run.schedule, x, key,
                                             decoder=config.diffusion.decoder,
-                                            cond=common.conditioning(config, labels), **kw)
-    dat = parallel.data_sharded(mesh)
-    fn = jax.jit(bound, in_shardings=(parallel.replicated(mesh), dat, dat, parallel.replicated(mesh)))
-    totals, priors, terms, mses = [], [], [], []
-    num = min(num, len(heldout))
-    for i in tqdm(range(0, num, batch), desc="nll", unit="batch", disable=jax.process_index() != 0):
-        x = datasets.to_model_range(heldout.images[i:min(i + batch, num)])
-        labels = heldout.labels[i:min(i + batch, num)]
-        out = fn(run.params, parallel.pad_to_devices(x, mesh), parallel.pad_to_devices(labels, mesh),
-                 jax.random.key(seed + i))
-        out = jax.tree.map(lambda a: parallel.gather(a)[:len(x)], out)
-        totals.append(out["total"])
-        priors.append(out["prior"])
-        terms.append(out["terms"])
-        mses.append(out["mse"])
-    total, per_step = np.concatenate(totals), np.concatenate(terms).mean(0)
-    return {"bits_per_dim": float(total.mean()), "stderr": float(total.std(ddof=1) / np.sqrt(len(total))),
-            "prior": float(np.concatenate(priors).mean()), "decoder_L0": float(per_step[0]),
-            "sum_Lt": float(per_step[1:].sum()), "num": int(len(total)),
-            "per_step_bpd": per_step.tolist(), "per_step_eps_mse": np.concatenate(mses).mean(0).tolist()}
+                                            cond=common.conditioning(config, labels), **common.output_kwargs(config))
+    out = _over_heldout(bound, run, mesh, heldout, num, batch, seed, "nll")
+    per_step = out["terms"].mean(0)
+    return dict(_mean_and_stderr(out["total"]), method="vlb", prior=float(out["prior"].mean()),
+                decoder_L0=float(per_step[0]), sum_Lt=float(per_step[1:].sum()),
+                per_step_bpd=per_step.tolist(), per_step_eps_mse=out["mse"].mean(0).tolist())
 
 
-def nll_record(run, mesh, heldout, num: int, out: Path, seed: int = 0) -> dict:
-    """``nll_bits_per_dim`` of the run's checkpoint on ``num`` held-out images with its ``step``, the
-    one record per checkpoint in ``out/nll.json``: read back when it is of this step and count (and
-    has the per-step terms), measured and written otherwise. The noise ``seed`` is not matched: it
-    moves the estimate within its standard error, not what is measured."""
-    path = Path(out) / "nll.json"
+ODE_TOLERANCE = 1e-5     # rtol = atol of the adaptive solver (Song et al. 2021 use 1e-5)
+
+
+def ode_nll_bits_per_dim(run, mesh, heldout, num: int, batch: int = 32, seed: int = 0,
+                         tolerance: float = ODE_TOLERANCE) -> dict:
+    """Mean and standard error of the probability-flow ODE's NLL (``likelihood.probability_flow_nll``:
+    Hutchinson's trace, uniform dequantisation of the 8-bit images) on ``num`` held-out images, and
+    the mean network evaluations per image the adaptive solver took."""
+    config = run.config
+    if config.diffusion.decoder != "discretized":
+        raise ValueError(f"the ODE likelihood dequantises 8-bit images; diffusion.decoder={config.diffusion.decoder!r} "
+                         "marks continuous data, whose density it does not report in bits of an image")
+
+    def ode(params, x, labels, key):
+        out = likelihood.probability_flow_nll(common.make_denoiser(run.model, params), run.schedule, x, key,
+                                              cond=common.conditioning(config, labels), rtol=tolerance,
+                                              atol=tolerance, **common.output_kwargs(config))
+        return {"bpd": out["bits_per_dim"], "evaluations": jnp.broadcast_to(out["evaluations"], (x.shape[0],))}
+    out = _over_heldout(ode, run, mesh, heldout, num, batch, seed, "ode nll")
+    return dict(_mean_and_stderr(out["bpd"]), method="ode", tolerance=tolerance,
+                evaluations=float(out["evaluations"].mean()), trace="hutchinson", dequantised="uniform",
+                uses="the ε̂ channels" + (" (not the learned variance)" if config.diffusion.variance.startswith("learned") else ""))
+
+
+NLL_METHODS = {"vlb": ("nll.json", nll_bits_per_dim), "ode": ("nll_ode.json", ode_nll_bits_per_dim)}
+
+
+def check_nll_method(method: str, config, ode_ignores_learned_variance: bool = False):
+    """Refuse an NLL method that does not exist, or, unless told to ignore it, the ODE likelihood
+    of a learned-variance model."""
+    if method not in NLL_METHODS:
+        raise ValueError(f"unknown NLL method {method!r}; choose from {sorted(NLL_METHODS)}")
+    if method == "ode" and config.diffusion.variance.startswith("learned") and not ode_ignores_learned_variance:
+        raise ValueError(
+            f"--nll ode on a model with diffusion.variance={config.diffusion.variance!r}: the probability-flow ODE "
+            "uses only the ε̂ channels, not the reverse variance Σ_θ this model learned and its variational bound "
+            "uses, so the two NLLs would describe different models; measure --nll vlb, or pass "
+            "--ode_ignores_learned_variance to take the ODE of the ε̂ channels anyway")
+
+
+def nll_record(run, mesh, heldout, num: int, out: Path, seed: int = 0, method: str = "vlb") -> dict:
+    """The NLL by ``method`` (``NLL_METHODS``: "vlb" the variational bound, "ode" the probability-flow
+    likelihood) of the run's checkpoint on ``num`` held-out images with its ``step``, one record per
+    checkpoint and method in ``out/nll.json`` or ``out/nll_ode.json``: read back when it is of this
+    step and count (and, for the bound, has the per-step terms), measured and written otherwise. The
+    noise ``seed`` is not matched: it moves the estimate within its standard error, not what is measured."""
+    filename, measure_nll = NLL_METHODS[method]
+    path = Path(out) / filename
     if path.exists():
         record = json.loads(path.read_text())
         if (record.get("step") == run.step and record.get("num") == min(num, len(heldout))
-                and "per_step_bpd" in record):
+                and ("per_step_bpd" in record or method != "vlb")):
             return record
-    record = dict(nll_bits_per_dim(run, mesh, heldout, num, seed=seed), step=run.step)
+    record = dict(measure_nll(run, mesh, heldout, num, seed=seed), step=run.step)
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2))
     return record
 
 
-def markdown(rows: list[dict], nll: dict | None, feature_name: str) -> str:
-    """results.md's table: a row per record, a column per metric of ``METRICS``; then the NLL."""
+def nll_line(record: dict) -> str:
+    """An NLL record as results.md states it: the bound with its terms, or the ODE likelihood with
+    how it was computed."""
+    head = f"on {record['num']} held-out images: **{record['bits_per_dim']:.3f} ± {record['stderr']:.3f} bits/dim**"
+    if record.get("method", "vlb") == "vlb":
+        return (f"NLL (variational bound) {head} (prior {record['prior']:.4f}, decoder L_0 {record['decoder_L0']:.3f}, "
+                f"Σ L_t {record['sum_Lt']:.3f})")
+    return (f"NLL (probability-flow ODE) {head} (uniform dequantisation, Hutchinson trace, tolerance "
+            f"{record['tolerance']:g}, {record['evaluations']:.0f} network evaluations an image; {record['uses']})")
+
+
+def markdown(rows: list[dict], nlls: list[dict], feature_name: str) -> str:
+    """results.md's table: a row per record, a column per metric of ``METRICS``; then the NLLs."""
     columns = " | ".join(m.column.format(features=feature_name) for m in METRICS.values())
     lines = [f"| samples | {columns} | N |", "| --- |" + " --- |" * (len(METRICS) + 1)]
     for r in rows:
         lines.append(f"| {r['name']} | " + " | ".join(m.cell(r) for m in METRICS.values()) + f" | {r['num']} |")
-    if nll:
-        lines += ["", f"NLL on {nll['num']} held-out images: **{nll['bits_per_dim']:.3f} ± {nll['stderr']:.3f} "
-                  f"bits/dim** (prior {nll['prior']:.4f}, decoder L_0 {nll['decoder_L0']:.3f}, "
-                  f"Σ L_t {nll['sum_Lt']:.3f})"]
+    if nlls:
+        lines += [""] + [nll_line(r) + "  " for r in nlls]
     return "\n".join(lines) + "\n"
 
 
-def recorded(out: Path, step: int, feature_name: str) -> tuple[list[dict], Optional[dict]]:
-    """The settings (with these features) and the NLL measured at this checkpoint step by any
-    invocation, from ``out/*.json``, so ``results.md`` lists every one of them."""
+def recorded(out: Path, step: int, feature_name: str) -> tuple[list[dict], list[dict]]:
+    """The settings (with these features) and the NLLs (bound first) measured at this checkpoint
+    step by any invocation, from ``out/*.json``, so ``results.md`` lists every one of them."""
     found = [json.loads(p.read_text()) for p in out.glob("*.json")]
     rows = sorted((r for r in found if "fid" in r and r.get("step") == step and r.get("features") == feature_name),
                   key=lambda r: (r["guidance"], r["scale"], r["sampler"], r["steps"], r["eta"], r["name"]))
-    nll = next((r for r in found if "bits_per_dim" in r and r.get("step") == step), None)
-    return rows, nll
+    nlls = sorted((r for r in found if "bits_per_dim" in r and r.get("step") == step),
+                  key=lambda r: list(NLL_METHODS).index(r.get("method", "vlb")))
+    return rows, nlls
 
 
 def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, batch: int, seed: int = 0,
                  features: str = "auto", classifier_weights: Optional[str] = None,
                  inception_weights: Optional[str] = None, nll_examples: int = 0, stats_dir=None,
-                 guide: str = "", scale: float = 0.0, classifier_workdir: Optional[str] = None) -> tuple[list, Optional[dict]]:
-    """Rows of every metric (the held-out split first, then each setting) and the NLL, also written
-    to ``<workdir>/eval/*.json`` (with the checkpoint's step; the NLL measured once per step and
-    count, ``nll_record``); ``<workdir>/eval/results.md`` tables everything measured at that step,
-    this call's settings and earlier calls' alike."""
+                 guide: str = "", scale: float = 0.0, classifier_workdir: Optional[str] = None,
+                 nll_methods=("vlb",), ode_ignores_learned_variance: bool = False) -> tuple[list, dict]:
+    """Rows of every metric (the held-out split first, then each setting) and the NLL by each of
+    ``nll_methods`` ({method: record}), also written to ``<workdir>/eval/*.json`` (with the
+    checkpoint's step; each NLL measured once per step and count, ``nll_record``);
+    ``<workdir>/eval/results.md`` tables everything measured at that step, this call's settings
+    and earlier calls' alike."""
     common.check_flags_at_least(1, num=num, batch=batch)
     common.check_flags_at_least(0, nll_examples=nll_examples)
     run = sampling.load_run(workdir)
     config = run.config
+    for method in nll_methods if nll_examples > 0 else ():
+        check_nll_method(method, config, ode_ignores_learned_variance)
     for sampler, steps, _ in settings:   # every setting is checked before any is drawn
         samplers.check_steps(sampler, steps, run.schedule.num_steps, what=f"{sampler}:{steps} steps")
     mesh = parallel.make_mesh()
@@ -284,12 +347,13 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
             (out / f"{tag}.json").write_text(json.dumps(dict(row, step=run.step, features=feature_name), indent=2))
             print(f"{tag}: " + ", ".join(f"{m.column.format(features=feature_name)} {m.cell(row)}"
                                          for m in METRICS.values()))
-    nll = None
+    nlls = {}
     if nll_examples > 0 and config.model.kind == "unet":
-        nll = nll_record(run, mesh, heldout, nll_examples, out, seed=seed)
+        nlls = {method: nll_record(run, mesh, heldout, nll_examples, out, seed=seed, method=method)
+                for method in nll_methods}
     if jax.process_index() == 0:
-        measured, measured_nll = recorded(out, run.step, feature_name)
-        table = markdown(rows[:1] + measured, measured_nll, feature_name)
+        measured, measured_nlls = recorded(out, run.step, feature_name)
+        table = markdown(rows[:1] + measured, measured_nlls, feature_name)
         (out / "results.md").write_text(f"# {workdir} at step {run.step}\n\n" + table)
         print(table)
-    return rows, nll
+    return rows, nlls
