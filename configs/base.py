@@ -93,4 +93,5 @@ def get_config():
     c.sample.eta = 0.0
     c.sample.num = 64
     c.sample.clip = "static"           # "none", "static" or "dynamic" (Imagen's)
+    c.sample.clip_max = 0.0            # > 0: upper bound (>= 1) on the dynamic threshold s (diffusers' sample_max_value); 0: none, as in Imagen
     return c

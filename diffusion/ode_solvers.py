@@ -54,7 +54,7 @@ def _sigma(schedule: Schedule, t):
 
 
 def dpm_solver_pp_2m_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, previous, prediction="eps",
-                          variance="fixed_small", clip=None, clip_percentile=0.995, cond=None):
+                          variance="fixed_small", clip=None, clip_percentile=0.995, clip_max=None, cond=None):
     """DPM-Solver++(2M), the multistep second-order solver of the probability-flow ODE in data
     prediction (Lu et al. 2022, "DPM-Solver++", Algorithm 2), on the λ grid of the kept steps.
 
@@ -65,7 +65,7 @@ def dpm_solver_pp_2m_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, 
     """
     del key
     p = reverse.predict(model_fn, schedule, x_t, t, cond, prediction=prediction, variance=variance, clip=clip,
-                        clip_percentile=clip_percentile)
+                        clip_percentile=clip_percentile, clip_max=clip_max)
     x0_before, t_before = previous
     a_t, a_prev = alpha_bar_with_clean(schedule, t), alpha_bar_with_clean(schedule, t_prev)
     h = _lambda(schedule, t_prev) - _lambda(schedule, t)
@@ -86,12 +86,13 @@ def _index_nearest_logsnr(schedule: Schedule, lam, above, below):
 
 
 def dpm_solver_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, order=3, prediction="eps",
-                    variance="fixed_small", clip=None, clip_percentile=0.995, cond=None):
+                    variance="fixed_small", clip=None, clip_percentile=0.995, clip_max=None, cond=None):
     """One singlestep DPM-Solver step of order 1, 2 or 3 in noise prediction (Lu et al. 2022,
     "DPM-Solver", §3.3, DPM-Solver-1/2/3), from index t to t′ with h = λ_{t′} − λ_t, λ = log(α/σ):
 
     order 1 (= DDIM): x_{t′} = (α_{t′}/α_t)·x_t − σ_{t′}·(e^h − 1)·ε̂_t;
-    order 2: ε̂ also at s₁ with λ_{s₁} ≈ λ_t + h/2, x_{t′} = order 1 − σ_{t′}/(2r₁)·(e^h − 1)·(ε̂_{s₁} − ε̂_t);
+    order 2: ε̂ also at s₁ with λ_{s₁} ≈ λ_t + h/2,
+             x_{t′} = order 1 − σ_{t′}/(2r₁)·(e^h − 1)·(ε̂_{s₁} − ε̂_t);
     order 3: ε̂ at s₁, s₂ near λ_t + h/3, λ_t + 2h/3, combined by the Taylor form of the reference
     implementation (``dpm_solver_third_update``, solver_type 'taylor'), third order for any r₁ ≠ r₂.
 
@@ -105,7 +106,7 @@ def dpm_solver_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, order=
     clean data (λ = ∞) is first order, x̂_0. Costs ``order`` network evaluations a step.
     """
     check_order(order)
-    kw = dict(prediction=prediction, variance=variance, clip=clip, clip_percentile=clip_percentile)
+    kw = dict(prediction=prediction, variance=variance, clip=clip, clip_percentile=clip_percentile, clip_max=clip_max)
     p = reverse.predict(model_fn, schedule, x_t, t, cond, **kw)
     a_prev = alpha_bar_with_clean(schedule, t_prev)
     first = jnp.sqrt(a_prev) * p.x0 + jnp.sqrt(1 - a_prev) * p.eps        # order 1, also to λ = ∞
@@ -173,7 +174,7 @@ def _denoised(model_fn, schedule, x_t, t, cond, kw):
 
 
 def heun_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, churn=0.0, noise_scale=1.0,
-              prediction="eps", variance="fixed_small", clip=None, clip_percentile=0.995, cond=None):
+              prediction="eps", variance="fixed_small", clip=None, clip_percentile=0.995, clip_max=None, cond=None):
     """Heun's second-order step of dx̃/dσ = (x̃ − x̂_0)/σ from σ_t to σ_{t′} (Karras et al. 2022,
     Algorithm 2); the step to clean data (σ = 0) is Euler's, as there.
 
@@ -181,7 +182,7 @@ def heun_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, churn=0.0, n
     adding fresh noise of variance σ̂² − σ_t² (scaled by ``noise_scale``), and steps from there:
     EDM's stochastic sampler, with γ = min(S_churn/N, √2 − 1) as the paper sets it.
     """
-    kw = dict(prediction=prediction, variance=variance, clip=clip, clip_percentile=clip_percentile)
+    kw = dict(prediction=prediction, variance=variance, clip=clip, clip_percentile=clip_percentile, clip_max=clip_max)
     sigma = schedule.sqrt_recipm1_alphas_cumprod
     if churn:
         t_hat = jnp.argmin(jnp.abs(sigma - (1 + churn) * sigma[t])).astype(jnp.int32)   # the index nearest σ̂
@@ -205,12 +206,12 @@ def heun_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, churn=0.0, n
 
 
 def euler_ancestral_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, prediction="eps",
-                         variance="fixed_small", clip=None, clip_percentile=0.995, cond=None):
+                         variance="fixed_small", clip=None, clip_percentile=0.995, clip_max=None, cond=None):
     """Euler ancestral (k-diffusion's ``sample_euler_ancestral`` at η = 1): an Euler step of the
     σ-ODE down to σ_down, then fresh noise σ_up, with σ_up = √(σ_{t′}²(σ_t² − σ_{t′}²)/σ_t²) and
     σ_down = √(σ_{t′}² − σ_up²), so that x̃ has the marginal variance of level t′. (No η: the
     deterministic end of that family is ``heun``'s Euler half, or DDIM.)"""
-    kw = dict(prediction=prediction, variance=variance, clip=clip, clip_percentile=clip_percentile)
+    kw = dict(prediction=prediction, variance=variance, clip=clip, clip_percentile=clip_percentile, clip_max=clip_max)
     x_tilde, s, x0 = _denoised(model_fn, schedule, x_t, t, cond, kw)
     a_prev, s_prev = alpha_bar_with_clean(schedule, t_prev), _sigma(schedule, t_prev)
     s_up = jnp.minimum(s_prev, jnp.sqrt(s_prev ** 2 * (s ** 2 - s_prev ** 2) / s ** 2))

@@ -52,24 +52,30 @@ def static_threshold(x0):
     return jnp.clip(x0, -1.0, 1.0)
 
 
-def dynamic_threshold(x0, percentile: float = 0.995):
+def dynamic_threshold(x0, percentile: float = 0.995, max_value: Optional[float] = None):
     """Imagen's dynamic thresholding: s = max(1, quantile_p |x̂_0|) per example; clip to [−s, s], divide by s.
 
-    The quantile is taken in x̂_0's own precision (float32 at least: bf16 cannot rank 784 values)."""
+    ``max_value`` bounds s from above (diffusers' ``sample_max_value``; None, as in Imagen, leaves
+    it unbounded; 1 is static clipping). The quantile is taken in x̂_0's own precision (float32 at
+    least: bf16 cannot rank 784 values)."""
+    if max_value is not None and not max_value >= 1:
+        raise ValueError(f"the dynamic threshold's upper bound max_value={max_value!r} must be >= 1 (s is at least 1)")
     flat = jnp.abs(x0.reshape(x0.shape[0], -1)).astype(jnp.promote_types(x0.dtype, jnp.float32))
-    s = jnp.maximum(jnp.quantile(flat, percentile, axis=1), 1.0).astype(x0.dtype)
+    s = jnp.maximum(jnp.quantile(flat, percentile, axis=1), 1.0)
+    s = (s if max_value is None else jnp.minimum(s, max_value)).astype(x0.dtype)
     s = s.reshape((-1,) + (1,) * (x0.ndim - 1))
     return jnp.clip(x0, -s, s) / s
 
 
-def threshold(x0, kind: Optional[str], percentile: float = 0.995):
-    """Apply ``kind`` ∈ {None, "static", "dynamic"} to x̂_0."""
+def threshold(x0, kind: Optional[str], percentile: float = 0.995, max_value: Optional[float] = None):
+    """Apply ``kind`` ∈ {None, "static", "dynamic"} to x̂_0 (``percentile`` and ``max_value``: the
+    dynamic one's)."""
     if kind not in THRESHOLDS:
         raise ValueError(f"unknown threshold {kind!r}; choose one of {THRESHOLDS}")
     if kind == "static":
         return static_threshold(x0)
     if kind == "dynamic":
-        return dynamic_threshold(x0, percentile)
+        return dynamic_threshold(x0, percentile, max_value)
     return x0
 
 
@@ -95,7 +101,7 @@ def log_variance(schedule: Schedule, t, var_out, x_t, variance: str):
 
 def reverse_gaussian(schedule: Schedule, output, x_t, t, *, prediction: str = "eps",
                      variance: str = "fixed_small", clip: Optional[str] = None,
-                     clip_percentile: float = 0.995) -> ReverseGaussian:
+                     clip_percentile: float = 0.995, clip_max: Optional[float] = None) -> ReverseGaussian:
     """p_θ(x_{t−1} | x_t) from the network output: μ_θ = μ̃(x̂_0, x_t)  (Ho et al. 2020, eq. 11 via eq. 7).
 
     output: [B, ..., C] (or 2C with a learned variance); x_t: [B, ..., C]; t: int[B] schedule indices.
@@ -103,7 +109,7 @@ def reverse_gaussian(schedule: Schedule, output, x_t, t, *, prediction: str = "e
     pred, var_out = split_output(output, variance)
     x0, eps = gaussian.to_x0_eps(schedule, x_t, t, pred, prediction)
     if clip is not None:
-        x0 = threshold(x0, clip, clip_percentile)
+        x0 = threshold(x0, clip, clip_percentile, clip_max)
         eps = gaussian.eps_from_x0(schedule, x_t, t, x0)
     mean, _, _ = gaussian.q_posterior(schedule, x0, x_t, t)
     log_var = log_variance(schedule, t, var_out, x_t, variance)
@@ -111,10 +117,11 @@ def reverse_gaussian(schedule: Schedule, output, x_t, t, *, prediction: str = "e
 
 
 def predict(model_fn, schedule: Schedule, x_t, t, cond=None, *, prediction: str = "eps", variance: str = "fixed_small",
-            clip: Optional[str] = None, clip_percentile: float = 0.995) -> ReverseGaussian:
+            clip: Optional[str] = None, clip_percentile: float = 0.995,
+            clip_max: Optional[float] = None) -> ReverseGaussian:
     """``reverse_gaussian`` of the network called at the scalar schedule index ``t`` on x_t [B, ...]:
     what every sampler's step starts from (x̂_0, ε̂ and p_θ(x_{t−1} | x_t))."""
     t_batch = jnp.full((x_t.shape[0],), t, dtype=jnp.int32)
     output = model_fn(x_t, schedule.timesteps[t_batch], **(cond or {}))
     return reverse_gaussian(schedule, output, x_t, t_batch, prediction=prediction, variance=variance,
-                            clip=clip, clip_percentile=clip_percentile)
+                            clip=clip, clip_percentile=clip_percentile, clip_max=clip_max)

@@ -23,7 +23,7 @@ from diffusion.schedules import SPACING_NAMES, Schedule, alpha_bar_with_clean, r
 
 
 def ddpm_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, prediction="eps",
-              variance="fixed_small", clip=None, clip_percentile=0.995, cond=None):
+              variance="fixed_small", clip=None, clip_percentile=0.995, clip_max=None, cond=None):
     """Ancestral step x_{t−1} = μ_θ(x_t, t) + σ_t·z, no noise at t = 0 (Ho et al. 2020, Algorithm 2).
 
     Moves one step of ``schedule`` (``t_prev`` must be ``t − 1``); for strided sampling pass a
@@ -31,21 +31,21 @@ def ddpm_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, prediction="
     """
     del t_prev
     p = reverse.predict(model_fn, schedule, x_t, t, cond, prediction=prediction, variance=variance, clip=clip,
-                        clip_percentile=clip_percentile)
+                        clip_percentile=clip_percentile, clip_max=clip_max)
     z = jax.random.normal(key, x_t.shape, x_t.dtype)
     x_prev = p.mean + jnp.where(t > 0, jnp.exp(0.5 * p.log_variance), 0.0) * z
     return x_prev, p.x0
 
 
 def ddim_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, eta=0.0, prediction="eps",
-              variance="fixed_small", clip=None, clip_percentile=0.995, cond=None):
+              variance="fixed_small", clip=None, clip_percentile=0.995, clip_max=None, cond=None):
     """Generalised step from t to any earlier t′ (Song et al. 2021, eq. 12 with σ of eq. 16).
 
     x_{t′} = √ᾱ_{t′}·x̂_0 + √(1 − ᾱ_{t′} − σ²)·ε̂ + σ·z,
     σ = η·√((1−ᾱ_{t′})/(1−ᾱ_t))·√(1 − ᾱ_t/ᾱ_{t′}); η = 0 is deterministic, η = 1 is DDPM's β̃.
     """
     p = reverse.predict(model_fn, schedule, x_t, t, cond, prediction=prediction, variance=variance, clip=clip,
-                        clip_percentile=clip_percentile)
+                        clip_percentile=clip_percentile, clip_max=clip_max)
     a_t, a_prev = alpha_bar_with_clean(schedule, t), alpha_bar_with_clean(schedule, t_prev)
     sigma = eta * jnp.sqrt((1 - a_prev) / (1 - a_t)) * jnp.sqrt(1 - a_t / a_prev)
     direction = jnp.sqrt(jnp.maximum(1 - a_prev - sigma ** 2, 0.0))
@@ -77,11 +77,11 @@ def langevin_correct(model_fn, schedule: Schedule, x, t, key, *, n_steps=1, snr=
 
 
 def langevin_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, n_steps=10, snr=0.16,
-                  prediction="eps", variance="fixed_small", clip=None, clip_percentile=0.995, cond=None):
+                  prediction="eps", variance="fixed_small", clip=None, clip_percentile=0.995, clip_max=None, cond=None):
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1): ``n_steps`` Langevin steps at
     the next noise level t′; at t′ = −1 the last level is denoised with Tweedie's x̂_0."""
     p = reverse.predict(model_fn, schedule, x_t, t, cond, prediction=prediction, variance=variance, clip=clip,
-                        clip_percentile=clip_percentile)
+                        clip_percentile=clip_percentile, clip_max=clip_max)
     x = langevin_correct(model_fn, schedule, x_t, jnp.maximum(t_prev, 0), key, n_steps=n_steps,
                          snr=snr, prediction=prediction, variance=variance, cond=cond)
     return jnp.where(t_prev >= 0, x, p.x0), p.x0
@@ -89,13 +89,13 @@ def langevin_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, n_steps=
 
 def predictor_corrector_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, n_steps=1,
                              snr=0.16, prediction="eps", variance="fixed_small", clip=None,
-                             clip_percentile=0.995, cond=None):
+                             clip_percentile=0.995, clip_max=None, cond=None):
     """A DDPM ancestral predictor followed by ``n_steps`` Langevin corrector steps at t − 1
     (Song et al. 2021, Algorithm 3, VP form)."""
     k_pred, k_corr = jax.random.split(key)
     kw = dict(prediction=prediction, variance=variance, cond=cond)
     x, x0 = ddpm_step(model_fn, schedule, x_t, t, t_prev, k_pred, clip=clip,
-                      clip_percentile=clip_percentile, **kw)
+                      clip_percentile=clip_percentile, clip_max=clip_max, **kw)
     corrected = langevin_correct(model_fn, schedule, x, jnp.maximum(t - 1, 0), k_corr,
                                  n_steps=n_steps, snr=snr, **kw)
     return jnp.where(t > 0, corrected, x), x0

@@ -62,6 +62,9 @@ def validate(c: ml_collections.ConfigDict):
     _choice("sample.sampler", c.sample.sampler, samplers.SAMPLERS)
     _choice("sample.clip", c.sample.clip, CLIPS)
     _choice("sample.spacing", c.sample.spacing, ("",) + schedules.SPACING_NAMES)
+    if c.sample.clip_max and (c.sample.clip_max < 1 or c.sample.clip != "dynamic"):
+        raise ValueError(f"sample.clip_max={c.sample.clip_max!r} bounds the dynamic threshold s >= 1: it needs "
+                         "sample.clip='dynamic' and a value >= 1 (0 leaves s unbounded)")
     _choice("optim.optimizer", c.optim.optimizer, ("adam", "adamw"))
     _choice("optim.decay", c.optim.decay, ("constant", "cosine"))
     _choice("classifier.kind", c.classifier.kind, ("cnn", "noisy"))
@@ -157,7 +160,7 @@ def make_sampler(c: ml_collections.ConfigDict, schedule, *, sampler=None, steps=
     clip = c.sample.clip if clip is None else clip
     return samplers.plan(name, schedule, steps, spacing=c.sample.spacing if spacing is None else spacing,
                          eta=c.sample.eta if eta is None else eta, clip=None if clip == "none" else clip,
-                         **output_kwargs(c))
+                         clip_max=c.sample.clip_max or None, **output_kwargs(c))
 
 
 def init_params(model, config, key):

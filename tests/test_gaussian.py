@@ -112,6 +112,18 @@ def test_thresholding():
     np.testing.assert_allclose(reverse.dynamic_threshold(x0, 0.5)[0], np.clip(x0[0], -s, s) / s, rtol=1e-6)
 
 
+def test_dynamic_threshold_upper_bound():
+    """``max_value`` caps s (diffusers' sample_max_value): s = min(max(1, quantile), max); at 1 it
+    is static clipping; below 1 it is refused, through the config as well."""
+    x0 = jnp.array([[0.5, -3.0, 2.0, 0.1], [0.2, -0.3, 0.4, 1.5]])
+    capped = reverse.dynamic_threshold(x0, percentile=1.0, max_value=2.0)
+    np.testing.assert_allclose(capped[0], np.clip(x0[0], -2, 2) / 2, rtol=1e-6)     # s = 3 capped at 2
+    np.testing.assert_allclose(capped[1], x0[1] / 1.5, rtol=1e-6)                   # s = 1.5 under the cap
+    np.testing.assert_allclose(reverse.threshold(x0, "dynamic", 1.0, 1.0), reverse.static_threshold(x0))
+    with pytest.raises(ValueError, match="max_value=0.5 must be >= 1"):
+        reverse.dynamic_threshold(x0, max_value=0.5)
+
+
 def test_dynamic_threshold_takes_its_percentile_in_the_input_precision(x64):
     """With x64 on, s is the float64 quantile, so x̂_0/s matches NumPy's float64 to round-off; a
     float32 quantile (as once) moves s, and every value under it, by ~1e-8."""

@@ -38,6 +38,7 @@ def cli(*args):
     ("sample.steps", 0, r"sample.steps=0 for 'ddim' must be an integer >= 1"),
     ("sample.steps", 1001, r"sample.steps=1001 for 'ddim' exceeds the schedule's T = 1000"),
     ("sample.num", 0, "sample.num=0"),
+    ("sample.clip_max", 2.0, r"sample.clip_max=2.0 bounds the dynamic threshold .* needs sample.clip='dynamic'"),
 ])
 def test_impossible_settings_are_refused_before_any_work(tmp_path, field, value, message):
     c = tiny()
@@ -53,6 +54,7 @@ def test_impossible_settings_are_refused_before_any_work(tmp_path, field, value,
     ("ddpm", 1001, "exceeds the schedule's T = 1000"),   # once silently ran T and was labelled ddpm1001
     ("pc", 2000, "exceeds"),
     ("euler", 10, "unknown sampler 'euler'"),
+    ("heun", 1, "'heun' needs at least 2 steps"),
 ])
 def test_a_sampler_step_count_it_cannot_run_is_refused(sampler, steps, message):
     c = tiny()
