@@ -114,6 +114,7 @@ def ours(name: str, suite_name: str) -> dict:
         out[f"{label}_img_s"] = median_rate(lambda: draw(params, x_T).block_until_ready(), S,
                                             windows=1 if sampler == "ddpm" else suite["windows"],
                                             min_seconds=suite["seconds"] / 2)
+    out["solvers"] = solver_rates(config, model, schedule, params, suite["sample_batch"][name], suite)
     x = jnp.zeros((8,) + shape)
     out["fwd_flops_per_img"] = compiled_flops(lambda p, x, t: model.apply({"params": p}, x, t), params, x,
                                               jnp.zeros((8,), jnp.int32)) / 8
@@ -191,6 +192,38 @@ def peer(name: str, suite_name: str, gpu: bool) -> dict:
     return out
 
 
+SOLVER_NFE = 20      # the fast samplers are timed at this many network evaluations each
+SOLVERS = ("ddim", "dpmpp_2m", "dpm_solver_2", "dpm_solver_3", "heun", "euler_ancestral")
+
+
+def solver_rates(config, model, schedule, params, batch: int, suite: dict) -> dict:
+    """Per sampler of ``SOLVERS``, at most ``SOLVER_NFE`` network evaluations: (NFE, images/s) of the
+    whole compiled trajectory, so the solvers' own arithmetic shows beside the network's cost."""
+    x_T = jax.random.normal(jax.random.key(0), (batch,) + common.data_shape(config))
+    rates = {}
+    for name in SOLVERS:
+        steps = samplers.steps_within(name, SOLVER_NFE)
+        step_fn, run_schedule, timesteps = common.make_sampler(config, schedule, sampler=name, steps=steps)
+        draw = jax.jit(lambda p, x, step_fn=step_fn, run_schedule=run_schedule, timesteps=timesteps: samplers.sample(
+            step_fn, common.make_denoiser(model, p), run_schedule, x, jax.random.key(1), timesteps=timesteps))
+        rates[name] = (samplers.network_evaluations(name, steps),
+                       median_rate(lambda: draw(params, x_T).block_until_ready(), batch, suite["windows"],
+                                   suite["seconds"] / 2))
+    return rates
+
+
+def solver_table(rows: list[dict]) -> str:
+    """Images/s of each fast sampler at (at most) ``SOLVER_NFE`` evaluations, and its time per
+    network evaluation relative to DDIM's (1.00×: the solver adds nothing to the network's cost)."""
+    lines = ["| model | sampler | NFE | images/s | time per NFE vs DDIM |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        solvers = r["ours"]["solvers"]
+        ddim_nfe, ddim_rate = solvers["ddim"]
+        for name, (nfe, rate) in solvers.items():
+            lines.append(f"| {r['name']} | {name} | {nfe} | {rate:.2f} | {(ddim_rate * ddim_nfe) / (rate * nfe):.2f}× |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict], peak: float, ddpm_steps: int) -> str:
     lines = ["| model | measure | ours | peer (PyTorch) | ours / peer | ours: achieved FLOP/s (% of limit) |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -245,7 +278,9 @@ def main():
               f"({'bf16' if gpu else 'fp32'} {suite['peak']}² matmul): {peak / 1e9:.1f} GFLOP/s.\n"
               f"XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}`\n"
               f"Command: `python -m benchmarks.run --suite {args.suite} --models {args.models}`\n\n"
-              + table(rows, peak, suite["ddpm_steps"]) + "\n")
+              + table(rows, peak, suite["ddpm_steps"]) + "\n\n"
+              f"Fast samplers at ≤ {SOLVER_NFE} network evaluations (batch as DDIM's; whole compiled trajectories):\n\n"
+              + solver_table(rows) + "\n")
     print(report)
     if args.out:
         with open(args.out, "a") as f:

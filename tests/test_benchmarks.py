@@ -22,6 +22,8 @@ def test_benchmark_script_prints_its_table(tmp_path):
     for row in ("| mnist | train images/s |", "| mnist | DDIM-50 images/s |", "| mnist | DDPM-50 images/s |"):
         assert row in text
     assert "GFLOP/s (" in text and ("×" in text if peer else True)
+    for row in ("| mnist | dpmpp_2m | 20 |", "| mnist | dpm_solver_3 | 19 |", "| mnist | heun | 19 |"):
+        assert row in text
 
 
 PROBE = """
