@@ -1,0 +1,58 @@
+"""Fast samplers: FID against the number of network evaluations (NFE) for DDIM, DPM-Solver++(2M)
+(Lu et al. 2022b), singlestep DPM-Solver-3 (Lu et al. 2022a), Heun on the Karras σ grid and Euler
+ancestral (Karras et al. 2022), all from one trained model. Each sampler gets the most steps that
+fit the NFE budget (``samplers.steps_within``: Heun and DPM-Solver-3 spend 2 and 3 evaluations a
+step), so a cell's NFE may be one or two under the budget; the table and plot use the actual NFE.
+
+python -m experiments.reproduce --study fast_samplers --workdir runs/studies/fast_samplers_fashion
+python -m experiments.reproduce --study fast_samplers --dataset mnist --workdir runs/studies/fast_samplers_mnist
+(--dataset mnist is the main job's configs/mnist.py, trained here 1.5× as long.)
+"""
+from configs.studies import base
+from diffusion import metrics, samplers
+
+BUDGETS = (5, 10, 20, 50, 100)
+FULL_RANGE = ("ddim", "dpmpp_2m")    # the others stop at 50 NFE: 100 would double the study's CPU time
+SOLVERS = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "dpm_solver_3": "DPM-Solver-3",
+           "heun": "Heun (EDM)", "euler_ancestral": "Euler ancestral"}
+
+
+def get_config():
+    s = base.get_config()
+    s.title = "Fast samplers: FID against network evaluations"
+    s.paper = ("Lu et al. (2022), DPM-Solver and DPM-Solver++; Karras et al. (2022), EDM, Figure 2 and Algorithm 2; "
+               "against DDIM (Song et al. 2021)")
+    s.models = dict(ddpm=dict(train=dict(num_steps=4500)))
+    cells = []
+    for name, label in SOLVERS.items():
+        for budget in BUDGETS if name in FULL_RANGE else BUDGETS[:-1]:
+            steps = samplers.steps_within(name, budget)
+            cells.append(dict(model="ddpm", sampler=name, steps=steps, nfe=samplers.network_evaluations(name, steps),
+                              row=label, col=f"NFE ≤ {budget}"))
+    s.cells = tuple(cells)
+    s.plot = dict(x="nfe", y="fid", series="row", logx=True)
+    s.num_samples = 400
+    return s
+
+
+def claims(results, nll):
+    """The papers' claims, each (text, held, figures); figures carry FID ± its standard error."""
+    cell = {(r["sampler"], r["col"]): r for r in results}
+    show = lambda name, budget: (f"{SOLVERS[name]} at {cell[(name, f'NFE ≤ {budget}')]['nfe']} NFE "
+                                 f"{metrics.fid_text(cell[(name, f'NFE ≤ {budget}')])}")
+    fid = lambda name, budget: cell[(name, f"NFE ≤ {budget}")]["fid"]
+    se = lambda name, budget: cell[(name, f"NFE ≤ {budget}")].get("fid_se", 0.0)
+    no_worse = lambda a, b: fid(*a) <= fid(*b) + 2 * (se(*a) ** 2 + se(*b) ** 2) ** 0.5
+    return [
+        ("DPM-Solver++(2M) at 10–20 NFE reaches the FID DDIM needs 50–100 for (no worse within 2 s.e.)",
+         no_worse(("dpmpp_2m", 20), ("ddim", 50)),
+         f"{show('dpmpp_2m', 10)}, {show('dpmpp_2m', 20)}; {show('ddim', 50)}, {show('ddim', 100)}"),
+        ("Goal: DPM-Solver++(2M) at 20 NFE no worse than DDIM at 100 (within 2 s.e.)",
+         no_worse(("dpmpp_2m", 20), ("ddim", 100)), f"{show('dpmpp_2m', 20)}; {show('ddim', 100)}"),
+        ("Heun's second order beats Euler (DDIM is Euler's method on the same ODE) at equal NFE, 10–50",
+         all(fid("heun", b) < fid("ddim", b) for b in (10, 20, 50)),
+         "; ".join(f"{show('heun', b)} vs {show('ddim', b)}" for b in (10, 20, 50))),
+        ("DPM-Solver-3 beats DDIM at equal NFE, 10–20",
+         all(fid("dpm_solver_3", b) < fid("ddim", b) for b in (10, 20)),
+         "; ".join(f"{show('dpm_solver_3', b)} vs {show('ddim', b)}" for b in (10, 20))),
+    ]
