@@ -151,7 +151,10 @@ def test_classifier_guidance_with_the_exact_classifier(setup):
     assert float(jnp.var(x3[:, 0])) < float(jnp.var(x1[:, 0]))
 
 
-def test_sampler_compiles_once_across_keys_and_scales():
+@pytest.mark.parametrize("name", ["ddim", "dpmpp_2m", "dpm_solver_3", "heun", "euler_ancestral"])
+def test_sampler_compiles_once_across_keys_and_scales(name):
+    """One compilation per shape: the first call traces the step's network calls (Heun's and
+    DPM-Solver's stages and branches among them), later keys and guidance scales trace nothing."""
     sched = schedules.make_schedule("linear", 20)
     traces = []
 
@@ -160,12 +163,15 @@ def test_sampler_compiles_once_across_keys_and_scales():
         return 0.1 * x + 0.01 * labels[:, None]
 
     guided = guidance.classifier_free(model, null_label=3)
-    run = jax.jit(partial(samplers.sample, samplers.ddim_step, guided))
+    step, run_on, ts = samplers.plan(name, sched, 5)
+    run = jax.jit(partial(samplers.sample, step, guided))
     x_T = jnp.ones((4, 2))
+    counts = []
     for i, w in enumerate((0.0, 1.0, 4.5)):
-        run(sched, x_T, jax.random.key(i), timesteps=samplers.spaced(sched, 5),
+        run(run_on, x_T, jax.random.key(i), timesteps=ts,
             cond={"labels": jnp.zeros(4, jnp.int32), "guidance_scale": jnp.float32(w)})
-    assert len(traces) == 1
+        counts.append(len(traces))
+    assert counts[0] >= samplers.SAMPLERS[name].stages and counts == [counts[0]] * 3
 
 
 def test_plan_respaces_one_index_steps_and_jumps_the_others():
