@@ -202,11 +202,11 @@ def solver_rates(config, model, schedule, params, batch: int, suite: dict) -> di
     x_T = jax.random.normal(jax.random.key(0), (batch,) + common.data_shape(config))
     rates = {}
     for name in SOLVERS:
-        steps = samplers.steps_within(name, SOLVER_NFE)
+        steps = samplers.steps_within(name, schedule, SOLVER_NFE)
         step_fn, run_schedule, timesteps = common.make_sampler(config, schedule, sampler=name, steps=steps)
         draw = jax.jit(lambda p, x, step_fn=step_fn, run_schedule=run_schedule, timesteps=timesteps: samplers.sample(
             step_fn, common.make_denoiser(model, p), run_schedule, x, jax.random.key(1), timesteps=timesteps))
-        rates[name] = (samplers.network_evaluations(name, steps),
+        rates[name] = (samplers.network_evaluations(name, schedule, steps),
                        median_rate(lambda: draw(params, x_T).block_until_ready(), batch, suite["windows"],
                                    suite["seconds"] / 2))
     return rates

@@ -103,7 +103,7 @@ def dpm_solver_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, order=
     (measured: slope −3 to 48 λ-uniform steps between indices 999 and 100 of the linear T = 1000
     schedule, flattening beyond) and no worse than second order after. A step spanning fewer
     indices than ``order`` has no room for them and is taken at the order that fits; the step to
-    clean data (λ = ∞) is first order, x̂_0. Costs ``order`` network evaluations a step.
+    clean data (λ = ∞) is first order, x̂_0. Costs as many network evaluations as the order taken.
     """
     check_order(order)
     kw = dict(prediction=prediction, variance=variance, clip=clip, clip_percentile=clip_percentile, clip_max=clip_max)

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffusion import gaussian, reverse
 from diffusion import ode_solvers
@@ -241,21 +242,33 @@ def check_steps(name: str, steps, num_steps: int, what: str = "steps"):
                          f"use at most {num_steps}")
 
 
-def network_evaluations(name: str, steps: int, **settings) -> int:
-    """Network calls (NFE) that ``steps`` steps of sampler ``name`` cost: ``stages`` a step and one
-    for the last, or 1 + ``n_steps`` Langevin corrections a step for the samplers that correct."""
+def network_evaluations(name: str, schedule: Schedule, steps: int, **settings) -> int:
+    """Network calls (NFE) that ``steps`` steps of sampler ``name`` cost on ``schedule``: 1 + the
+    Langevin corrections ``n_steps`` a step for the samplers that correct; otherwise ``stages`` a
+    step and 1 for the last (to clean data), where a DPM-Solver step spanning fewer indices than its
+    order takes the order that fits (``ode_solvers.dpm_solver_step``), so its count comes from the
+    planned grid."""
     sampler = SAMPLERS[name]
     if takes(name, "n_steps"):
         corrections = settings.get("n_steps", inspect.signature(sampler.step).parameters["n_steps"].default)
         return steps * (1 + corrections)
-    return sampler.stages * (steps - 1) + 1
+    if not takes(name, "order"):
+        return sampler.stages * (steps - 1) + 1
+    timesteps = np.asarray(plan(name, schedule, steps, **settings)[2])
+    room = np.minimum(sampler.stages, timesteps[:-1] - timesteps[1:])
+    return int(room.sum()) + 1
 
 
-def steps_within(name: str, evaluations: int, **settings) -> int:
-    """The most steps of sampler ``name`` that cost at most ``evaluations`` network calls (an NFE
-    budget, as fast-sampler papers compare them); at least 1."""
-    steps = 1
-    while network_evaluations(name, steps + 1, **settings) <= evaluations:
+def steps_within(name: str, schedule: Schedule, evaluations: int, **settings) -> int:
+    """The most steps of sampler ``name`` on ``schedule`` that cost at most ``evaluations`` network
+    calls (an NFE budget, as fast-sampler papers compare them); a budget below the sampler's
+    minimum (one step; two for a multi-stage solver, ``stages`` + 1 calls) is refused."""
+    least = 2 if SAMPLERS[name].stages > 1 else 1
+    if network_evaluations(name, schedule, least, **settings) > evaluations:
+        raise ValueError(f"{evaluations} network evaluations are fewer than {name!r} needs for {least} step(s) "
+                         f"({network_evaluations(name, schedule, least, **settings)})")
+    steps = least
+    while steps < schedule.num_steps and network_evaluations(name, schedule, steps + 1, **settings) <= evaluations:
         steps += 1
     return steps
 

@@ -307,8 +307,8 @@ def test_dpm_solver_3_on_its_logsnr_grid_beats_ddim_at_equal_evaluations(setup):
     for nfe in (10, 19):
         errors = {}
         for name in ("ddim", "dpm_solver_3"):
-            S = samplers.steps_within(name, nfe)
-            assert samplers.network_evaluations(name, S) == nfe
+            S = samplers.steps_within(name, sched, nfe)
+            assert samplers.network_evaluations(name, sched, S) == nfe
             step, run_on, ts = samplers.plan(name, sched, S)
             x = jax.jit(partial(samplers.sample, step, model))(run_on, x_T, jax.random.key(0), timesteps=ts)
             errors[name] = float(jnp.abs(x - exact_flow(sched, x_T, int(ts[0]))).max())
@@ -317,15 +317,37 @@ def test_dpm_solver_3_on_its_logsnr_grid_beats_ddim_at_equal_evaluations(setup):
 
 def test_network_evaluations_and_the_solvers_refusals():
     sched = schedules.make_schedule("linear", 100)
-    assert [samplers.network_evaluations(n, 10) for n in ("ddim", "heun", "dpm_solver_2", "dpm_solver_3")] \
-        == [10, 19, 19, 28]
-    assert samplers.network_evaluations("pc", 10, n_steps=2) == 30 and samplers.network_evaluations("langevin", 2) == 22
-    assert samplers.steps_within("heun", 10) == 5 and samplers.steps_within("dpm_solver_3", 10) == 4
+    # DPM-Solver-3's last λ step before the final one spans 2 of T = 100 indices: 2 stages, not 3.
+    assert [samplers.network_evaluations(n, sched, 10) for n in ("ddim", "heun", "dpm_solver_2", "dpm_solver_3")] \
+        == [10, 19, 19, 27]
+    assert samplers.network_evaluations("pc", sched, 10, n_steps=2) == 30
+    assert samplers.network_evaluations("langevin", sched, 2) == 22
+    assert samplers.steps_within("heun", sched, 10) == 5 and samplers.steps_within("dpm_solver_3", sched, 10) == 4
+    assert samplers.steps_within("ddim", sched, 500) == 100                 # never more steps than T
+    with pytest.raises(ValueError, match="3 network evaluations are fewer than 'dpm_solver_3' needs for 2 step"):
+        samplers.steps_within("dpm_solver_3", sched, 3)
     with pytest.raises(ValueError, match="'dpm_solver_3' needs at least 2 steps"):
         samplers.plan("dpm_solver_3", sched, 1)
     with pytest.raises(ValueError, match="order=4 does not exist"):
         samplers.sample(partial(samplers.SAMPLERS["dpm_solver_3"].step, order=4), lambda x, t: x, sched,
                         jnp.zeros((1, 2)), jax.random.key(0))
+
+
+@pytest.mark.parametrize("name, steps", [("dpm_solver_3", 40), ("dpm_solver_2", 60), ("heun", 12)])
+def test_network_evaluations_are_the_calls_the_compiled_sampler_makes(name, steps):
+    """Counted at run time inside the compiled loop (only a ``lax.switch``/``cond`` branch taken
+    calls the network): where λ-uniform steps crowd the schedule's clean end, DPM-Solver steps span
+    fewer indices than the order and take fewer stages, and the count follows the grid."""
+    sched = schedules.make_schedule("linear", 1000)
+    calls = []
+    model = lambda x, ts: (jax.debug.callback(lambda: calls.append(1)), 0.1 * x)[1]
+    step, run_on, ts = samplers.plan(name, sched, steps)
+    jax.block_until_ready(jax.jit(partial(samplers.sample, step, model))(run_on, jnp.ones((2, 2)), jax.random.key(0),
+                                                                          timesteps=ts))
+    jax.effects_barrier()
+    assert len(calls) == samplers.network_evaluations(name, sched, steps)
+    if name.startswith("dpm_solver"):
+        assert len(calls) < samplers.SAMPLERS[name].stages * (steps - 1) + 1      # some steps had no room
 
 
 FAST_SOLVERS = ("dpmpp_2m", "dpm_solver_2", "dpm_solver_3", "heun", "euler_ancestral")
