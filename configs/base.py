@@ -21,7 +21,7 @@ def get_config():
     c.data.class_dropout = 0.0         # labels replaced by the null label (classifier-free guidance)
 
     c.model = ml_collections.ConfigDict()
-    c.model.kind = "unet"              # "unet" or "mlp"
+    c.model.kind = "unet"              # "unet", "mlp", or seed 004's "shallow_autoencoder", "dense_autoencoder", "conv_autoencoder"
     c.model.base_channels = 16
     c.model.channel_mult = (1, 2, 4)
     c.model.num_res_blocks = 1
@@ -40,14 +40,18 @@ def get_config():
     c.model.remat = False
     c.model.hidden = 256               # mlp only
     c.model.depth = 4                  # mlp only
+    c.model.code_width = 30            # autoencoders: units in the code (seed 004)
+    c.model.autoencoder_width = 256    # dense_autoencoder: units of the layers around the code
+    c.model.autoencoder_features = (16, 32)   # conv_autoencoder: channels of its stride-2 convolutions
+    c.model.step_embedding = True      # autoencoders: the step's embedding added to the code
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.schedule = "linear"
     c.diffusion.num_steps = 1000
     c.diffusion.zero_terminal_snr = False   # rescale β so ᾱ_{T−1} = 0 (Lin et al. 2024; needs prediction "v" or "x0")
-    c.diffusion.prediction = "eps"     # "eps", "x0" or "v"
+    c.diffusion.prediction = "eps"     # "eps", "x0", "v", or "residual" (seed 004's ε_r; loss "sddpm" and sampler "sddpm")
     c.diffusion.variance = "fixed_large"
-    c.diffusion.loss = "simple"        # "simple", "vlb" or "hybrid"
+    c.diffusion.loss = "simple"        # "simple", "vlb", "hybrid" or "sddpm" (seed 004's −log q_r on forward pairs)
     c.diffusion.hybrid_weight = 1e-3
     c.diffusion.weighting = ""         # "", "min_snr" or "p2"
     c.diffusion.min_snr_gamma = 5.0
@@ -85,6 +89,34 @@ def get_config():
     c.classifier.features = 128
     c.classifier.dropout = 0.5
     c.classifier.max_shift = 2         # random translations (pixels) as augmentation
+
+    c.first_stage = ml_collections.ConfigDict()   # experiments.train_autoencoder: LDM's autoencoder (Rombach et al. 2022)
+    c.first_stage.kind = "kl"          # "kl" (KL-reg: z ~ N(μ, σ²)) or "vq" (VQ-reg: nearest-codebook quantisation)
+    c.first_stage.factor = 4           # downsampling f = H/h, one of 1, 2, 4, 8
+    c.first_stage.channel_mult = (1, 2, 2)   # one per resolution: log2(f) + 1 entries
+    c.first_stage.base_channels = 32
+    c.first_stage.num_res_blocks = 1
+    c.first_stage.mid_attention = True
+    c.first_stage.norm_groups = 8
+    c.first_stage.latent_channels = 3  # c of z ∈ R^{h×w×c}
+    c.first_stage.pad = 0              # background pixels added on each side inside the model (28 + 2·2 = 32 for f = 8)
+    c.first_stage.codebook_size = 256  # VQ-reg: codes K (>= 2)
+    c.first_stage.codebook_update = "loss"   # VQ-reg: "loss" (codebook loss) or "ema" (EMA of the assigned encodings)
+    c.first_stage.discriminator = False      # a PatchGAN and its hinge loss (first_stage_train.disc_*)
+    c.first_stage.disc_channels = 32
+    c.first_stage.disc_layers = 2
+
+    c.first_stage_train = ml_collections.ConfigDict()   # the autoencoder's losses and measurements
+    c.first_stage_train.reconstruction = "l1"   # "l1" or "l2"; no perceptual loss (LPIPS weights cannot be downloaded)
+    c.first_stage_train.kl_weight = 1e-6        # β_KL on the KL summed over the latent (LDM)
+    c.first_stage_train.codebook_weight = 1.0
+    c.first_stage_train.commitment = 0.25       # β of the commitment term (van den Oord et al. 2017)
+    c.first_stage_train.codebook_decay = 0.99   # EMA codebook updates
+    c.first_stage_train.restart_below = 1.0     # EMA codebook updates: a code whose EMA count falls below this restarts at a random encoding (Jukebox); 0: never
+    c.first_stage_train.disc_weight = 0.5       # times the adaptive weight λ, from step disc_start on
+    c.first_stage_train.disc_start = 0
+    c.first_stage_train.eval_examples = 2000    # held-out images reconstructed for PSNR and rFID at each grid
+    c.first_stage_train.grid_images = 32        # originals over reconstructions in each grid
 
     c.sample = ml_collections.ConfigDict()
     c.sample.sampler = "ddim"

@@ -1,7 +1,7 @@
-"""Training objectives: L_simple, the variational bound L_VLB and the hybrid loss.
+"""Training objectives: L_simple, the variational bound L_VLB, the hybrid loss and seed 004's SDDPM loss.
 
-Per-example terms are means over data dimensions; VLB terms are in bits/dim.
-References: Ho et al. 2020 (eqs. 5, 12, 14), Nichol & Dhariwal 2021 (§3.1, eq. 16).
+Per-example terms are means over data dimensions; VLB terms are in bits/dim, SDDPM terms in nats/dim.
+References: Ho et al. 2020 (eqs. 5, 12, 14), Nichol & Dhariwal 2021 (§3.1, eq. 16), seed 004.
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.special
 
-from diffusion import gaussian, reverse
+from diffusion import gaussian, reverse, sddpm
 from diffusion.schedules import Schedule
 
-LOSSES = ("simple", "vlb", "hybrid")
+LOSSES = ("simple", "vlb", "hybrid", sddpm.LOSS)
 WEIGHTINGS = (None, "min_snr", "p2")
 DECODERS = ("discretized", "gaussian")
 LN2 = math.log(2.0)
@@ -103,11 +103,15 @@ def timestep_weight(schedule: Schedule, t, prediction: str, weighting: Optional[
 
 def check_loss_variance(loss: str, variance: str, field_prefix: str = ""):
     """Refuse a loss that cannot train the reverse variance asked for: L_simple has no term for a
-    learned Σ_θ, and the hybrid loss is L_simple plus the L_VLB that trains one (Nichol & Dhariwal
-    2021, §3.1). ``field_prefix`` names the fields as the caller's settings do ("diffusion.")."""
+    learned Σ_θ, the hybrid loss is L_simple plus the L_VLB that trains one (Nichol & Dhariwal
+    2021, §3.1), and the SDDPM's q_r has no learned range (``sddpm.check_variance``).
+    ``field_prefix`` names the fields as the caller's settings do ("diffusion.")."""
     loss_field, variance_field = f"{field_prefix}loss", f"{field_prefix}variance"
     if loss not in LOSSES:
         raise ValueError(f"unknown {loss_field} {loss!r}; choose one of {LOSSES}")
+    if loss == sddpm.LOSS:
+        sddpm.check_variance(variance, field=variance_field, loss_field=loss_field)
+        return
     learned = variance.startswith("learned")
     if loss == "simple" and learned:
         raise ValueError(f"{loss_field}='simple' trains no variance but {variance_field} is {variance!r}: "
@@ -117,18 +121,62 @@ def check_loss_variance(loss: str, variance: str, field_prefix: str = ""):
                          f"'learned' or 'learned_range', not {variance!r}; or use loss 'simple'")
 
 
+def sddpm_losses(model_fn: Callable, schedule: Schedule, x0, t, noise, step_noise, *, prediction=sddpm.RESIDUAL,
+                 variance="fixed_large", cond=None):
+    """Seed 004's loss per example [B]: −log q_r(x_{t−1} | x_t) in nats/dim on the forward pair
+    (x_{t−1}, x_t) = ``sddpm.forward_pair(x0, t, ε, z)``, q_r's mean read from the network by
+    ``sddpm.reverse_step`` (the seed's x_t + ε_r for ``prediction="residual"``). For a fixed σ_t it is
+    the seed's regression ‖x_t + ε_r − x_{t−1}‖²/2σ_t² plus a constant; uniform t makes it an unbiased
+    estimate of Σ_t E[−log q_r]/T. Returns ``loss`` and ``mse`` (‖x_{t−1} − μ_r‖² per dimension)."""
+    x_prev, x_t = sddpm.forward_pair(schedule, x0, t, noise, step_noise)
+    output = model_fn(x_t, schedule.timesteps[t], **(cond or {}))
+    mean, log_var = sddpm.reverse_step(schedule, output, x_t, t, prediction=prediction, variance=variance)
+    return {"loss": mean_flat(-gaussian_log_likelihood(x_prev, mean, log_var)),
+            "mse": mean_flat((x_prev - mean) ** 2)}
+
+
+def sddpm_objective(model_fn: Callable, schedule: Schedule, x0, key, *, prediction=sddpm.RESIDUAL,
+                    variance="fixed_large", cond=None):
+    """Seed 004's objective −L − c = Σ_t E[−log q_r(x_{t−1} | x_t)] (nats/dim) of any Gaussian reverse
+    model (``sddpm.reverse_step``: a residual, or Ho et al.'s p_θ) on x0 [B, ...]: one forward pair
+    per step t = 0 … T−1 from ``key``, in one ``lax.scan``. Returns ``total`` [B] and ``terms``
+    [B, T] (index 0: −log q_r(x_0 | x_1))."""
+    keys = jax.random.split(key, schedule.num_steps)
+
+    def per_step(_, inp):
+        t_scalar, k = inp
+        t = jnp.full((x0.shape[0],), t_scalar, dtype=jnp.int32)
+        k_noise, k_step = jax.random.split(k)
+        terms = sddpm_losses(model_fn, schedule, x0, t, jax.random.normal(k_noise, x0.shape, x0.dtype),
+                             jax.random.normal(k_step, x0.shape, x0.dtype), prediction=prediction,
+                             variance=variance, cond=cond)
+        return None, terms["loss"]
+
+    _, terms = jax.lax.scan(per_step, None, (jnp.arange(schedule.num_steps), keys))
+    return {"total": jnp.sum(terms, axis=0), "terms": terms.T}
+
+
 def training_losses(model_fn: Callable, schedule: Schedule, x0, t, noise, *, prediction="eps",
                     variance="fixed_small", loss="simple", hybrid_weight=1e-3,
                     weighting=None, min_snr_gamma=5.0, p2_gamma=1.0, p2_k=1.0,
-                    decoder="discretized", cond=None):
+                    decoder="discretized", cond=None, step_noise=None):
     """Per-example losses for x0 [B, ...] at steps t int[B] with noise ε [B, ...].
 
     ``model_fn(x_t, timesteps, **cond)`` is the network; it is called once. Returns a dict
     of [B] arrays: ``loss`` (what to minimise), ``mse`` and, when used, ``vlb`` (L_{t−1}, bits/dim).
     simple: ‖target − f_θ‖² (eq. 14); vlb: T·L_{t−1}; hybrid: L_simple + λ·T·L_{t−1} with the
-    gradient stopped through the mean (Nichol & Dhariwal 2021, §3.1).
+    gradient stopped through the mean (Nichol & Dhariwal 2021, §3.1); sddpm: ``sddpm_losses``, which
+    also needs ``step_noise`` (the z of the forward step x_{t−1} → x_t) and alone takes the
+    prediction "residual".
     """
     check_loss_variance(loss, variance)
+    sddpm.check_prediction(loss, prediction)
+    if loss == sddpm.LOSS:
+        if step_noise is None:
+            raise ValueError("loss 'sddpm' trains on a forward pair (x_{t−1}, x_t): pass step_noise, the z of "
+                             "the step between them")
+        return sddpm_losses(model_fn, schedule, x0, t, noise, step_noise, prediction=prediction, variance=variance,
+                            cond=cond)
     x_t = gaussian.q_sample(schedule, x0, t, noise)
     output = model_fn(x_t, schedule.timesteps[t], **(cond or {}))
     pred, var_out = reverse.split_output(output, variance)

@@ -91,8 +91,9 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.
                random_flip: bool = False):
     """One optimisation step on ``batch`` ({'image' [B, ...] in [−1, 1], 'label' int[B]}).
 
-    Samples t (uniformly or by importance), ε and dropout from ``fold_in(rng, step)``. The metrics'
-    ``update_finite`` is False when the step was skipped as non-finite (``apply_gradients``).
+    Samples t (uniformly or by importance), ε (and the SDDPM's second draw z) and dropout from
+    ``fold_in(rng, step)``. The metrics' ``update_finite`` is False when the step was skipped as
+    non-finite (``apply_gradients``).
     """
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     k_t, k_noise, k_drop, k_flip, k_label = jax.random.split(key, 5)
@@ -110,11 +111,14 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.
         drop = jax.random.bernoulli(k_label, class_dropout, (B,))
         cond["labels"] = jnp.where(drop, num_classes, batch["label"])
     noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+    # The SDDPM's forward pair needs a second draw; the other losses leave it unused (and compiled away).
+    step_noise = jax.random.normal(jax.random.fold_in(k_noise, 1), x0.shape, x0.dtype)
 
     def loss_fn(params):
         model_fn = lambda x, ts, **c: apply_fn({"params": params}, x, ts, train=True,
                                                rngs={"dropout": k_drop}, **c)
-        terms = losses.training_losses(model_fn, schedule, x0, t, noise, cond=cond, **loss_kwargs)
+        terms = losses.training_losses(model_fn, schedule, x0, t, noise, cond=cond, step_noise=step_noise,
+                                       **loss_kwargs)
         return jnp.mean(weights * terms["loss"]), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -12,8 +12,9 @@ from typing import Optional
 import jax.numpy as jnp
 import ml_collections
 
-from diffusion import gaussian, losses, reverse, samplers, schedules, training
+from diffusion import gaussian, losses, reverse, samplers, schedules, sddpm, training
 from diffusion.data import datasets
+from diffusion.models.sddpm_autoencoders import AUTOENCODERS, ConvAutoencoder
 from diffusion.models.mlp import MLPDenoiser
 from diffusion.models.classifier import ImageClassifier
 from diffusion.models.unet import NoisyClassifier, UNet
@@ -51,13 +52,13 @@ def validate(c: ml_collections.ConfigDict):
     """Raise ValueError naming the first unknown name or impossible combination."""
     d, m = c.diffusion, c.model
     _choice("diffusion.schedule", d.schedule, schedules.BETA_SCHEDULES)
-    _choice("diffusion.prediction", d.prediction, gaussian.PREDICTIONS)
+    _choice("diffusion.prediction", d.prediction, gaussian.PREDICTIONS + (sddpm.RESIDUAL,))
     _choice("diffusion.variance", d.variance, reverse.VARIANCES)
     _choice("diffusion.loss", d.loss, losses.LOSSES)
     _choice("diffusion.weighting", d.weighting, ("", "min_snr", "p2"))
     _choice("diffusion.timestep_sampler", d.timestep_sampler, ("uniform", "importance"))
     _choice("diffusion.decoder", d.decoder, losses.DECODERS)
-    _choice("model.kind", m.kind, ("unet", "mlp"))
+    _choice("model.kind", m.kind, ("unet", "mlp") + tuple(AUTOENCODERS))
     _choice("train.compute_dtype", c.train.compute_dtype, DTYPES)
     _choice("sample.sampler", c.sample.sampler, samplers.SAMPLERS)
     _choice("sample.clip", c.sample.clip, CLIPS)
@@ -69,6 +70,11 @@ def validate(c: ml_collections.ConfigDict):
     _choice("optim.decay", c.optim.decay, ("constant", "cosine"))
     _choice("classifier.kind", c.classifier.kind, ("cnn", "noisy"))
     losses.check_loss_variance(d.loss, d.variance, field_prefix="diffusion.")
+    sddpm.check_prediction(d.loss, d.prediction, loss_field="diffusion.loss",
+                           prediction_field="config field diffusion.prediction")
+    if d.loss == sddpm.LOSS and d.weighting:
+        raise ValueError(f"config: diffusion.weighting={d.weighting!r} reweights L_simple's MSE; diffusion.loss='sddpm' "
+                         "is −log q_r with no such weight: set diffusion.weighting=''")
     if d.zero_terminal_snr and d.prediction == "eps":
         raise ValueError("config: diffusion.zero_terminal_snr makes the last step pure noise, where ε-prediction "
                          "cannot recover x_0; set diffusion.prediction='v' (Lin et al. 2024) or 'x0'")
@@ -83,7 +89,7 @@ def validate(c: ml_collections.ConfigDict):
     is_toy = c.data.source.startswith("toy:")
     if is_toy != (m.kind == "mlp"):
         raise ValueError(f"config: model.kind={m.kind!r} does not fit data.source={c.data.source!r} "
-                         "(2-D toy data take the 'mlp', images the 'unet')")
+                         "(2-D toy data take the 'mlp', images the 'unet' or an autoencoder)")
     if is_toy and d.decoder != "gaussian":
         raise ValueError("config: toy data are continuous; set diffusion.decoder='gaussian'")
     for field, why in COUNT_FIELDS.items():
@@ -93,15 +99,34 @@ def validate(c: ml_collections.ConfigDict):
     if not (math.isfinite(c.optim.lr) and c.optim.lr > 0):
         raise ValueError(f"config field optim.lr={c.optim.lr!r} must be a finite number > 0")
     samplers.check_steps(c.sample.sampler, c.sample.steps, d.num_steps, what="config field sample.steps")
+    check_sampler_reads_model(c, c.sample.sampler, c.sample.steps, d.num_steps, what="config field sample.")
     if not is_toy:
-        make_model(c)   # the U-Net checks that the image size fits its levels
+        make_model(c)   # the U-Net and the convolutional autoencoder check that the image size fits their levels
+
+
+def check_sampler_reads_model(c: ml_collections.ConfigDict, sampler: str, steps: int, num_steps: int, what: str = ""):
+    """Refuse a sampler that would misread the network: only the 'sddpm' sampler reads the SDDPM's
+    residual (diffusion.prediction='residual'), only in all T steps, and it reads nothing else."""
+    sddpm.check_sampler(c.diffusion.prediction, sampler, prediction_field="diffusion.prediction",
+                        sampler_field=f"{what}sampler")
+    if sampler == sddpm.SAMPLER:
+        sddpm.check_steps(steps, num_steps, field=f"{what}steps")
 
 
 def make_model(c: ml_collections.ConfigDict):
     out = reverse.output_channels(2 if c.model.kind == "mlp" else c.data.channels, c.diffusion.variance)
-    if c.model.kind == "mlp":
-        return MLPDenoiser(out_features=out, hidden=c.model.hidden, depth=c.model.depth,
-                           num_classes=c.model.num_classes, dropout=c.model.dropout)
+    m = c.model
+    if m.kind == "mlp":
+        return MLPDenoiser(out_features=out, hidden=m.hidden, depth=m.depth, num_classes=m.num_classes,
+                           dropout=m.dropout)
+    if m.kind in AUTOENCODERS:
+        kw = dict(out_channels=out, code_width=m.code_width, step_embedding=m.step_embedding,
+                  num_classes=m.num_classes)
+        if m.kind == "conv_autoencoder":
+            return ConvAutoencoder(image_size=c.data.image_size, features=tuple(m.autoencoder_features), **kw)
+        if m.kind == "dense_autoencoder":
+            kw["width"] = m.autoencoder_width
+        return AUTOENCODERS[m.kind](image_shape=data_shape(c), **kw)
     return UNet(out_channels=out, **_unet_fields(c))
 
 
@@ -157,6 +182,7 @@ def make_sampler(c: ml_collections.ConfigDict, schedule, *, sampler=None, steps=
     settings bound, schedule to run on, descending timesteps)."""
     name = c.sample.sampler if sampler is None else sampler
     steps = c.sample.steps if steps is None else steps
+    check_sampler_reads_model(c, name, steps, schedule.num_steps)
     clip = c.sample.clip if clip is None else clip
     return samplers.plan(name, schedule, steps, spacing=c.sample.spacing if spacing is None else spacing,
                          eta=c.sample.eta if eta is None else eta, clip=None if clip == "none" else clip,

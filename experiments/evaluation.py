@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from diffusion import likelihood, metrics, parallel, samplers
+from diffusion import likelihood, losses, metrics, parallel, samplers, sddpm
 from diffusion.data import datasets
 from diffusion.models import classifier as classifier_lib
 from diffusion.models import inception
@@ -236,7 +236,8 @@ def ode_nll_bits_per_dim(run, mesh, heldout, num: int, batch: int = 32, seed: in
     out = _over_heldout(ode, run, mesh, heldout, num, batch, seed, "ode nll")
     return dict(_mean_and_stderr(out["bpd"]), method="ode", tolerance=tolerance,
                 evaluations=float(out["evaluations"].mean()), trace="hutchinson", dequantised="uniform",
-                uses="the ε̂ channels" + (" (not the learned variance)" if config.diffusion.variance.startswith("learned") else ""))
+                uses="the ε̂ channels" + (" (not the learned variance)"
+                                          if config.diffusion.variance.startswith("learned") else ""))
 
 
 NLL_METHODS = {"vlb": ("nll.json", nll_bits_per_dim), "ode": ("nll_ode.json", ode_nll_bits_per_dim)}
@@ -262,17 +263,49 @@ def nll_record(run, mesh, heldout, num: int, out: Path, seed: int = 0, method: s
     step and count (and, for the bound, has the per-step terms), measured and written otherwise. The
     noise ``seed`` is not matched: it moves the estimate within its standard error, not what is measured."""
     filename, measure_nll = NLL_METHODS[method]
-    path = Path(out) / filename
+    return checkpoint_record(Path(out) / filename, run, min(num, len(heldout)),
+                             lambda: measure_nll(run, mesh, heldout, num, seed=seed),
+                             complete=lambda record: "per_step_bpd" in record or method != "vlb")
+
+
+def checkpoint_record(path: Path, run, num: int, measure: Callable[[], dict],
+                      complete: Callable[[dict], bool] = lambda record: True) -> dict:
+    """The record at ``path`` when it is of the run's checkpoint step and ``num`` images (and
+    ``complete``), else ``measure()`` with the ``step``, written there: one record per checkpoint."""
     if path.exists():
         record = json.loads(path.read_text())
-        if (record.get("step") == run.step and record.get("num") == min(num, len(heldout))
-                and ("per_step_bpd" in record or method != "vlb")):
+        if record.get("step") == run.step and record.get("num") == num and complete(record):
             return record
-    record = dict(measure_nll(run, mesh, heldout, num, seed=seed), step=run.step)
+    record = dict(measure(), step=run.step)
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2))
     return record
+
+
+def sddpm_objective(run, mesh, heldout, num: int, batch: int = 32, seed: int = 0, identity: bool = False) -> dict:
+    """Seed 004's objective Σ_t E[−log q_r(x_{t−1} | x_t)] (``losses.sddpm_objective``, nats/dim) of
+    the run's reverse model on ``num`` held-out images: its mean, standard error and mean term per
+    step ``per_step`` (index 0: −log q_r(x_0 | x_1)). With ``identity``, that of ε_r = 0 and σ_t² = β_t
+    on the run's schedule instead: a reverse model that has learned nothing, the reference."""
+    config = run.config
+
+    def objective(params, x, labels, key):
+        if identity:
+            return losses.sddpm_objective(lambda x_t, _: jnp.zeros_like(x_t), run.schedule, x, key,
+                                          prediction=sddpm.RESIDUAL, variance="fixed_large")
+        return losses.sddpm_objective(common.make_denoiser(run.model, params), run.schedule, x, key,
+                                      cond=common.conditioning(config, labels), **common.output_kwargs(config))
+    out = _over_heldout(objective, run, mesh, heldout, num, batch, seed, "sddpm objective")
+    return {"nats_per_dim": float(out["total"].mean()),
+            "stderr": float(out["total"].std(ddof=1) / np.sqrt(len(out["total"]))), "num": int(len(out["total"])),
+            "per_step": out["terms"].mean(0).tolist()}
+
+
+def sddpm_objective_record(run, mesh, heldout, num: int, out: Path, seed: int = 0) -> dict:
+    """``sddpm_objective`` of the run's checkpoint, one record per checkpoint in ``out/sddpm_objective.json``."""
+    return checkpoint_record(Path(out) / "sddpm_objective.json", run, min(num, len(heldout)),
+                             lambda: sddpm_objective(run, mesh, heldout, num, seed=seed))
 
 
 def nll_line(record: dict) -> str:
@@ -348,7 +381,7 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
             print(f"{tag}: " + ", ".join(f"{m.column.format(features=feature_name)} {m.cell(row)}"
                                          for m in METRICS.values()))
     nlls = {}
-    if nll_examples > 0 and config.model.kind == "unet":
+    if nll_examples > 0 and config.model.kind == "unet" and config.diffusion.prediction != sddpm.RESIDUAL:
         nlls = {method: nll_record(run, mesh, heldout, nll_examples, out, seed=seed, method=method)
                 for method in nll_methods}
     if jax.process_index() == 0:

@@ -15,7 +15,7 @@ from flax import serialization
 from tqdm import tqdm
 
 from configs import base
-from diffusion import guidance, parallel, samplers
+from diffusion import gaussian, guidance, parallel, samplers
 from diffusion.checkpoints import Checkpointer
 from diffusion.data import datasets
 from diffusion.schedules import Schedule
@@ -172,16 +172,44 @@ def reconstruct(run: Run, mesh, x0: np.ndarray, labels: np.ndarray, steps: int, 
     """(latents, decodes): images in [−1, 1] inverted to x_T with DDIM (η = 0, fixed-point
     iterations, no clipping) over ``steps`` steps and decoded back (Song et al. 2021, §5.4)."""
     config = run.config
-    cond = common.conditioning(config, jnp.asarray(labels))
     step, schedule, timesteps = common.make_sampler(config, run.schedule, sampler="ddim", steps=steps, eta=0.0, clip="none")
     kw = common.output_kwargs(config)
 
-    def invert_and_decode(params, x):
-        model_fn = common.make_denoiser(run.model, params)
+    def invert_and_decode(params, x, labels):
+        model_fn, cond = common.make_denoiser(run.model, params), common.conditioning(config, labels)
         z = samplers.ddim_invert(model_fn, schedule, x, timesteps=timesteps[::-1],
                                  fixed_point_iters=fixed_point_iters, cond=cond, **kw)
         return z, samplers.sample(step, model_fn, schedule, z, jax.random.key(0), timesteps=timesteps, cond=cond)
 
     dat = parallel.data_sharded(mesh)
-    z, decoded = jax.jit(invert_and_decode, in_shardings=(parallel.replicated(mesh), dat))(run.params, x0)
-    return parallel.gather(z), parallel.gather(decoded)
+    z, decoded = jax.jit(invert_and_decode, in_shardings=(parallel.replicated(mesh), dat, dat))(
+        run.params, parallel.pad_to_devices(x0, mesh), parallel.pad_to_devices(labels, mesh))
+    return parallel.gather(z)[:len(x0)], parallel.gather(decoded)[:len(x0)]
+
+
+def forward_encode_decode(run: Run, mesh, x0: np.ndarray, labels: np.ndarray, depths, sampler: str, seed: int = 0):
+    """(encodings, decodes), each [len(depths), N, ...]: seed 004's encode-then-decode of images x0
+    [N, ...] in [−1, 1], noised by the forward process through k steps (q(x_k | x_0), schedule index
+    k − 1) for each k of ``depths`` and decoded by ``sampler``'s steps k − 1 … 0 of the run's model
+    on its full schedule (the same noise for every model of a run's shape)."""
+    config, T = run.config, run.schedule.num_steps
+    if not all(1 <= k <= T for k in depths):
+        raise ValueError(f"encoding depths {tuple(depths)} must lie in 1 … T = {T}")
+    step, schedule, _ = common.make_sampler(config, run.schedule, sampler=sampler, steps=T)
+
+    def encode_and_decode(params, x, labels):
+        model_fn, cond = common.make_denoiser(run.model, params), common.conditioning(config, labels)
+        encoded, decoded = [], []
+        for i, k in enumerate(depths):
+            k_noise, k_steps = jax.random.split(jax.random.fold_in(jax.random.key(seed), i))
+            t = jnp.full((x.shape[0],), k - 1, jnp.int32)
+            encoded.append(gaussian.q_sample(schedule, x, t, jax.random.normal(k_noise, x.shape, x.dtype)))
+            decoded.append(samplers.sample(step, model_fn, schedule, encoded[-1], k_steps,
+                                           timesteps=jnp.arange(k - 1, -1, -1), cond=cond))
+        return tuple(encoded), tuple(decoded)
+
+    dat = parallel.data_sharded(mesh)
+    encoded, decoded = jax.jit(encode_and_decode, in_shardings=(parallel.replicated(mesh), dat, dat))(
+        run.params, parallel.pad_to_devices(x0, mesh), parallel.pad_to_devices(labels, mesh))
+    return (np.stack([parallel.gather(e)[:len(x0)] for e in encoded]),
+            np.stack([parallel.gather(d)[:len(x0)] for d in decoded]))

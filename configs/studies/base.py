@@ -14,12 +14,14 @@ def get_config():
     s.dataset = "fashion_mnist"        # "fashion_mnist", "mnist" or "cifar10" (experiments.studies.plan.DATASETS)
     s.models = {}                      # model name -> nested overrides of the dataset's config
     s.cells = ()                       # dicts: model, sampler, steps, eta, guidance, scale, clip, row, col
-    s.metrics = ("fid",)               # table entries per cell (experiments.evaluation.METRICS): "fid", "is", "confident"; "nll" adds a per-model table
-    s.plot = dict(x="steps", y="fid", series="row", logx=True)   # x, y: a cell field or a metric
+    s.metrics = ("fid",)               # table entries per cell (experiments.evaluation.METRICS): "fid", "is", "confident"; "nll" and "sddpm" (seed 004's held-out objective) add per-model tables
+    s.plot = dict(x="steps", y="fid", series="row", logx=True, logy=False)   # x, y: a cell field or a metric
     s.noisy_classifier = ""            # a model name: train an ADM noisy classifier on its config (classifier guidance)
     s.reconstruct_steps = 0            # > 0: per model, a sample grid and DDIM encode-then-decode pictures
+    s.encode_depths = ()               # forward steps k: per model, a sample grid and seed 004's encode-then-decode (noise to x_k, decode with the cells' sampler) instead
     s.num_samples = 500                # per cell at the default scale (the papers use 50,000)
-    s.nll_examples = 128               # held-out images for NLL when "nll" is a metric
+    s.nll_examples = 128               # held-out images for NLL and the SDDPM objective when "nll" or "sddpm" is a metric
+    s.scale_note = ""                  # what the default scale trains, against the paper (default: the DDPM papers' U-Nets)
     s.classifier_steps = 1500          # training steps of the feature and noisy classifiers at the default scale
     # What brings a paper's models down to a 2-CPU budget ("--scale default"); "--scale paper" drops it.
     # Sized from measured throughput on 2 cores: ~2 train steps/s and ~390 U-Net evaluations/s.

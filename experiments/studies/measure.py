@@ -1,12 +1,14 @@
 """A study's work: train what its plan needs and is missing, then measure each cell once (every
 metric of ``evaluation.METRICS``, kept in ``<workdir>/cells/<cell>.json``), each model's NLL (its
-checkpoint's ``evaluation.nll_record``) and its sample and encode-then-decode pictures."""
+checkpoint's ``evaluation.nll_record``) or seed 004's objective (``evaluation.sddpm_objective_record``)
+and its sample and encode-then-decode pictures."""
 from __future__ import annotations
 
 import dataclasses
 import functools
 import json
 from pathlib import Path
+from typing import Optional
 
 import jax
 import numpy as np
@@ -60,6 +62,8 @@ class Measured:
     pictures: list[tuple[str, str]]
     feature_name: str
     train_images: int
+    objective: dict = dataclasses.field(default_factory=dict)   # per model: seed 004's held-out objective
+    objective_reference: Optional[dict] = None                   # the same for ε_r = 0 (nothing learned)
 
 
 def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured:
@@ -77,12 +81,21 @@ def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured
     if "nll" in plan.study.metrics:
         nll = {m: evaluation.nll_record(load_run(m), mesh, heldout, plan.study.nll_examples, plan.model_dir(m) / "eval")
                for m in plan.models}
+    objective, reference = {}, None
+    if "sddpm" in plan.study.metrics:   # also set on each of the model's rows, where the claims read it
+        objective = {m: evaluation.sddpm_objective_record(load_run(m), mesh, heldout, plan.study.nll_examples,
+                                                          plan.model_dir(m) / "eval") for m in plan.models}
+        reference = evaluation.sddpm_objective(load_run(next(iter(plan.models))), mesh, heldout,
+                                               plan.study.nll_examples, identity=True)
+        results = [dict(r, sddpm_objective=objective[r["model"]]["nats_per_dim"],
+                        sddpm_objective_se=objective[r["model"]]["stderr"],
+                        sddpm_objective_identity=reference["nats_per_dim"]) for r in results]
     pictures = []
-    if plan.study.reconstruct_steps:
+    if plan.study.reconstruct_steps or plan.study.encode_depths:
         for m in plan.models:
             pictures += model_pictures(plan, load_run(m), m, mesh, heldout, batch)
     return Measured(results=results, nll=nll, heldout=heldout_row, pictures=pictures, feature_name=feature_name,
-                    train_images=len(train_split))
+                    train_images=len(train_split), objective=objective, objective_reference=reference)
 
 
 def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, batch: int) -> dict:
@@ -109,13 +122,25 @@ def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, 
 
 
 def model_pictures(plan: Plan, run, name: str, mesh, heldout, batch: int) -> list[tuple[str, str]]:
-    """``pictures`` of model ``name`` with the sampler of its first cell (unguided)."""
+    """``pictures`` (or, for a study with ``encode_depths``, ``forward_pictures``) of model ``name``
+    with the sampler of its first cell (unguided)."""
     first = next(c for c in plan.cells if c["model"] == name)
     images = evaluation.samples_for(run, mesh, plan.model_dir(name), first["sampler"], first["steps"], first["eta"],
                                     num=plan.num, batch=batch, seed=0)
     setting = f"{first['sampler'].upper()} {first['steps']}" + (
         f" (η = {first['eta']:g})" if first["sampler"] == "ddim" else "")
+    if plan.study.encode_depths:
+        return forward_pictures(run, mesh, heldout, name, images, setting, first["sampler"],
+                                plan.study.encode_depths, plan.workdir)
     return pictures(run, mesh, heldout, name, images, setting, plan.study.reconstruct_steps, plan.workdir)
+
+
+def sample_grid(name: str, images: np.ndarray, setting: str, out: Path) -> tuple[str, str]:
+    """(file, caption) of a grid of the first 64 samples, drawn with ``setting``."""
+    grid = out / f"{name}_samples.png"
+    if jax.process_index() == 0:
+        visualize.save_png(visualize.image_grid(images[:64]), grid, scale=2)
+    return grid.name, f"{name}: 64 samples, {setting}"
 
 
 def pictures(run, mesh, heldout, name: str, images: np.ndarray, setting: str, steps: int,
@@ -125,11 +150,28 @@ def pictures(run, mesh, heldout, name: str, images: np.ndarray, setting: str, st
     n = parallel.padded_count(8, mesh)
     x0 = datasets.to_model_range(heldout.images[:n])
     z, decoded = sampling.reconstruct(run, mesh, x0, heldout.labels[:n], steps)    # on every process
-    grid, recon = out / f"{name}_samples.png", out / f"{name}_reconstruction.png"
+    recon = out / f"{name}_reconstruction.png"
     if jax.process_index() == 0:
-        visualize.save_png(visualize.image_grid(images[:64]), grid, scale=2)
         rows = np.concatenate([x0, np.clip(z / 3, -1, 1), np.clip(decoded, -1, 1)])
         visualize.save_png(visualize.image_grid(datasets.to_uint8(rows), ncols=n), recon, scale=2)
-    return [(grid.name, f"{name}: 64 samples, {setting}"),
+    return [sample_grid(name, images, setting, out),
             (recon.name, f"{name}: 8 held-out images (top), their {steps}-step DDIM latents x_T (middle, ÷ 3) and "
                          f"those latents decoded with {steps} DDIM steps (bottom)")]
+
+
+def forward_pictures(run, mesh, heldout, name: str, images: np.ndarray, setting: str, sampler: str, depths,
+                     out: Path) -> list[tuple[str, str]]:
+    """(file, caption) of a grid of 64 samples drawn with ``setting`` and of 8 held-out images over
+    seed 004's encode-then-decode (``sampling.forward_encode_decode``) through each of ``depths``."""
+    n = parallel.padded_count(8, mesh)
+    x0 = datasets.to_model_range(heldout.images[:n])
+    encoded, decoded = sampling.forward_encode_decode(run, mesh, x0, heldout.labels[:n], depths, sampler)
+    recon = out / f"{name}_encode_decode.png"
+    if jax.process_index() == 0:
+        rows = np.concatenate([x0] + [np.clip(r, -1, 1) for pair in zip(encoded, decoded) for r in pair])
+        visualize.save_png(visualize.image_grid(datasets.to_uint8(rows), ncols=n), recon, scale=2)
+    depth_text = ", ".join(f"{k} (√ᾱ = {float(run.schedule.sqrt_alphas_cumprod[k - 1]):.3g})" for k in depths)
+    return [sample_grid(name, images, setting, out),
+            (recon.name, f"{name}: 8 held-out images (top row), then for k = {depth_text} forward steps a row of "
+                         f"their encodings x_k ~ q(x_k | x_0) and a row of those decoded by the model's k ancestral "
+                         f"{sampler.upper()} steps")]

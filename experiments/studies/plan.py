@@ -27,7 +27,7 @@ DATASETS = {
 }
 PAPER_SAMPLES = 50_000
 CELL_DEFAULTS = dict(eta=0.0, guidance="", scale=0.0, clip=None)
-PER_MODEL_METRICS = ("nll",)      # a study's metrics measured per model rather than per cell
+PER_MODEL_METRICS = ("nll", "sddpm")      # a study's metrics measured per model rather than per cell
 
 
 def load_study(name: str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -12,7 +13,8 @@ from experiments import evaluation
 from experiments.studies.measure import Measured
 from experiments.studies.plan import PAPER_SAMPLES, Plan
 
-AXIS_LABELS = {"steps": "sampling steps S", "is_mean": "Inception Score", "col": "", "fid": "FID"}
+AXIS_LABELS = {"steps": "sampling steps S", "is_mean": "Inception Score", "col": "", "fid": "FID",
+               "nfe": "network evaluations (NFE)"}
 
 
 def plot(study, results: list[dict], path: Path):
@@ -31,6 +33,8 @@ def plot(study, results: list[dict], path: Path):
                 ax.annotate(r["col"], (r[spec.x], r[spec.y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if spec.logx:
         ax.set_xscale("log")
+    if spec.get("logy"):
+        ax.set_yscale("log")
     ax.set_xlabel(AXIS_LABELS.get(spec.x, spec.x))
     ax.set_ylabel(AXIS_LABELS.get(spec.y, spec.y))
     ax.set_title(study.title, fontsize=9)
@@ -83,10 +87,45 @@ def nll_table(nll: dict) -> list[str]:
                     "![terms of the variational bound](vlb_terms.png)"]
 
 
+def objective_table(objective: dict, reference: dict) -> list[str]:
+    """Each model's held-out seed 004 objective, its first term and its mean gain per step over the
+    reference ε_r = 0, and the plot of those gains per step."""
+    first = lambda v: v["per_step"][0]
+    gain = lambda v: np.mean(np.subtract(reference["per_step"][1:], v["per_step"][1:]))
+    lines = ["", f"Seed 004's objective on {reference['num']} held-out images, Σ_t E[−log q_r(x_{{t−1}} | x_t)] in "
+             "nats/dim over the T forward pairs (the seed's L up to sign and a constant; lower is better), for "
+             "every model's own reverse Gaussian (its variance as trained), with ε_r = 0 (q_r = N(x_t, β_t): "
+             "nothing learned) for reference:", "",
+             "| model | Σ_t E[−log q_r] ↓ | t = 0: −log q_r(x_0 \\| x_1) | mean gain per step t ≥ 1 over ε_r = 0 |",
+             "| --- | --- | --- | --- |"]
+    for m, v in list(objective.items()) + [("ε_r = 0 (reference)", reference)]:
+        lines.append(f"| {m} | {v['nats_per_dim']:.3f} ± {v['stderr']:.3f} | {first(v):.4f} | {gain(v):.5f} |")
+    return lines + ["", "![gain per step over ε_r = 0](sddpm_terms.png)"]
+
+
+def objective_plot(objective: dict, reference: dict, path: Path):
+    """Each model's term E[−log q_r(x_{t−1} | x_t)] per step, as its gain over ε_r = 0."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    colors = matplotlib.colormaps["tab20"].colors
+    for i, (m, v) in enumerate(objective.items()):
+        ax.plot(np.arange(len(v["per_step"])), np.subtract(reference["per_step"], v["per_step"]), lw=1, label=m,
+                color=colors[i % len(colors)])
+    ax.axhline(0.0, color="k", lw=0.5)
+    ax.set_xlabel("schedule index t (pair x_{t−1}, x_t)")
+    ax.set_ylabel("E[−log q_r] of ε_r = 0 minus the model's (nats/dim)")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.legend(fontsize=6, ncols=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def scale_note(plan: Plan, measured: Measured) -> str:
     """How far the study's models and sample counts are from the papers'."""
     if plan.scale == "paper":
         return "at the papers' settings."
+    if plan.study.scale_note:
+        return plan.study.scale_note
     config = plan.data_config
     steps, batch_size = config.train.num_steps, config.train.batch_size
     epochs = steps * batch_size / measured.train_images
@@ -110,6 +149,8 @@ def markdown(plan: Plan, measured: Measured, claims: list) -> str:
     lines += cell_table(study, measured.results)
     if measured.nll:
         lines += nll_table(measured.nll)
+    if measured.objective:
+        lines += objective_table(measured.objective, measured.objective_reference)
     lines += ["", "![plot](plot.png)", ""]
     if claims:
         lines += ["## The paper's claims at this scale", ""]
@@ -125,9 +166,12 @@ def markdown(plan: Plan, measured: Measured, claims: list) -> str:
 
 
 def write(plan: Plan, measured: Measured, path: Path):
-    """``report.md`` at ``path`` with ``plot.png`` (and ``vlb_terms.png`` with NLL) beside it."""
+    """``report.md`` at ``path`` with ``plot.png`` (and ``vlb_terms.png`` with NLL, ``sddpm_terms.png``
+    with seed 004's objective) beside it."""
     plot(plan.study, measured.results, path.parent / "plot.png")
     if measured.nll:
         vlb_terms_plot(measured.nll, path.parent / "vlb_terms.png")
+    if measured.objective:
+        objective_plot(measured.objective, measured.objective_reference, path.parent / "sddpm_terms.png")
     claims = plan.claims(measured.results, measured.nll) if plan.claims else []
     path.write_text(markdown(plan, measured, claims))
