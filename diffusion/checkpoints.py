@@ -26,13 +26,14 @@ from typing import Any, Optional
 import flax
 import jax
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
+from diffusion import parallel
 from diffusion.checkpoint_checks import (checksums, failed_writes_silenced, is_disk_full, named_leaves,
                                           nonfinite_leaves)
 
-# Config fields that change what the parameters mean: a resumed run must agree on them.
-COMPATIBILITY_SECTIONS = ("model", "diffusion")
+# Config fields that change what the parameters mean: a resumed run must agree on them
+# ("first_stage": the latent-diffusion autoencoder of experiments.train_autoencoder).
+COMPATIBILITY_SECTIONS = ("model", "diffusion", "first_stage")
 COMPATIBILITY_FIELDS = ("data.image_size", "data.channels")
 CORRUPT_DIR = "corrupt_checkpoints"   # beside the checkpoints directory, in the workdir
 NAMED_LEAVES = 5                      # how many bad leaves an error message lists
@@ -85,7 +86,7 @@ def _on_primary(fn, barrier: str):
     """Run a file-system change once (process 0), then let every process continue together."""
     if jax.process_index() == 0:
         fn()
-    multihost_utils.sync_global_devices(barrier)
+    parallel.barrier(barrier)
 
 
 def _say(line: str):

@@ -1,6 +1,7 @@
 """Data parallelism with ``jax.jit`` over a device mesh: parameters replicated, batches split over ``data``."""
 from __future__ import annotations
 
+import itertools
 from typing import Optional, Sequence
 
 import jax
@@ -43,13 +44,42 @@ def padded_count(n: int, mesh: Mesh) -> int:
     return n + -n % mesh.devices.size
 
 
-def pad_to_devices(x: np.ndarray, mesh: Mesh) -> np.ndarray:
-    """``x`` [N, ...] with its last row repeated up to ``padded_count(N)`` rows; drop them after with ``[:N]``."""
+def pad_to_devices(x: np.ndarray, mesh: Mesh) -> jax.Array:
+    """``x`` [N, ...], the same host array on every process, with its last row repeated up to
+    ``padded_count(N)`` rows, as a global array sharded over ``data`` (each process places only
+    its own devices' rows; a host array passed to a sharded ``jit`` works in one process only).
+    Drop the padding after with ``[:N]``."""
+    x = np.asarray(x)
     pad = padded_count(len(x), mesh) - len(x)
-    return np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
+    x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
+    return jax.make_array_from_callback(x.shape, data_sharded(mesh), lambda index: x[index])
+
+
+_barrier_count = itertools.count()
+
+
+def barrier(name: str, timeout_s: int = 3600):
+    """Wait until every process reaches this point. It uses the coordination service's barrier, not
+    a device collective: CPU collectives (gloo) give up after ~30 s when one process reaches them
+    that much later than another (still compiling, say), a barrier waits ``timeout_s``. Every
+    process must call the same barriers in the same order; one process: nothing to wait for."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed    # the barrier has no public API yet
+    distributed.global_state.client.wait_at_barrier(f"{name}:{next(_barrier_count)}", timeout_s * 1000)
+
+
+def compiled_together(jitted, *args):
+    """``jitted`` compiled for ``args`` on every process, returned once all have compiled it, so its
+    first run's collectives start together (``barrier``)."""
+    compiled = jitted.lower(*args).compile()
+    barrier("compiled")
+    return compiled
 
 
 def gather(x) -> np.ndarray:
     """A global (sharded) array as one host NumPy array on every process: ``np.asarray`` alone
-    fails when other processes hold some of its shards."""
+    fails when other processes hold some of its shards. The processes meet at a ``barrier`` first,
+    as the computation that made ``x`` may have compiled longer on one of them."""
+    barrier("gather")
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -14,7 +14,6 @@ Features: for 28×28 single-channel data the project's classifier (the embedded 
 """
 from pathlib import Path
 
-import jax
 from absl import flags, logging
 
 from experiments import cli, evaluation
@@ -37,15 +36,12 @@ flags.DEFINE_string("stats_dir", str(Path.home() / ".cache" / "diffusion" / "fid
 flags.DEFINE_enum("guidance", "", ["", "classifier_free", "classifier"], "Guidance kind.")
 flags.DEFINE_float("scale", 0.0, "Guidance weight w.")
 flags.DEFINE_string("classifier_workdir", None, "A noisy classifier's workdir, for --guidance classifier.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    if FLAGS.distributed:
-        jax.distributed.initialize()
     settings = [evaluation.parse_setting(s) for s in FLAGS.samplers.split(",") if s]
     evaluation.evaluate_run(FLAGS.workdir, settings, num=FLAGS.num, batch=FLAGS.batch, seed=FLAGS.seed,
                             features=FLAGS.features, classifier_weights=FLAGS.classifier_weights,

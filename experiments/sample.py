@@ -42,7 +42,6 @@ flags.DEFINE_string("classifier_workdir", None, "A noisy classifier's workdir, f
 flags.DEFINE_bool("trajectory", False, "Also write the reverse process of 8 samples as a strip.")
 flags.DEFINE_bool("interpolate", False, "Write spherical interpolations between pairs of DDIM latents.")
 flags.DEFINE_bool("reconstruct", False, "Invert held-out images with DDIM and decode them back.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU).")
 FLAGS = flags.FLAGS
 
 
@@ -151,8 +150,6 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     common.check_flags_at_least(1, num=FLAGS.num, batch=FLAGS.batch, steps=FLAGS.steps)
-    if FLAGS.distributed:
-        jax.distributed.initialize()
     run = load(FLAGS.workdir, FLAGS.config, FLAGS.diffusers_weights)
     samplers.check_steps(FLAGS.sampler, FLAGS.steps, run.schedule.num_steps, what="--steps")
     if FLAGS.eta and not samplers.takes(FLAGS.sampler, "eta"):

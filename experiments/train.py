@@ -9,7 +9,6 @@ from ml_collections import config_flags
 from experiments import cli
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU).")
 flags.DEFINE_bool("fall_back_to_good_checkpoint", False,
                   "When the latest checkpoint fails its checksums, move it to <workdir>/corrupt_checkpoints "
                   "and resume from the newest one that verifies (without it, a corrupt checkpoint is an error).")
@@ -22,8 +21,6 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
     import jax
-    if FLAGS.distributed:
-        jax.distributed.initialize()
     from experiments import trainer
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, hosts: {jax.process_count()}")
     trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, fall_back=FLAGS.fall_back_to_good_checkpoint)

@@ -10,7 +10,6 @@ from ml_collections import config_flags
 from experiments import cli
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the trained weights.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU).")
 flags.DEFINE_bool("fall_back_to_good_checkpoint", False,
                   "When the latest checkpoint fails its checksums, move it to <workdir>/corrupt_checkpoints "
                   "and resume from the newest one that verifies (without it, a corrupt checkpoint is an error).")
@@ -22,9 +21,6 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    import jax
-    if FLAGS.distributed:
-        jax.distributed.initialize()
     from experiments import trainer
     trainer.train_classifier(FLAGS.config, FLAGS.workdir, fall_back=FLAGS.fall_back_to_good_checkpoint)
 

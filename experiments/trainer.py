@@ -156,7 +156,10 @@ def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_
     try:
         for step in range(start, total):
             local = datasets.host_batch(train_split, config.train.batch_size, step, config.seed)
-            state, metrics = step_fn(state, parallel.global_batch(local, mesh))
+            batch = parallel.global_batch(local, mesh)
+            if step == start:
+                step_fn = parallel.compiled_together(step_fn, state, batch)
+            state, metrics = step_fn(state, batch)
             update_finite = bool(metrics.pop("update_finite"))
             loss = float(metrics["loss"])
             if not (math.isfinite(loss) and update_finite):
@@ -224,16 +227,18 @@ def heldout_accuracy(config, model, params, split, mesh, timestep: Optional[int]
     """Accuracy on a whole split (the noisy classifier at one fixed ``timestep`` on seeded x_t)."""
     logits_fn = classifier_logits_fn(config, model, mesh)
     schedule = common.make_schedule(config)
+    rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
+
+    @partial(jax.jit, in_shardings=(rep, dat, rep))
+    def noisy_logits(params, x, key):
+        t = jnp.full((x.shape[0],), timestep, jnp.int32)
+        return logits_fn(params, gaussian.q_sample(schedule, x, t, jax.random.normal(key, x.shape)), t)
+
     correct, batch = 0, 256
     for i in range(0, len(split), batch):
         n = len(split.images[i:i + batch])
         x = parallel.pad_to_devices(datasets.to_model_range(split.images[i:i + batch]), mesh)
-        if timestep is None:
-            logits = logits_fn(params, x)
-        else:
-            t = np.full((len(x),), timestep, np.int32)
-            noise = np.asarray(jax.random.normal(jax.random.key(i), x.shape))
-            logits = logits_fn(params, np.asarray(gaussian.q_sample(schedule, x, t, noise)), t)
+        logits = logits_fn(params, x) if timestep is None else noisy_logits(params, x, jax.random.key(i))
         correct += int(np.sum(np.argmax(parallel.gather(logits)[:n], -1) == split.labels[i:i + batch]))
     return correct / len(split)
 
