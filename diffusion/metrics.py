@@ -1,4 +1,5 @@
-"""Sample-quality metrics: Fréchet distance (FID), Inception Score, streamed feature statistics.
+"""Sample-quality metrics: Fréchet distance (FID), Inception Score, streamed feature statistics;
+and PSNR for reconstructions.
 
 Statistics are accumulated in float64 on the host, so a large sample set is streamed through a
 feature network batch by batch and the result equals the one-shot computation.
@@ -105,3 +106,11 @@ def inception_score(probs, splits: int = 10) -> tuple[float, float]:
 def confident_fraction(probs, threshold: float = 0.9) -> float:
     """The fraction of samples whose most likely class has probability ≥ ``threshold``."""
     return float(np.mean(np.asarray(probs).max(-1) >= threshold))
+
+
+def psnr(images, references, max_value: float = 255.0) -> np.ndarray:
+    """Peak signal-to-noise ratio per image, 10·log10(MAX² / MSE) in dB, of images [N, ...] against
+    references (uint8: MAX = 255); identical images are capped at MSE = 1e-10."""
+    a, b = np.asarray(images, np.float64), np.asarray(references, np.float64)
+    mse = np.mean((a - b).reshape(len(a), -1) ** 2, axis=1)
+    return 10 * np.log10(max_value ** 2 / np.maximum(mse, 1e-10))

@@ -79,6 +79,7 @@ class Upsample(nn.Module):
 
 class ResBlock(nn.Module):
     """GroupNorm → swish → conv, plus the embedding, → GroupNorm → swish → dropout → conv, plus a shortcut.
+    ``emb`` None: no embedding (and no ``time_emb_proj``), as in LDM's autoencoders.
 
     ``scale_shift_norm``: adaptive group norm, norm(h)·(1 + s) + b with (s, b) from the embedding (ADM).
     ``resample``: "up"/"down" inside the block, BigGAN-style (ADM). ``output_scale``: 1/√2 in ADM.
@@ -101,14 +102,18 @@ class ResBlock(nn.Module):
             move = nearest_upsample if self.resample == "up" else avg_downsample
             h, x = move(h), move(x)
         h = _conv(self.out_channels, name="conv1", **kw)(h)
-        e = nn.Dense(2 * self.out_channels if self.scale_shift_norm else self.out_channels,
-                     name="time_emb_proj", **kw)(nn.swish(emb))[:, None, None, :]
+        e = None   # emb None: an unconditional block (LDM's autoencoder blocks, temb_channels=0)
+        if emb is not None:
+            e = nn.Dense(2 * self.out_channels if self.scale_shift_norm else self.out_channels,
+                         name="time_emb_proj", **kw)(nn.swish(emb))[:, None, None, :]
         norm2 = _norm(self.groups, self.eps, self.dtype, self.param_dtype, "norm2")
         if self.scale_shift_norm:
+            if e is None:
+                raise ValueError("scale_shift_norm needs an embedding: pass emb")
             scale, shift = jnp.split(e, 2, axis=-1)
             h = nn.swish(norm2(h) * (1 + scale) + shift)
         else:
-            h = nn.swish(norm2(h + e))
+            h = nn.swish(norm2(h if e is None else h + e))
         h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
         h = _conv(self.out_channels, name="conv2", **kw)(h)
         if x.shape[-1] != self.out_channels:
