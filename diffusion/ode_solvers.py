@@ -38,8 +38,16 @@ def logsnr_spaced(schedule: Schedule, steps: int) -> jax.Array:
     """``steps`` descending schedule indices whose λ = ½·log(ᾱ/(1 − ᾱ)) are as near uniform as the
     discrete steps allow, from the noisiest to the cleanest (the λ grid of Lu et al. 2022, §3.3);
     indices are strictly decreasing, so where λ changes faster than one step they are consecutive."""
-    lam = 0.5 * np.log(np.asarray(schedule.snr, np.float64))
-    return _distinct_descending(_nearest(lam, np.linspace(lam[-1], lam[0], steps)))
+    with np.errstate(divide="ignore"):
+        lam = 0.5 * np.log(np.asarray(schedule.snr, np.float64))
+    top = _last_finite(lam)
+    return _distinct_descending(_nearest(lam[:top + 1], np.linspace(lam[top], lam[0], steps)))
+
+
+def _last_finite(values: np.ndarray) -> int:
+    """The last index whose value is finite: a zero-terminal-SNR schedule's last step has λ = −∞
+    and σ = ∞, from which no grid can be spaced, so the λ and σ grids start one step earlier."""
+    return int(np.flatnonzero(np.isfinite(values))[-1])
 
 
 def _lambda(schedule: Schedule, t):
@@ -160,8 +168,9 @@ def check_order(order):
 def karras_spaced(schedule: Schedule, steps: int, rho: float = 7.0) -> jax.Array:
     """``steps`` descending schedule indices nearest to Karras et al.'s σ grid (2022, eq. 5):
     σ_i = (σ_max^{1/ρ} + i/(n − 1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ from the schedule's largest σ to
-    its smallest, ρ = 7; indices strictly decreasing."""
+    its smallest (the largest finite one: see ``_last_finite``), ρ = 7; indices strictly decreasing."""
     sigma = np.asarray(schedule.sqrt_recipm1_alphas_cumprod, np.float64)
+    sigma = sigma[:_last_finite(sigma) + 1]
     ramp = np.linspace(0, 1, steps)
     grid = (sigma[-1] ** (1 / rho) + ramp * (sigma[0] ** (1 / rho) - sigma[-1] ** (1 / rho))) ** rho
     return _distinct_descending(_nearest(sigma, grid))

@@ -197,6 +197,10 @@ def test_plan_respaces_one_index_steps_and_jumps_the_others():
         _, run_on, ts = samplers.plan("dpmpp_2m", sched, S)
         ts = np.asarray(ts)
         assert run_on is sched and len(ts) == S and ts[0] == 999 and ts[-1] == 0 and (np.diff(ts) < 0).all()
+    zero_snr = schedules.make_schedule("linear", 1000, zero_terminal=True)   # λ_{T−1} = −∞, σ_{T−1} = ∞
+    for name in ("dpmpp_2m", "heun"):                 # their λ and σ grids start at the last finite level
+        ts = np.asarray(samplers.plan(name, zero_snr, 10)[2])
+        assert ts[0] == 998 and ts[-1] == 0 and (np.diff(ts) < 0).all()
     for name, steps, message in [("ddim", 0, "must be an integer >= 1"), ("ddpm", 1001, "exceeds the schedule's T"),
                                  ("ddim", 2.0, "must be an integer"), ("unipc", 10, "unknown sampler 'unipc'")]:
         with pytest.raises(ValueError, match=message):
