@@ -9,15 +9,13 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from diffusion import first_stage_losses, first_stage_training, parallel
-from diffusion.checkpoints import Checkpointer
+from diffusion import first_stage_losses, first_stage_training
 from diffusion.models import first_stage as models
 from diffusion.models import patch_gan
 from experiments import common, sampling
@@ -167,16 +165,8 @@ def load_autoencoder(workdir, step: Optional[int] = None) -> Autoencoder:
     validate(config)
     model = make_autoencoder(config)
     abstract = jax.eval_shape(lambda k: init_variables(config, k), jax.random.key(0))
-    rep = parallel.replicated(parallel.make_mesh())
-    placed = lambda tree: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), tree)
-    template = {"ema_params": {"autoencoder": placed(abstract[0]["autoencoder"])}, "model_state": placed(abstract[1])}
-    ckpt = Checkpointer(Path(workdir) / "checkpoints")
-    try:
-        if ckpt.latest_step() is None:
-            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train the autoencoder first with "
-                                    f"python -m experiments.train_autoencoder --workdir {workdir}")
-        state, meta = ckpt.restore(template, config=config.to_dict(), step=step, partial=True)
-    finally:
-        ckpt.close()
+    template = {"ema_params": {"autoencoder": sampling.replicated_like(abstract[0]["autoencoder"])},
+                "model_state": sampling.replicated_like(abstract[1])}
+    state, meta = sampling.restore_partial(workdir, template, config, step, "train_autoencoder")
     variables = {"params": state["ema_params"]["autoencoder"], **state["model_state"]}
     return Autoencoder(config, model, variables, int(meta["data_position"]))

@@ -59,17 +59,29 @@ def load_run(workdir, step: Optional[int] = None) -> Run:
     common.validate(config)
     model, schedule = common.make_model(config), common.make_schedule(config)
     abstract = jax.eval_shape(lambda k: common.init_params(model, config, k), jax.random.key(0))
+    state, meta = restore_partial(workdir, {"ema_params": replicated_like(abstract)}, config, step, "train")
+    return Run(config, model, schedule, state["ema_params"], int(meta["data_position"]))
+
+
+def replicated_like(abstract):
+    """Shapes and dtypes of ``abstract`` (a tree of ``ShapeDtypeStruct``) placed replicated on every
+    device: a restore template."""
     rep = parallel.replicated(parallel.make_mesh())
-    template = {"ema_params": jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), abstract)}
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), abstract)
+
+
+def restore_partial(workdir, template: dict, config, step: Optional[int], entry_point: str) -> tuple[dict, dict]:
+    """(state, meta) of ``workdir``'s latest (or ``step``'s) checkpoint, reading only ``template``'s
+    entries (for inference: the EMA parameters, no optimizer state); a workdir without a
+    checkpoint is an error naming ``python -m experiments.<entry_point>``."""
     ckpt = Checkpointer(Path(workdir) / "checkpoints")
     try:
         if ckpt.latest_step() is None:
             raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first with "
-                                    f"python -m experiments.train --workdir {workdir}")
-        state, meta = ckpt.restore(template, config=config.to_dict(), step=step, partial=True)
+                                    f"python -m experiments.{entry_point} --workdir {workdir}")
+        return ckpt.restore(template, config=config.to_dict(), step=step, partial=True)
     finally:
         ckpt.close()
-    return Run(config, model, schedule, state["ema_params"], int(meta["data_position"]))
 
 
 def load_noisy_classifier(workdir, schedule: Schedule):
