@@ -116,13 +116,8 @@ class Decoder(_Stack):
         return self._out(h)
 
 
-class AutoencoderKL(nn.Module):
-    """KL-regularised autoencoder: ℰ(x) gives the mean and log-variance of q(z|x) = N(μ, diag σ²);
-    z is the reparameterised μ + σ·ε in training and μ at inference; 𝒟(z) the reconstruction.
-
-    ``__call__(x, key=None) -> (x̃ [B, H, W, C], aux)`` with ``aux`` = {"mean", "logvar", "z"};
-    a ``key`` samples z, None takes the mean.
-    """
+class FirstStage(nn.Module):
+    """What LDM's autoencoders share: the architecture fields and the encoder/decoder pair."""
     channels: int = 1
     latent_channels: int = 3
     base_channels: int = 64
@@ -132,11 +127,23 @@ class AutoencoderKL(nn.Module):
     norm_groups: int = 8
     pad: int = 0
 
-    def setup(self):
+    def coders(self, encoder_channels: int) -> tuple["Encoder", "Decoder"]:
+        """(ℰ with ``encoder_channels`` outputs, 𝒟 back to the image's channels)."""
         kw = dict(base_channels=self.base_channels, channel_mult=tuple(self.channel_mult),
                   num_res_blocks=self.num_res_blocks, mid_attention=self.mid_attention, norm_groups=self.norm_groups)
-        self.encoder = Encoder(out_channels=2 * self.latent_channels, **kw)
-        self.decoder = Decoder(out_channels=self.channels, **kw)
+        return Encoder(out_channels=encoder_channels, **kw), Decoder(out_channels=self.channels, **kw)
+
+
+class AutoencoderKL(FirstStage):
+    """KL-regularised autoencoder: ℰ(x) gives the mean and log-variance of q(z|x) = N(μ, diag σ²);
+    z is the reparameterised μ + σ·ε in training and μ at inference; 𝒟(z) the reconstruction.
+
+    ``__call__(x, key=None) -> (x̃ [B, H, W, C], aux)`` with ``aux`` = {"mean", "logvar", "z"};
+    a ``key`` samples z, None takes the mean.
+    """
+
+    def setup(self):
+        self.encoder, self.decoder = self.coders(2 * self.latent_channels)
         self.quant_conv = nn.Conv(2 * self.latent_channels, (1, 1))          # LDM's 1×1 moments projection
         self.post_quant_conv = nn.Conv(self.latent_channels, (1, 1))
 
@@ -201,26 +208,15 @@ class VectorQuantizer(nn.Module):
         return z_e + jax.lax.stop_gradient(z_q - z_e), {"z_e": z_e, "z_q": z_q, "indices": indices}
 
 
-class AutoencoderVQ(nn.Module):
+class AutoencoderVQ(FirstStage):
     """VQ-regularised autoencoder (LDM's ``VQModel``): ℰ(x) gives continuous z_e; the quantiser is
     part of decoding, so ``encode`` returns z_e (what phase 2 diffuses) and ``decode`` quantises then
     decodes. ``__call__(x, key=None) -> (x̃, aux)`` with the quantiser's ``aux``."""
-    channels: int = 1
-    latent_channels: int = 3
     codebook_size: int = 256
     ema: bool = False
-    base_channels: int = 64
-    channel_mult: Sequence[int] = (1, 2, 2)
-    num_res_blocks: int = 1
-    mid_attention: bool = True
-    norm_groups: int = 8
-    pad: int = 0
 
     def setup(self):
-        kw = dict(base_channels=self.base_channels, channel_mult=tuple(self.channel_mult),
-                  num_res_blocks=self.num_res_blocks, mid_attention=self.mid_attention, norm_groups=self.norm_groups)
-        self.encoder = Encoder(out_channels=self.latent_channels, **kw)
-        self.decoder = Decoder(out_channels=self.channels, **kw)
+        self.encoder, self.decoder = self.coders(self.latent_channels)
         self.quant_conv = nn.Conv(self.latent_channels, (1, 1))
         self.quantize = VectorQuantizer(self.codebook_size, self.latent_channels, ema=self.ema)
         self.post_quant_conv = nn.Conv(self.latent_channels, (1, 1))
