@@ -77,6 +77,18 @@ flags.DEFINE_integer("process_id", None, "This process's index in [0, --num_proc
 flags.DEFINE_integer("coordinator_timeout", 120, "Seconds to wait for every process to reach the coordinator.")
 
 
+def define_training_flags(outputs: str, config_help: str):
+    """The flags every training entry point takes: ``--config`` (with overrides), ``--workdir``
+    (holding the checkpoints, logs and ``outputs``) and ``--fall_back_to_good_checkpoint``."""
+    from ml_collections import config_flags
+    flags.DEFINE_string("workdir", None, f"Directory for checkpoints, logs and {outputs}.")
+    flags.DEFINE_bool("fall_back_to_good_checkpoint", False,
+                      "When the latest checkpoint fails its checksums, move it to <workdir>/corrupt_checkpoints "
+                      "and resume from the newest one that verifies (without it, a corrupt checkpoint is an error).")
+    config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
 def start_distributed():
     """``jax.distributed.initialize`` as the flags ask: nothing (one process), the cluster's own
     settings (``--distributed``), or ``--coordinator`` / ``--num_processes`` / ``--process_id``,

@@ -4,16 +4,10 @@ Any config field can be overridden (``--config.optim.lr=1e-4``); rerunning the s
 resumes from the latest checkpoint in ``<workdir>/checkpoints``.
 """
 from absl import flags, logging
-from ml_collections import config_flags
 
 from experiments import cli
 
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-flags.DEFINE_bool("fall_back_to_good_checkpoint", False,
-                  "When the latest checkpoint fails its checksums, move it to <workdir>/corrupt_checkpoints "
-                  "and resume from the newest one that verifies (without it, a corrupt checkpoint is an error).")
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+cli.define_training_flags("samples", "Experiment config file.")
 FLAGS = flags.FLAGS
 
 

@@ -7,21 +7,15 @@ a PNG of held-out originals over their reconstructions in ``<workdir>/reconstruc
 PSNR and reconstruction FID in ``<workdir>/reconstruction.json``. Rerunning the command resumes.
 """
 from absl import flags, logging
-from ml_collections import config_flags
 
 from experiments import cli
 
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reconstructions.")
-flags.DEFINE_bool("fall_back_to_good_checkpoint", False,
-                  "When the latest checkpoint fails its checksums, move it to <workdir>/corrupt_checkpoints "
-                  "and resume from the newest one that verifies (without it, a corrupt checkpoint is an error).")
+cli.define_training_flags("reconstructions", "Autoencoder config file.")
 flags.DEFINE_string("classifier_weights", None,
                     "The rFID's feature classifier for 28×28 data, a trained classifier.msgpack "
                     "(default: the embedded MNIST one).")
 flags.DEFINE_string("inception_weights", None,
                     "pytorch-fid's pt_inception-2015-12-05 weights: the rFID of data other than 28×28×1.")
-config_flags.DEFINE_config_file("config", None, "Autoencoder config file.", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 

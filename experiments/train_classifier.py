@@ -5,16 +5,10 @@
 held-out accuracy and write the EMA weights to ``<workdir>/classifier.msgpack``; a rerun resumes.
 """
 from absl import flags, logging
-from ml_collections import config_flags
 
 from experiments import cli
 
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the trained weights.")
-flags.DEFINE_bool("fall_back_to_good_checkpoint", False,
-                  "When the latest checkpoint fails its checksums, move it to <workdir>/corrupt_checkpoints "
-                  "and resume from the newest one that verifies (without it, a corrupt checkpoint is an error).")
-config_flags.DEFINE_config_file("config", None, "Classifier config file.", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+cli.define_training_flags("the trained weights", "Classifier config file.")
 FLAGS = flags.FLAGS
 
 
