@@ -15,6 +15,7 @@ from diffusion.checkpoints import Checkpointer
 from diffusion.data import datasets
 from diffusion.models import first_stage as models
 from experiments import first_stage, first_stage_trainer, trainer
+from tiny_configs import poison_batches_at
 
 MULTS = {1: (1,), 2: (1, 2), 4: (1, 2, 2), 8: (1, 2, 2, 2)}
 
@@ -250,15 +251,7 @@ def test_a_resume_with_another_autoencoder_is_refused(vq_run):
 
 
 def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    real = datasets.host_batch
-
-    def poisoned(split, batch, step, seed):
-        out = real(split, batch, step, seed)
-        if step == 3:
-            out["image"] = out["image"] * np.nan
-        return out
-
-    monkeypatch.setattr(datasets, "host_batch", poisoned)
+    poison_batches_at(monkeypatch, 3)
     with pytest.raises(trainer.NonFiniteStepError, match=r"at step 3.*last finite checkpoint \(step 2\)"):
         first_stage_trainer.train_autoencoder(tiny("vq", steps=6, codebook_update="ema"), tmp_path)
     assert Checkpointer(tmp_path / "checkpoints").latest_step() == 2

@@ -16,7 +16,7 @@ from diffusion import parallel, training
 from diffusion.checkpoints import Checkpointer
 from diffusion.data import datasets
 from experiments import common, trainer
-from tiny_configs import shrink
+from tiny_configs import poison_batches_at, shrink
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -83,15 +83,7 @@ def test_eight_devices_match_one(tmp_path):
 
 
 def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    real = datasets.host_batch
-
-    def poisoned(split, batch, step, seed):
-        out = real(split, batch, step, seed)
-        if step == 3:
-            out["image"] = out["image"] * np.nan
-        return out
-
-    monkeypatch.setattr(datasets, "host_batch", poisoned)
+    poison_batches_at(monkeypatch, 3)
     c = tiny()
     c.train.num_steps = 6
     with pytest.raises(trainer.NonFiniteStepError, match="loss \\(nan\\) at step 3.*last finite checkpoint \\(step 2\\)"):

@@ -1,4 +1,8 @@
-"""The tiny settings every test that trains shares, so their compiled programs are reused."""
+"""The tiny settings every test that trains shares, so their compiled programs are reused, and the
+poisoned data the NaN-guard tests train on."""
+import numpy as np
+
+from diffusion.data import datasets
 
 
 def shrink(c, steps=4):
@@ -13,3 +17,16 @@ def shrink(c, steps=4):
     c.sample.num, c.sample.steps = 8, 2
     c.optim.warmup_steps = 2
     return c
+
+
+def poison_batches_at(monkeypatch, step: int):
+    """Make ``datasets.host_batch`` return NaN images at ``step`` (the NaN guard's trigger)."""
+    real = datasets.host_batch
+
+    def poisoned(split, batch, at, seed):
+        out = real(split, batch, at, seed)
+        if at == step:
+            out["image"] = out["image"] * np.nan
+        return out
+
+    monkeypatch.setattr(datasets, "host_batch", poisoned)

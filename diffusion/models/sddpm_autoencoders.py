@@ -53,14 +53,19 @@ def unflatten(y, x, image_shape: Sequence[int]):
     return y if x.ndim == 2 else y.reshape(x.shape[0], *image_shape[:2], -1)
 
 
-class ShallowAutoencoder(nn.Module):
-    """x → Dense(code_width) → swish → Dense(H·W·out_channels): seed 004's 784 → 30 → 784, with the
-    conditioning added to the code before the non-linearity."""
+class DenseCode(nn.Module):
+    """The fields seed 004's dense autoencoders share: the image they map, the code's width and
+    what conditions it."""
     image_shape: Sequence[int] = (28, 28, 1)
     out_channels: int = 1
     code_width: int = 30
     step_embedding: bool = True
     num_classes: int = 0
+
+
+class ShallowAutoencoder(DenseCode):
+    """x → Dense(code_width) → swish → Dense(H·W·out_channels): seed 004's 784 → 30 → 784, with the
+    conditioning added to the code before the non-linearity."""
 
     @nn.compact
     def __call__(self, x, timesteps, labels=None, *, train: bool = False):
@@ -72,15 +77,10 @@ class ShallowAutoencoder(nn.Module):
         return unflatten(out, x, self.image_shape)
 
 
-class DenseAutoencoder(nn.Module):
+class DenseAutoencoder(DenseCode):
     """x → Dense(width) → Dense(code_width) → Dense(width) → Dense(H·W·out_channels), swish between:
     the multi-layer autoencoder, whose extra layers can bend the code but still see every pixel alike."""
-    image_shape: Sequence[int] = (28, 28, 1)
-    out_channels: int = 1
-    code_width: int = 30
     width: int = 256
-    step_embedding: bool = True
-    num_classes: int = 0
 
     @nn.compact
     def __call__(self, x, timesteps, labels=None, *, train: bool = False):
