@@ -72,8 +72,8 @@ def probability_flow_nll(model_fn: Callable, schedule: Schedule, x0, key, *, pre
                          "schedule has ᾱ = 0 at its end (zero terminal SNR): its prior is exact, drop the last step")
     batch, dims = x0.shape[0], math.prod(x0.shape[1:])
     k_deq, k_z = jax.random.split(key)
+    width = 2.0 / (bins - 1) if bins else 1.0     # 1: continuous data, no offset
     if bins:
-        width = 2.0 / (bins - 1)
         x0 = x0 + width * (jax.random.uniform(k_deq, x0.shape, x0.dtype) - 0.5)
     z = jax.random.rademacher(k_z, x0.shape, x0.dtype)
 
@@ -104,7 +104,7 @@ def probability_flow_nll(model_fn: Callable, schedule: Schedule, x0, key, *, pre
         max_steps=max_steps)
     x_T, divergence = solution.ys[0][-1], solution.ys[1][-1]
     prior = -0.5 * per_example_dot(x_T, x_T) - 0.5 * dims * math.log(2 * math.pi)
-    nll = -(prior + divergence) - (dims * math.log(2.0 / (bins - 1)) if bins else 0.0)
+    nll = -(prior + divergence) - dims * math.log(width)
     return {"bits_per_dim": nll / (dims * losses.LN2), "prior": -prior / (dims * losses.LN2),
             "divergence": divergence / (dims * losses.LN2),
             "evaluations": 6 * solution.stats["num_steps"] + 3}   # + the first, and 2 choosing the first step size

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion import reverse
-from diffusion.schedules import Schedule, alpha_bar_with_clean
+from diffusion.schedules import Schedule, alpha_bar_with_clean, logsnr
 
 
 def _distinct_descending(idx: np.ndarray) -> jax.Array:
@@ -52,7 +52,7 @@ def _last_finite(values: np.ndarray) -> int:
 
 def _lambda(schedule: Schedule, t):
     """λ_t = log(α/σ) = ½·log SNR_t at index t (Lu et al. 2022); +∞ for clean data (t = −1)."""
-    return jnp.where(t >= 0, 0.5 * jnp.log(schedule.snr[jnp.maximum(t, 0)]), jnp.inf)
+    return jnp.where(t >= 0, logsnr(schedule)[jnp.maximum(t, 0)], jnp.inf)
 
 
 def _sigma(schedule: Schedule, t):
@@ -89,7 +89,7 @@ def _index_nearest_logsnr(schedule: Schedule, lam, above, below):
     """The schedule index whose λ is nearest ``lam`` among the indices strictly between ``below``
     and ``above`` (below < index < above)."""
     index = jnp.arange(schedule.num_steps)
-    gap = jnp.abs(0.5 * jnp.log(schedule.snr) - lam)
+    gap = jnp.abs(logsnr(schedule) - lam)
     return jnp.argmin(jnp.where((index > below) & (index < above), gap, jnp.inf)).astype(jnp.int32)
 
 

@@ -260,8 +260,8 @@ def logsnr_at_timesteps(schedule: Schedule, timesteps) -> jax.Array:
     """λ at network timesteps, integer or not: the schedule's λ at its own timesteps, linear in
     between. This is the continuous-time process a discrete schedule stands for when a model is
     evaluated between its steps (the probability-flow ODE); at the steps it is the schedule's λ."""
-    return jnp.interp(jnp.asarray(timesteps, logsnr(schedule).dtype), schedule.timesteps.astype(logsnr(schedule).dtype),
-                      logsnr(schedule))
+    lam = logsnr(schedule)
+    return jnp.interp(jnp.asarray(timesteps, lam.dtype), schedule.timesteps.astype(lam.dtype), lam)
 
 
 def timesteps_at_logsnr(schedule: Schedule, lam) -> jax.Array:

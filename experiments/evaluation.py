@@ -193,8 +193,9 @@ def _over_heldout(fn, run, mesh, heldout, num: int, batch: int, seed: int, desc:
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
-def _mean_and_stderr(per_image: np.ndarray) -> dict:
-    return {"bits_per_dim": float(per_image.mean()), "stderr": float(per_image.std(ddof=1) / np.sqrt(len(per_image))),
+def _mean_and_stderr(per_image: np.ndarray, unit: str = "bits_per_dim") -> dict:
+    """``{unit: mean, "stderr": standard error of the mean, "num": count}`` of per-image values."""
+    return {unit: float(per_image.mean()), "stderr": float(per_image.std(ddof=1) / np.sqrt(len(per_image))),
             "num": int(len(per_image))}
 
 
@@ -297,9 +298,7 @@ def sddpm_objective(run, mesh, heldout, num: int, batch: int = 32, seed: int = 0
         return losses.sddpm_objective(common.make_denoiser(run.model, params), run.schedule, x, key,
                                       cond=common.conditioning(config, labels), **common.output_kwargs(config))
     out = _over_heldout(objective, run, mesh, heldout, num, batch, seed, "sddpm objective")
-    return {"nats_per_dim": float(out["total"].mean()),
-            "stderr": float(out["total"].std(ddof=1) / np.sqrt(len(out["total"]))), "num": int(len(out["total"])),
-            "per_step": out["terms"].mean(0).tolist()}
+    return dict(_mean_and_stderr(out["total"], "nats_per_dim"), per_step=out["terms"].mean(0).tolist())
 
 
 def sddpm_objective_record(run, mesh, heldout, num: int, out: Path, seed: int = 0) -> dict:

@@ -194,10 +194,10 @@ def _read_legacy(path: Path) -> dict:
     with open(path, "rb") as f:
         head = f.read(max(map(len, LEGACY_MAGIC_PICKLES)))
         magic = next((m for m in LEGACY_MAGIC_PICKLES if head.startswith(m)), None)
-        f.seek(len(magic) if magic else 0)
         if magic is None:
             raise ValueError("neither a zip archive nor a legacy torch.save stream; "
                              "refusing to unpickle it (save the state dict with torch.save)")
+        f.seek(len(magic))
         protocol = _PrimitiveUnpickler(f).load()
         if not (_is_count(protocol) and protocol == LEGACY_PROTOCOL):
             raise _malformed(f"a legacy stream whose protocol version is not {LEGACY_PROTOCOL}")
