@@ -65,14 +65,8 @@ class Reconstructions:
 
     def _reconstructions(self, variables) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """(uint8 reconstructions, VQ code indices or None) of the evaluation images."""
-        recs, codes = [], []
-        batch = max(EVAL_BATCH - EVAL_BATCH % self.mesh.devices.size, self.mesh.devices.size)
-        for i in range(0, len(self.images), batch):
-            x = datasets.to_model_range(self.images[i:i + batch])
-            out = [parallel.gather(o)[:len(x)] for o in self.reconstruct(variables, parallel.pad_to_devices(x, self.mesh))]
-            recs.append(datasets.to_uint8(out[0]))
-            codes.extend(out[1:])
-        return np.concatenate(recs), np.concatenate(codes) if codes else None
+        recs, *codes = evaluation.batched(lambda x: self.reconstruct(variables, x), self.mesh, EVAL_BATCH)(self.images)
+        return datasets.to_uint8(recs), codes[0] if codes else None
 
     def measure(self, step: int, variables) -> dict:
         """The record of ``step``: PSNR, rFID (when there is a feature network), VQ codebook usage."""
