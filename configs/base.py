@@ -38,6 +38,7 @@ def get_config():
     c.model.context_dim = 0
     c.model.norm_groups = 8
     c.model.remat = False
+    c.model.attention_implementation = "xla"   # or "cudnn" (fused flash attention, GPU + bf16, head dim ≤ 128), "auto"
     c.model.hidden = 256               # mlp only
     c.model.depth = 4                  # mlp only
     c.model.code_width = 30            # autoencoders: units in the code (seed 004)

@@ -17,11 +17,13 @@ from diffusion.data import datasets
 from diffusion.models.sddpm_autoencoders import AUTOENCODERS, ConvAutoencoder
 from diffusion.models.mlp import MLPDenoiser
 from diffusion.models.classifier import ImageClassifier
+from diffusion.models.layers import ATTENTION_IMPLEMENTATIONS
 from diffusion.models.unet import NoisyClassifier, UNet
 
 UNET_FIELDS = ("base_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "dropout",
                "num_heads", "num_head_channels", "resblock_updown", "scale_shift_norm", "rescale_residual",
-               "scale_skip", "efficient", "num_classes", "context_dim", "norm_groups", "remat")
+               "scale_skip", "efficient", "num_classes", "context_dim", "norm_groups", "remat",
+               "attention_implementation")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CLIPS = ("none", "static", "dynamic")   # x̂_0 thresholding, one spelling in configs and flags (None in the library)
 
@@ -59,6 +61,7 @@ def validate(c: ml_collections.ConfigDict):
     _choice("diffusion.timestep_sampler", d.timestep_sampler, ("uniform", "importance"))
     _choice("diffusion.decoder", d.decoder, losses.DECODERS)
     _choice("model.kind", m.kind, ("unet", "mlp") + tuple(AUTOENCODERS))
+    _choice("model.attention_implementation", m.attention_implementation, ATTENTION_IMPLEMENTATIONS)
     _choice("train.compute_dtype", c.train.compute_dtype, DTYPES)
     _choice("sample.sampler", c.sample.sampler, samplers.SAMPLERS)
     _choice("sample.clip", c.sample.clip, CLIPS)

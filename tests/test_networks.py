@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion.models.cost import compiled_flops, model_cost
+from diffusion.models.cost import hlo_flops, model_cost
 from diffusion.models.mlp import MLPDenoiser
 from diffusion.models.unet import NoisyClassifier, UNet
 
@@ -35,8 +35,23 @@ def test_flops_of_a_dense_layer_are_2_in_out():
     layer = nn.Dense(64)
     x = jnp.ones((16, 128))
     params = layer.init(jax.random.key(0), x)
-    flops = compiled_flops(lambda p, x: layer.apply(p, x), params, x)
+    flops = hlo_flops(lambda p, x: layer.apply(p, x), params, x)
     assert abs(flops - 2 * 16 * 128 * 64) / (2 * 16 * 128 * 64) < 0.05
+
+
+def test_flops_of_a_convolution_and_its_gradients_are_counted():
+    """2·B·C_in·C_out per kernel tap that lands inside the image — (3·16 − 2)² of them per image for a
+    3×3 "SAME" convolution over 16×16, XLA counting no multiplications by the zero padding — and three
+    times that with both of its gradients (the FLOPs XLA:GPU's compiled analysis leaves out when cuDNN
+    runs the convolution)."""
+    x = jax.ShapeDtypeStruct((4, 16, 16, 32), jnp.bfloat16)
+    w = jax.ShapeDtypeStruct((3, 3, 32, 64), jnp.bfloat16)
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    expected = 2 * 4 * 32 * 64 * (3 * 16 - 2) ** 2
+    assert abs(hlo_flops(conv, x, w) - expected) / expected < 0.01
+    both = lambda x, w: jax.value_and_grad(lambda x, w: jnp.sum(conv(x, w).astype(jnp.float32) ** 2),
+                                           argnums=(0, 1))(x, w)
+    assert abs(hlo_flops(both, x, w) - 3 * expected) / (3 * expected) < 0.02
 
 
 def test_model_cost_counts_parameters_and_scales_with_resolution():

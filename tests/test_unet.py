@@ -158,3 +158,35 @@ def test_matches_diffusers_ddpm_cifar10(tmp_path):
     got = np.asarray(jax.jit(model.apply)({"params": params}, jnp.asarray(x.transpose(0, 2, 3, 1)), jnp.asarray(t)))
     rel = np.linalg.norm(got - expect) / np.linalg.norm(expect)
     assert rel < 1e-4, rel
+
+
+def test_attention_backend_choice_is_cudnn_only_where_it_applies():
+    """"auto" gives XLA's attention off-GPU and for float32 or heads wider than 128 channels; cuDNN's
+    fused kernel only on a GPU with bf16/fp16 heads of ≤ 128 (multiple of 8) channels; a misspelt
+    backend is refused by the library and by the config check."""
+    from configs import mnist
+    from diffusion.models.layers import attention_implementation
+    from experiments import common
+    gpu = jax.default_backend() == "gpu"
+    assert attention_implementation("auto", 64, jnp.bfloat16) == ("cudnn" if gpu else "xla")
+    assert attention_implementation("auto", 256, jnp.bfloat16) == "xla"
+    assert attention_implementation("auto", 64, jnp.float32) == "xla"
+    assert attention_implementation("xla", 64, jnp.bfloat16) == "xla"
+    with pytest.raises(ValueError, match="'flash' is not one of"):
+        attention_implementation("flash", 64, jnp.bfloat16)
+    config = mnist.get_config()
+    config.model.attention_implementation = "flash"
+    with pytest.raises(ValueError, match="model.attention_implementation"):
+        common.validate(config)
+
+
+def test_nearest_upsampling_repeats_pixels_and_sums_its_gradient_over_blocks():
+    """The broadcast form gives jax.image.resize's nearest-neighbour values, and its gradient is each
+    2×2 block's sum of the cotangent (no scatter in the compiled gradient)."""
+    from diffusion.models.layers import nearest_upsample
+    x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
+    np.testing.assert_array_equal(nearest_upsample(x), jax.image.resize(x, (2, 6, 10, 4), "nearest"))
+    cotangent = jax.random.normal(jax.random.key(1), (2, 6, 10, 4))
+    grad = jax.grad(lambda x: jnp.sum(nearest_upsample(x) * cotangent))(x)
+    np.testing.assert_allclose(grad, cotangent.reshape(2, 3, 2, 5, 2, 4).sum(axis=(2, 4)), rtol=1e-6, atol=1e-6)
+    assert "scatter" not in jax.jit(jax.grad(lambda x: jnp.sum(nearest_upsample(x) ** 2))).lower(x).compile().as_text()

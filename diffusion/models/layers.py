@@ -46,8 +46,12 @@ def _norm(groups, eps, dtype, param_dtype, name):
 
 
 def nearest_upsample(x):
+    """Each pixel repeated 2×2: the values of ``jax.image.resize(…, "nearest")``, written as a broadcast
+    so that the gradient is a sum over each 2×2 block rather than the scatter-add that the resize's
+    gather differentiates into (on an H200 that scatter was 2% of the CIFAR-10 train step's kernel
+    time; on this 2-core CPU the gradient of one 64×16×16×128 upsampling took 41.6 ms against 0.49)."""
     B, H, W, C = x.shape
-    return jax.image.resize(x, (B, 2 * H, 2 * W, C), "nearest")
+    return jnp.broadcast_to(x[:, :, None, :, None, :], (B, H, 2, W, 2, C)).reshape(B, 2 * H, 2 * W, C)
 
 
 def avg_downsample(x):
@@ -121,16 +125,35 @@ class ResBlock(nn.Module):
         return (x + h) * self.output_scale
 
 
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+
+
+def attention_implementation(requested: str, head_dim: int, dtype) -> str:
+    """The ``jax.nn.dot_product_attention`` backend for ``requested`` ("auto", "xla" or "cudnn").
+
+    "auto" picks cuDNN's fused (flash) attention where it applies — a GPU, half-precision operands
+    and a head dimension that is a multiple of 8 and at most 128 — and XLA's softmax(QKᵀ/√d)V
+    otherwise (CPU, TPU, float32, or one wide head like the DDPM U-Net's 256 channels)."""
+    if requested not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation {requested!r} is not one of {ATTENTION_IMPLEMENTATIONS}")
+    if requested != "auto":
+        return requested
+    fits = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+    return "cudnn" if fits and jax.default_backend() == "gpu" else "xla"
+
+
 class Attention(nn.Module):
     """Multi-head (self- or cross-) attention over the pixels, with a residual connection.
 
     Heads: ``num_head_channels`` channels each when > 0, else ``num_heads`` heads (ADM).
     With ``context`` [B, L, D], keys and values come from it (latent-diffusion conditioning).
+    ``implementation``: see ``attention_implementation`` (the same function either way).
     """
     num_heads: int = 1
     num_head_channels: int = -1
     groups: int = 32
     eps: float = 1e-6
+    implementation: str = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -147,5 +170,6 @@ class Attention(nn.Module):
         q = split(nn.Dense(C, name="to_q", **kw)(h))
         k = split(nn.Dense(C, name="to_k", **kw)(source))
         v = split(nn.Dense(C, name="to_v", **kw)(source))
-        out = jax.nn.dot_product_attention(q, k, v).reshape(B, H * W, C)
+        implementation = attention_implementation(self.implementation, C // heads, q.dtype)
+        out = jax.nn.dot_product_attention(q, k, v, implementation=implementation).reshape(B, H * W, C)
         return x + nn.Dense(C, name="to_out", **kw)(out).reshape(B, H, W, C)

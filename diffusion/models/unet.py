@@ -49,6 +49,7 @@ class UNet(nn.Module):
     norm_groups: int = 32
     norm_eps: float = 1e-6
     remat: bool = False
+    attention_implementation: str = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -77,7 +78,8 @@ class UNet(nn.Module):
                       output_scale=1 / math.sqrt(2) if self.rescale_residual else 1.0,
                       groups=self.norm_groups, eps=self.norm_eps, **kw)
         attn_kw = dict(num_heads=self.num_heads, num_head_channels=self.num_head_channels,
-                       groups=self.norm_groups, eps=self.norm_eps, **kw)
+                       groups=self.norm_groups, eps=self.norm_eps,
+                       implementation=self.attention_implementation, **kw)
         res_cls = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
         return kw, res_kw, attn_kw, res_cls
 
