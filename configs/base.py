@@ -19,6 +19,9 @@ def get_config():
     c.data.holdout_fraction = 0.1      # held out (after a seeded shuffle) for evaluation
     c.data.num_classes = 10            # labels in the data are [0, num_classes); checked and used when model.num_classes > 0 (and by classifiers)
     c.data.class_dropout = 0.0         # labels replaced by the null label (classifier-free guidance)
+    c.data.autoencoder = ""            # latent diffusion: an experiments.train_autoencoder workdir whose latents are diffused; "" = pixels
+    c.data.latent_scale = 0.0          # LDM's scale_factor 1/std(z); 0: measured on the training latents at the start of the run, stored in its config.json
+    c.data.low_resolution = 0          # > 0: a cascade's super-resolution stage, conditioned on each image shrunk to this size and upsampled back (cascade section)
 
     c.model = ml_collections.ConfigDict()
     c.model.kind = "unet"              # "unet", "mlp", or seed 004's "shallow_autoencoder", "dense_autoencoder", "conv_autoencoder"
@@ -35,7 +38,9 @@ def get_config():
     c.model.scale_skip = False
     c.model.efficient = False
     c.model.num_classes = 0            # > 0: class-conditional with a null label
-    c.model.context_dim = 0
+    c.model.context_dim = 0            # > 0: cross-attention to the context encoder's tokens of this width
+    c.model.context_encoder = ""       # τθ: "" (none) or "class_tokens" (each label → context_tokens learned tokens, in place of the class embedding)
+    c.model.context_tokens = 1
     c.model.norm_groups = 8
     c.model.remat = False
     c.model.attention_implementation = "xla"   # or "cudnn" (fused flash attention, GPU + bf16, head dim ≤ 128), "auto"
@@ -71,6 +76,7 @@ def get_config():
     c.optim.warmup_steps = 200
     c.optim.decay = "constant"         # "constant" or "cosine" (to 0 at train.num_steps)
     c.optim.grad_clip = 1.0            # global-norm clipping; 0 disables
+    c.optim.grad_accum_steps = 1       # k > 1: each step's train.batch_size rows run as k micro-batches whose mean gradient is applied once (optax.MultiSteps)
 
     c.ema = ml_collections.ConfigDict()
     c.ema.decay = 0.999
@@ -84,6 +90,17 @@ def get_config():
     c.train.sample_every = 1000
     c.train.checkpoint_every = 1000
     c.train.keep_checkpoints = 3
+
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.fsdp = 1                # devices per parameter shard: mesh (devices / fsdp) × fsdp; 1 replicates the state
+
+    c.cascade = ml_collections.ConfigDict()   # a super-resolution stage (data.low_resolution > 0), Ho et al. 2021
+    c.cascade.augmentation = "none"    # of the low-resolution conditioning in training: "none", "gaussian" (z_s ~ q(z_s | z_0), s told to the network) or "blur"
+    c.cascade.aug_level_range = (0, 0) # gaussian: s drawn uniformly from these schedule indices (inclusive, within [0, T))
+    c.cascade.blur_sigma_range = (0.4, 0.6)   # blur: σ drawn uniformly from this range (CDM's), in low-resolution pixels
+    c.cascade.blur_kernel = 3          # blur: the kernel's side (odd)
+    c.cascade.aug_level = 0            # gaussian: the level s the conditioning is given at sampling (grids; the default of experiments.sample --cascade)
+    c.cascade.truncated = False        # gaussian: at sampling stop the lower stage at s (truncated) rather than corrupt its output to s (the default of --truncated)
 
     c.classifier = ml_collections.ConfigDict()   # experiments.train_classifier
     c.classifier.kind = "cnn"          # "cnn": features/logits for FID and IS; "noisy": ADM p(y|x_t, t) on the model's U-Net encoder

@@ -2,7 +2,7 @@
 flags): 192 base channels, multipliers 1,2,3,4, 3 res blocks per level, attention at 32, 16 and 8 with
 64 channels per head, BigGAN up/downsampling, scale-shift norm, dropout 0.1, cosine schedule with
 learned-range variance and the hybrid loss, Adam 3e-4 at batch 2048, EMA 0.9999. About 296M parameters.
-Needs ImageNet 64×64 (downsampled_imagenet/64x64) prepared for TFDS.
+Needs ImageNet 64×64 with its labels (TFDS imagenet_resized/64x64; downsampled_imagenet has none) prepared for TFDS.
 
 python -m experiments.train --config configs/imagenet64_adm.py --workdir runs/imagenet64_adm
 """
@@ -11,7 +11,7 @@ from configs import cifar10_ddpm
 
 def get_config():
     c = cifar10_ddpm.get_config()
-    c.data.source = "tfds:downsampled_imagenet/64x64"
+    c.data.source = "tfds:imagenet_resized/64x64"
     c.data.image_size = 64
     c.data.random_flip = False
     c.data.num_classes = 1000

@@ -34,7 +34,8 @@ from diffusion.checkpoint_checks import (checksums, failed_writes_silenced, is_d
 # Config fields that change what the parameters mean: a resumed run must agree on them
 # ("first_stage": the latent-diffusion autoencoder of experiments.train_autoencoder).
 COMPATIBILITY_SECTIONS = ("model", "diffusion", "first_stage")
-COMPATIBILITY_FIELDS = ("data.image_size", "data.channels")
+COMPATIBILITY_FIELDS = ("data.image_size", "data.channels", "data.autoencoder", "data.latent_scale",
+                        "data.low_resolution", "cascade.augmentation")   # a cascade stage's conditioning input
 CORRUPT_DIR = "corrupt_checkpoints"   # beside the checkpoints directory, in the workdir
 NAMED_LEAVES = 5                      # how many bad leaves an error message lists
 SETTLE_PASSES, SETTLE_PAUSE_S = 25, 0.2   # cleaning up after a failed save: up to ~5 s
@@ -66,7 +67,7 @@ def compatibility_view(config: dict) -> dict:
 def config_differences(saved: dict, current: dict) -> list[str]:
     """The compatibility fields on which a checkpoint's config and the current one differ. A field the
     checkpoint's config lacks was added to the code after it was saved, and the run was made with
-    its default: it is not a difference (as ``sampling.load_config`` fills it with that default)."""
+    its default: it is not a difference (as ``runs.load_config`` fills it with that default)."""
     a, b = compatibility_view(saved), compatibility_view(current)
     return [f"{k}: checkpoint {a.get(k, '<absent>')!r} vs config {b.get(k, '<absent>')!r}"
             for k in sorted(a) if a.get(k) != b.get(k)]

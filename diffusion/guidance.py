@@ -21,12 +21,15 @@ def classifier_free(model_fn: Callable, null_label: int, variance: str = "fixed_
     Both passes run as one network call on a doubled batch. The combination is applied to the
     prediction channels (valid for ε, x_0 and v alike, which are affine in one another at fixed
     x_t); a learned variance is taken from the conditional pass. The returned function takes
-    ``labels`` int[B] and ``guidance_scale`` (w, scalar or [B]).
+    ``labels`` int[B] and ``guidance_scale`` (w, scalar or [B]); the null label is the null context
+    of a U-Net whose cross-attention reads class tokens τθ(y). Any other conditioning [B, ...] (an
+    image concatenated to x_t) is given to both passes.
     """
     def guided(x_t, timesteps, *, labels, guidance_scale, **cond):
         batch = x_t.shape[0]
+        both = {k: jnp.concatenate([v, v]) for k, v in cond.items()}
         out = model_fn(jnp.concatenate([x_t, x_t]), jnp.concatenate([timesteps, timesteps]),
-                       labels=jnp.concatenate([labels, jnp.full_like(labels, null_label)]), **cond)
+                       labels=jnp.concatenate([labels, jnp.full_like(labels, null_label)]), **both)
         pred, var = reverse.split_output(out, variance)
         w = jnp.reshape(guidance_scale, (-1,) + (1,) * (x_t.ndim - 1)).astype(pred.dtype)
         guided_pred = (1 + w) * pred[:batch] - w * pred[batch:]

@@ -1,4 +1,6 @@
-"""Data parallelism with ``jax.jit`` over a device mesh: parameters replicated, batches split over ``data``."""
+"""Data parallelism with ``jax.jit`` over a 2-axis device mesh (``data``, ``fsdp``): batches split
+over every device, the training state replicated or, FSDP-style (ZeRO-3, Rajbhandari et al. 2020),
+each array split along ``fsdp``; jit inserts the all-gathers and reduce-scatters."""
 from __future__ import annotations
 
 import itertools
@@ -10,10 +12,18 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def make_mesh(devices: Optional[Sequence] = None) -> Mesh:
-    """A 1-D mesh with axis ``data`` over ``devices`` (default: every device of every host)."""
+AXES = ("data", "fsdp")
+
+
+def make_mesh(devices: Optional[Sequence] = None, *, fsdp: int = 1, what: str = "fsdp") -> Mesh:
+    """A (devices / ``fsdp``) × ``fsdp`` mesh with axes ``data``, ``fsdp`` over ``devices`` (default:
+    every device of every host, in order, so a host's devices are neighbours along ``fsdp``)."""
     devices = jax.devices() if devices is None else list(devices)
-    return Mesh(np.asarray(devices), ("data",))
+    n = len(devices)
+    if not isinstance(fsdp, int) or fsdp < 1 or n % fsdp:
+        divisors = [d for d in range(1, n + 1) if n % d == 0]
+        raise ValueError(f"{what}={fsdp!r} does not divide the {n} devices: use one of {divisors}")
+    return Mesh(np.asarray(devices).reshape(n // fsdp, fsdp), AXES)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -21,7 +31,30 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def data_sharded(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P("data"))
+    """Rows split over every device of the mesh (both axes): FSDP shards the batch like plain data
+    parallelism and the state besides."""
+    return NamedSharding(mesh, P(AXES))
+
+
+def fsdp_spec(shape: Sequence[int], size: int) -> P:
+    """Split the largest dimension that ``size`` divides (the first of equal ones) over ``fsdp``;
+    replicate when none does (big_vision's ``fsdp`` sharding rule). ``size`` 1: replicated."""
+    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if size > 1 and shape[dim] % size == 0:
+            return P(*(["fsdp" if d == dim else None for d in range(len(shape))]))
+    return P()
+
+
+def fsdp_shardings(tree, mesh: Mesh):
+    """One ``NamedSharding`` per leaf of ``tree`` (arrays or ``jax.ShapeDtypeStruct``s): ``fsdp_spec``
+    over the mesh's ``fsdp`` axis, for parameters, EMA and optimizer state alike."""
+    return jax.tree.map(lambda a: NamedSharding(mesh, fsdp_spec(a.shape, mesh.shape["fsdp"])), tree)
+
+
+def bytes_per_device(tree) -> int:
+    """The bytes of ``tree``'s leaves (arrays or sharded ``jax.ShapeDtypeStruct``s) that one device holds."""
+    return sum(int(np.prod(a.sharding.shard_shape(a.shape))) * np.dtype(a.dtype).itemsize
+               for a in jax.tree.leaves(tree))
 
 
 def check_batch(global_batch: int, mesh: Mesh, what: str = "train.batch_size"):

@@ -104,9 +104,10 @@ def predictor_corrector_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, 
 
 
 def sample(step: Callable, model_fn: Callable, schedule: Schedule, x_T, key, *,
-           timesteps: Optional[jax.Array] = None, keep_every: int = 0, cond=None, **step_kwargs):
+           timesteps: Optional[jax.Array] = None, keep_every: int = 0, cond=None, t_end: int = -1, **step_kwargs):
     """Run ``step`` from x_T [B, ...] down the descending schedule indices ``timesteps``
-    (default: every step, T−1 … 0), ending at clean data, inside one ``lax.scan``.
+    (default: every step, T−1 … 0), ending at clean data (``t_end`` = −1) or, truncated, at level
+    ``t_end`` ≥ 0 (``cascade.truncate``), inside one ``lax.scan``.
 
     A multistep solver (a step with a ``previous`` parameter) is also handed the x̂_0 of the step
     before and that step's index, ``(x̂_0, t)``; before the first step the index is −2 (none).
@@ -118,7 +119,7 @@ def sample(step: Callable, model_fn: Callable, schedule: Schedule, x_T, key, *,
         timesteps = jnp.arange(schedule.num_steps - 1, -1, -1)
     timesteps = jnp.asarray(timesteps, jnp.int32)
     n = timesteps.shape[0]
-    t_prevs = jnp.concatenate([timesteps[1:], jnp.array([-1], jnp.int32)])
+    t_prevs = jnp.concatenate([timesteps[1:], jnp.array([t_end], jnp.int32)])
     keys = jax.random.split(key, n)
     multistep = "previous" in inspect.signature(step).parameters
     memory = (jnp.zeros_like(x_T), jnp.array(-2, jnp.int32)) if multistep else None

@@ -28,8 +28,12 @@ class TrainState:
 
 def make_optimizer(*, lr: float, warmup_steps: int = 0, decay: str = "constant", total_steps: int = 1,
                    optimizer: str = "adam", b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                   weight_decay: float = 0.0, grad_clip: float = 0.0) -> optax.GradientTransformation:
-    """Global-norm clipping → Adam/AdamW with linear warm-up and a constant or cosine schedule."""
+                   weight_decay: float = 0.0, grad_clip: float = 0.0,
+                   accum_steps: int = 1) -> optax.GradientTransformation:
+    """Global-norm clipping → Adam/AdamW with linear warm-up and a constant or cosine schedule;
+    ``accum_steps`` > 1 wraps it in ``optax.MultiSteps``: the mean gradient of that many calls is
+    clipped and applied on the last of them (zero updates before), and the schedules count applied
+    updates, so ``warmup_steps`` and ``total_steps`` are optimizer steps."""
     if decay == "constant":
         # Ho et al.: lr·min(step/warmup, 1).
         schedule = optax.linear_schedule(0.0, lr, warmup_steps) if warmup_steps else optax.constant_schedule(lr)
@@ -43,7 +47,8 @@ def make_optimizer(*, lr: float, warmup_steps: int = 0, decay: str = "constant",
         opt = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose 'adam' or 'adamw'")
-    return optax.chain(optax.clip_by_global_norm(grad_clip), opt) if grad_clip > 0 else opt
+    opt = optax.chain(optax.clip_by_global_norm(grad_clip), opt) if grad_clip > 0 else opt
+    return optax.MultiSteps(opt, every_k_schedule=accum_steps).gradient_transformation() if accum_steps > 1 else opt
 
 
 def ema_decay_at(step, decay: float, warmup: bool):
@@ -62,15 +67,22 @@ def create_train_state(key, params, tx: optax.GradientTransformation, num_steps:
 
 
 def apply_gradients(state: TrainState, loss, grads, *, tx: optax.GradientTransformation, ema_decay: float,
-                    ema_warmup: bool, loss_history: Optional[timestep_sampling.LossHistory] = None):
+                    ema_warmup: bool, loss_history: Optional[timestep_sampling.LossHistory] = None,
+                    accum_steps: int = 1):
     """(next state, gradient norm, finite): the optimizer update and the EMA, applied only when the
     loss, the gradients and the updated parameters and EMA are all finite (``finite``), so the state a
     host would save after a bad step is the last good one. A finite loss and gradient can still give
-    infinite parameters (an overflowing update), hence the check after the update."""
+    infinite parameters (an overflowing update), hence the check after the update.
+
+    Gradient accumulation (``tx`` from ``make_optimizer(accum_steps=k)``): ``state.step`` counts
+    calls, one per micro-batch; the parameters change on every k-th call only, and so does the EMA,
+    whose decay (and warm-up) counts optimizer steps, step // k: k accumulated micro-batches leave
+    the parameters and EMA as one call on their union does."""
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
-    decay = ema_decay_at(state.step, ema_decay, ema_warmup)
+    optimizer_step, micro = jnp.divmod(state.step, accum_steps)
+    decay = jnp.where(micro == accum_steps - 1, ema_decay_at(optimizer_step, ema_decay, ema_warmup), 1.0)
     ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params) & all_finite(ema)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
@@ -88,31 +100,47 @@ def all_finite(tree) -> jax.Array:
 def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.GradientTransformation,
                schedule: Schedule, loss_kwargs: dict, ema_decay: float = 0.9999, ema_warmup: bool = False,
                timestep_sampler: str = "uniform", num_classes: int = 0, class_dropout: float = 0.0,
-               random_flip: bool = False):
+               random_flip: bool = False, accum_steps: int = 1, condition: Optional[Callable] = None):
     """One optimisation step on ``batch`` ({'image' [B, ...] in [−1, 1], 'label' int[B]}).
 
     Samples t (uniformly or by importance), ε (and the SDDPM's second draw z) and dropout from
     ``fold_in(rng, step)``. The metrics' ``update_finite`` is False when the step was skipped as
     non-finite (``apply_gradients``).
+
+    ``accum_steps`` = k > 1 (with ``make_optimizer(accum_steps=k)``): ``batch`` is micro-batch
+    step % k of optimizer step step // k, whose whole batch is k·B rows. The draws are made for those
+    k·B rows from ``fold_in(rng, step // k)`` and this call keeps its own B, so the k calls see the
+    noise, timesteps and flips one call on the k·B rows would (dropout is drawn per call).
+
+    ``condition(keys [B], x0) -> {name: [B, ...]}``: network inputs made from the (flipped) batch
+    itself with one key per row, e.g. a super-resolution stage's augmented low-resolution image
+    (``cascade.training_condition``, Ho et al. 2021).
     """
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    optimizer_step, micro = jnp.divmod(state.step, accum_steps)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), optimizer_step)
     k_t, k_noise, k_drop, k_flip, k_label = jax.random.split(key, 5)
+    if accum_steps > 1:
+        k_drop = jax.random.fold_in(k_drop, micro)
     x0 = batch["image"]
     B = x0.shape[0]
+    rows = B * accum_steps
+    mine = lambda draw: draw.reshape((accum_steps, B) + draw.shape[1:])[micro]
     if random_flip:
-        flip = jax.random.bernoulli(k_flip, 0.5, (B,))
+        flip = mine(jax.random.bernoulli(k_flip, 0.5, (rows,)))
         x0 = jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)
     if timestep_sampler == "importance":
-        t, weights = timestep_sampling.importance_sample(state.loss_history, k_t, B)
+        t, weights = map(mine, timestep_sampling.importance_sample(state.loss_history, k_t, rows))
     else:
-        t, weights = timestep_sampling.uniform(k_t, B, schedule.num_steps)
+        t, weights = map(mine, timestep_sampling.uniform(k_t, rows, schedule.num_steps))
     cond = {}
     if num_classes > 0:
-        drop = jax.random.bernoulli(k_label, class_dropout, (B,))
+        drop = mine(jax.random.bernoulli(k_label, class_dropout, (rows,)))
         cond["labels"] = jnp.where(drop, num_classes, batch["label"])
-    noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+    if condition is not None:
+        cond.update(condition(mine(jax.random.split(jax.random.fold_in(k_noise, 2), rows)), x0))
+    noise = mine(jax.random.normal(k_noise, (rows,) + x0.shape[1:], x0.dtype))
     # The SDDPM's forward pair needs a second draw; the other losses leave it unused (and compiled away).
-    step_noise = jax.random.normal(jax.random.fold_in(k_noise, 1), x0.shape, x0.dtype)
+    step_noise = mine(jax.random.normal(jax.random.fold_in(k_noise, 1), (rows,) + x0.shape[1:], x0.dtype))
 
     def loss_fn(params):
         model_fn = lambda x, ts, **c: apply_fn({"params": params}, x, ts, train=True,
@@ -126,7 +154,8 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.
     if timestep_sampler == "importance":
         history = timestep_sampling.update_loss_history(state.loss_history, t, terms["loss"])
     new_state, grad_norm, finite = apply_gradients(state, loss, grads, tx=tx, ema_decay=ema_decay,
-                                                   ema_warmup=ema_warmup, loss_history=history)
+                                                   ema_warmup=ema_warmup, loss_history=history,
+                                                   accum_steps=accum_steps)
     metrics = {"loss": loss, "mse": jnp.mean(terms["mse"]), "grad_norm": grad_norm, "update_finite": finite}
     if "vlb" in terms:
         metrics["vlb"] = jnp.mean(terms["vlb"])
@@ -144,9 +173,10 @@ def random_shift(key, images, max_shift: int):
 
 def classifier_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.GradientTransformation,
                     ema_decay: float = 0.999, ema_warmup: bool = True, max_shift: int = 0,
-                    schedule: Optional[Schedule] = None):
+                    schedule: Optional[Schedule] = None, accum_steps: int = 1):
     """One cross-entropy step for a classifier of clean images, or, given ``schedule``, for ADM's
-    noisy classifier p_φ(y | x_t, t) on x_t = q_sample(x_0, t, ε) at uniform t (Dhariwal & Nichol 2021, §4)."""
+    noisy classifier p_φ(y | x_t, t) on x_t = q_sample(x_0, t, ε) at uniform t (Dhariwal & Nichol 2021, §4).
+    ``accum_steps``: as in ``apply_gradients`` (each micro-batch draws its own shifts and t)."""
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     k_shift, k_t, k_noise, k_drop = jax.random.split(key, 4)
     x, labels = batch["image"], batch["label"]
@@ -165,6 +195,6 @@ def classifier_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: o
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state, grad_norm, finite = apply_gradients(state, loss, grads, tx=tx, ema_decay=ema_decay,
-                                                   ema_warmup=ema_warmup)
+                                                   ema_warmup=ema_warmup, accum_steps=accum_steps)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
     return new_state, {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm, "update_finite": finite}

@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import math
 import numbers
+from functools import partial
+from pathlib import Path
 from typing import Optional
 
 import jax.numpy as jnp
 import ml_collections
 
-from diffusion import gaussian, losses, reverse, samplers, schedules, sddpm, training
+from diffusion import cascade, gaussian, losses, reverse, samplers, schedules, sddpm, training
 from diffusion.data import datasets
+from diffusion.models import first_stage as first_stage_models
+from diffusion.models.conditioning import ClassTokens
 from diffusion.models.sddpm_autoencoders import AUTOENCODERS, ConvAutoencoder
 from diffusion.models.mlp import MLPDenoiser
 from diffusion.models.classifier import ImageClassifier
 from diffusion.models.layers import ATTENTION_IMPLEMENTATIONS
 from diffusion.models.unet import NoisyClassifier, UNet
+from experiments import runs
 
 UNET_FIELDS = ("base_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "dropout",
                "num_heads", "num_head_channels", "resblock_updown", "scale_shift_norm", "rescale_residual",
@@ -26,6 +31,7 @@ UNET_FIELDS = ("base_channels", "channel_mult", "num_res_blocks", "attention_res
                "attention_implementation")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CLIPS = ("none", "static", "dynamic")   # x̂_0 thresholding, one spelling in configs and flags (None in the library)
+CONTEXT_ENCODERS = ("", "class_tokens")  # τθ for the U-Net's cross-attention (diffusion.models.conditioning)
 
 
 def _choice(field: str, value, allowed):
@@ -39,7 +45,8 @@ def _is_integer(value) -> bool:
 
 # Config counts that must be integers >= 1, with what a smaller value would do where that is not obvious.
 COUNT_FIELDS = {"train.batch_size": "", "train.num_steps": "", "train.log_every": "", "train.sample_every": "",
-                "train.checkpoint_every": "", "sample.num": "",
+                "train.checkpoint_every": "", "sample.num": "", "parallel.fsdp": "",
+                "optim.grad_accum_steps": " (1 applies every batch at once)",
                 "train.keep_checkpoints": " (it keeps that many of the newest checkpoints; 0 would delete them all)"}
 
 
@@ -61,6 +68,7 @@ def validate(c: ml_collections.ConfigDict):
     _choice("diffusion.timestep_sampler", d.timestep_sampler, ("uniform", "importance"))
     _choice("diffusion.decoder", d.decoder, losses.DECODERS)
     _choice("model.kind", m.kind, ("unet", "mlp") + tuple(AUTOENCODERS))
+    _choice("model.context_encoder", m.context_encoder, CONTEXT_ENCODERS)
     _choice("model.attention_implementation", m.attention_implementation, ATTENTION_IMPLEMENTATIONS)
     _choice("train.compute_dtype", c.train.compute_dtype, DTYPES)
     _choice("sample.sampler", c.sample.sampler, samplers.SAMPLERS)
@@ -89,6 +97,14 @@ def validate(c: ml_collections.ConfigDict):
         raise ValueError("config: data.class_dropout > 0 needs a class-conditional model (model.num_classes > 0)")
     if m.num_classes > c.data.num_classes:
         raise ValueError(f"config: model.num_classes={m.num_classes} exceeds data.num_classes={c.data.num_classes}")
+    if m.context_encoder and not (m.num_classes > 0 and m.context_dim > 0 and _is_integer(m.context_tokens)
+                                  and m.context_tokens >= 1):
+        raise ValueError(f"config: model.context_encoder={m.context_encoder!r} turns each label into model.context_tokens "
+                         "tokens of model.context_dim channels: it needs model.num_classes > 0, model.context_dim > 0 "
+                         "and model.context_tokens >= 1")
+    if m.context_dim > 0 and not m.context_encoder:
+        raise ValueError(f"config: model.context_dim={m.context_dim} adds cross-attention to a context that no domain "
+                         "encoder makes: set model.context_encoder='class_tokens' (or model.context_dim=0)")
     is_toy = c.data.source.startswith("toy:")
     if is_toy != (m.kind == "mlp"):
         raise ValueError(f"config: model.kind={m.kind!r} does not fit data.source={c.data.source!r} "
@@ -103,8 +119,110 @@ def validate(c: ml_collections.ConfigDict):
         raise ValueError(f"config field optim.lr={c.optim.lr!r} must be a finite number > 0")
     samplers.check_steps(c.sample.sampler, c.sample.steps, d.num_steps, what="config field sample.steps")
     check_sampler_reads_model(c, c.sample.sampler, c.sample.steps, d.num_steps, what="config field sample.")
+    if c.data.autoencoder:
+        check_latent(c)
+    check_clip(c, c.sample.clip, "config field sample.clip")
+    check_super_resolution(c)
     if not is_toy:
         make_model(c)   # the U-Net and the convolutional autoencoder check that the image size fits their levels
+
+
+def check_latent(c: ml_collections.ConfigDict):
+    """Refuse a latent-diffusion config (``data.autoencoder``) that cannot run: no autoencoder run
+    there, one trained on other images, latents the U-Net cannot halve at each level, settings for
+    pixels (the discretised decoder, image flips)."""
+    where = c.data.autoencoder
+    if not (Path(where) / "config.json").exists():
+        raise ValueError(f"config field data.autoencoder={where!r} is not an autoencoder run (no {Path(where) / 'config.json'}): "
+                         f"train one first with python -m experiments.train_autoencoder --config "
+                         f"configs/autoencoder_kl_f4.py --workdir {where}")
+    a = runs.load_config(where)
+    if (a.data.image_size, a.data.channels) != (c.data.image_size, c.data.channels):
+        raise ValueError(f"config: the autoencoder in {where} encodes {a.data.image_size}×{a.data.image_size}×"
+                         f"{a.data.channels} images, not data.image_size={c.data.image_size} × data.channels="
+                         f"{c.data.channels}: use its data settings")
+    if c.model.kind != "unet":
+        raise ValueError(f"config: latent diffusion (data.autoencoder) runs the U-Net on z; model.kind={c.model.kind!r} "
+                         "is for pixels: set model.kind='unet'")
+    h, _, channels = latent_shape(a)
+    levels = len(c.model.channel_mult)
+    if h % 2 ** (levels - 1):
+        raise ValueError(f"config: the {h}×{h}×{channels} latents of data.autoencoder={where!r} (f = "
+                         f"{a.first_stage.factor}) cannot be halved {levels - 1} times by model.channel_mult="
+                         f"{tuple(c.model.channel_mult)}: give it at most {(h & -h).bit_length()} levels, or use an "
+                         f"autoencoder whose latent side {2 ** (levels - 1)} divides")
+    if c.diffusion.decoder != "gaussian":
+        raise ValueError(f"config: diffusion.decoder={c.diffusion.decoder!r} reads 8-bit pixels; latents are "
+                         "continuous: set diffusion.decoder='gaussian'")
+    if c.data.random_flip:
+        raise ValueError("config: data.random_flip flips images, but a latent run trains on latents encoded once "
+                         "at its start: set data.random_flip=False")
+
+
+def check_super_resolution(c: ml_collections.ConfigDict):
+    """Refuse a cascade stage that cannot run: augmentation settings without a super-resolution stage
+    (``data.low_resolution``), a low resolution that does not divide the image size, latents or a
+    non-U-Net, levels s outside [0, T), an empty σ range or an even blur kernel."""
+    a, low, size, T = c.cascade, c.data.low_resolution, c.data.image_size, c.diffusion.num_steps
+    _choice("cascade.augmentation", a.augmentation, cascade.AUGMENTATIONS)
+    if not low:
+        if a.augmentation != "none" or a.truncated:
+            raise ValueError(f"config: cascade.augmentation={a.augmentation!r} / cascade.truncated augment a super-resolution "
+                             "stage's low-resolution input: set data.low_resolution (e.g. 14), or leave them at 'none' / False")
+        return
+    if not _is_integer(low) or not 1 <= low < size or size % low:
+        raise ValueError(f"config field data.low_resolution={low!r} must be an integer in [1, {size}) that divides "
+                         f"data.image_size={size} (the low-resolution image is an average of whole blocks)")
+    if c.data.autoencoder or c.model.kind != "unet":
+        raise ValueError("config: a super-resolution stage (data.low_resolution) is a pixel U-Net: set model.kind='unet' "
+                         "and data.autoencoder=''")
+    if a.augmentation == "gaussian":
+        lo, hi = a.aug_level_range
+        cascade.check_level(lo, T, "config field cascade.aug_level_range[0]")
+        cascade.check_level(hi, T, "config field cascade.aug_level_range[1]")
+        if lo > hi:
+            raise ValueError(f"config field cascade.aug_level_range={tuple(a.aug_level_range)} must be (low, high) with low <= high")
+        cascade.check_level(a.aug_level, T, "config field cascade.aug_level")
+    elif a.aug_level or a.truncated:
+        raise ValueError(f"config: cascade.aug_level / cascade.truncated are levels of Gaussian augmentation; with "
+                         f"cascade.augmentation={a.augmentation!r} set them to 0 / False (or use 'gaussian')")
+    if a.augmentation == "blur":
+        lo, hi = a.blur_sigma_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"config field cascade.blur_sigma_range={tuple(a.blur_sigma_range)} must be (low, high) with "
+                             "0 < low <= high")
+        if not _is_integer(a.blur_kernel) or a.blur_kernel < 1 or a.blur_kernel % 2 == 0:
+            raise ValueError(f"config field cascade.blur_kernel={a.blur_kernel!r} must be an odd integer >= 1 (CDM: 3)")
+
+
+def super_resolution_inputs(c: ml_collections.ConfigDict, schedule, key, z, level: Optional[int] = None,
+                            truncated: bool = False) -> dict:
+    """A super-resolution stage's network inputs at sampling for the lower stage's output z
+    [B, h, w, C] (``cascade.conditioning``): with Gaussian augmentation z is corrupted to z_s at
+    ``level`` (default ``cascade.aug_level``), unless ``truncated`` (z is already z_s); without, z is
+    given as it is (CDM does not blur at sampling)."""
+    if c.cascade.augmentation != "gaussian":
+        return cascade.conditioning(z, c.data.image_size)
+    level = c.cascade.aug_level if level is None else level
+    return cascade.conditioning(z if truncated else cascade.corrupt(schedule, z, level, key), c.data.image_size, level)
+
+
+def make_condition(c: ml_collections.ConfigDict, schedule):
+    """``training.train_step``'s ``condition`` for a super-resolution stage (``cascade.training_condition``
+    with the config's augmentation), None for any other run."""
+    if not c.data.low_resolution:
+        return None
+    a = c.cascade
+    return partial(cascade.training_condition, low=c.data.low_resolution, augmentation=a.augmentation,
+                   schedule=schedule, level_range=tuple(a.aug_level_range), sigma_range=tuple(a.blur_sigma_range),
+                   kernel_size=a.blur_kernel)
+
+
+def check_clip(c: ml_collections.ConfigDict, clip: str, what: str):
+    """Refuse thresholding x̂_0 to the pixels' [−1, 1] when the run diffuses unit-variance latents."""
+    if c.data.autoencoder and clip != "none":
+        raise ValueError(f"{what}={clip!r} clips x̂_0 to the pixels' [−1, 1], but this run diffuses unit-variance "
+                         "latents (data.autoencoder), which exceed it: use 'none' (as LDM does)")
 
 
 def check_sampler_reads_model(c: ml_collections.ConfigDict, sampler: str, steps: int, num_steps: int, what: str = ""):
@@ -117,7 +235,7 @@ def check_sampler_reads_model(c: ml_collections.ConfigDict, sampler: str, steps:
 
 
 def make_model(c: ml_collections.ConfigDict):
-    out = reverse.output_channels(2 if c.model.kind == "mlp" else c.data.channels, c.diffusion.variance)
+    out = reverse.output_channels(data_shape(c)[-1], c.diffusion.variance)
     m = c.model
     if m.kind == "mlp":
         return MLPDenoiser(out_features=out, hidden=m.hidden, depth=m.depth, num_classes=m.num_classes,
@@ -130,6 +248,9 @@ def make_model(c: ml_collections.ConfigDict):
         if m.kind == "dense_autoencoder":
             kw["width"] = m.autoencoder_width
         return AUTOENCODERS[m.kind](image_shape=data_shape(c), **kw)
+    if m.context_encoder == "class_tokens":   # the labels reach the U-Net through τθ, not a class embedding
+        tau = ClassTokens(num_classes=m.num_classes, num_tokens=m.context_tokens, dim=m.context_dim)
+        return UNet(out_channels=out, context_encoder=tau, **dict(_unet_fields(c), num_classes=0))
     return UNet(out_channels=out, **_unet_fields(c))
 
 
@@ -139,7 +260,7 @@ def _unet_fields(c: ml_collections.ConfigDict) -> dict:
     fields["attention_resolutions"] = tuple(fields["attention_resolutions"])
     if not isinstance(fields["num_res_blocks"], int):
         fields["num_res_blocks"] = tuple(fields["num_res_blocks"])
-    return dict(fields, image_size=c.data.image_size, dtype=DTYPES[c.train.compute_dtype])
+    return dict(fields, image_size=data_shape(c)[0], dtype=DTYPES[c.train.compute_dtype])
 
 
 def make_classifier(c: ml_collections.ConfigDict):
@@ -152,9 +273,20 @@ def make_classifier(c: ml_collections.ConfigDict):
 
 
 def data_shape(c: ml_collections.ConfigDict) -> tuple:
+    """The shape of one x_0 the model diffuses: a 2-D point, an image, or the latent z = ℰ(x) of the
+    autoencoder ``data.autoencoder`` names (latent diffusion, Rombach et al. 2022)."""
     if c.model.kind == "mlp":
         return (2,)
+    if c.data.autoencoder:
+        return latent_shape(runs.load_config(c.data.autoencoder))
     return (c.data.image_size, c.data.image_size, c.data.channels)
+
+
+def latent_shape(c: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """(h, w, c) of the latents z = ℰ(x) of the autoencoder ``c`` describes: ((image_size + 2·pad)/f,
+    …, first_stage.latent_channels)."""
+    f = c.first_stage
+    return first_stage_models.latent_shape(c.data.image_size, f.pad, f.factor, f.latent_channels)
 
 
 def conditioning(c: ml_collections.ConfigDict, labels) -> Optional[dict]:
@@ -187,6 +319,7 @@ def make_sampler(c: ml_collections.ConfigDict, schedule, *, sampler=None, steps=
     steps = c.sample.steps if steps is None else steps
     check_sampler_reads_model(c, name, steps, schedule.num_steps)
     clip = c.sample.clip if clip is None else clip
+    check_clip(c, clip, "clip")
     return samplers.plan(name, schedule, steps, spacing=c.sample.spacing if spacing is None else spacing,
                          eta=c.sample.eta if eta is None else eta, clip=None if clip == "none" else clip,
                          clip_max=c.sample.clip_max or None, **output_kwargs(c))
@@ -195,6 +328,10 @@ def make_sampler(c: ml_collections.ConfigDict, schedule, *, sampler=None, steps=
 def init_params(model, config, key):
     """The denoiser's initial parameters, from one example of the data's shape."""
     cond = conditioning(config, jnp.zeros((1,), jnp.int32)) or {}
+    if config.data.low_resolution:   # the U-Net's conv_in and s-embedding are shaped by these inputs at init
+        low = jnp.zeros((1, config.data.low_resolution, config.data.low_resolution, config.data.channels))
+        cond.update(cascade.conditioning(low, config.data.image_size,
+                                         0 if config.cascade.augmentation == "gaussian" else None))
     return model.init(key, jnp.zeros((1,) + data_shape(config)), jnp.zeros((1,), jnp.int32), **cond)["params"]
 
 
@@ -208,7 +345,8 @@ def make_optimizer(config: ml_collections.ConfigDict):
     o = config.optim
     return training.make_optimizer(
         lr=o.lr, warmup_steps=o.warmup_steps, decay=o.decay, total_steps=config.train.num_steps,
-        optimizer=o.optimizer, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, grad_clip=o.grad_clip)
+        optimizer=o.optimizer, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, grad_clip=o.grad_clip,
+        accum_steps=o.grad_accum_steps)
 
 
 def load_data(config, labels_used: Optional[bool] = None):

@@ -11,12 +11,16 @@ and/or the probability-flow ODE (``--nll ode``: exact likelihood by an adaptive 
 Features: for 28×28 single-channel data the project's classifier (the embedded MNIST one, or
 ``--classifier_weights``); for other data Inception-v3 pool3 (``--inception_weights``, pytorch-fid's
 ``pt_inception-2015-12-05`` file).
+
+``--cascade runs/base14,runs/sr14to28 --aug_level 100 [--truncated] [--scales 2,1]`` measures a cascade
+(Ho et al. 2021) instead: the metrics of its final samples at the last stage's resolution, for the
+``--samplers`` setting (one: every stage's sampler), in ``<last stage>/eval/cascade_<tag>.json``.
 """
 from pathlib import Path
 
 from absl import flags, logging
 
-from experiments import cli, evaluation
+from experiments import cascade, cli, evaluation
 
 flags.DEFINE_string("workdir", None, "A training run's workdir.")
 flags.DEFINE_string("samplers", "ddim:50", "Comma-separated sampler settings name:steps[:eta].")
@@ -36,6 +40,10 @@ flags.DEFINE_string("stats_dir", str(Path.home() / ".cache" / "diffusion" / "fid
 flags.DEFINE_enum("guidance", "", ["", "classifier_free", "classifier"], "Guidance kind.")
 flags.DEFINE_float("scale", 0.0, "Guidance weight w.")
 flags.DEFINE_string("classifier_workdir", None, "A noisy classifier's workdir, for --guidance classifier.")
+flags.DEFINE_list("cascade", None, "Workdirs of a cascade, base first: measure its final samples (replaces --workdir).")
+flags.DEFINE_list("aug_level", None, "--cascade: level s per super-resolution stage (default: each stage's cascade.aug_level).")
+flags.DEFINE_bool("truncated", None, "--cascade: truncated conditioning augmentation (default: the stages' cascade.truncated).")
+flags.DEFINE_list("scales", ["0"], "--cascade: classifier-free guidance weight per stage.")
 FLAGS = flags.FLAGS
 
 
@@ -43,6 +51,16 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     settings = [evaluation.parse_setting(s) for s in FLAGS.samplers.split(",") if s]
+    if FLAGS.cascade:
+        if len(settings) != 1:
+            raise ValueError(f"--cascade measures one sampler setting (every stage's); --samplers={FLAGS.samplers!r} "
+                             "gives several: run one evaluate per setting")
+        (sampler, steps, eta), = settings
+        cascade.evaluate(FLAGS.cascade, cascade.settings_from_flags(
+            FLAGS.cascade, FLAGS.aug_level, FLAGS.truncated, FLAGS.scales, sampler, steps, eta), num=FLAGS.num,
+            batch=FLAGS.batch, seed=FLAGS.seed, features=FLAGS.features, classifier_weights=FLAGS.classifier_weights,
+            inception_weights=FLAGS.inception_weights, stats_dir=FLAGS.stats_dir)
+        return
     evaluation.evaluate_run(FLAGS.workdir, settings, num=FLAGS.num, batch=FLAGS.batch, seed=FLAGS.seed,
                             features=FLAGS.features, classifier_weights=FLAGS.classifier_weights,
                             inception_weights=FLAGS.inception_weights, nll_examples=FLAGS.nll_examples,
@@ -52,5 +70,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["workdir"])
+    flags.register_multi_flags_validator(["workdir", "cascade"], lambda f: bool(f["workdir"] or f["cascade"]),
+                                         "give --workdir (a run), or --cascade (a cascade's runs)")
     cli.run(main)

@@ -36,6 +36,13 @@ def batched(fn, mesh, batch: int = 500):
     return apply
 
 
+def encoded(encode, split: datasets.Split, mesh) -> datasets.Split:
+    """``split`` with its uint8 images replaced by ``encode``'s latents (float32 [N, h, w, c]), encoded in
+    padded, device-sharded batches: a latent-diffusion run's data."""
+    fn = jax.jit(lambda x: (encode(x),), in_shardings=parallel.data_sharded(mesh))
+    return dataclasses.replace(split, images=batched(fn, mesh)(split.images)[0])
+
+
 def classifier_features(mesh, weights=None) -> FeatureFn:
     """The project's 28×28 classifier: 128-d penultimate features and class probabilities."""
     if weights:
@@ -345,8 +352,9 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
                  inception_weights: Optional[str] = None, nll_examples: int = 0, stats_dir=None,
                  guide: str = "", scale: float = 0.0, classifier_workdir: Optional[str] = None,
                  nll_methods=("vlb",), ode_ignores_learned_variance: bool = False) -> tuple[list, dict]:
-    """Rows of every metric (the held-out split first, then each setting) and the NLL by each of
-    ``nll_methods`` ({method: record}), also written to ``<workdir>/eval/*.json`` (with the
+    """Rows of every metric (the held-out split first, then each setting; a latent run's samples
+    decoded to images) and the NLL by each of ``nll_methods`` ({method: record}; a latent run's in
+    bits per latent dimension, of its scaled held-out latents), also written to ``<workdir>/eval/*.json`` (with the
     checkpoint's step; each NLL measured once per step and count, ``nll_record``);
     ``<workdir>/eval/results.md`` tables everything measured at that step, this call's settings
     and earlier calls' alike."""
@@ -354,6 +362,7 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
     common.check_flags_at_least(0, nll_examples=nll_examples)
     run = sampling.load_run(workdir)
     config = run.config
+    sampling.check_draws_alone(config)
     for method in nll_methods if nll_examples > 0 else ():
         check_nll_method(method, config, ode_ignores_learned_variance)
     for sampler, steps, _ in settings:   # every setting is checked before any is drawn
@@ -381,7 +390,11 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
                                          for m in METRICS.values()))
     nlls = {}
     if nll_examples > 0 and config.model.kind == "unet" and config.diffusion.prediction != sddpm.RESIDUAL:
-        nlls = {method: nll_record(run, mesh, heldout, nll_examples, out, seed=seed, method=method)
+        nll_data = heldout
+        if run.latent is not None:   # the bound of what the model diffuses: bits per latent dimension
+            first = dataclasses.replace(heldout, images=heldout.images[:nll_examples], labels=heldout.labels[:nll_examples])
+            nll_data = encoded(run.latent.encode, first, mesh)
+        nlls = {method: nll_record(run, mesh, nll_data, nll_examples, out, seed=seed, method=method)
                 for method in nll_methods}
     if jax.process_index() == 0:
         measured, measured_nlls = recorded(out, run.step, feature_name)

@@ -1,6 +1,7 @@
 """From a config's ``first_stage`` and ``first_stage_train`` sections to the latent-diffusion
-autoencoder, its discriminator, loss settings, optimizer and state; and a trained one loaded back
-(``load_autoencoder``: ``encode``/``decode`` with EMA weights, for diffusion in its latent space).
+autoencoder, its discriminator, loss settings, optimizer and state; a trained one loaded back
+(``load_autoencoder``: ``encode``/``decode`` with EMA weights), and the scaled latent space a
+diffusion run with ``data.autoencoder`` lives in (``latent_space``, ``decoded``).
 
 Bad settings fail here before any work, naming the field.
 """
@@ -18,7 +19,7 @@ import ml_collections
 from diffusion import first_stage_losses, first_stage_training
 from diffusion.models import first_stage as models
 from diffusion.models import patch_gan
-from experiments import common, sampling
+from experiments import common, runs
 
 KINDS = ("kl", "vq")
 CODEBOOK_UPDATES = ("loss", "ema")
@@ -40,6 +41,9 @@ def validate(c: ml_collections.ConfigDict):
     a VQ codebook of fewer than 2 codes, a negative weight, … (the rest of the config is checked by
     ``common.validate``)."""
     f, t = c.first_stage, c.first_stage_train
+    if c.optim.grad_accum_steps != 1:
+        raise ValueError(f"config field optim.grad_accum_steps={c.optim.grad_accum_steps!r}: the autoencoder's "
+                         "step applies every batch at once; set 1 (or lower train.batch_size)")
     if c.data.source.startswith("toy:"):
         raise ValueError(f"config: data.source={c.data.source!r} is 2-D toy data; an autoencoder needs images")
     for field, value, allowed in (("first_stage.kind", f.kind, KINDS),
@@ -76,12 +80,6 @@ def validate(c: ml_collections.ConfigDict):
                              f"first_stage.norm_groups={f.norm_groups} groups")
     _integer_at_least("first_stage_train.eval_examples", t.eval_examples, 2, " (a covariance for the rFID)")
     _integer_at_least("first_stage_train.grid_images", t.grid_images, 1)
-
-
-def latent_shape(c: ml_collections.ConfigDict) -> tuple[int, int, int]:
-    """(h, w, c) of the latents z = ℰ(x): ((image_size + 2·pad)/f, …, latent_channels)."""
-    f = c.first_stage
-    return models.latent_shape(c.data.image_size, f.pad, f.factor, f.latent_channels)
 
 
 def make_autoencoder(c: ml_collections.ConfigDict):
@@ -149,7 +147,7 @@ class Autoencoder:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        return latent_shape(self.config)
+        return common.latent_shape(self.config)
 
     def encode(self, x, key=None):
         return self.model.apply(self.variables, x, key, method="encode")
@@ -161,12 +159,48 @@ class Autoencoder:
 def load_autoencoder(workdir, step: Optional[int] = None) -> Autoencoder:
     """The EMA autoencoder of ``workdir``'s latest (or ``step``'s) checkpoint, written by
     ``experiments.train_autoencoder``; only its EMA weights and codebook are read."""
-    config = sampling.load_config(workdir)
+    config = runs.load_config(workdir)
     validate(config)
     model = make_autoencoder(config)
     abstract = jax.eval_shape(lambda k: init_variables(config, k), jax.random.key(0))
-    template = {"ema_params": {"autoencoder": sampling.replicated_like(abstract[0]["autoencoder"])},
-                "model_state": sampling.replicated_like(abstract[1])}
-    state, meta = sampling.restore_partial(workdir, template, config, step, "train_autoencoder")
+    template = {"ema_params": {"autoencoder": runs.replicated_like(abstract[0]["autoencoder"])},
+                "model_state": runs.replicated_like(abstract[1])}
+    state, meta = runs.restore_partial(workdir, template, config, step, "train_autoencoder")
     variables = {"params": state["ema_params"]["autoencoder"], **state["model_state"]}
     return Autoencoder(config, model, variables, int(meta["data_position"]))
+
+
+@dataclass
+class LatentSpace:
+    """What a latent-diffusion run diffuses: z = s·ℰ(x), with LDM's scale factor s = 1/std(ℰ(x)) of
+    the training latents (``first_stage.scale_factor``, stored in the run's ``data.latent_scale``),
+    so z has unit variance; ``decode(z) = 𝒟(z / s)``. Both jit-able; the frozen EMA weights are
+    constants of whatever program calls them."""
+    autoencoder: Autoencoder
+    scale: float
+
+    def encode(self, x):
+        return self.scale * self.autoencoder.encode(x)
+
+    def decode(self, z):
+        return self.autoencoder.decode(z / self.scale)
+
+
+def latent_space(config: ml_collections.ConfigDict) -> Optional[LatentSpace]:
+    """A trained diffusion run's latent space: None for pixel diffusion, else the EMA autoencoder
+    of ``data.autoencoder`` with the scale the run measured and stored (never measured again)."""
+    if not config.data.autoencoder:
+        return None
+    if not config.data.latent_scale > 0:
+        raise ValueError(f"config field data.latent_scale={config.data.latent_scale!r}: a latent run stores the scale "
+                         "it measured at its start in its config.json; train it with experiments.train first")
+    return LatentSpace(load_autoencoder(config.data.autoencoder), float(config.data.latent_scale))
+
+
+def decoded(space: Optional[LatentSpace], x):
+    """Samples x [..., h, w, c] as images: x itself for pixel diffusion (``space`` None), 𝒟(x / s)
+    [..., H, W, C] for a latent run, over any leading axes (a trajectory's frames)."""
+    if space is None:
+        return x
+    images = space.decode(x.reshape((-1,) + x.shape[-3:]))
+    return images.reshape(x.shape[:-3] + images.shape[1:])

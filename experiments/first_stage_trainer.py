@@ -125,12 +125,10 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir, *, fall_back: 
     tx = first_stage.make_optimizer(config)
     state, start, ckpt = trainer.restore_or_init(config, workdir, lambda k: first_stage.init_state(config, k, tx),
                                                  mesh, fall_back=fall_back)
-    rep = parallel.replicated(mesh)
-    step_fn = jax.jit(partial(first_stage_training.autoencoder_step, model=model, tx=tx,
-                              settings=first_stage.loss_settings(config), discriminator=disc,
-                              ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
-                              codebook_decay=config.first_stage_train.codebook_decay),
-                      in_shardings=(rep, parallel.data_sharded(mesh)), out_shardings=(rep, rep), donate_argnums=0)
+    step_fn = trainer.jit_step(partial(first_stage_training.autoencoder_step, model=model, tx=tx,
+                                       settings=first_stage.loss_settings(config), discriminator=disc,
+                                       ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
+                                       codebook_decay=config.first_stage_train.codebook_decay), state, mesh)
     on_sample = Reconstructions(config, model, heldout, mesh, workdir, feature)
     return trainer.run_loop(config, workdir, state, start, ckpt, step_fn, train_split, mesh, on_sample,
                             desc="autoencoder")

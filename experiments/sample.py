@@ -3,9 +3,12 @@
 Writes ``<out>/<tag>.png`` (a grid) and ``<out>/<tag>.npz`` (the samples, uint8). Options:
 ``--trajectory`` (x_t and predicted x_0 over the reverse process), ``--interpolate`` (spherical
 interpolation between two DDIM latents), ``--reconstruct`` (DDIM inversion of held-out images
-and decoding back); ``--guidance classifier_free|classifier --scale w`` with ``--label``.
+and decoding back); ``--guidance classifier_free|classifier --scale w`` with ``--label``. A latent-
+diffusion run's samples, trajectory and interpolations are decoded to images by its autoencoder.
 An official DDPM checkpoint in diffusers' layout loads with ``--config configs/cifar10_ddpm.py
---diffusers_weights <file>`` in place of ``--workdir``'s checkpoint.
+--diffusers_weights <file>`` in place of ``--workdir``'s checkpoint. A cascade (Ho et al. 2021):
+``--cascade runs/base14,runs/sr14to28 --aug_level 100 [--truncated] [--scales 2,1]`` writes each
+stage's grid and base | upsampled | final side by side (``experiments.cascade``).
 """
 import dataclasses
 from pathlib import Path
@@ -19,7 +22,7 @@ from ml_collections import config_flags
 from diffusion import parallel, samplers, schedules, visualize
 from diffusion.data import datasets
 from diffusion.models.convert import load_diffusers_unet
-from experiments import cli, common, sampling
+from experiments import cascade, cli, common, first_stage, sampling
 
 flags.DEFINE_string("workdir", None, "A training run's workdir (its config and latest EMA checkpoint).")
 config_flags.DEFINE_config_file("config", None, "With --diffusers_weights: the config the weights fit.")
@@ -42,6 +45,14 @@ flags.DEFINE_string("classifier_workdir", None, "A noisy classifier's workdir, f
 flags.DEFINE_bool("trajectory", False, "Also write the reverse process of 8 samples as a strip.")
 flags.DEFINE_bool("interpolate", False, "Write spherical interpolations between pairs of DDIM latents.")
 flags.DEFINE_bool("reconstruct", False, "Invert held-out images with DDIM and decode them back.")
+flags.DEFINE_list("cascade", None, "Workdirs of a cascade (Ho et al. 2021), base first, then each super-resolution "
+                  "stage: writes each stage's grid and base | upsampled | final side by side (replaces --workdir).")
+flags.DEFINE_list("aug_level", None, "--cascade: the level s each super-resolution stage is conditioned at, one for "
+                  "all or one per stage (default: each stage's cascade.aug_level).")
+flags.DEFINE_bool("truncated", None, "--cascade: stop each lower stage's reverse process at s (truncated "
+                  "conditioning augmentation) instead of corrupting its output to s (default: the stages' cascade.truncated).")
+flags.DEFINE_list("scales", ["0"], "--cascade: classifier-free guidance weight per stage (one for all, or one per "
+                  "stage; 0 unguided).")
 FLAGS = flags.FLAGS
 
 
@@ -109,9 +120,9 @@ def write_interpolation(run, mesh, r: Request, out: Path, tag: str, pairs: int =
     z = parallel.pad_to_devices(np.asarray(z), mesh)
     labels = np.resize(np.repeat(sampling.class_labels(config, pairs, r.label), points), len(z))
     cond = common.conditioning(config, jnp.asarray(labels))
-    fn = jax.jit(lambda p, x: samplers.sample(step, common.make_denoiser(run.model, p), schedule, x,
-                                              jax.random.key(0), timesteps=timesteps, cond=cond),
-                 in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)))
+    fn = jax.jit(lambda p, x: first_stage.decoded(run.latent, samplers.sample(
+                     step, common.make_denoiser(run.model, p), schedule, x, jax.random.key(0), timesteps=timesteps,
+                     cond=cond)), in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)))
     images = datasets.to_uint8(parallel.gather(fn(run.params, z))[:pairs * points])
     write(out, f"{tag}_interpolation", images, images, ncols=points, alpha=np.asarray(alphas))
 
@@ -146,10 +157,25 @@ def write_toy_figure(run, mesh, r: Request, out: Path, tag: str):
         print(f"wrote {path} and {out / (tag + '.npz')}")
 
 
+def sample_cascade(workdirs, settings: cascade.Settings, *, num: int, batch: int, seed: int, label: int, out):
+    """Draw ``num`` samples through the cascade and write its pictures (``cascade.write``)."""
+    stages, settings = cascade.load(workdirs, settings)
+    sampling.check_label(stages[-1].config, label, "classifier_free" if any(settings.scales) else "")
+    mesh = parallel.make_mesh()
+    fns = cascade.build_draw_fns(stages, mesh, settings)
+    outputs = cascade.draw(stages, fns, mesh, settings, num=num, batch=batch, seed=seed, label=label)
+    cascade.write(Path(out or Path(workdirs[-1]) / "sample"), f"{settings.tag}_seed{seed}", outputs)
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     common.check_flags_at_least(1, num=FLAGS.num, batch=FLAGS.batch, steps=FLAGS.steps)
+    if FLAGS.cascade:
+        settings = cascade.settings_from_flags(FLAGS.cascade, FLAGS.aug_level, FLAGS.truncated, FLAGS.scales, FLAGS.sampler,
+                                    FLAGS.steps, FLAGS.eta)
+        return sample_cascade(FLAGS.cascade, settings, num=FLAGS.num, batch=FLAGS.batch, seed=FLAGS.seed,
+                              label=FLAGS.label, out=FLAGS.out)
     run = load(FLAGS.workdir, FLAGS.config, FLAGS.diffusers_weights)
     samplers.check_steps(FLAGS.sampler, FLAGS.steps, run.schedule.num_steps, what="--steps")
     if FLAGS.eta and not samplers.takes(FLAGS.sampler, "eta"):
@@ -159,6 +185,9 @@ def main(argv):
     if toy and (FLAGS.interpolate or FLAGS.reconstruct or FLAGS.guidance):
         raise ValueError(f"{FLAGS.workdir} is a 2-D toy run: --interpolate, --reconstruct and --guidance are "
                          "for image models; drop them (the figure shows the reverse trajectory)")
+    if run.latent is not None and FLAGS.reconstruct:
+        raise ValueError(f"{FLAGS.workdir} diffuses latents of {run.config.data.autoencoder}: --reconstruct inverts "
+                         "pixel images with DDIM; drop it (the grid, --trajectory and --interpolate are decoded)")
     clip = run.config.sample.clip if FLAGS.clip is None else FLAGS.clip
     spacing = run.config.sample.spacing if FLAGS.spacing is None else FLAGS.spacing
     r = Request(sampler=FLAGS.sampler, steps=FLAGS.steps, eta=FLAGS.eta, clip=clip, spacing=spacing, num=FLAGS.num,

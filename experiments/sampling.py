@@ -2,7 +2,6 @@
 ``experiments.sample``, ``experiments.evaluate`` and the studies."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -14,80 +13,42 @@ import numpy as np
 from flax import serialization
 from tqdm import tqdm
 
-from configs import base
-from diffusion import gaussian, guidance, parallel, samplers
-from diffusion.checkpoints import Checkpointer
+from diffusion import cascade, gaussian, guidance, parallel, samplers
 from diffusion.data import datasets
 from diffusion.schedules import Schedule
-from experiments import common
+from experiments import common, first_stage, runs
 
 GUIDANCE = ("", "classifier_free", "classifier")
 
 
 @dataclass
 class Run:
-    """A trained diffusion model: its config, network, schedule and EMA parameters."""
+    """A trained diffusion model: its config, network, schedule and EMA parameters, and for latent
+    diffusion the latent space its samples are decoded from (None: pixels)."""
     config: ml_collections.ConfigDict
     model: Any
     schedule: Schedule
     params: Any
     step: int
-
-
-def _tuples(value):
-    if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
-    return tuple(value) if isinstance(value, list) else value
-
-
-def load_config(workdir) -> ml_collections.ConfigDict:
-    """The run's saved config over today's defaults (a run saved before a field existed gets its default)."""
-    path = Path(workdir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {workdir} is not a training run's workdir")
-    config = base.get_config()
-    config.update(_tuples(json.loads(path.read_text())))
-    if config.sample.clip == "":       # runs saved when "" spelled no thresholding
-        config.sample.clip = "none"
-    return config
+    latent: Optional[first_stage.LatentSpace] = None
 
 
 def load_run(workdir, step: Optional[int] = None) -> Run:
     """The EMA parameters of ``workdir``'s latest (or ``step``'s) checkpoint, with its config; only
     they are read (no optimizer is built and no optimizer state is restored)."""
-    config = load_config(workdir)
+    config = runs.load_config(workdir)
     common.validate(config)
     model, schedule = common.make_model(config), common.make_schedule(config)
     abstract = jax.eval_shape(lambda k: common.init_params(model, config, k), jax.random.key(0))
-    state, meta = restore_partial(workdir, {"ema_params": replicated_like(abstract)}, config, step, "train")
-    return Run(config, model, schedule, state["ema_params"], int(meta["data_position"]))
-
-
-def replicated_like(abstract):
-    """Shapes and dtypes of ``abstract`` (a tree of ``ShapeDtypeStruct``) placed replicated on every
-    device: a restore template."""
-    rep = parallel.replicated(parallel.make_mesh())
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), abstract)
-
-
-def restore_partial(workdir, template: dict, config, step: Optional[int], entry_point: str) -> tuple[dict, dict]:
-    """(state, meta) of ``workdir``'s latest (or ``step``'s) checkpoint, reading only ``template``'s
-    entries (for inference: the EMA parameters, no optimizer state); a workdir without a
-    checkpoint is an error naming ``python -m experiments.<entry_point>``."""
-    ckpt = Checkpointer(Path(workdir) / "checkpoints")
-    try:
-        if ckpt.latest_step() is None:
-            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first with "
-                                    f"python -m experiments.{entry_point} --workdir {workdir}")
-        return ckpt.restore(template, config=config.to_dict(), step=step, partial=True)
-    finally:
-        ckpt.close()
+    state, meta = runs.restore_partial(workdir, {"ema_params": runs.replicated_like(abstract)}, config, step, "train")
+    return Run(config, model, schedule, state["ema_params"], int(meta["data_position"]),
+               first_stage.latent_space(config))
 
 
 def load_noisy_classifier(workdir, schedule: Schedule):
     """``log_prob_fn(x_t, timesteps, labels) -> [B]`` of an ADM noisy classifier trained by
     ``experiments.train_classifier`` in ``workdir``; its schedule must be the model's."""
-    config = load_config(workdir)
+    config = runs.load_config(workdir)
     if config.classifier.kind != "noisy":
         raise ValueError(f"{workdir} holds a {config.classifier.kind!r} classifier; classifier guidance "
                          "needs a noisy one (configs/noisy_classifier_mnist.py)")
@@ -106,25 +67,40 @@ def load_noisy_classifier(workdir, schedule: Schedule):
     return log_prob_fn
 
 
-def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0, clip: str = "static",
-                  guide: str = "", classifier_log_prob=None, keep_every: int = 0, spacing=None):
+def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0, clip: Optional[str] = None,
+                  guide: str = "", classifier_log_prob=None, keep_every: int = 0, spacing=None,
+                  aug_level: Optional[int] = None, truncated: bool = False, stop_at: Optional[int] = None):
     """A compiled ``fn(params, key, labels, scale) -> samples`` (and the trajectory when
     ``keep_every > 0``) drawing x_T ~ N(0, I) from ``key`` for a batch the size of ``labels``,
-    sharded over ``data``. ``scale`` is the guidance weight w; ``spacing`` (None: the config's)
-    chooses the kept steps."""
+    sharded over ``data``; a latent run's samples and trajectory are decoded to images inside it.
+    ``scale`` is the guidance weight w; ``clip`` and ``spacing`` (None: the config's) threshold x̂_0
+    and choose the kept steps. In a cascade (``experiments.cascade``): a super-resolution stage's
+    ``fn`` also takes the lower stage's output ``low_res`` [B, h, w, C], given at ``aug_level`` s
+    (already z_s when ``truncated``; ``common.super_resolution_inputs``), and a stage whose output
+    feeds a truncated one stops at level ``stop_at`` (``cascade.truncate``)."""
     config = run.config
+    if aug_level is None:
+        check_draws_alone(config)
     if guide not in GUIDANCE:
         raise ValueError(f"unknown guidance {guide!r}; choose one of {GUIDANCE}")
     if guide == "classifier_free" and config.model.num_classes == 0:
         raise ValueError("classifier-free guidance needs a class-conditional model (configs/mnist_cfg.py)")
     if guide == "classifier" and classifier_log_prob is None:
         raise ValueError("classifier guidance needs a noisy classifier (--classifier_workdir)")
+    if guide == "classifier" and run.latent is not None:
+        raise ValueError("classifier guidance differentiates a noisy classifier of pixels; this run diffuses latents "
+                         "(data.autoencoder): use --guidance classifier_free with a class-conditional latent run")
     step, run_schedule, timesteps = common.make_sampler(config, run.schedule, sampler=sampler, steps=steps,
                                                         eta=eta, clip=clip, spacing=spacing)
+    t_end = -1
+    if stop_at is not None:
+        run_schedule, timesteps, t_end = cascade.truncate(run.schedule, run_schedule, timesteps, stop_at,
+                                                          samplers.SAMPLERS[sampler].respaced)
     conditional = config.model.num_classes > 0
 
-    def draw(params, key, labels, scale):
+    def draw(params, key, labels, scale, low_res=None):
         k_T, k_steps = jax.random.split(key)
+        k_aug = jax.random.fold_in(key, 2)
         x_T = jax.lax.with_sharding_constraint(
             jax.random.normal(k_T, labels.shape + common.data_shape(config)), parallel.data_sharded(mesh))
         model_fn = common.make_denoiser(run.model, params)
@@ -138,10 +114,24 @@ def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0,
             cond = {"labels": labels, "guidance_scale": scale}
         else:
             cond = common.conditioning(config, labels)
-        return samplers.sample(step, model_fn, run_schedule, x_T, k_steps, timesteps=timesteps,
-                               keep_every=keep_every, cond=cond)
+        if config.data.low_resolution:
+            cond = dict(cond or {}, **common.super_resolution_inputs(config, run.schedule, k_aug, low_res, aug_level,
+                                                                     truncated))
+        out = samplers.sample(step, model_fn, run_schedule, x_T, k_steps, timesteps=timesteps,
+                              keep_every=keep_every, cond=cond, t_end=t_end)
+        return jax.tree.map(lambda x: first_stage.decoded(run.latent, x), out)
 
-    return jax.jit(draw, in_shardings=parallel.replicated(mesh))
+    rep = parallel.replicated(mesh)
+    return jax.jit(draw, in_shardings=(rep,) * 4 + (parallel.data_sharded(mesh),) if config.data.low_resolution else rep)
+
+
+def check_draws_alone(config):
+    """Refuse to draw from a super-resolution stage (``data.low_resolution``) without the low-resolution
+    image it is conditioned on: such a run samples only inside a cascade."""
+    if config.data.low_resolution:
+        raise ValueError(f"this run is a super-resolution stage (data.low_resolution={config.data.low_resolution} → "
+                         f"{config.data.image_size}) and samples only conditioned on a low-resolution image: sample it "
+                         "as the last stage of a cascade, --cascade <base workdir>,<this workdir>")
 
 
 def check_label(config, label: int, guide: str = ""):

@@ -2,6 +2,7 @@
 step, checkpoints, logs, samples."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -16,10 +17,11 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from diffusion import gaussian, parallel, samplers, training, visualize
+from diffusion import cascade, gaussian, parallel, samplers, training, visualize
 from diffusion.checkpoints import Checkpointer
 from diffusion.data import datasets
-from experiments import common
+from diffusion.models import first_stage as first_stage_models
+from experiments import common, evaluation, first_stage, runs
 
 
 class NonFiniteStepError(FloatingPointError):
@@ -74,17 +76,24 @@ class MetricWriter:
             self.tb.close()
 
 
-def build_sample_fn(config, model, schedule, mesh, *, sampler=None, steps=None, keep_every=0):
-    """A compiled ``fn(ema_params, x_T, key, labels) -> samples`` sharded over ``data``."""
+def build_sample_fn(config, model, schedule, mesh, *, sampler=None, steps=None, keep_every=0, space=None):
+    """A compiled ``fn(ema_params, x_T, key, labels) -> samples`` sharded over the devices (the EMA
+    in the train state's own layout: replicated or FSDP-sharded); a latent
+    run's samples are decoded to images in ``space`` (``first_stage.LatentSpace``). A super-resolution
+    stage's ``fn`` also takes the low-resolution images [B, h, w, C] it is conditioned on."""
     step, run_schedule, timesteps = common.make_sampler(config, schedule, sampler=sampler, steps=steps)
 
-    def sample_fn(params, x_T, key, labels):
+    def sample_fn(params, x_T, key, labels, low_res=None):
         cond = common.conditioning(config, labels)
-        return samplers.sample(step, common.make_denoiser(model, params), run_schedule, x_T, key,
-                               timesteps=timesteps, keep_every=keep_every, cond=cond)
+        if low_res is not None:
+            key, k_aug = jax.random.split(key)
+            cond = dict(cond or {}, **common.super_resolution_inputs(config, schedule, k_aug, low_res))
+        out = samplers.sample(step, common.make_denoiser(model, params), run_schedule, x_T, key,
+                              timesteps=timesteps, keep_every=keep_every, cond=cond)
+        return first_stage.decoded(space, out)
 
     rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    return jax.jit(sample_fn, in_shardings=(rep, dat, rep, dat))
+    return jax.jit(sample_fn, in_shardings=(None, dat, rep, dat, dat))
 
 
 def write_samples(config, sample_fn, params, mesh, workdir: Path, step: int, train_split):
@@ -94,36 +103,58 @@ def write_samples(config, sample_fn, params, mesh, workdir: Path, step: int, tra
     key = jax.random.key(config.seed + 1)   # the same noise at every step, so grids are comparable
     x_T = jax.random.normal(key, (n,) + common.data_shape(config))
     labels = jnp.arange(n, dtype=jnp.int32) % max(config.model.num_classes, 1)
-    out = jax.tree.map(parallel.gather, sample_fn(params, x_T, jax.random.fold_in(key, 1), labels))
+    low_res = None
+    if config.data.low_resolution:   # conditioned on the first training images' own low resolution
+        low_res = cascade.low_resolution(datasets.to_model_range(train_split.images[:n]), config.data.low_resolution)
+    out = jax.tree.map(parallel.gather, sample_fn(params, x_T, jax.random.fold_in(key, 1), labels, low_res))
     if jax.process_index() != 0:
         return None
     if config.model.kind == "mlp":
         final, traj = out
         return visualize.toy_figure(train_split.images[:n], final, traj["x_t"],
                                     workdir / "samples" / f"step_{step:07d}.png", title=f"step {step}")
+    if low_res is not None:   # the upsampled conditioning above the samples
+        out = np.concatenate([np.asarray(cascade.upsample(low_res, config.data.image_size)), out])
     grid = visualize.image_grid(out)
     return visualize.save_png(grid, workdir / "samples" / f"step_{step:07d}.png", scale=2)
 
 
 def prepare_run(config: ml_collections.ConfigDict, workdir) -> tuple[Path, "jax.sharding.Mesh"]:
-    """Validate, create ``workdir``, build the mesh, check the batch."""
+    """Validate, create ``workdir``, build the (``data``, ``fsdp``) mesh, check the batch and, with
+    gradient accumulation, its micro-batches."""
     common.validate(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    mesh = parallel.make_mesh()
-    parallel.check_batch(config.train.batch_size, mesh)
+    mesh = parallel.make_mesh(fsdp=config.parallel.fsdp, what="config field parallel.fsdp")
+    batch, k = config.train.batch_size, config.optim.grad_accum_steps
+    if batch % k:
+        raise ValueError(f"config field train.batch_size={batch} does not split into optim.grad_accum_steps={k} "
+                         "equal micro-batches")
+    parallel.check_batch(batch // k, mesh, what="train.batch_size" + (" / optim.grad_accum_steps" if k > 1 else ""))
     return workdir, mesh
+
+
+def jit_step(step_fn: Callable, state, mesh) -> Callable:
+    """``step_fn(state, batch) -> (state, metrics)`` compiled for ``state``'s own layout (kept, and
+    donated), a batch split over every device and replicated metrics. ``state``: arrays or sharded
+    ``jax.ShapeDtypeStruct``s."""
+    layout = jax.tree.map(lambda a: a.sharding, state)
+    return jax.jit(step_fn, in_shardings=(layout, parallel.data_sharded(mesh)),
+                   out_shardings=(layout, parallel.replicated(mesh)), donate_argnums=0)
 
 
 def restore_or_init(config, workdir: Path, init_fn, mesh, *, fall_back: bool = False
                     ) -> tuple[training.TrainState, int, Checkpointer]:
-    """(state, first step, checkpointer): the latest checkpoint in ``workdir``, or ``init_fn(key)``.
+    """(state, first step, checkpointer): the latest checkpoint in ``workdir``, or ``init_fn(key)``,
+    laid out by ``parallel.fsdp_shardings`` (built sharded; a checkpoint written with another mesh
+    is read into this one's layout, as orbax restores to the template's shardings).
 
     ``config.json`` is written only once the checkpoint is known to fit the config, so a refused
     resume leaves the run's own config in place. A corrupt latest checkpoint is an error unless
     ``fall_back``, which moves it aside and resumes from the newest one that verifies.
     """
-    state = jax.jit(init_fn, out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
+    key = jax.random.key(config.seed)
+    state = jax.jit(init_fn, out_shardings=parallel.fsdp_shardings(jax.eval_shape(init_fn, key), mesh))(key)
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
     start = 0
     try:
@@ -147,7 +178,10 @@ def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_
              on_sample: Optional[Callable] = None, desc: str = "train"):
     """Steps ``start`` … ``train.num_steps`` with a progress bar, JSON-lines/TensorBoard scalars,
     checkpoints and ``on_sample(step, state)``; stops at once on a non-finite loss or update (the
-    step that made it is not applied, so nothing non-finite is saved)."""
+    step that made it is not applied, so nothing non-finite is saved). With ``optim.grad_accum_steps``
+    = k each step is k calls of ``step_fn`` on consecutive micro-batches of its rows (its logged
+    metrics their means); steps count optimizer updates, ``state.step`` calls."""
+    k = config.optim.grad_accum_steps
     writer = MetricWriter(workdir, start)
     total = config.train.num_steps
     bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True,
@@ -156,11 +190,15 @@ def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_
     try:
         for step in range(start, total):
             local = datasets.host_batch(train_split, config.train.batch_size, step, config.seed)
-            batch = parallel.global_batch(local, mesh)
-            if step == start:
-                step_fn = parallel.compiled_together(step_fn, state, batch)
-            state, metrics = step_fn(state, batch)
-            update_finite = bool(metrics.pop("update_finite"))
+            calls = []
+            for micro in micro_batches(local, k):
+                batch = parallel.global_batch(micro, mesh)
+                if step == start and not calls:
+                    step_fn = parallel.compiled_together(step_fn, state, batch)
+                state, metrics = step_fn(state, batch)
+                calls.append(metrics)
+            update_finite = all([bool(m.pop("update_finite")) for m in calls])
+            metrics = {name: np.mean([float(m[name]) for m in calls]) for name in calls[0]}
             loss = float(metrics["loss"])
             if not (math.isfinite(loss) and update_finite):
                 what = f"loss ({loss})" if not math.isfinite(loss) else "parameters or EMA after the update"
@@ -190,27 +228,76 @@ def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_
     return state
 
 
+def micro_batches(local: dict, k: int) -> list[dict]:
+    """This host's rows of one step as ``k`` consecutive equal micro-batches (gradient accumulation)."""
+    n = len(local["image"]) // k
+    return [jax.tree.map(lambda a: a[j * n:(j + 1) * n], local) for j in range(k)]
+
+
+def init_state(config, model, schedule, tx, key) -> training.TrainState:
+    """A fresh train state for the diffusion model of ``config``."""
+    return training.create_train_state(key, common.init_params(model, config, key), tx, schedule.num_steps)
+
+
+def make_train_step(config, model, schedule, tx) -> Callable:
+    """``training.train_step`` with ``config``'s settings bound: ``fn(state, batch)``."""
+    return partial(
+        training.train_step, apply_fn=model.apply, tx=tx, schedule=schedule,
+        loss_kwargs=common.loss_kwargs(config), ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
+        timestep_sampler=config.diffusion.timestep_sampler, num_classes=config.model.num_classes,
+        class_dropout=config.data.class_dropout, random_flip=config.data.random_flip,
+        accum_steps=config.optim.grad_accum_steps, condition=common.make_condition(config, schedule))
+
+
+def latent_training_data(config, workdir: Path, train_split: datasets.Split, mesh
+                         ) -> tuple[ml_collections.ConfigDict, first_stage.LatentSpace, datasets.Split]:
+    """(config with its ``data.latent_scale``, the latent space, the training split as latents
+    z = s·ℰ(x)) of a latent-diffusion run (Rombach et al. 2022).
+
+    The frozen EMA encoder encodes the whole split once, here, and training reads the cached
+    latents (the KL model's mean, as ``Autoencoder.encode``): encoding each batch inside the jitted
+    step repeats the encoder's forward pass at full resolution every step. Measured once on the
+    project's 2-core CPU (2026-11-30, shared with other jobs, load ~3.9) for
+    configs/latent_fashion_mnist_kl_f4.py with a kl-f4 encoder, batch 64: cached 2.13 steps/s,
+    on the fly 1.91 (the encoder is ~10% of a step beside the 64-channel U-Net's forward and
+    backward); encoding the 60,000 training images took 25.6 s, repaid after ~470 of the 20,000
+    steps, and the cache holds 46 MB. The scale s is the one the run stored in
+    its ``config.json`` (a resume: never measured again), else the config's own when > 0, else
+    LDM's 1/std of these latents, measured once here; ``restore_or_init`` then writes it with the
+    config, where sampling and evaluation read it.
+    """
+    autoencoder = first_stage.load_autoencoder(config.data.autoencoder)
+    latents = evaluation.encoded(autoencoder.encode, train_split, mesh)
+    stored = runs.load_config(workdir).data if (workdir / "config.json").exists() else None
+    if config.data.latent_scale > 0:
+        scale = config.data.latent_scale
+    elif stored is not None and stored.autoencoder == config.data.autoencoder and stored.latent_scale > 0:
+        scale = stored.latent_scale
+    else:
+        scale = first_stage_models.scale_factor(latents.images)
+    config = config.copy_and_resolve_references()
+    config.data.latent_scale = float(scale)
+    space = first_stage.LatentSpace(autoencoder, float(scale))
+    return config, space, dataclasses.replace(latents, images=(latents.images * scale).astype(np.float32))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fall_back: bool = False) -> training.TrainState:
     """Train (or resume) the diffusion model described by ``config`` in ``workdir``; returns the final
     state. ``fall_back``: resume from the newest checkpoint that verifies when the latest is corrupt."""
     workdir, mesh = prepare_run(config, workdir)
     train_split, _ = common.load_data(config)
+    space = None
+    if config.data.autoencoder:
+        config, space, train_split = latent_training_data(config, workdir, train_split, mesh)
     model = common.make_model(config)
     schedule = common.make_schedule(config)
     tx = common.make_optimizer(config)
-    state, start, ckpt = restore_or_init(
-        config, workdir, lambda k: training.create_train_state(k, common.init_params(model, config, k), tx,
-                                                               schedule.num_steps), mesh, fall_back=fall_back)
-    rep = parallel.replicated(mesh)
-    step_fn = jax.jit(partial(
-        training.train_step, apply_fn=model.apply, tx=tx, schedule=schedule,
-        loss_kwargs=common.loss_kwargs(config), ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
-        timestep_sampler=config.diffusion.timestep_sampler, num_classes=config.model.num_classes,
-        class_dropout=config.data.class_dropout, random_flip=config.data.random_flip),
-        in_shardings=(rep, parallel.data_sharded(mesh)), out_shardings=(rep, rep), donate_argnums=0)
+    state, start, ckpt = restore_or_init(config, workdir, partial(init_state, config, model, schedule, tx), mesh,
+                                         fall_back=fall_back)
+    step_fn = jit_step(make_train_step(config, model, schedule, tx), state, mesh)
     is_toy = config.model.kind == "mlp"
     sample_fn = build_sample_fn(config, model, schedule, mesh,
-                                keep_every=max(config.sample.steps // 20, 1) if is_toy else 0)
+                                keep_every=max(config.sample.steps // 20, 1) if is_toy else 0, space=space)
     on_sample = lambda done, s: write_samples(config, sample_fn, s.ema_params, mesh, workdir, done, train_split)
     return run_loop(config, workdir, state, start, ckpt, step_fn, train_split, mesh, on_sample)
 
@@ -260,11 +347,9 @@ def train_classifier(config: ml_collections.ConfigDict, workdir, *, fall_back: b
         return training.create_train_state(k, model.init(k, x, *args)["params"], tx, 1)
 
     state, start, ckpt = restore_or_init(config, workdir, init, mesh, fall_back=fall_back)
-    rep = parallel.replicated(mesh)
-    step_fn = jax.jit(partial(training.classifier_step, apply_fn=model.apply, tx=tx, ema_decay=config.ema.decay,
-                              ema_warmup=config.ema.warmup, max_shift=config.classifier.max_shift,
-                              schedule=schedule),
-                      in_shardings=(rep, parallel.data_sharded(mesh)), out_shardings=(rep, rep), donate_argnums=0)
+    step_fn = jit_step(partial(training.classifier_step, apply_fn=model.apply, tx=tx, ema_decay=config.ema.decay,
+                               ema_warmup=config.ema.warmup, max_shift=config.classifier.max_shift,
+                               schedule=schedule, accum_steps=config.optim.grad_accum_steps), state, mesh)
     state = run_loop(config, workdir, state, start, ckpt, step_fn, train_split, mesh, desc="classifier")
     timesteps = (0, config.diffusion.num_steps // 4, config.diffusion.num_steps // 2) if noisy else (None,)
     report = {"heldout_examples": len(heldout)}

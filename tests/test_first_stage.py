@@ -14,7 +14,7 @@ from diffusion import metrics
 from diffusion.checkpoints import Checkpointer
 from diffusion.data import datasets
 from diffusion.models import first_stage as models
-from experiments import first_stage, first_stage_trainer, trainer
+from experiments import common, first_stage, first_stage_trainer, trainer
 from tiny_configs import poison_batches_at
 
 MULTS = {1: (1,), 2: (1, 2), 4: (1, 2, 2), 8: (1, 2, 2, 2)}
@@ -172,7 +172,7 @@ def test_encoder_and_decoder_shapes_for_every_factor(kind, factor):
     variables = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1))), jax.random.key(0))
     x = jax.ShapeDtypeStruct((3, 28, 28, 1), jnp.float32)
     z = jax.eval_shape(lambda v, x: model.apply(v, x, method="encode"), variables, x)
-    assert z.shape == (3,) + first_stage.latent_shape(c) == (3, 32 // factor, 32 // factor, 5)
+    assert z.shape == (3,) + common.latent_shape(c) == (3, 32 // factor, 32 // factor, 5)
     decoded = jax.eval_shape(lambda v, z: model.apply(v, z, method="decode"), variables, z)
     assert decoded.shape == (3, 28, 28, 1)
     encoder = models.Encoder(out_channels=7, base_channels=8, channel_mult=MULTS[factor], norm_groups=4)
@@ -289,4 +289,4 @@ def test_shipped_autoencoder_configs_are_valid(name):
     first_stage.validate(c)
     kind, f = name.split("_")[1], int(name[-1])
     assert c.first_stage.kind == kind and c.first_stage.factor == f
-    assert first_stage.latent_shape(c)[:2] == (32 // f, 32 // f)
+    assert common.latent_shape(c)[:2] == (32 // f, 32 // f)

@@ -163,3 +163,22 @@ def test_a_tfds_set_without_test_split_needs_a_holdout_fraction(monkeypatch):
     train, heldout = datasets.load_splits("tfds:trainonly", image_size=28, holdout_fraction=0.25)
     assert (len(train), len(heldout)) == (12, 4)
     assert sorted(np.concatenate([train.labels, heldout.labels])) == list(range(16))
+
+
+def test_a_tfds_set_without_labels_or_test_split_is_read_as_such(monkeypatch):
+    """A TFDS set like downsampled_imagenet (images only; a validation split instead of a test split)
+    loads with the validation split held out and is marked unlabelled, so a class-conditional run
+    on it is refused instead of training on zero labels."""
+    import tensorflow_datasets as tfds
+
+    def fake_source(name, split, data_dir=None):
+        if split == "test":
+            raise ValueError(f"Unknown split {split!r}")
+        return [{"image": np.full((32, 32, 3), i, np.uint8)} for i in range(8 if split == "train" else 4)]
+    monkeypatch.setattr(tfds, "data_source", fake_source)
+    train, heldout = datasets.load_splits("tfds:imagesonly", image_size=32, holdout_fraction=0.0)
+    assert (len(train), len(heldout)) == (8, 4) and not train.labelled and not heldout.labelled
+    assert train.images.shape == (8, 32, 32, 3) and not train.labels.any()
+    datasets.check_split(train, channels=3, num_classes=None, source="tfds:imagesonly")
+    with pytest.raises(ValueError, match="has no labels"):
+        datasets.check_split(train, channels=3, num_classes=1000, source="tfds:imagesonly")

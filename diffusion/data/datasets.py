@@ -21,9 +21,11 @@ TOY_SIZE = 20_000
 
 @dataclass(frozen=True)
 class Split:
-    """A split held in memory: ``images`` uint8 [N, H, W, C] (or float32 [N, D] for toy data), ``labels`` int32 [N]."""
+    """A split held in memory: ``images`` uint8 [N, H, W, C] (or float32 [N, D] for toy data, float32
+    [N, h, w, c] for latents), ``labels`` int32 [N] (zeros where the source has none: ``labelled`` False)."""
     images: np.ndarray
     labels: np.ndarray
+    labelled: bool = True
 
     def __len__(self):
         return len(self.images)
@@ -33,7 +35,7 @@ def embedded_mnist_path() -> Path:
     return Path(str(resources.files("diffusion.data") / "mnist_10k.npz"))
 
 
-def _read_npz(path) -> tuple[np.ndarray, np.ndarray]:
+def _read_npz(path) -> tuple[np.ndarray, Optional[np.ndarray]]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no dataset file at {path}: give an .npz with 'image' (uint8 N×H×W×C) and 'label'")
@@ -41,16 +43,16 @@ def _read_npz(path) -> tuple[np.ndarray, np.ndarray]:
         if "image" not in f:
             raise ValueError(f"{path} has no 'image' array (it has {sorted(f.files)})")
         images = f["image"]
-        labels = f["label"] if "label" in f else np.zeros(len(images), np.int32)
+        labels = f["label"] if "label" in f else None
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise ValueError(f"{path}: 'image' must be uint8 N×H×W(×C), got {images.dtype} {images.shape}")
     if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
         raise ValueError(f"{path}: 'image' {images.shape} looks channels-first (N×C×H×W); store it "
                          "channels-last, N×H×W×C (np.transpose(image, (0, 2, 3, 1)))")
-    if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(images),):
+    if labels is not None and (not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(images),)):
         raise ValueError(f"{path}: 'label' must be integers, one per image ({len(images)}), got "
                          f"{labels.dtype} {labels.shape}")
-    return (images[..., None] if images.ndim == 3 else images), labels.astype(np.int32)
+    return (images[..., None] if images.ndim == 3 else images), None if labels is None else labels.astype(np.int32)
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
@@ -74,8 +76,9 @@ def _tfds_split(name: str, split: str, data_dir: Optional[str]):
     source = tfds.data_source(name, split=split, data_dir=data_dir or None)
     records = [source[i] for i in range(len(source))]
     images = np.stack([r["image"] for r in records]).astype(np.uint8)
-    labels = np.asarray([r.get("label", 0) for r in records], np.int32)
-    return images, labels
+    if "label" not in records[0]:      # e.g. downsampled_imagenet: images only
+        return images, None
+    return images, np.asarray([r["label"] for r in records], np.int32)
 
 
 def _tfds_splits(name: str, data_dir: Optional[str]):
@@ -85,17 +88,21 @@ def _tfds_splits(name: str, data_dir: Optional[str]):
         raise RuntimeError(f"TFDS dataset {name!r} is not prepared{' in ' + data_dir if data_dir else ''}: "
                            f"prepare it where the data is reachable (tfds build {name}) or point "
                            f"data.tfds_data_dir at it ({type(e).__name__}: {e})") from e
-    try:
-        test = _tfds_split(name, "test", data_dir)
-    except Exception:   # a dataset without a test split: hold out a fraction of train instead
-        test = None
+    test = None
+    for held_out in ("test", "validation"):   # ImageNet's held-out images are its validation split
+        try:
+            test = _tfds_split(name, held_out, data_dir)
+            break
+        except Exception:   # neither: hold out a fraction of train instead
+            continue
     return train, test
 
 
 def load_splits(source: str, *, image_size: int, holdout_fraction: float, seed: int = 0,
                 tfds_data_dir: str = "") -> tuple[Split, Split]:
     """(train, held-out) splits for a source name. The held-out split is either the dataset's
-    own test split (TFDS, when holdout_fraction is 0) or a seeded random fraction of the data."""
+    own test split, or its validation split where it has no test split (TFDS, when holdout_fraction
+    is 0), or a seeded random fraction of the data."""
     test = None
     if source == "mnist":
         images, labels = _read_npz(embedded_mnist_path())
@@ -103,7 +110,7 @@ def load_splits(source: str, *, image_size: int, holdout_fraction: float, seed: 
         name = source.removeprefix("toy:")
         if name not in TOY:
             raise ValueError(f"unknown toy dataset {name!r}; choose one of {sorted(TOY)}")
-        images, labels = TOY[name](TOY_SIZE, seed=seed), np.zeros(TOY_SIZE, np.int32)
+        images, labels = TOY[name](TOY_SIZE, seed=seed), None
     elif source.startswith("tfds:"):
         (images, labels), test = _tfds_splits(source.removeprefix("tfds:"), tfds_data_dir)
     elif source.endswith(".npz"):
@@ -111,6 +118,8 @@ def load_splits(source: str, *, image_size: int, holdout_fraction: float, seed: 
     else:
         raise ValueError(f"unknown data source {source!r}: use 'mnist', a path to an .npz, "
                          f"'tfds:<name>' or 'toy:<{'|'.join(sorted(TOY))}>'")
+    labelled = labels is not None
+    labels = np.zeros(len(images), np.int32) if labels is None else labels
     if images.dtype == np.uint8:
         images = resize_images(images, image_size)
         if test is not None:
@@ -119,23 +128,28 @@ def load_splits(source: str, *, image_size: int, holdout_fraction: float, seed: 
         if test is None:
             raise ValueError(f"data source {source!r} has no test split to hold out and data.holdout_fraction "
                              f"is 0: set --config.data.holdout_fraction (e.g. 0.1) to hold out part of train")
-        return Split(images, labels), Split(*test)
+        test_images, test_labels = test
+        test_labels = np.zeros(len(test_images), np.int32) if test_labels is None else test_labels
+        return Split(images, labels, labelled), Split(test_images, test_labels, labelled)
     order = np.random.default_rng(seed).permutation(len(images))   # the files are ordered by class
     n_hold = int(round(holdout_fraction * len(images)))
     hold, train = order[:n_hold], order[n_hold:]
-    return Split(images[train], labels[train]), Split(images[hold], labels[hold])
+    return Split(images[train], labels[train], labelled), Split(images[hold], labels[hold], labelled)
 
 
 def check_split(split: Split, *, channels: int, num_classes: Optional[int], source: str):
     """Refuse data a run would misread: images whose channel count is not ``data.channels``, and,
-    when ``num_classes`` is given (the labels are used), labels outside [0, ``num_classes``) (an
-    out-of-range class embedding turns the first step's loss into NaN)."""
+    when ``num_classes`` is given (the labels are used), data without labels or labels outside
+    [0, ``num_classes``) (an out-of-range class embedding turns the first step's loss into NaN)."""
     if split.images.dtype == np.uint8 and split.images.shape[-1] != channels:
         raise ValueError(f"data {source!r} has {split.images.shape[-1]}-channel images {split.images.shape[1:]} "
                          f"but config field data.channels={channels}: set --config.data.channels="
                          f"{split.images.shape[-1]} or convert the images")
     if num_classes is None or not len(split):
         return
+    if not split.labelled:
+        raise ValueError(f"data {source!r} has no labels, but this run uses them (a class-conditional model or "
+                         "a classifier): set --config.model.num_classes=0 or give data with a 'label' array")
     low, high = int(split.labels.min()), int(split.labels.max())
     if low < 0:
         raise ValueError(f"data {source!r} has negative labels (as low as {low}): labels must be class "

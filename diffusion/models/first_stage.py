@@ -9,7 +9,7 @@ library's blocks: ``conv_in``, per level ``num_res_blocks`` ResBlocks then a str
 → ``conv_out``; the decoder mirrors it with ``num_res_blocks + 1`` blocks per level and
 nearest-neighbour upsampling. Images are NHWC in [−1, 1].
 
-Latents for phase 2 (diffusion on z): ``model.apply(v, x, method="encode")`` gives z
+Latents for diffusion on z: ``model.apply(v, x, method="encode")`` gives z
 [B, (H + 2·pad)/f, (W + 2·pad)/f, latent_channels] (``latent_shape``); ``method="decode"`` maps z
 back to [B, H, W, C]. ``pad`` pixels of background (−1) are added around the image before encoding
 and cropped after decoding, so a 28×28 image can use f = 8 (32×32 inside the model).
@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffusion.models.layers import Attention, Downsample, ResBlock, Upsample, _conv, _norm
 
@@ -33,6 +34,13 @@ def latent_shape(image_size: int, pad: int, factor: int, latent_channels: int) -
     """(h, w, c) of z for square ``image_size`` images padded by ``pad`` on each side."""
     side = (image_size + 2 * pad) // factor
     return side, side, latent_channels
+
+
+def scale_factor(latents) -> float:
+    """LDM's ``scale_factor`` s = 1/std(z) over every element of the training latents z [N, h, w, c]
+    (Rombach et al. 2022, §4.3.2 and Appendix G), so that s·z has unit variance, as the forward
+    process q(x_t | x_0) assumes of its data; computed in float64."""
+    return float(1.0 / np.std(np.asarray(latents, np.float64)))
 
 
 def check_factor(image_size: int, pad: int, factor: int, channel_mult: Sequence[int], field: str = "first_stage."):

@@ -1,5 +1,6 @@
 """The DDPM U-Net (Ho et al. 2020) with the ADM (Dhariwal & Nichol 2021) and Imagen efficient
-U-Net (Saharia et al. 2022) changes as options, and class / cross-attention conditioning.
+U-Net (Saharia et al. 2022) changes as options, class and cross-attention conditioning (LDM,
+Rombach et al. 2022) and image conditioning by concatenation.
 
 Defaults are Ho et al.'s CIFAR-10 model (35,746,307 parameters with ``dropout=0.1``).
 Submodule names mirror diffusers' ``UNet2DModel`` with dots turned into underscores.
@@ -7,7 +8,7 @@ Submodule names mirror diffusers' ``UNet2DModel`` with dots turned into undersco
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -20,7 +21,7 @@ Dtype = Any
 
 
 class UNet(nn.Module):
-    """ε/x_0/v-prediction network ``(x [B, H, W, C], timesteps [B], labels?, context?) -> [B, H, W, out]``.
+    """ε/x_0/v-prediction network ``(x [B, H, W, C], timesteps [B], labels?, context?, cond_image?) -> [B, H, W, out]``.
 
     ADM options: ``num_heads`` / ``num_head_channels``, several ``attention_resolutions``,
     ``resblock_updown`` (BigGAN-style resampling), ``scale_shift_norm`` (AdaGN),
@@ -28,7 +29,17 @@ class UNet(nn.Module):
     ``scale_skip`` (skip connections × 1/√2), ``efficient`` (downsample before a level's
     convolutions, upsample after). ``num_classes > 0`` adds a label embedding with one extra
     null label (index ``num_classes``) for classifier-free guidance; ``context_dim > 0`` adds
-    cross-attention after every self-attention.
+    cross-attention after every self-attention to ``context`` [B, L, D], or, with a
+    ``context_encoder`` (a domain encoder τθ of ``diffusion.models.conditioning``, LDM §3.3), to
+    τθ(labels), or τθ(tokens) for a text encoder (token ids int[B, L]), trained with the U-Net.
+    ``cond_image`` [B, H, W, C'] is concatenated to x along
+    the channels (LDM's image-to-image conditioning, SR3's low-resolution input); conv_in's
+    kernel takes C + C' channels, fixed by the ``cond_image`` given at init. ``aug_level`` int[B]
+    is a cascade's conditioning-augmentation level s (Ho et al. 2021, §3): embedded like t
+    (sinusoidal features, then its own two-layer MLP) and added to the time embedding, so every
+    ResBlock reads it through the embedding it already takes; its own MLP, because t and s are
+    different noises (of x_t and of the conditioning image) and a shared one would make (t, s)
+    and (s, t) indistinguishable in the sum. Present when ``aug_level`` is given at init.
     """
     out_channels: int = 3
     image_size: int = 32
@@ -46,6 +57,7 @@ class UNet(nn.Module):
     efficient: bool = False
     num_classes: int = 0
     context_dim: int = 0
+    context_encoder: Optional[nn.Module] = None
     norm_groups: int = 32
     norm_eps: float = 1e-6
     remat: bool = False
@@ -83,11 +95,14 @@ class UNet(nn.Module):
         res_cls = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
         return kw, res_kw, attn_kw, res_cls
 
-    def _embed(self, timesteps, labels, context):
+    def _embed(self, timesteps, labels, context, aug_level=None):
         kw = self._kwargs()[0]
         ch = self.base_channels
         emb = TimeEmbedding(4 * ch, name="time_embedding", **kw)(
             timestep_embedding(timesteps, ch).astype(self.dtype))
+        if aug_level is not None:
+            emb = emb + TimeEmbedding(4 * ch, name="aug_level_embedding", **kw)(
+                timestep_embedding(aug_level, ch).astype(self.dtype))
         if self.num_classes > 0:
             if labels is None:
                 raise ValueError("this U-Net is class-conditional: pass labels (num_classes for the null label)")
@@ -139,10 +154,19 @@ class UNet(nn.Module):
         return layer(h.shape[-1], name=name, **kw)(h)
 
     @nn.compact
-    def __call__(self, x, timesteps, labels=None, context=None, *, train: bool = False):
+    def __call__(self, x, timesteps, labels=None, context=None, cond_image=None, aug_level=None, *,
+                 train: bool = False, tokens=None):
         kw, res_kw, _, res_cls = self._kwargs()
         det = not train
-        emb = self._embed(timesteps, labels, context)
+        if self.context_encoder is not None:
+            source = labels if tokens is None else tokens   # class labels, or a text encoder's token ids
+            if source is None:
+                raise ValueError("this U-Net's context comes from its context encoder τθ: pass labels "
+                                 "(ClassTokens) or tokens (TextTokens)")
+            context = self.context_encoder(source)
+        if cond_image is not None:
+            x = jnp.concatenate([x, cond_image.astype(x.dtype)], axis=-1)
+        emb = self._embed(timesteps, labels, context, aug_level)
         h, skips, resolution = self._encode(x, emb, context, det)
         skip_scale = 1 / math.sqrt(2) if self.scale_skip else 1.0
         blocks = self.blocks_per_level()

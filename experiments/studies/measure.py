@@ -16,7 +16,7 @@ import numpy as np
 from diffusion import parallel, visualize
 from diffusion.checkpoints import Checkpointer, config_differences
 from diffusion.data import datasets
-from experiments import common, evaluation, sampling, trainer
+from experiments import cascade, common, evaluation, sampling, trainer
 from experiments.studies.plan import Plan, Training, cell_name
 
 
@@ -90,7 +90,7 @@ def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured
         results = [dict(r, sddpm_objective=objective[r["model"]]["nats_per_dim"],
                         sddpm_objective_se=objective[r["model"]]["stderr"],
                         sddpm_objective_identity=reference["nats_per_dim"]) for r in results]
-    pictures = []
+    pictures = [cascade_picture(plan, cell, mesh, batch) for cell in plan.cells if cell.get("picture")]
     if plan.study.reconstruct_steps or plan.study.encode_depths:
         for m in plan.models:
             pictures += model_pictures(plan, load_run(m), m, mesh, heldout, batch)
@@ -108,17 +108,41 @@ def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, 
         if row["num"] == plan.num:
             return row
     m = cell["model"]
-    run = load_run(m)
-    classifier = (sampling.load_noisy_classifier(plan.noisy_classifier.workdir, run.schedule)
-                  if cell["guidance"] == "classifier" else None)
-    images = evaluation.samples_for(run, mesh, plan.model_dir(m), cell["sampler"], cell["steps"], cell["eta"],
-                                    num=plan.num, batch=batch, seed=0, guide=cell["guidance"], scale=cell["scale"],
-                                    classifier_log_prob=classifier, clip=cell["clip"])
+    if cell["cascade"]:   # the final samples of a cascade whose last stage is m (Ho et al. 2021)
+        images = cascade_outputs(plan, cell, mesh, batch)[-1]
+    else:
+        run = load_run(m)
+        classifier = (sampling.load_noisy_classifier(plan.noisy_classifier.workdir, run.schedule)
+                      if cell["guidance"] == "classifier" else None)
+        images = evaluation.samples_for(run, mesh, plan.model_dir(m), cell["sampler"], cell["steps"], cell["eta"],
+                                        num=plan.num, batch=batch, seed=0, guide=cell["guidance"], scale=cell["scale"],
+                                        classifier_log_prob=classifier, clip=cell["clip"])
     row = {**cell, **evaluation.quality(*feature_fn(images), reference)}
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(row, indent=2))
     return row
+
+
+def cascade_outputs(plan: Plan, cell: dict, mesh, batch: int) -> list[np.ndarray]:
+    """Every stage's outputs of a cascade cell (its lower stages ``cell["cascade"]``, then its model),
+    drawn once and kept by ``cascade.samples``; the cell's level s and guidance weight serve every stage."""
+    settings = cascade.Settings(sampler=cell["sampler"], steps=cell["steps"], eta=cell["eta"],
+                                aug_levels=(cell["aug_level"],), truncated=cell["truncated"], scales=(cell["scale"],))
+    stages = tuple(cell["cascade"]) + (cell["model"],)
+    return cascade.samples([plan.model_dir(m) for m in stages], mesh, settings, num=plan.num, batch=batch)
+
+
+def cascade_picture(plan: Plan, cell: dict, mesh, batch: int) -> tuple[str, str]:
+    """(file, caption) of a cascade cell's first 8 samples, a row each: every stage's output and the
+    next stage's upsampled conditioning (``cascade.side_by_side``; its samples are cached)."""
+    stages = tuple(cell["cascade"]) + (cell["model"],)
+    outputs = cascade_outputs(plan, cell, mesh, batch)
+    path = plan.workdir / f"{cell_name(cell)}_cascade.png"
+    if jax.process_index() == 0:
+        visualize.save_png(cascade.side_by_side(outputs), path, scale=3)
+    return path.name, (f"{cell['row']}, {cell['col']}: per row, the output of each stage ({' → '.join(stages)}) and, "
+                       "between them, the next stage's conditioning (upsampled)")
 
 
 def model_pictures(plan: Plan, run, name: str, mesh, heldout, batch: int) -> list[tuple[str, str]]:

@@ -26,7 +26,7 @@ DATASETS = {
     "cifar10": (cifar10_ddpm, "configs/cifar10_ddpm.py", None),
 }
 PAPER_SAMPLES = 50_000
-CELL_DEFAULTS = dict(eta=0.0, guidance="", scale=0.0, clip=None)
+CELL_DEFAULTS = dict(eta=0.0, guidance="", scale=0.0, clip=None, cascade=(), aug_level=0, truncated=False)
 PER_MODEL_METRICS = ("nll", "sddpm")      # a study's metrics measured per model rather than per cell
 
 
@@ -54,6 +54,8 @@ def check_study(study: ml_collections.ConfigDict):
         if cell.get("clip") not in (None,) + common.CLIPS:
             raise ValueError(f"study cell {cell} has clip={cell['clip']!r}: use one of {common.CLIPS} "
                              "(or leave it out for the model's sample.clip)")
+        if any(stage not in study.models for stage in cell.get("cascade", ())):
+            raise ValueError(f"study cell {cell} has a cascade stage that is not in its models {sorted(study.models)}")
     if study.noisy_classifier and study.noisy_classifier not in study.models:
         raise ValueError(f"study noisy_classifier={study.noisy_classifier!r} is not one of its models "
                          f"{sorted(study.models)}")
@@ -104,6 +106,8 @@ def cell_name(cell: dict) -> str:
     """The name of a cell of ``Plan.cells`` (its measurements' file): its model and setting tag."""
     tag = evaluation.setting_tag(cell["sampler"], cell["steps"], cell["eta"], cell["guidance"], cell["scale"],
                                  cell["clip"])
+    if cell["cascade"]:   # a cascade's cell: its stages, the level s and the form of the augmentation
+        tag = "_".join(cell["cascade"]) + f"_{tag}_s{cell['aug_level']}" + ("_truncated" if cell["truncated"] else "")
     return re.sub(r"\W+", "_", f"{cell['model']}_{tag}")
 
 
@@ -150,8 +154,9 @@ class Plan:
 
     @property
     def data_config(self) -> ml_collections.ConfigDict:
-        """A model's config, for what the models share: data, seed, image size."""
-        return next(iter(self.models.values())).config
+        """A model's config, for what the models share: data, seed, image size (the largest, where a
+        cascade's base stage is smaller)."""
+        return largest(self.models)
 
     @property
     def classifier_weights(self) -> Optional[str]:
@@ -171,12 +176,23 @@ class Plan:
         guided += f" --classifier_workdir {self.noisy_classifier.workdir}" if cell["guidance"] == "classifier" else ""
         weights = f" --classifier_weights {self.classifier_weights}" if self.classifier_weights else ""
         clip = f"  # x̂_0 thresholding: {cell['clip'] or 'none'}" if cell["clip"] is not None else ""
+        if cell["cascade"]:
+            stages = ",".join(str(self.model_dir(m)) for m in tuple(cell["cascade"]) + (cell["model"],))
+            form = (" --truncated" if cell["truncated"] else "") + (f" --scales {cell['scale']:g}" if cell["scale"] else "")
+            return (f"python -m experiments.evaluate --cascade {stages} --aug_level {cell['aug_level']}{form} "
+                    f"--samplers {setting} --num {self.num}{weights}")
         return (f"python -m experiments.evaluate --workdir {self.model_dir(cell['model'])} --samplers {setting} "
                 f"--num {self.num}{guided}{weights}{clip}")
 
     @property
     def commands(self) -> list[str]:
         return [t.command for t in self.trainings] + [self.evaluate_command(c) for c in self.cells]
+
+
+def largest(models: dict[str, Training]) -> ml_collections.ConfigDict:
+    """The config of the first of ``models`` at the largest image size: whose data and features the
+    study measures against (a cascade's final resolution)."""
+    return max((t.config for t in models.values()), key=lambda c: c.data.image_size)
 
 
 def make_plan(study_module, workdir, *, dataset=None, data=None, scale: str = "default") -> Plan:
@@ -193,7 +209,7 @@ def make_plan(study_module, workdir, *, dataset=None, data=None, scale: str = "d
     reference = base_module.get_config()
     models = {m: Training("train", model_config(study, m, dataset, scale, data), base_file, reference,
                           workdir / "models" / m) for m in study.models}
-    first = next(iter(models.values())).config
+    first = largest(models)
     feature = noisy = None
     if classifier_module is not None:
         feature = classifier_training(classifier_module, classifier_config(

@@ -14,7 +14,7 @@ from experiments.studies.measure import Measured
 from experiments.studies.plan import PAPER_SAMPLES, Plan
 
 AXIS_LABELS = {"steps": "sampling steps S", "is_mean": "Inception Score", "col": "", "fid": "FID",
-               "nfe": "network evaluations (NFE)"}
+               "nfe": "network evaluations (NFE)", "aug_level": "conditioning augmentation level s"}
 
 
 def plot(study, results: list[dict], path: Path):

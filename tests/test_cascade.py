@@ -1,0 +1,235 @@
+"""Cascaded diffusion (Ho et al. 2021): conditioning augmentation against q(z_s | z_0), truncation
+stopping at s, the blur kernel, the shared resize, the super-resolution U-Net's inputs, a two-stage
+cascade trained with experiments.train machinery, sampled and measured, and the refusals."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base
+from diffusion import cascade, parallel, samplers, schedules
+from diffusion.data import datasets
+from diffusion.models.unet import UNet
+from experiments import cascade as cascade_runs
+from experiments import common, evaluation, sample, sampling, trainer
+from experiments.studies import plan
+from tiny_configs import shrink
+
+T = 100
+SCHEDULE = schedules.make_schedule("linear", T)
+
+
+def test_gaussian_augmentation_at_level_s_is_q_of_z_s_given_z_0():
+    """Monte Carlo moments of z_s over 20,000 draws against N(√ᾱ_s z_0, (1 − ᾱ_s) I), within 5 s.e."""
+    n, s = 20_000, 37
+    z0 = jnp.broadcast_to(jnp.array([-0.8, 0.1, 0.6, 1.0]).reshape(1, 2, 2, 1), (n, 2, 2, 1))
+    z, levels = cascade.gaussian_augment(jax.random.split(jax.random.key(0), n), SCHEDULE, z0, (s, s))
+    a = float(SCHEDULE.alphas_cumprod[s])
+    assert bool(jnp.all(levels == s))
+    mean, var = np.asarray(z.mean(0)), np.asarray(z.var(0))
+    np.testing.assert_allclose(mean, np.sqrt(a) * np.asarray(z0[0]), atol=5 * np.sqrt((1 - a) / n))
+    np.testing.assert_allclose(var, np.full_like(var, 1 - a), atol=5 * (1 - a) * np.sqrt(2 / n))
+    corrupted = cascade.corrupt(SCHEDULE, z0, s, jax.random.key(1))     # the non-truncated form: the same law
+    np.testing.assert_allclose(np.asarray(corrupted.mean(0)), np.sqrt(a) * np.asarray(z0[0]), atol=5 * np.sqrt((1 - a) / n))
+
+
+def test_training_levels_cover_the_range_and_no_more():
+    _, levels = cascade.gaussian_augment(jax.random.split(jax.random.key(2), 4000), SCHEDULE,
+                                         jnp.zeros((4000, 2, 2, 1)), (10, 20))
+    assert set(np.asarray(levels).tolist()) == set(range(10, 21))
+
+
+@pytest.mark.parametrize("sampler, steps", [("ddim", 20), ("ddim", T), ("dpmpp_2m", 10), ("ddpm", 25)])
+def test_truncated_sampling_stops_at_s_exactly(sampler, steps):
+    """With x̂_0 = 0 a deterministic step maps x_t to x_t·√(1 − ᾱ_t′)/√(1 − ᾱ_t), so the chain ends at
+    x_T·√(1 − ᾱ_s)/√(1 − ᾱ_first): the last level is s itself, not s ± 1; an ancestral (respaced)
+    sampler's chain gets s among its kept steps, with ᾱ_s there."""
+    s = 41
+    step, run_schedule, timesteps = samplers.plan(sampler, SCHEDULE, steps, prediction="x0")
+    run_schedule, timesteps, t_end = cascade.truncate(SCHEDULE, run_schedule, timesteps, s,
+                                                      samplers.SAMPLERS[sampler].respaced)
+    assert float(run_schedule.alphas_cumprod[t_end]) == pytest.approx(float(SCHEDULE.alphas_cumprod[s]), rel=1e-6)
+    assert int(run_schedule.timesteps[t_end]) == s and bool(jnp.all(timesteps > t_end))
+    if sampler == "ddpm":
+        return
+    x_T = jax.random.normal(jax.random.key(3), (4, 3))
+    zero = lambda x, t, **_: jnp.zeros_like(x)
+    out = samplers.sample(step, zero, run_schedule, x_T, jax.random.key(4), timesteps=timesteps, t_end=t_end)
+    first = int(timesteps[0])
+    level = lambda i: float(jnp.sqrt((1 - SCHEDULE.alphas_cumprod[i]) / (1 - SCHEDULE.alphas_cumprod[first])))
+    np.testing.assert_allclose(out, x_T * level(s), rtol=1e-5)
+    assert not np.allclose(out, x_T * level(s + 1), rtol=1e-4) and not np.allclose(out, x_T * level(s - 1), rtol=1e-4)
+
+
+def test_blur_kernel_sums_to_one_and_sigma_stays_in_its_range():
+    for sigma in (0.3, 0.5, 1.0, 2.0):
+        for size in (3, 5):
+            assert float(cascade.blur_kernel(sigma, size).sum()) == pytest.approx(1.0, abs=1e-6)
+    z0 = jax.random.normal(jax.random.key(5), (2000, 6, 6, 2))
+    blurred, sigma = cascade.blur_augment(jax.random.split(jax.random.key(6), 2000), z0, (0.4, 0.6), 3)
+    assert 0.4 <= float(sigma.min()) < 0.41 and 0.59 < float(sigma.max()) <= 0.6
+    np.testing.assert_allclose(cascade.blur(jnp.full((5, 5, 1), 0.7), 0.5, 3), 0.7, rtol=1e-6)  # a constant stays
+    assert float(blurred.var()) < float(z0.var())
+    wider = jax.vmap(lambda z: cascade.blur(z, 1.5, 3))(z0)
+    assert float(wider.var()) < float(blurred.var())
+
+
+def test_low_resolution_is_the_datasets_area_resize():
+    """The super-resolution stage's input is the image a base stage trained at that size sees."""
+    split, _ = datasets.load_splits("mnist", image_size=28, holdout_fraction=0.1)
+    images = split.images[:16]
+    ours = datasets.to_uint8(np.asarray(cascade.low_resolution(datasets.to_model_range(images), 14)))
+    assert np.abs(ours.astype(int) - datasets.resize_images(images, 14).astype(int)).max() <= 1
+    assert cascade.upsample(jnp.zeros((2, 14, 14, 1)), 28).shape == (2, 28, 28, 1)
+
+
+def test_the_conditioning_image_and_the_level_change_the_output():
+    model = UNet(out_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2), attention_resolutions=(),
+                 dropout=0.0, norm_groups=4)
+    x, t = jax.random.normal(jax.random.key(7), (2, 8, 8, 1)), jnp.array([5, 50])
+    low = jax.random.normal(jax.random.key(8), (2, 4, 4, 1))
+    cond = cascade.conditioning(low, 8, 10)
+    params = model.init(jax.random.key(0), x, t, **cond)["params"]
+    assert params["conv_in"]["kernel"].shape[2] == 2 and "aug_level_embedding" in params
+    out = model.apply({"params": params}, x, t, **cond)
+    other_image = model.apply({"params": params}, x, t, **cascade.conditioning(-low, 8, 10))
+    other_level = model.apply({"params": params}, x, t, **cascade.conditioning(low, 8, 90))
+    assert float(jnp.abs(out - other_image).max()) > 1e-3 and float(jnp.abs(out - other_level).max()) > 1e-3
+
+
+def tiny_stage(data, low_resolution=0, augmentation="none"):
+    c = shrink(base.get_config(), steps=2)
+    c.data.source, c.diffusion.num_steps = data, T
+    if low_resolution:
+        c.data.low_resolution, c.cascade.augmentation = low_resolution, augmentation
+        if augmentation == "gaussian":
+            c.cascade.aug_level_range, c.cascade.aug_level = (0, 50), 10
+    else:
+        c.data.image_size, c.model.attention_resolutions = 14, (7,)
+    return c
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    """A 14×14 base run and a 14 → 28 super-resolution run (Gaussian augmentation), two steps each
+    through trainer.train_and_evaluate (which also draws the SR run's conditioned grid)."""
+    root = tmp_path_factory.mktemp("cascade")
+    split, _ = datasets.load_splits("mnist", image_size=28, holdout_fraction=0.1)
+    np.savez(root / "data.npz", image=split.images[:160], label=split.labels[:160])
+    trainer.train_and_evaluate(tiny_stage(str(root / "data.npz")), root / "base")
+    trainer.train_and_evaluate(tiny_stage(str(root / "data.npz"), 14, "gaussian"), root / "sr")
+    return root
+
+
+def test_a_two_stage_cascade_trains_samples_and_is_measured(stages):
+    assert list((stages / "sr" / "samples").glob("*.png"))
+    workdirs = [str(stages / "base"), str(stages / "sr")]
+    for truncated in (False, True):
+        settings = cascade_runs.Settings(sampler="ddim", steps=4, aug_levels=(10,), truncated=truncated)
+        sample.sample_cascade(workdirs, settings, num=8, batch=8, seed=0, label=-1, out=stages / "out")
+        tag = f"{cascade_runs.check_chain(workdirs, settings).tag}_seed0"
+        with np.load(stages / "out" / f"{tag}.npz") as f:
+            assert f["stage0"].shape == (8, 14, 14, 1) and f["stage1"].shape == (8, 28, 28, 1)
+        assert (stages / "out" / f"{tag}_cascade.png").exists() and (stages / "out" / f"{tag}_stage1.png").exists()
+    settings = cascade_runs.Settings(sampler="ddim", steps=4, aug_levels=(10,))   # the programs drawn above
+    record = cascade_runs.evaluate(workdirs, settings, num=16, batch=8, features="classifier")
+    assert np.isfinite(record["fid"]) and record["num"] == 16
+    assert (stages / "sr" / "eval" / f"cascade_{cascade_runs.check_chain(workdirs, settings).tag}.json").exists()
+
+
+def test_a_super_resolution_run_refuses_to_sample_without_a_conditioning_image(stages):
+    run = sampling.load_run(stages / "sr")
+    with pytest.raises(ValueError, match="super-resolution stage .* --cascade"):
+        sampling.build_draw_fn(run, None, sampler="ddim", steps=2)
+    with pytest.raises(ValueError, match="super-resolution stage .* --cascade"):
+        evaluation.evaluate_run(stages / "sr", [("ddim", 2, 0.0)], num=8, batch=8)
+
+
+def test_accumulated_micro_batches_augment_as_the_whole_batch_does():
+    """The augmentation's draws are made per row for the whole batch (one key a row), so k = 2
+    micro-batches give the parameters one step on all 16 rows gives."""
+    states = []
+    for k in (1, 2):
+        c = tiny_stage("mnist", 14, "gaussian")
+        c.optim.eps, c.optim.grad_accum_steps = 1e-3, k
+        model, schedule, tx = common.make_model(c), common.make_schedule(c), common.make_optimizer(c)
+        mesh = parallel.make_mesh()
+        state = trainer.init_state(c, model, schedule, tx, jax.random.key(0))
+        state = jax.device_put(state, parallel.fsdp_shardings(state, mesh))
+        step = trainer.jit_step(trainer.make_train_step(c, model, schedule, tx), state, mesh)
+        split, _ = common.load_data(c)
+        for micro in trainer.micro_batches(datasets.host_batch(split, 16, 0, c.seed), k):
+            state, _ = step(state, parallel.global_batch(micro, mesh))
+        states.append(jax.tree.map(np.asarray, state.params))
+    for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_stage_resumed_with_another_conditioning_is_refused(stages):
+    with pytest.raises(ValueError, match="(?s)different model.*cascade.augmentation: checkpoint 'gaussian' vs config 'blur'"):
+        trainer.train_and_evaluate(tiny_stage(str(stages / "data.npz"), 14, "blur"), stages / "sr")
+
+
+def fake_run(root, name, **fields):
+    """A workdir holding only config.json: enough for the chain checks, which run before any checkpoint is read."""
+    c = tiny_stage("mnist", **fields)
+    (root / name).mkdir()
+    (root / name / "config.json").write_text(json.dumps(c.to_dict(), default=list))
+    return str(root / name)
+
+
+@pytest.mark.parametrize("stages_, settings, message", [
+    (("base",), {}, "at least one super-resolution"),
+    (("sr_g", "sr_g"), {}, "starts with a base run"),
+    (("base", "base"), {}, "is not a super-resolution stage .* makes 14×14×1"),
+    (("base", "sr7"), {}, "conditioned on 7×7×1 images, but stage 0 .* makes 14×14×1"),
+    (("base", "sr_g"), {"aug_levels": (T,)}, r"must be an integer schedule index in \[0, 100\)"),
+    (("base", "sr_g"), {"aug_levels": (-1,)}, r"in \[0, 100\)"),
+    (("base", "sr_none"), {"aug_levels": (10,)}, "trained with cascade.augmentation='none'"),
+    (("base", "sr_none"), {"truncated": True}, "trained with cascade.augmentation='none'"),
+    (("base", "sr_g"), {"scales": (1.0, 2.0, 3.0)}, "3 values for 2 stages"),
+])
+def test_a_cascade_that_does_not_chain_is_refused(tmp_path, stages_, settings, message):
+    made = {"base": {}, "sr_g": dict(low_resolution=14, augmentation="gaussian"),
+            "sr7": dict(low_resolution=7, augmentation="gaussian"), "sr_none": dict(low_resolution=14)}
+    workdirs = [fake_run(tmp_path, f"{i}_{name}", **made[name]) for i, name in enumerate(stages_)]
+    with pytest.raises(ValueError, match=message):
+        cascade_runs.check_chain(workdirs, cascade_runs.Settings(**settings))
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(cascade=dict(augmentation="gaussian")), "set data.low_resolution"),
+    (dict(data=dict(low_resolution=5)), "must be an integer in .* that divides"),
+    (dict(data=dict(low_resolution=14), cascade=dict(augmentation="gaussian", aug_level_range=(0, 1000))),
+     r"aug_level_range\[1\]=1000 must be an integer schedule index in \[0, 1000\)"),
+    (dict(data=dict(low_resolution=14), cascade=dict(augmentation="gaussian", aug_level_range=(9, 3))), "low <= high"),
+    (dict(data=dict(low_resolution=14), cascade=dict(augmentation="blur", blur_kernel=4)), "odd integer"),
+    (dict(data=dict(low_resolution=14), cascade=dict(augmentation="blur", aug_level=5)), "levels of Gaussian"),
+    (dict(data=dict(low_resolution=14), cascade=dict(augmentation="noise")), "cascade.augmentation='noise'"),
+])
+def test_a_super_resolution_config_that_cannot_run_is_refused(fields, message):
+    c = base.get_config()
+    for section, values in fields.items():
+        c[section].update(values)
+    with pytest.raises(ValueError, match=message):
+        common.validate(c)
+
+
+def test_the_cascaded_study_plans_valid_stages_and_reads_its_table():
+    module = plan.load_study("cascaded")
+    for scale in ("default", "paper"):
+        study_plan = plan.make_plan(module, "runs/studies/cascaded", scale=scale)
+        for job in study_plan.models.values():
+            common.validate(job.config)
+        assert study_plan.data_config.data.image_size == 28
+    names = [plan.cell_name(c) for c in study_plan.cells]
+    assert len(set(names)) == len(names)
+    assert any("--cascade runs/studies/cascaded/models/base,runs/studies/cascaded/models/sr_gaussian --aug_level 100 "
+               "--truncated" in c for c in study_plan.commands)
+    good = {"no augmentation": 30.0, "blur": 12.0, "one 28×28": 25.0}
+    fid = lambda c: next((v for k, v in good.items() if c["row"].startswith(k)),
+                         10.0 + abs(c["aug_level"] - 100) / 20 + 2 * c["truncated"])
+    results = [dict(c, fid=fid(c), fid_se=0.1) for c in study_plan.cells]
+    assert [held for _, held, _ in module.claims(results, {})] == [True, True, True, False, True]
