@@ -14,6 +14,7 @@ def get_config():
     c.data.source = "mnist"            # "mnist" (embedded), a path to an .npz, "tfds:<name>", "toy:<name>"
     c.data.tfds_data_dir = ""          # where prepared TFDS datasets live ("" = TFDS default)
     c.data.image_size = 28             # images are centre-cropped and resized to this when they differ
+    c.data.crop = ""                   # "": the centre square; "celeba_ddim": DDIM's 128×128 CelebA face box (datasets.CROPS)
     c.data.channels = 1
     c.data.random_flip = False
     c.data.holdout_fraction = 0.1      # held out (after a seeded shuffle) for evaluation
@@ -90,6 +91,7 @@ def get_config():
     c.train.sample_every = 1000
     c.train.checkpoint_every = 1000
     c.train.keep_checkpoints = 3
+    c.train.keep_period = 0            # > 0: checkpoints at multiples of this step are kept besides the newest ones
 
     c.parallel = ml_collections.ConfigDict()
     c.parallel.fsdp = 1                # devices per parameter shard: mesh (devices / fsdp) × fsdp; 1 replicates the state

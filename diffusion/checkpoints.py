@@ -101,11 +101,12 @@ class Checkpointer:
     Saves are synchronous, so a failure is raised by ``save`` itself with no orbax thread left
     writing. Orbax keeps every step (no ``max_to_keep``): this class deletes all but the newest
     ``keep`` only after a save has completed, so a failed save can never cost an older checkpoint.
+    Steps that are multiples of ``keep_period`` (> 0) are milestones, never deleted.
     """
 
-    def __init__(self, directory, *, keep: int = 3):
+    def __init__(self, directory, *, keep: int = 3, keep_period: int = 0):
         self.directory = Path(directory).absolute()
-        self.keep = keep
+        self.keep, self.keep_period = keep, keep_period
         self.manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
 
@@ -175,9 +176,11 @@ class Checkpointer:
                 f"{previous}")
 
     def _prune(self):
-        """Delete all but the newest ``keep`` checkpoints (called only after a completed save)."""
+        """Delete all but the newest ``keep`` checkpoints and the ``keep_period`` milestones (called
+        only after a completed save)."""
         for old in sorted(self.manager.all_steps())[:-self.keep]:
-            self.manager.delete(old)
+            if not (self.keep_period and old % self.keep_period == 0):
+                self.manager.delete(old)
 
     # --- restoring ---
 

@@ -69,6 +69,7 @@ def validate(c: ml_collections.ConfigDict):
     _choice("diffusion.decoder", d.decoder, losses.DECODERS)
     _choice("model.kind", m.kind, ("unet", "mlp") + tuple(AUTOENCODERS))
     _choice("model.context_encoder", m.context_encoder, CONTEXT_ENCODERS)
+    _choice("data.crop", c.data.crop, ("",) + tuple(datasets.CROPS))
     _choice("model.attention_implementation", m.attention_implementation, ATTENTION_IMPLEMENTATIONS)
     _choice("train.compute_dtype", c.train.compute_dtype, DTYPES)
     _choice("sample.sampler", c.sample.sampler, samplers.SAMPLERS)
@@ -115,6 +116,9 @@ def validate(c: ml_collections.ConfigDict):
         section, name = field.split(".")
         if not _is_integer(c[section][name]) or c[section][name] < 1:
             raise ValueError(f"config field {field}={c[section][name]!r} must be an integer >= 1{why}")
+    if not _is_integer(c.train.keep_period) or c.train.keep_period < 0:
+        raise ValueError(f"config field train.keep_period={c.train.keep_period!r} must be an integer >= 0 "
+                         "(0: no milestones; n: checkpoints at multiples of n are never deleted)")
     if not (math.isfinite(c.optim.lr) and c.optim.lr > 0):
         raise ValueError(f"config field optim.lr={c.optim.lr!r} must be a finite number > 0")
     samplers.check_steps(c.sample.sampler, c.sample.steps, d.num_steps, what="config field sample.steps")
@@ -354,7 +358,7 @@ def load_data(config, labels_used: Optional[bool] = None):
     labels are used (``labels_used``; default: a class-conditional model), ``data.num_classes``."""
     splits = datasets.load_splits(config.data.source, image_size=config.data.image_size,
                                   holdout_fraction=config.data.holdout_fraction, seed=config.seed,
-                                  tfds_data_dir=config.data.tfds_data_dir)
+                                  tfds_data_dir=config.data.tfds_data_dir, crop=config.data.crop)
     labels_used = config.model.num_classes > 0 if labels_used is None else labels_used
     for split in splits:
         datasets.check_split(split, channels=config.data.channels, source=config.data.source,

@@ -155,7 +155,8 @@ def restore_or_init(config, workdir: Path, init_fn, mesh, *, fall_back: bool = F
     """
     key = jax.random.key(config.seed)
     state = jax.jit(init_fn, out_shardings=parallel.fsdp_shardings(jax.eval_shape(init_fn, key), mesh))(key)
-    ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+    ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
+                        keep_period=config.train.keep_period)
     start = 0
     try:
         if ckpt.latest_step() is not None:

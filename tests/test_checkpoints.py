@@ -71,8 +71,8 @@ def damage(directory, step, every_file=False):
         f.write_bytes(bytes(data))
 
 
-def saved(directory, steps, keep=3):
-    ckpt = Checkpointer(directory, keep=keep)
+def saved(directory, steps, keep=3, keep_period=0):
+    ckpt = Checkpointer(directory, keep=keep, keep_period=keep_period)
     for step in steps:
         ckpt.save(step, tiny_state(step), config=CONFIG, data_position=step)
     return ckpt
@@ -339,3 +339,17 @@ def test_a_field_added_after_a_checkpoint_is_not_a_difference():
     assert checkpoints.config_differences(saved, now) == []
     assert checkpoints.config_differences(saved, {"model": {"base_channels": 8}, "diffusion": {}}) == [
         "diffusion.schedule: checkpoint 'linear' vs config '<absent>'"]
+
+
+def test_milestones_at_the_keep_period_survive_pruning(tmp_path):
+    """keep=2, keep_period=3 over steps 1…7: the newest two (6, 7) and the milestone 3 remain; a
+    negative period is refused by the config check."""
+    from configs import mnist
+    from experiments import common
+    ckpt = saved(tmp_path, range(1, 8), keep=2, keep_period=3)
+    assert sorted(ckpt.manager.all_steps()) == [3, 6, 7]
+    assert sorted(int(p.name) for p in tmp_path.iterdir()) == [3, 6, 7]
+    config = mnist.get_config()
+    config.train.keep_period = -1
+    with pytest.raises(ValueError, match="train.keep_period=-1 must be an integer >= 0"):
+        common.validate(config)

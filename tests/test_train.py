@@ -182,3 +182,19 @@ def test_a_tfds_set_without_labels_or_test_split_is_read_as_such(monkeypatch):
     datasets.check_split(train, channels=3, num_classes=None, source="tfds:imagesonly")
     with pytest.raises(ValueError, match="has no labels"):
         datasets.check_split(train, channels=3, num_classes=1000, source="tfds:imagesonly")
+
+
+def test_celeba_is_cropped_to_ddims_face_box():
+    """data.crop='celeba_ddim' keeps rows 57–184 and columns 25–152 of a 218×178 image (DDIM's
+    box around (cx, cy) = (89, 121)), then resizes; the default keeps the centre square; a box
+    larger than the images and an unknown crop are refused."""
+    rows, cols = np.meshgrid(np.arange(218), np.arange(178), indexing="ij")
+    image = np.stack([rows % 256, cols % 256, (rows + cols) % 256], -1).astype(np.uint8)[None]
+    np.testing.assert_array_equal(datasets.resize_images(image, 128, "celeba_ddim")[0], image[0, 57:185, 25:153])
+    np.testing.assert_array_equal(datasets.resize_images(image, 178)[0], image[0, 20:198])
+    small = datasets.resize_images(image, 64, "celeba_ddim")[0]
+    np.testing.assert_allclose(small[..., 0].mean(axis=1), np.arange(57, 185).reshape(64, 2).mean(axis=1), atol=0.6)
+    with pytest.raises(ValueError, match="does not fit 100×100"):
+        datasets.resize_images(np.zeros((1, 100, 100, 3), np.uint8), 64, "celeba_ddim")
+    with pytest.raises(ValueError, match="unknown crop 'face'"):
+        datasets.resize_images(image, 64, "face")

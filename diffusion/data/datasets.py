@@ -55,14 +55,30 @@ def _read_npz(path) -> tuple[np.ndarray, Optional[np.ndarray]]:
     return (images[..., None] if images.ndim == 3 else images), None if labels is None else labels.astype(np.int32)
 
 
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop to a square and resize (area for shrinking) to size×size, uint8."""
+# Fixed crops (top, left, side) taken before resizing, by name (config field data.crop). DDIM's CelebA
+# box (Song et al. 2021; their datasets/__init__.py: centre (cx, cy) = (89, 121)) is the 128×128
+# square at rows 57–184 and columns 25–152 of the 218×178 aligned faces: the face, without the
+# background a centre square of the whole image keeps.
+CROPS = {"celeba_ddim": (57, 25, 128)}
+
+
+def resize_images(images: np.ndarray, size: int, crop: str = "") -> np.ndarray:
+    """Crop to a square — the named ``crop`` of ``CROPS``, or the centre square when "" — and resize
+    (area for shrinking) to size×size, uint8."""
     from PIL import Image
     n, h, w, c = images.shape
-    if h == w == size:
+    if crop:
+        if crop not in CROPS:
+            raise ValueError(f"unknown crop {crop!r}: use one of {sorted(CROPS)} or '' (the centre square)")
+        top, left, s = CROPS[crop]
+        if top + s > h or left + s > w:
+            raise ValueError(f"crop {crop!r} takes the {s}×{s} box at row {top}, column {left}, which does not fit "
+                             f"{h}×{w} images: use data.crop='' (the centre square) for these images")
+    elif h == w == size:
         return images
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
+    else:
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
     out = np.empty((n, size, size, c), np.uint8)
     for i, img in enumerate(images[:, top:top + s, left:left + s]):
         pil = Image.fromarray(img[..., 0] if c == 1 else img)
@@ -99,7 +115,7 @@ def _tfds_splits(name: str, data_dir: Optional[str]):
 
 
 def load_splits(source: str, *, image_size: int, holdout_fraction: float, seed: int = 0,
-                tfds_data_dir: str = "") -> tuple[Split, Split]:
+                tfds_data_dir: str = "", crop: str = "") -> tuple[Split, Split]:
     """(train, held-out) splits for a source name. The held-out split is either the dataset's
     own test split, or its validation split where it has no test split (TFDS, when holdout_fraction
     is 0), or a seeded random fraction of the data."""
@@ -121,9 +137,9 @@ def load_splits(source: str, *, image_size: int, holdout_fraction: float, seed: 
     labelled = labels is not None
     labels = np.zeros(len(images), np.int32) if labels is None else labels
     if images.dtype == np.uint8:
-        images = resize_images(images, image_size)
+        images = resize_images(images, image_size, crop)
         if test is not None:
-            test = (resize_images(test[0], image_size), test[1])
+            test = (resize_images(test[0], image_size, crop), test[1])
     if holdout_fraction == 0:
         if test is None:
             raise ValueError(f"data source {source!r} has no test split to hold out and data.holdout_fraction "

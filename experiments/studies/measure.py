@@ -23,7 +23,8 @@ from experiments.studies.plan import Plan, Training, cell_name
 def trained(config, workdir: Path) -> bool:
     """Whether ``workdir``'s last checkpoint is at ``train.num_steps``; a run there made with another
     model or schedule (a study file edited since) is an error, not a reason to reuse its results."""
-    ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+    ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
+                        keep_period=config.train.keep_period)
     try:
         step = ckpt.latest_step()
         diffs = [] if step is None else config_differences(ckpt.read_meta(step)["config"], config.to_dict())
