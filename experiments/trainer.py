@@ -178,16 +178,37 @@ def restore_or_init(config, workdir: Path, init_fn, mesh, *, fall_back: bool = F
 def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_fn, train_split, mesh,
              on_sample: Optional[Callable] = None, desc: str = "train"):
     """Steps ``start`` … ``train.num_steps`` with a progress bar, JSON-lines/TensorBoard scalars,
-    checkpoints and ``on_sample(step, state)``; stops at once on a non-finite loss or update (the
-    step that made it is not applied, so nothing non-finite is saved). With ``optim.grad_accum_steps``
+    checkpoints and ``on_sample(step, state)``; stops on a non-finite loss or update (the step that
+    made it is not applied, so nothing non-finite is saved). With ``optim.grad_accum_steps``
     = k each step is k calls of ``step_fn`` on consecutive micro-batches of its rows (its logged
-    metrics their means); steps count optimizer updates, ``state.step`` calls."""
+    metrics their means); steps count optimizer updates, ``state.step`` calls.
+
+    A step's metrics are read on the host while the next step runs, except on steps that log,
+    checkpoint or sample, which wait for their own: reading after every step left an H200 idle 25%
+    of the CIFAR-10 step (benchmarks/RESULTS.md). A non-finite step is therefore reported after the
+    next one was launched on the state it left unchanged; that step's result is discarded with the
+    run, and every save happens after its own step was read."""
     k = config.optim.grad_accum_steps
     writer = MetricWriter(workdir, start)
     total = config.train.num_steps
     bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True,
                disable=jax.process_index() != 0)
     window_start, window_steps = time.perf_counter(), 0
+
+    def read(step: int, calls: list) -> dict:
+        """``step``'s metrics on the host (the mean over its calls); raises if it was non-finite."""
+        update_finite = all([bool(m.pop("update_finite")) for m in calls])
+        metrics = {name: np.mean([float(m[name]) for m in calls]) for name in calls[0]}
+        loss = float(metrics["loss"])
+        if not (math.isfinite(loss) and update_finite):
+            what = f"loss ({loss})" if not math.isfinite(loss) else "parameters or EMA after the update"
+            raise NonFiniteStepError(
+                f"non-finite {what} at step {step}: the run stops here, the step is not applied and the "
+                f"last finite checkpoint (step {ckpt.latest_step()}) is kept; lower optim.lr or check the data")
+        bar.update(1)
+        return metrics
+
+    pending = None    # (step, its calls' metrics) not yet read on the host
     try:
         for step in range(start, total):
             local = datasets.host_batch(train_split, config.train.batch_size, step, config.seed)
@@ -198,27 +219,28 @@ def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_
                     step_fn = parallel.compiled_together(step_fn, state, batch)
                 state, metrics = step_fn(state, batch)
                 calls.append(metrics)
-            update_finite = all([bool(m.pop("update_finite")) for m in calls])
-            metrics = {name: np.mean([float(m[name]) for m in calls]) for name in calls[0]}
-            loss = float(metrics["loss"])
-            if not (math.isfinite(loss) and update_finite):
-                what = f"loss ({loss})" if not math.isfinite(loss) else "parameters or EMA after the update"
-                raise NonFiniteStepError(
-                    f"non-finite {what} at step {step}: the run stops here, the step is not applied and the "
-                    f"last finite checkpoint (step {ckpt.latest_step()}) is kept; lower optim.lr or check the data")
-            bar.update(1)
+            if pending is not None:
+                read(*pending)
             window_steps += 1
             done = step + 1
-            if done % config.train.log_every == 0 or done == total:
+            log = done % config.train.log_every == 0 or done == total
+            save = done % config.train.checkpoint_every == 0 or done == total
+            sample = on_sample is not None and (done % config.train.sample_every == 0 or done == total)
+            if not (log or save or sample):
+                pending = (step, calls)
+                continue
+            pending = None
+            metrics = read(step, calls)
+            if log:
                 rate = window_steps / (time.perf_counter() - window_start)
-                scalars = {k: float(v) for k, v in metrics.items()}
+                scalars = {name: float(value) for name, value in metrics.items()}
                 scalars["steps_per_sec"] = rate
                 writer.write(done, scalars)
-                bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{rate:.2f}")
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{rate:.2f}")
                 window_start, window_steps = time.perf_counter(), 0
-            if done % config.train.checkpoint_every == 0 or done == total:
+            if save:
                 ckpt.save(done, state, config=config.to_dict(), data_position=done)
-            if on_sample is not None and (done % config.train.sample_every == 0 or done == total):
+            if sample:
                 path = on_sample(done, state)
                 if path is not None:
                     bar.write(f"step {done}: samples in {path}")

@@ -82,11 +82,15 @@ def test_eight_devices_match_one(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    poison_batches_at(monkeypatch, 3)
+@pytest.mark.parametrize("poisoned, log_every", [(3, 1), (2, 5)])
+def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, poisoned, log_every):
+    """Step 3 is read at once (it logs); step 2 of a run logging every 5 steps is read while step 3
+    runs: either way the run stops naming the poisoned step and keeps checkpoint 2, and nothing later."""
+    poison_batches_at(monkeypatch, poisoned)
     c = tiny()
-    c.train.num_steps = 6
-    with pytest.raises(trainer.NonFiniteStepError, match="loss \\(nan\\) at step 3.*last finite checkpoint \\(step 2\\)"):
+    c.train.num_steps, c.train.log_every = 6, log_every
+    with pytest.raises(trainer.NonFiniteStepError,
+                       match=f"loss \\(nan\\) at step {poisoned}.*last finite checkpoint \\(step 2\\)"):
         trainer.train_and_evaluate(c, tmp_path)
     ckpt = Checkpointer(tmp_path / "checkpoints")
     assert ckpt.latest_step() == 2
