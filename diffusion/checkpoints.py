@@ -35,7 +35,8 @@ from diffusion.checkpoint_checks import (checksums, failed_writes_silenced, is_d
 # ("first_stage": the latent-diffusion autoencoder of experiments.train_autoencoder).
 COMPATIBILITY_SECTIONS = ("model", "diffusion", "first_stage")
 COMPATIBILITY_FIELDS = ("data.image_size", "data.channels", "data.autoencoder", "data.latent_scale",
-                        "data.low_resolution", "cascade.augmentation")   # a cascade stage's conditioning input
+                        "data.low_resolution", "cascade.augmentation",   # a cascade stage's conditioning input
+                        "optim.grad_accum_steps")   # state.step and MultiSteps' count are in its units
 CORRUPT_DIR = "corrupt_checkpoints"   # beside the checkpoints directory, in the workdir
 NAMED_LEAVES = 5                      # how many bad leaves an error message lists
 SETTLE_PASSES, SETTLE_PAUSE_S = 25, 0.2   # cleaning up after a failed save: up to ~5 s

@@ -153,16 +153,18 @@ def test_accumulated_micro_batches_augment_as_the_whole_batch_does():
     states = []
     for k in (1, 2):
         c = tiny_stage("mnist", 14, "gaussian")
-        c.optim.eps, c.optim.grad_accum_steps = 1e-3, k
+        c.optim.eps, c.optim.grad_accum_steps, c.optim.warmup_steps = 1e-3, k, 0   # the first update is lr, not 0
         model, schedule, tx = common.make_model(c), common.make_schedule(c), common.make_optimizer(c)
         mesh = parallel.make_mesh()
         state = trainer.init_state(c, model, schedule, tx, jax.random.key(0))
+        initial = jax.tree.map(np.asarray, state.params)
         state = jax.device_put(state, parallel.fsdp_shardings(state, mesh))
         step = trainer.jit_step(trainer.make_train_step(c, model, schedule, tx), state, mesh)
         split, _ = common.load_data(c)
         for micro in trainer.micro_batches(datasets.host_batch(split, 16, 0, c.seed), k):
             state, _ = step(state, parallel.global_batch(micro, mesh))
         states.append(jax.tree.map(np.asarray, state.params))
+        assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(states[-1]), jax.tree.leaves(initial)))
     for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
