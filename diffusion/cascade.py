@@ -21,10 +21,14 @@ from diffusion.schedules import Schedule, respace
 AUGMENTATIONS = ("none", "gaussian", "blur")
 
 
-def check_level(s, num_steps: int, what: str = "aug_level"):
-    """Refuse an augmentation level outside the schedule's indices [0, T)."""
+def check_level(s, num_steps: int, what: str = "aug_level", trained=None):
+    """Refuse an augmentation level outside the schedule's indices [0, T) or, given the ``trained``
+    (low, high) range of a stage, outside the levels its s-embedding saw in training."""
     if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or not 0 <= s < num_steps:
         raise ValueError(f"{what}={s!r} must be an integer schedule index in [0, {num_steps}) (T = {num_steps})")
+    if trained is not None and not trained[0] <= s <= trained[1]:
+        raise ValueError(f"{what}={s} is outside the levels [{trained[0]}, {trained[1]}] the stage was trained on "
+                         "(cascade.aug_level_range): its level embedding never saw it; choose s in that range")
 
 
 def low_resolution(x, size: int):

@@ -77,7 +77,9 @@ def apply_gradients(state: TrainState, loss, grads, *, tx: optax.GradientTransfo
     Gradient accumulation (``tx`` from ``make_optimizer(accum_steps=k)``): ``state.step`` counts
     calls, one per micro-batch; the parameters change on every k-th call only, and so does the EMA,
     whose decay (and warm-up) counts optimizer steps, step // k: k accumulated micro-batches leave
-    the parameters and EMA as one call on their union does."""
+    the parameters and EMA as one call on their union does (exactly so in one process with uniform
+    timesteps; see ``train_step``). The returned gradient norm is this micro-batch's, before
+    averaging and clipping — noisier than the norm of the update applied, so not comparable across k."""
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
@@ -110,7 +112,10 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.
     ``accum_steps`` = k > 1 (with ``make_optimizer(accum_steps=k)``): ``batch`` is micro-batch
     step % k of optimizer step step // k, whose whole batch is k·B rows. The draws are made for those
     k·B rows from ``fold_in(rng, step // k)`` and this call keeps its own B, so the k calls see the
-    noise, timesteps and flips one call on the k·B rows would (dropout is drawn per call).
+    noise, timesteps and flips one call on the k·B rows would (dropout is drawn per call). That
+    holds in one process with uniform timesteps: with several processes a micro-batch gathers each
+    host's j-th chunk, not rows jB…(j+1)B of the global batch, and importance sampling updates its
+    loss history between the calls; the draws stay i.i.d. either way, only not the large batch's.
 
     ``condition(keys [B], x0) -> {name: [B, ...]}``: network inputs made from the (flipped) batch
     itself with one key per row, e.g. a super-resolution stage's augmented low-resolution image

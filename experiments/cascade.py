@@ -92,8 +92,10 @@ def check_chain(workdirs, settings: Settings) -> Settings:
                              f"{made[0]}×{made[0]}×{made[1]}: order the stages by resolution, each trained with "
                              "data.low_resolution = the previous stage's data.image_size")
         s, T = levels[k - 1], c.diffusion.num_steps
-        cascade.check_level(s, T, f"--aug_level for stage {k} ({w})")
-        if c.cascade.augmentation != "gaussian" and (s or settings.truncated):
+        gaussian = c.cascade.augmentation == "gaussian"
+        cascade.check_level(s, T, f"--aug_level for stage {k} ({w})",
+                            trained=tuple(c.cascade.aug_level_range) if gaussian else None)
+        if not gaussian and (s or settings.truncated):
             raise ValueError(f"--aug_level={s}{' --truncated' if settings.truncated else ''}: stage {k} ({w}) was "
                              f"trained with cascade.augmentation={c.cascade.augmentation!r}, not told a level s; "
                              "use --aug_level 0 without --truncated for it")

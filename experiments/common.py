@@ -186,7 +186,7 @@ def check_super_resolution(c: ml_collections.ConfigDict):
         cascade.check_level(hi, T, "config field cascade.aug_level_range[1]")
         if lo > hi:
             raise ValueError(f"config field cascade.aug_level_range={tuple(a.aug_level_range)} must be (low, high) with low <= high")
-        cascade.check_level(a.aug_level, T, "config field cascade.aug_level")
+        cascade.check_level(a.aug_level, T, "config field cascade.aug_level", trained=(lo, hi))
     elif a.aug_level or a.truncated:
         raise ValueError(f"config: cascade.aug_level / cascade.truncated are levels of Gaussian augmentation; with "
                          f"cascade.augmentation={a.augmentation!r} set them to 0 / False (or use 'gaussian')")

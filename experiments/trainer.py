@@ -284,10 +284,11 @@ def latent_training_data(config, workdir: Path, train_split: datasets.Split, mes
     configs/latent_fashion_mnist_kl_f4.py with a kl-f4 encoder, batch 64: cached 2.13 steps/s,
     on the fly 1.91 (the encoder is ~10% of a step beside the 64-channel U-Net's forward and
     backward); encoding the 60,000 training images took 25.6 s, repaid after ~470 of the 20,000
-    steps, and the cache holds 46 MB. The scale s is the one the run stored in
-    its ``config.json`` (a resume: never measured again), else the config's own when > 0, else
-    LDM's 1/std of these latents, measured once here; ``restore_or_init`` then writes it with the
-    config, where sampling and evaluation read it.
+    steps, and the cache holds 46 MB. The scale s is the config's own when > 0
+    (a checkpoint made with another is refused, as data.latent_scale is a compatibility field), else
+    the one the run stored in its ``config.json`` (a resume: never measured again), else LDM's 1/std
+    of these latents, measured once here; ``restore_or_init`` then writes it with the config, where
+    sampling and evaluation read it.
     """
     autoencoder = first_stage.load_autoencoder(config.data.autoencoder)
     latents = evaluation.encoded(autoencoder.encode, train_split, mesh)

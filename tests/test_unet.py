@@ -190,3 +190,19 @@ def test_nearest_upsampling_repeats_pixels_and_sums_its_gradient_over_blocks():
     grad = jax.grad(lambda x: jnp.sum(nearest_upsample(x) * cotangent))(x)
     np.testing.assert_allclose(grad, cotangent.reshape(2, 3, 2, 5, 2, 4).sum(axis=(2, 4)), rtol=1e-6, atol=1e-6)
     assert "scatter" not in jax.jit(jax.grad(lambda x: jnp.sum(nearest_upsample(x) ** 2))).lower(x).compile().as_text()
+
+
+def test_conditioning_the_unet_was_built_for_cannot_be_left_out():
+    """A U-Net initialised with an augmentation level refuses a call without one (it would skip its
+    level embedding), and a context encoder without cross-attention to read it is refused."""
+    from diffusion.models.conditioning import ClassTokens
+    small = dict(out_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                 attention_resolutions=(4,), norm_groups=4, dropout=0.0)
+    x, t = jnp.zeros((2, 8, 8, 1)), jnp.zeros((2,), jnp.int32)
+    model = UNet(**small)
+    variables = model.init(jax.random.key(0), x, t, aug_level=t)
+    with pytest.raises(ValueError, match="initialised with aug_level"):
+        model.apply(variables, x, t)
+    with pytest.raises(ValueError, match="needs cross-attention"):
+        UNet(**small, context_encoder=ClassTokens(num_classes=3, num_tokens=2, dim=8)).init(
+            jax.random.key(0), x, t, labels=t)

@@ -145,8 +145,9 @@ def load_splits(source: str, *, image_size: int, holdout_fraction: float, seed: 
             raise ValueError(f"data source {source!r} has no test split to hold out and data.holdout_fraction "
                              f"is 0: set --config.data.holdout_fraction (e.g. 0.1) to hold out part of train")
         test_images, test_labels = test
-        test_labels = np.zeros(len(test_images), np.int32) if test_labels is None else test_labels
-        return Split(images, labels, labelled), Split(test_images, test_labels, labelled)
+        held_out = (Split(test_images, np.zeros(len(test_images), np.int32), False) if test_labels is None
+                    else Split(test_images, test_labels))
+        return Split(images, labels, labelled), held_out
     order = np.random.default_rng(seed).permutation(len(images))   # the files are ordered by class
     n_hold = int(round(holdout_fraction * len(images)))
     hold, train = order[:n_hold], order[n_hold:]

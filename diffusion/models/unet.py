@@ -103,6 +103,9 @@ class UNet(nn.Module):
         if aug_level is not None:
             emb = emb + TimeEmbedding(4 * ch, name="aug_level_embedding", **kw)(
                 timestep_embedding(aug_level, ch).astype(self.dtype))
+        elif self.has_variable("params", "aug_level_embedding"):
+            raise ValueError("this U-Net was initialised with aug_level (a super-resolution stage told its "
+                             "conditioning's augmentation level s): pass aug_level [B]")
         if self.num_classes > 0:
             if labels is None:
                 raise ValueError("this U-Net is class-conditional: pass labels (num_classes for the null label)")
@@ -159,6 +162,8 @@ class UNet(nn.Module):
         kw, res_kw, _, res_cls = self._kwargs()
         det = not train
         if self.context_encoder is not None:
+            if self.context_dim <= 0:
+                raise ValueError("a context encoder τθ needs cross-attention to read its tokens: set context_dim > 0")
             source = labels if tokens is None else tokens   # class labels, or a text encoder's token ids
             if source is None:
                 raise ValueError("this U-Net's context comes from its context encoder τθ: pass labels "
