@@ -31,15 +31,25 @@ def normalize(embeddings) -> jax.Array:
     return embeddings / jnp.maximum(jnp.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
 
 
-def info_nce(image_emb, text_emb, log_scale) -> tuple[jax.Array, jax.Array]:
+def info_nce(image_emb, text_emb, log_scale, positives=None) -> tuple[jax.Array, jax.Array]:
     """(loss, logits [N, N]): logits_ij = cos(I_i, T_j)/τ and the mean of the image→text and
-    text→image cross-entropies with the pairs (i, i) as targets (CLIP, Figure 3).
-    ``image_emb``, ``text_emb`` [N, D], row i of each a matching pair."""
+    text→image cross-entropies (CLIP, Figure 3). ``image_emb``, ``text_emb`` [N, D], row i of each a
+    matching pair. The targets are the pairs (i, i), or, given ``positives`` bool [N, N] (identical
+    captions: every pair with the same text matches), each row's positives with equal weight — with
+    templated captions many rows of a batch share one, and CLIP's one-hot targets would push apart
+    images whose texts cannot be told apart."""
     logits = logit_scale(log_scale) * normalize(image_emb) @ normalize(text_emb).T
-    targets = jnp.arange(logits.shape[0])
-    loss_i = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
-    loss_t = optax.softmax_cross_entropy_with_integer_labels(logits.T, targets).mean()
+    positives = jnp.eye(logits.shape[0], dtype=bool) if positives is None else positives
+    weights = positives / positives.sum(axis=1, keepdims=True)
+    weights_t = positives.T / positives.T.sum(axis=1, keepdims=True)
+    loss_i = optax.softmax_cross_entropy(logits, weights).mean()
+    loss_t = optax.softmax_cross_entropy(logits.T, weights_t).mean()
     return (loss_i + loss_t) / 2, logits
+
+
+def same_caption(tokens) -> jax.Array:
+    """bool [N, N]: rows i and j carry identical token sequences (``tokens`` int [N, L])."""
+    return jnp.all(tokens[:, None, :] == tokens[None, :, :], axis=-1)
 
 
 def recall_at_k(similarity, k: int, groups=None) -> jax.Array:
@@ -81,14 +91,16 @@ def contrastive_step(state: training.TrainState, batch: dict, *, apply_fn: Calla
         x = gaussian.q_sample(schedule, x, t, jax.random.normal(k_noise, x.shape, x.dtype))
         args = (t,)
 
+    positives = same_caption(tokens)
+
     def loss_fn(params):
         image_emb, text_emb, log_scale = apply_fn({"params": params}, x, tokens, *args)
-        loss, logits = info_nce(image_emb, text_emb, log_scale)
+        loss, logits = info_nce(image_emb, text_emb, log_scale, positives)
         return loss, (logits, log_scale)
 
     (loss, (logits, log_scale)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state, grad_norm, finite = training.apply_gradients(state, loss, grads, tx=tx, ema_decay=ema_decay,
                                                             ema_warmup=ema_warmup)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == rows)
+    accuracy = jnp.mean(positives[rows, jnp.argmax(logits, -1)])   # a caption identical to its own counts
     return new_state, {"loss": loss, "accuracy": accuracy, "logit_scale": logit_scale(log_scale),
                        "grad_norm": grad_norm, "update_finite": finite}

@@ -151,12 +151,16 @@ def test_an_empty_vocabulary_is_refused(texts):
 
 # ---- the contrastive loss and its metrics ----
 
-def info_nce_reference(img, txt, log_scale):
-    """Float64 numpy: normalise, scale by min(e^s, 100), mean of both cross-entropies on the diagonal."""
+def info_nce_reference(img, txt, log_scale, groups=None):
+    """Float64 numpy: normalise, scale by min(e^s, 100), mean of both cross-entropies; the target of
+    row i spread evenly over the rows of its group (its own row alone when ``groups`` is None)."""
     img = img / np.linalg.norm(img, axis=1, keepdims=True)
     txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
     logits = min(np.exp(log_scale), 100.0) * img @ txt.T
-    ce = lambda z: np.mean(np.log(np.exp(z).sum(1)) - np.diag(z))
+    groups = np.arange(len(img)) if groups is None else np.asarray(groups)
+    same = (groups[:, None] == groups[None]).astype(np.float64)
+    target = same / same.sum(1, keepdims=True)
+    ce = lambda z: np.mean(np.log(np.exp(z).sum(1)) - (target * z).sum(1))
     return (ce(logits) + ce(logits.T)) / 2
 
 
@@ -169,6 +173,14 @@ def test_info_nce_matches_float64_reference_and_is_symmetric(x64):
         np.testing.assert_allclose(float(loss), info_nce_reference(img, txt, log_scale), rtol=1e-12)
         swapped, _ = contrastive.info_nce(jnp.asarray(txt), jnp.asarray(img), log_scale)
         np.testing.assert_allclose(float(swapped), float(loss), rtol=1e-12)
+    # Rows 0, 2, 5 and rows 1, 4 carry identical captions: each is a positive of the others.
+    groups = np.array([0, 1, 0, 2, 1, 0])
+    tokens = jnp.asarray(np.stack([[g, 7, 1] for g in groups]))
+    positives = contrastive.same_caption(tokens)
+    np.testing.assert_array_equal(positives, groups[:, None] == groups[None])
+    loss, _ = contrastive.info_nce(jnp.asarray(img), jnp.asarray(txt), 2.0, positives)
+    np.testing.assert_allclose(float(loss), info_nce_reference(img, txt, 2.0, groups), rtol=1e-12)
+    assert abs(float(loss) - info_nce_reference(img, txt, 2.0)) > 1e-3    # not the one-hot loss
 
 
 def test_temperature_is_clipped_to_at_most_100_and_at_least_1():

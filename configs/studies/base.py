@@ -16,6 +16,7 @@ def get_config():
     s.cells = ()                       # dicts: model, sampler, steps, eta, guidance, scale, clip, row, col
     s.metrics = ("fid",)               # table entries per cell (experiments.evaluation.METRICS): "fid", "is", "confident"; "nll" and "sddpm" (seed 004's held-out objective) add per-model tables
     s.plot = dict(x="steps", y="fid", series="row", logx=True, logy=False)   # x, y: a cell field or a metric
+    s.autoencoders = {}                # name -> a configs/ autoencoder file (e.g. "autoencoder_kl_f4"), trained first for the models whose data.autoencoder names it
     s.noisy_classifier = ""            # a model name: train an ADM noisy classifier on its config (classifier guidance)
     s.reconstruct_steps = 0            # > 0: per model, a sample grid and DDIM encode-then-decode pictures
     s.encode_depths = ()               # forward steps k: per model, a sample grid and seed 004's encode-then-decode (noise to x_k, decode with the cells' sampler) instead

@@ -1,7 +1,7 @@
 """What a study needs, decided before anything runs: each model's config (its dataset's, brought to
-the study's budget, with the model's overrides), the feature and noisy classifiers it trains, the
-cells it measures, and the ``experiments.train`` / ``train_classifier`` / ``evaluate`` command
-behind each of them."""
+the study's budget, with the model's overrides), the latent-diffusion autoencoders and the feature
+and noisy classifiers it trains, the cells it measures, and the ``experiments.train`` /
+``train_autoencoder`` / ``train_classifier`` / ``evaluate`` command behind each of them."""
 from __future__ import annotations
 
 import copy
@@ -16,7 +16,7 @@ import ml_collections
 from flax import traverse_util
 
 from configs import cifar10_ddpm, classifier_fashion_mnist, fashion_mnist, mnist, noisy_classifier_mnist
-from experiments import common, evaluation
+from experiments import common, evaluation, first_stage
 
 # Per dataset: the config its models derive from (and its file, for the printed commands), and the
 # feature classifier config for 28×28 data (None: the embedded MNIST classifier, or Inception).
@@ -56,6 +56,11 @@ def check_study(study: ml_collections.ConfigDict):
                              "(or leave it out for the model's sample.clip)")
         if any(stage not in study.models for stage in cell.get("cascade", ())):
             raise ValueError(f"study cell {cell} has a cascade stage that is not in its models {sorted(study.models)}")
+    for name, overrides_ in study.models.items():
+        autoencoder = overrides_.get("data", {}).get("autoencoder", "")
+        if autoencoder and autoencoder not in study.autoencoders:
+            raise ValueError(f"study model {name!r} has data.autoencoder={autoencoder!r}, which is not one of the "
+                             f"study's autoencoders {sorted(study.autoencoders)}")
     if study.noisy_classifier and study.noisy_classifier not in study.models:
         raise ValueError(f"study noisy_classifier={study.noisy_classifier!r} is not one of its models "
                          f"{sorted(study.models)}")
@@ -94,6 +99,19 @@ def classifier_config(config_module, model: ml_collections.ConfigDict, study, sc
     return c
 
 
+def autoencoder_training(study, name: str, model: ml_collections.ConfigDict, workdir: Path) -> Training:
+    """The study's autoencoder ``name`` (``configs/<study.autoencoders[name]>.py``, Rombach et al.
+    2022's first stage) on ``model``'s data, trained by ``experiments.train_autoencoder`` in
+    ``workdir``; refused before any work if its factor does not fit the data."""
+    config_file = f"configs/{study.autoencoders[name]}.py"
+    module = importlib.import_module(f"configs.{study.autoencoders[name]}")
+    config = module.get_config()
+    config.data = copy.deepcopy(model.data)
+    config.data.autoencoder = ""
+    first_stage.validate(config)
+    return Training("train_autoencoder", config, config_file, module.get_config(), workdir)
+
+
 def overrides(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict) -> list[str]:
     """``--config.<field>=<value>`` for every field where ``config`` differs from ``reference``."""
     mine = traverse_util.flatten_dict(config.to_dict(), sep=".")
@@ -115,7 +133,7 @@ def cell_name(cell: dict) -> str:
 class Training:
     """A model or classifier the study trains: ``python -m experiments.<entry_point>`` on ``config``
     in ``workdir``; the command prints ``config`` as overrides of ``config_file``'s, ``reference``."""
-    entry_point: str                    # "train" or "train_classifier"
+    entry_point: str                    # "train", "train_autoencoder" or "train_classifier"
     config: ml_collections.ConfigDict
     config_file: str
     reference: ml_collections.ConfigDict
@@ -136,7 +154,7 @@ def classifier_training(config_module, config: ml_collections.ConfigDict, workdi
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """Everything a study trains and measures, and where: ``<workdir>/models/<name>``,
-    ``feature_classifier``, ``noisy_classifier``, ``cells``."""
+    ``autoencoders/<name>``, ``feature_classifier``, ``noisy_classifier``, ``cells``."""
     study: ml_collections.ConfigDict
     claims: Optional[Callable]          # the study module's claims(results, nll), if it has one
     dataset: str
@@ -146,6 +164,7 @@ class Plan:
     models: dict[str, Training]
     feature_classifier: Optional[Training]
     noisy_classifier: Optional[Training]
+    autoencoders: dict[str, Training] = dataclasses.field(default_factory=dict)   # before the models that encode with them
 
     @property
     def cells(self) -> list[dict]:
@@ -164,7 +183,10 @@ class Plan:
 
     @property
     def trainings(self) -> list[Training]:
-        return list(self.models.values()) + [t for t in (self.feature_classifier, self.noisy_classifier) if t]
+        """In the order they must run: the feature classifier (an autoencoder's rFID reads it), the
+        autoencoders, the models, the noisy classifier."""
+        return ([t for t in (self.feature_classifier,) if t] + list(self.autoencoders.values())
+                + list(self.models.values()) + [t for t in (self.noisy_classifier,) if t])
 
     def model_dir(self, name: str) -> Path:
         return self.models[name].workdir
@@ -198,17 +220,29 @@ def largest(models: dict[str, Training]) -> ml_collections.ConfigDict:
 def make_plan(study_module, workdir, *, dataset=None, data=None, scale: str = "default") -> Plan:
     """The plan of ``study_module`` (a ``configs/studies`` file) in ``workdir``: ``dataset`` (default:
     the study's) read from ``data`` (default: the dataset config's), at the study's budget or, with
-    ``scale="paper"``, the dataset's paper config and ``PAPER_SAMPLES`` per cell."""
+    ``scale="paper"``, the dataset's paper config and ``PAPER_SAMPLES`` per cell. A model whose
+    ``data.autoencoder`` names one of the study's ``autoencoders`` encodes with that one, trained
+    first in ``<workdir>/autoencoders/<name>``."""
     study = study_module.get_config()
     dataset = dataset or study.dataset
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
     check_study(study)
+    if study.autoencoders and scale == "paper":
+        raise ValueError("--scale paper: no paper-scale latent-diffusion configs ship (the autoencoders in "
+                         "configs/autoencoder_*.py are sized for 28×28 data on a CPU); Rombach et al. 2022's GPU "
+                         "settings for CIFAR-10-sized data are not written yet, so run the study at its default scale")
     workdir = Path(workdir)
     base_module, base_file, classifier_module = DATASETS[dataset]
     reference = base_module.get_config()
     models = {m: Training("train", model_config(study, m, dataset, scale, data), base_file, reference,
                           workdir / "models" / m) for m in study.models}
+    autoencoders = {}
+    for m, job in models.items():
+        name = job.config.data.autoencoder
+        if name:
+            autoencoders.setdefault(name, autoencoder_training(study, name, job.config, workdir / "autoencoders" / name))
+            job.config.data.autoencoder = str(autoencoders[name].workdir)
     first = largest(models)
     feature = noisy = None
     if classifier_module is not None:
@@ -220,4 +254,4 @@ def make_plan(study_module, workdir, *, dataset=None, data=None, scale: str = "d
             workdir / "noisy_classifier")
     return Plan(study=study, claims=getattr(study_module, "claims", None), dataset=dataset, scale=scale,
                 workdir=workdir, num=PAPER_SAMPLES if scale == "paper" else study.num_samples, models=models,
-                feature_classifier=feature, noisy_classifier=noisy)
+                feature_classifier=feature, noisy_classifier=noisy, autoencoders=autoencoders)
