@@ -86,3 +86,30 @@ def test_claims_read_the_table_they_are_given():
 def test_unknown_study_is_named():
     with pytest.raises(ValueError, match="unknown study 'ddim_tabel1'.*ddim_table1"):
         plan.load_study("ddim_tabel1")
+
+
+def test_latent_diffusion_study_trains_each_autoencoder_first(tmp_path):
+    module = plan.load_study("latent_diffusion")
+    study_plan = plan.make_plan(module, tmp_path)
+    assert sorted(study_plan.autoencoders) == ["kl_f2", "kl_f4", "vq_f4"]
+    for name, job in study_plan.autoencoders.items():
+        assert job.entry_point == "train_autoencoder" and job.workdir == tmp_path / "autoencoders" / name
+        assert job.config_file == f"configs/autoencoder_{name}.py" and job.config.data.autoencoder == ""
+        assert study_plan.models[name].config.data.autoencoder == str(job.workdir)
+    pixels = (study_plan.models["pixel"], study_plan.feature_classifier)
+    assert [t.config.data.autoencoder for t in pixels] == ["", ""]
+    assert study_plan.models["kl_f2"].config.model.attention_resolutions == (8,)
+    order = [t.workdir.name for t in study_plan.trainings]      # rFID reads the classifier; models encode
+    assert order[:4] == ["feature_classifier", "kl_f2", "kl_f4", "vq_f4"]
+    assert sorted(order[4:]) == ["kl_f2", "kl_f4", "pixel", "vq_f4"]
+    seconds = [t.config.train.num_steps / module.STEPS_PER_S[m] for m, t in study_plan.models.items()]
+    assert seconds == pytest.approx([module.TRAIN_SECONDS] * 4, abs=1)     # equal wall-clock
+    assert [c["f"] for c in study_plan.cells] == [1, 2, 4, 4]
+    assert any(c.startswith("python -m experiments.train_autoencoder --config configs/autoencoder_vq_f4.py")
+               for c in study_plan.commands)
+    with pytest.raises(ValueError, match="--scale paper: no paper-scale latent-diffusion configs"):
+        plan.make_plan(module, tmp_path, scale="paper")
+    study = module.get_config()
+    study.models.kl_f4.data.autoencoder = "kl_f8"
+    with pytest.raises(ValueError, match="data.autoencoder='kl_f8', which is not one of the study's autoencoders"):
+        plan.check_study(study)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +17,7 @@ import numpy as np
 from diffusion import parallel, visualize
 from diffusion.checkpoints import Checkpointer, config_differences
 from diffusion.data import datasets
-from experiments import cascade, common, evaluation, sampling, trainer
+from experiments import cascade, common, evaluation, first_stage_trainer, sampling, trainer
 from experiments.studies.plan import Plan, Training, cell_name
 
 
@@ -37,20 +38,24 @@ def trained(config, workdir: Path) -> bool:
     return step == config.train.num_steps
 
 
-def ensure_trained(job: Training):
+def ensure_trained(job: Training, classifier_weights: Optional[str] = None):
     """Train (or resume) ``job`` unless its last checkpoint is at its last step (and, for a
-    classifier, its ``classifier.msgpack`` is written)."""
+    classifier, its ``classifier.msgpack`` is written); an autoencoder's rFID uses the feature
+    classifier ``classifier_weights`` (default: the embedded MNIST one)."""
     if job.entry_point == "train":
         if not trained(job.config, job.workdir):
             trainer.train_and_evaluate(job.config, job.workdir)
+    elif job.entry_point == "train_autoencoder":
+        if not trained(job.config, job.workdir):
+            first_stage_trainer.train_autoencoder(job.config, job.workdir, classifier_weights=classifier_weights)
     elif not trained(job.config, job.workdir) or not (job.workdir / "classifier.msgpack").exists():
         trainer.train_classifier(job.config, job.workdir)
 
 
 def train(plan: Plan):
-    """Every model of the plan, then its feature and noisy classifiers."""
+    """Everything the plan trains, in ``Plan.trainings``' order."""
     for job in plan.trainings:
-        ensure_trained(job)
+        ensure_trained(job, plan.classifier_weights)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +83,8 @@ def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured
     heldout_row = evaluation.quality(*feature_fn(heldout.images), reference)
     load_run = functools.cache(lambda m: sampling.load_run(plan.model_dir(m)))     # each model's, once
     results = [measure_cell(plan, load_run, mesh, cell, feature_fn, reference, batch) for cell in plan.cells]
+    if plan.autoencoders:   # latent diffusion: each row's first stage and throughput (Rombach et al. 2022)
+        results = [dict(r, **cost_record(plan, r["model"])) for r in results]
     nll = {}
     if "nll" in plan.study.metrics:
         nll = {m: evaluation.nll_record(load_run(m), mesh, heldout, plan.study.nll_examples, plan.model_dir(m) / "eval")
@@ -99,6 +106,21 @@ def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured
                     train_images=len(train_split), objective=objective, objective_reference=reference)
 
 
+def cost_record(plan: Plan, model: str) -> dict:
+    """What model ``model`` cost and its first stage gives: training images/s (the median logged
+    ``steps_per_sec`` × batch), its steps, and the last PSNR and rFID in its autoencoder's
+    ``reconstruction.json`` (none for pixel diffusion, f = 1)."""
+    config = plan.models[model].config
+    log = (plan.model_dir(model) / "metrics.jsonl").read_text().splitlines()
+    rates = [json.loads(line)["steps_per_sec"] for line in log]
+    row = dict(train_steps=config.train.num_steps, train_images_per_s=float(np.median(rates)) * config.train.batch_size)
+    if config.data.autoencoder:
+        records = json.loads((Path(config.data.autoencoder) / "reconstruction.json").read_text())
+        last = records[max(records, key=int)]
+        row.update({f"ae_{k}": last[k] for k in ("psnr", "psnr_se", "rfid", "rfid_se") if k in last})
+    return row
+
+
 def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, batch: int) -> dict:
     """The cell's row (its settings and every metric of its samples), read from
     ``<workdir>/cells/<cell>.json`` when measured with as many samples, else measured and kept there;
@@ -115,10 +137,14 @@ def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, 
         run = load_run(m)
         classifier = (sampling.load_noisy_classifier(plan.noisy_classifier.workdir, run.schedule)
                       if cell["guidance"] == "classifier" else None)
+        start = time.perf_counter()
         images = evaluation.samples_for(run, mesh, plan.model_dir(m), cell["sampler"], cell["steps"], cell["eta"],
                                         num=plan.num, batch=batch, seed=0, guide=cell["guidance"], scale=cell["scale"],
                                         classifier_log_prob=classifier, clip=cell["clip"])
+        seconds = time.perf_counter() - start   # with compilation, and a decode for latents (images/s to the user)
     row = {**cell, **evaluation.quality(*feature_fn(images), reference)}
+    if not cell["cascade"]:
+        row["sample_images_per_s"] = plan.num / seconds
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(row, indent=2))

@@ -86,11 +86,12 @@ def model_config(study, name: str, dataset: str, scale: str, data=None) -> ml_co
 def classifier_config(config_module, model: ml_collections.ConfigDict, study, scale: str, *,
                       encoder: bool) -> ml_collections.ConfigDict:
     """``config_module``'s classifier on ``model``'s data without class dropout (a conditional
-    denoiser's, which a classifier refuses); with ``encoder``, ADM's noisy classifier on the model's
-    diffusion and U-Net. At the default scale it trains the study's ``classifier_steps``."""
+    denoiser's, which a classifier refuses) and on its pixels (not a latent model's z); with
+    ``encoder``, ADM's noisy classifier on the model's diffusion and U-Net. At the default scale it
+    trains the study's ``classifier_steps``."""
     c = config_module.get_config()
     c.data = copy.deepcopy(model.data)
-    c.data.class_dropout = 0.0
+    c.data.class_dropout, c.data.autoencoder = 0.0, ""
     if encoder:
         c.diffusion = copy.deepcopy(model.diffusion)
         c.model.update(model.model.to_dict())
@@ -164,7 +165,7 @@ class Plan:
     models: dict[str, Training]
     feature_classifier: Optional[Training]
     noisy_classifier: Optional[Training]
-    autoencoders: dict[str, Training] = dataclasses.field(default_factory=dict)   # before the models that encode with them
+    autoencoders: dict[str, Training] = dataclasses.field(default_factory=dict)   # trained before the models
 
     @property
     def cells(self) -> list[dict]:
@@ -241,7 +242,8 @@ def make_plan(study_module, workdir, *, dataset=None, data=None, scale: str = "d
     for m, job in models.items():
         name = job.config.data.autoencoder
         if name:
-            autoencoders.setdefault(name, autoencoder_training(study, name, job.config, workdir / "autoencoders" / name))
+            if name not in autoencoders:
+                autoencoders[name] = autoencoder_training(study, name, job.config, workdir / "autoencoders" / name)
             job.config.data.autoencoder = str(autoencoders[name].workdir)
     first = largest(models)
     feature = noisy = None

@@ -75,6 +75,18 @@ def cell_table(study, results: list[dict]) -> list[str]:
     return lines
 
 
+def cost_table(results: list[dict]) -> list[str]:
+    """Per cell, what it cost and its first stage (``measure.cost_record``): training steps and
+    images/s, sampling images/s, the autoencoder's PSNR and rFID (– for pixel diffusion)."""
+    lines = ["", "| cell | training steps | training images/s | sampling images/s | autoencoder PSNR (dB) | "
+             "autoencoder rFID |", "| --- | --- | --- | --- | --- | --- |"]
+    pm = lambda r, k: f"{r[k]:.2f} ± {r[k + '_se']:.2f}" if k in r else "–"
+    for r in results:
+        lines.append(f"| {r['row']}, {r['col']} | {r['train_steps']:,} | {r['train_images_per_s']:.1f} | "
+                     f"{r['sample_images_per_s']:.2f} | {pm(r, 'ae_psnr')} | {pm(r, 'ae_rfid')} |")
+    return lines
+
+
 def nll_table(nll: dict) -> list[str]:
     """Each model's NLL, its terms and its largest L_t, and the plot of the terms per step."""
     lines = ["", "| model | NLL (bits/dim) ↓ | prior | decoder L_0 | Σ L_t | largest L_t |",
@@ -147,6 +159,8 @@ def markdown(plan: Plan, measured: Measured, claims: list) -> str:
              f"{heldout['fid']:.2f}, IS {heldout['is_mean']:.2f} ± {heldout['is_std']:.2f} (the floor and ceiling).",
              "", f"**Scale.** {scale_note(plan, measured)}", ""]
     lines += cell_table(study, measured.results)
+    if plan.autoencoders:
+        lines += cost_table(measured.results)
     if measured.nll:
         lines += nll_table(measured.nll)
     if measured.objective:
