@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import inspect
 import json
 import os
 import platform
@@ -29,6 +30,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -98,14 +100,16 @@ def config_for(name: str, dtype: str, tiny: bool, attention: str = "xla"):
 
 
 def ours(name: str, dtype: str, batches: dict, tiny: bool, attention: str = "xla", sample: bool = True,
-         profile_dir=None, windows: int = 3, seconds: float = 1.0) -> dict:
-    """Our train step (and, with ``sample``, the DDIM-50 trajectory) for one model and compute dtype."""
+         profile_dir=None, windows: int = 3, seconds: float = 1.0, out: Optional[dict] = None) -> dict:
+    """Our train step (and, with ``sample``, the DDIM-50 trajectory) for one model and compute dtype;
+    each figure goes into ``out`` as it is measured (a later failure keeps the earlier ones)."""
+    out = {} if out is None else out
     config = config_for(name, dtype, tiny, attention)
     B = batches["train"]
     start = time.perf_counter()
     compiled, state, batch, flops, device_bytes = compiled_train_step(config, B)
-    out = {"train_batch": B, "train_compile_s": time.perf_counter() - start, "train_flops_per_img": flops / B,
-           "train_state_and_step_gib": device_bytes / 2 ** 30}
+    out.update(train_batch=B, train_compile_s=time.perf_counter() - start, train_flops_per_img=flops / B,
+               train_state_and_step_gib=device_bytes / 2 ** 30)
     out["train_img_s"], state = train_rate(compiled, state, batch, windows, seconds)
     if profile_dir is not None:
         out["profile"], state = profile_train_step(compiled, state, batch, profile_dir)
@@ -145,10 +149,12 @@ def attention_agreement(name: str, tiny: bool) -> dict:
 
 
 def peer(name: str, batches: dict, gpu: bool, tiny: bool, sample: bool = True, windows: int = 3,
-         seconds: float = 1.0) -> dict:
+         seconds: float = 1.0, out: Optional[dict] = None) -> dict:
+    """The peer's train step (and DDIM-50), filling ``out`` as ``ours`` does."""
+    out = {} if out is None else out
     p = Peer(model_config(name, "tiny" if tiny else "gpu"), gpu)
     p.reset_peak_memory()
-    out = {"train_img_s": p.train_rate(batches["train"], windows, seconds)}
+    out["train_img_s"] = p.train_rate(batches["train"], windows, seconds)
     if gpu:
         out["train_peak_gib"] = p.peak_memory_gb()
     if sample:
@@ -269,12 +275,16 @@ def run_suite(budget_s: float, json_path: Path, tiny: bool = False, with_peer: b
             results["skipped"].append(name)
             print(f"[{budget.elapsed():6.1f} s] skipped {name} (needs ~{reserve:.0f} s)", flush=True)
             return
-        start = time.perf_counter()
+        start, partial = time.perf_counter(), {}
+        if "out" in inspect.signature(fn).parameters:     # it records each figure as it is measured
+            kwargs = dict(kwargs, out=partial)
         try:
             results["items"][name] = dict(fn(*args, **kwargs), seconds=time.perf_counter() - start)
             print(f"[{budget.elapsed():6.1f} s] {name}: {short(results['items'][name])}", flush=True)
         except Exception:
             results["errors"][name] = traceback.format_exc()
+            if partial:      # what was measured before the failure
+                results["items"][name] = dict(partial, seconds=time.perf_counter() - start, partial=True)
             print(f"[{budget.elapsed():6.1f} s] {name} FAILED:\n{results['errors'][name]}", flush=True)
         json_path.write_text(json.dumps(results, indent=1))
 

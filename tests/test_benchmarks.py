@@ -53,3 +53,24 @@ def test_cpu_convolutions_go_to_xla_kernels_only_when_asked(mode, extra, flags, 
     proc = subprocess.run([sys.executable, "-c", PROBE, mode], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == f"{flags} | {ynn}".strip()
+
+
+def test_gpu_suite_keeps_what_an_item_measured_before_it_failed(tmp_path, monkeypatch):
+    """The GPU suite's plan on tiny shapes (CPU): an item that fails after timing the train step keeps
+    that figure (marked partial) beside its error, the results file holds it, and the report renders
+    the row; items not asked for do not run."""
+    import json
+
+    from benchmarks import gpu
+
+    def broken(*args):
+        raise RuntimeError("no FLOP count here")
+    monkeypatch.setattr(gpu, "forward_flops", broken)
+    path = tmp_path / "results.json"
+    results = gpu.run_suite(600, path, tiny=True, with_peer=False, only=("environment", "ours/cifar10/float32"))
+    record = results["items"]["ours/cifar10/float32"]
+    assert record["partial"] and record["train_img_s"] > 0 and record["train_batch"] == 4
+    assert "no FLOP count here" in results["errors"]["ours/cifar10/float32"]
+    assert set(results["items"]) == {"environment", "ours/cifar10/float32"}
+    assert json.loads(path.read_text())["items"]["ours/cifar10/float32"]["partial"]
+    assert "| cifar10 | float32 | train images/s | 4 |" in gpu.report(results)
