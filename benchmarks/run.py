@@ -266,9 +266,10 @@ class Peer:
             self.torch.cuda.reset_peak_memory_stats()
 
 
-def peer(name: str, suite_name: str, gpu: bool) -> dict:
+def peer(name: str, suite_name: str) -> dict:
+    """The peer on the CPU suites (``benchmarks.gpu`` times it on a GPU)."""
     suite = SUITES[suite_name]
-    p = Peer(model_config(name, suite_name), gpu)
+    p = Peer(model_config(name, suite_name), gpu=False)
     out = {"train_img_s": p.train_rate(suite["train_batch"][name], suite["windows"], suite["seconds"])}
     out["ddim_img_s"] = p.sample_rate(suite["sample_batch"][name], 50, True, suite["windows"], suite["seconds"] / 2)
     if name in suite["ddpm_batch"]:
@@ -353,7 +354,7 @@ def main():
     for name in args.models.split(","):
         print(f"timing {name} ...", flush=True)
         rows.append({"name": name, "ours": ours(name, args.suite),
-                     "peer": None if args.no_peer else peer(name, args.suite, gpu=False)})
+                     "peer": None if args.no_peer else peer(name, args.suite)})
     versions = f"jax {jax.__version__}"
     if not args.no_peer:
         import diffusers

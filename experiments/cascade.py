@@ -155,21 +155,13 @@ def samples(workdirs, mesh, settings: Settings, *, num: int, batch: int, seed: i
     names = "_".join(re.sub(r"\W+", "_", Path(w).name) for w in workdirs[:-1])
     path = (Path(workdirs[-1]) / "eval" / f"cascade_{names}_{settings.tag}_seed{seed}_steps"
             f"{'-'.join(str(r.step) for r in stages)}.npz")
-    kept = []
-    if path.exists():
-        with np.load(path) as f:
-            kept = [f[f"stage{k}"] for k in range(len(stages))]
-        if len(kept[0]) >= num:
-            return [k[:num] for k in kept]
-        kept = [k[:len(k) // batch * batch] for k in kept]
-    done = len(kept[0]) if kept else 0
-    new = draw(stages, build_draw_fns(stages, mesh, settings), mesh, settings, num=num, batch=batch, seed=seed,
-               first=done)
-    out = [np.concatenate([k, n]) for k, n in zip(kept, new)] if kept else new
-    if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **{f"stage{k}": o for k, o in enumerate(out)})
-    return out
+
+    def draw_from(first: int) -> dict:      # compiled only when the cache lacks samples
+        new = draw(stages, build_draw_fns(stages, mesh, settings), mesh, settings, num=num, batch=batch, seed=seed,
+                   first=first)
+        return {f"stage{k}": o for k, o in enumerate(new)}
+    out = evaluation.cached_draws(path, num, batch, draw_from)
+    return [out[f"stage{k}"] for k in range(len(stages))]
 
 
 def side_by_side(outputs: list[np.ndarray], rows: int = 8) -> np.ndarray:

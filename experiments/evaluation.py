@@ -162,25 +162,38 @@ def setting_tag(sampler: str, steps: int, eta: float, guide: str = "", scale: fl
 def samples_for(run, mesh, out: Path, sampler: str, steps: int, eta: float, *, num: int, batch: int, seed: int,
                 guide: str = "", scale: float = 0.0, classifier_log_prob=None, clip: Optional[str] = None) -> np.ndarray:
     """``num`` samples of one setting from the run's checkpoint, drawn once and kept in
-    ``out/samples_<tag>_seed<seed>_step<step>.npz`` (a larger ``num`` keeps the cached whole
-    batches and draws only the rest); ``clip`` (None: the config's) thresholds x̂_0."""
+    ``out/samples_<tag>_seed<seed>_step<step>.npz`` (``cached_draws``); ``clip`` (None: the
+    config's) thresholds x̂_0."""
     tag = setting_tag(sampler, steps, eta, guide, scale, clip)
-    path = out / f"samples_{tag}_seed{seed}_step{run.step}.npz"
-    kept = []
+
+    def draw_from(first: int) -> dict:
+        draw = sampling.build_draw_fn(run, mesh, sampler=sampler, steps=steps, eta=eta,
+                                      clip=run.config.sample.clip if clip is None else clip,
+                                      guide=guide, classifier_log_prob=classifier_log_prob)
+        return {"image": sampling.draw_samples(run, draw, mesh, num=num, batch=batch, seed=seed, scale=scale,
+                                               desc=tag, first=first)}
+    return cached_draws(out / f"samples_{tag}_seed{seed}_step{run.step}.npz", num, batch, draw_from)["image"]
+
+
+def cached_draws(path: Path, num: int, batch: int, draw_from: Callable[[int], dict]) -> dict:
+    """The first ``num`` rows of each array kept in ``path`` (an .npz of equally long arrays), drawing
+    only what is missing: the cached whole batches are kept and ``draw_from(first)`` gives every
+    array's rows ``first`` … ``num − 1`` (draws seeded by batch position continue exactly); the
+    result is written back by process 0."""
+    kept = {}
     if path.exists():
         with np.load(path) as f:
-            if len(f["image"]) >= num:
-                return f["image"][:num]
-            kept = [f["image"][:len(f["image"]) // batch * batch]]
-    draw = sampling.build_draw_fn(run, mesh, sampler=sampler, steps=steps, eta=eta,
-                                  clip=run.config.sample.clip if clip is None else clip,
-                                  guide=guide, classifier_log_prob=classifier_log_prob)
-    images = sampling.draw_samples(run, draw, mesh, num=num, batch=batch, seed=seed, scale=scale, desc=tag,
-                                   first=sum(map(len, kept)))
-    images = np.concatenate(kept + [images])
+            kept = {name: f[name] for name in f.files}
+        have = len(next(iter(kept.values())))
+        if have >= num:
+            return {name: a[:num] for name, a in kept.items()}
+        kept = {name: a[:have // batch * batch] for name, a in kept.items()}
+    new = draw_from(len(next(iter(kept.values()))) if kept else 0)
+    out = {name: np.concatenate([kept[name], a]) if kept else a for name, a in new.items()}
     if jax.process_index() == 0:
-        np.savez(path, image=images)
-    return images
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **out)
+    return out
 
 
 def _over_heldout(fn, run, mesh, heldout, num: int, batch: int, seed: int, desc: str) -> dict:
