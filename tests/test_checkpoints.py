@@ -3,6 +3,7 @@ falling back from a corrupt checkpoint only when asked, and a full disk that say
 import errno
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,15 +61,22 @@ def data_files(directory, step):
     return [p for p in (directory / str(step) / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
 
 
-def damage(directory, step, every_file=False):
-    """Overwrite four bytes in the middle of the largest data file (``params/w``'s values): orbax
-    itself restores this without complaint, as garbage (values up to ~1e38). ``every_file``: of
-    every data file, for states whose arrays are spread over several."""
-    files = data_files(directory, step)
-    for f in files if every_file else [max(files, key=lambda p: p.stat().st_size)]:
+def damage(directory, step):
+    """Overwrite four bytes in the middle of every data file of checkpoint ``step``'s state (which
+    file holds which array, and where, varies run to run; the files are zstd frames and OCDBT
+    nodes): orbax then either fails to decode them or restores garbage without complaint."""
+    for f in data_files(directory, step):
         data = bytearray(f.read_bytes())
         data[len(data) // 2:len(data) // 2 + 4] = b"\x00\x00\xff\x7f"
         f.write_bytes(bytes(data))
+
+
+def rewrite_state(directory, step, state):
+    """Replace checkpoint ``step``'s state item by a valid orbax checkpoint of ``state``, leaving its
+    meta (and the checksums in it) as they were: data orbax reads back without complaint."""
+    shutil.rmtree(directory / str(step) / "state")
+    with ocp.StandardCheckpointer() as writer:
+        writer.save(directory / str(step) / "state", state)
 
 
 def saved(directory, steps, keep=3, keep_period=0):
@@ -133,11 +141,22 @@ def test_damaged_data_files_are_refused(tmp_path):
     with pytest.raises(CorruptCheckpointError) as e:
         Checkpointer(tmp_path).restore(tiny_state(), config=CONFIG)
     message = str(e.value)
-    assert f"checkpoint {tmp_path / '2'} is corrupt" in message and "params/w do not match the checksums" in message
+    assert f"checkpoint {tmp_path / '2'} is corrupt" in message
+    assert "do not match the checksums" in message or "its data is unreadable" in message
     assert f"--fall_back_to_good_checkpoint to move it to {tmp_path.parent / 'corrupt_checkpoints'}/" in message
     assert "resume from step 1" in message
     restored, _ = ckpt.restore(tiny_state(), config=CONFIG, step=1)   # the earlier one is untouched
     assert_identical(restored, tiny_state(1))
+
+
+def test_values_other_than_those_saved_are_refused_by_their_checksums(tmp_path):
+    saved(tmp_path, [1, 2])
+    changed = tiny_state(2)
+    changed["params"]["w"] = changed["params"]["w"].at[7].add(1.0)      # one word of one leaf
+    rewrite_state(tmp_path, 2, changed)
+    with pytest.raises(CorruptCheckpointError, match=f"checkpoint {tmp_path / '2'} is corrupt: params/w do not "
+                                                     "match the checksums saved with it.*resume from step 1"):
+        Checkpointer(tmp_path).restore(tiny_state(), config=CONFIG)
 
 
 @pytest.mark.parametrize("part", ["data", "meta"])
