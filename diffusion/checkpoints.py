@@ -12,12 +12,19 @@ What a checkpoint promises, and how each failure is named:
 * a save on a full disk leaves the previous checkpoints as they were and says so
   (``DiskFullError``); old checkpoints are pruned only after a new one is complete.
 
+Saves are asynchronous: ``save`` refuses a non-finite state, computes the checksums and hands the
+state to orbax, which copies it off the devices and returns; the files are written in the
+background. ``wait`` blocks until they are, and every read (``latest_step``, ``read_meta``,
+``restore``), the next save and ``close`` call it first, so a failed write (a full disk included)
+is raised there, by the next of these, with the same message as a synchronous one.
+
 The meta item of a checkpoint is the JSON object
 ``{"config": {...}, "data_position": int, "checksums": {"params/conv_in/kernel": [sum, weighted], ...}}``.
 """
 from __future__ import annotations
 
 import errno
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -91,6 +98,18 @@ def _on_primary(fn, barrier: str):
     parallel.barrier(barrier)
 
 
+class _BackgroundFailureRecords(logging.Filter):
+    """Drops the ERROR records (with tracebacks) that orbax logs when a background write fails: the
+    same error is raised by ``Checkpointer.wait``, with one line for a full disk."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("in background save thread" in message or "Save Finalize thread" in message and "failed" in message)
+
+
+_BACKGROUND_FAILURE_RECORDS = _BackgroundFailureRecords()
+
+
 def _say(line: str):
     if jax.process_index() == 0:
         print(line, flush=True)
@@ -99,17 +118,19 @@ def _say(line: str):
 class Checkpointer:
     """``<workdir>/checkpoints`` managed by ``ocp.CheckpointManager``; call on every host.
 
-    Saves are synchronous, so a failure is raised by ``save`` itself with no orbax thread left
-    writing. Orbax keeps every step (no ``max_to_keep``): this class deletes all but the newest
-    ``keep`` only after a save has completed, so a failed save can never cost an older checkpoint.
-    Steps that are multiples of ``keep_period`` (> 0) are milestones, never deleted.
+    Saves are asynchronous (orbax's default): ``save`` returns once the state is copied off the
+    devices, and ``wait`` blocks until its files are complete, raising a failed write there. Reads,
+    the next save and ``close`` wait first; so does ``latest_step``, so it never names a step still
+    being written. Orbax keeps every step (no ``max_to_keep``): this class deletes all but the
+    newest ``keep`` in ``wait``, only after a save has completed, so a failed save can never cost an
+    older checkpoint. Steps that are multiples of ``keep_period`` (> 0) are milestones, never deleted.
     """
 
     def __init__(self, directory, *, keep: int = 3, keep_period: int = 0):
         self.directory = Path(directory).absolute()
         self.keep, self.keep_period = keep, keep_period
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
+        self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(create=True))
+        self._pending = None   # (step, directory entries before it, its noise filter) while orbax writes it
 
     @property
     def corrupt_directory(self) -> Path:
@@ -117,7 +138,14 @@ class Checkpointer:
         return self.directory.parent / CORRUPT_DIR
 
     def latest_step(self) -> Optional[int]:
+        """The newest complete checkpoint's step (after waiting for a save in progress), or None."""
+        self.wait()
         return self.manager.latest_step()
+
+    def reached_preemption(self, step: int) -> bool:
+        """Whether every process has reached the step at which JAX's preemption service (started by
+        ``jax.distributed.initialize``) asks for a save; call on every host at every step."""
+        return self.manager.reached_preemption(step)
 
     def _previous_step(self, step: int) -> Optional[int]:
         return max((s for s in self.manager.all_steps() if s < step), default=None)
@@ -125,9 +153,11 @@ class Checkpointer:
     # --- saving ---
 
     def save(self, step: int, state: Any, *, config: dict, data_position: int):
-        """Write ``state`` as checkpoint ``step`` with its config, data position and leaf checksums,
-        then prune to the newest ``keep``. Refuses a non-finite state; a full disk raises
-        ``DiskFullError`` after removing what the failed save had written."""
+        """Start writing ``state`` as checkpoint ``step`` with its config, data position and leaf
+        checksums (computed now, from the state being saved); returns before the files are written
+        (``wait``). Waits for the previous save first. Refuses a non-finite state before anything is
+        written; a full disk raises ``DiskFullError``, here or from the next wait, after removing
+        what the failed save had written."""
         bad = nonfinite_leaves(state)
         if bad:
             kept = self.latest_step()
@@ -135,17 +165,50 @@ class Checkpointer:
             raise NonFiniteStateError(f"not saving step {step}: non-finite values in {_listing(bad)}; nothing was "
                                       f"written and {last}; lower optim.lr or check the data")
         meta = {"config": config, "data_position": data_position, "checksums": checksums(state)}
+        self.wait()
         before = set(self.directory.iterdir())
+        # Orbax's abandoned writes fail in its background threads, so the noise filter stays on until
+        # ``wait`` knows how the write ended (and, as before, stays for good after a failure).
+        noise = failed_writes_silenced()
+        noise.__enter__()
+        logging.getLogger("absl").addFilter(_BACKGROUND_FAILURE_RECORDS)
         try:
-            with failed_writes_silenced():
-                self.manager.save(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
         except Exception as e:
-            self._discard_failed_save(step, before)
-            if is_disk_full(e):
-                raise DiskFullError(self._disk_full_message(step, e)) from None
-            raise
+            logging.getLogger("absl").removeFilter(_BACKGROUND_FAILURE_RECORDS)
+            if (failure := self._failed_save(step, before, e)) is e:
+                raise
+            raise failure from None
+        self._pending = (step, before, noise)
+
+    def wait(self):
+        """Block until the save in progress (if any) is completely written, then prune to the newest
+        ``keep`` and the milestones. A write that failed is raised here: ``DiskFullError`` for a full
+        disk (the previous checkpoints intact), the orbax error otherwise; either way what it had
+        written is removed first. Call on every host."""
+        if self._pending is None:
+            return
+        step, before, noise = self._pending
+        self._pending = None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            if (failure := self._failed_save(step, before, e)) is e:
+                raise
+            raise failure from None
+        finally:
+            logging.getLogger("absl").removeFilter(_BACKGROUND_FAILURE_RECORDS)
+        noise.__exit__(None, None, None)
         self._prune()
+
+    def _failed_save(self, step: int, before: set, error: Exception) -> Exception:
+        """Clean up after save ``step`` failed with ``error``; the exception to raise for it (``error``
+        itself, to be re-raised as it came, unless the disk is full)."""
+        self._discard_failed_save(step, before)
+        if is_disk_full(error):
+            return DiskFullError(self._disk_full_message(step, error))
+        return error
 
     def _discard_failed_save(self, step: int, before: set):
         """Remove the step directories (final or orbax's temporary ones) that a failed save created,
@@ -168,7 +231,7 @@ class Checkpointer:
 
     def _disk_full_message(self, step: int, error: BaseException) -> str:
         free = shutil.disk_usage(self.directory).free
-        kept = self.latest_step()
+        kept = self.manager.latest_step()
         previous = (f"the previous checkpoint (step {kept}) is intact and a rerun after freeing space "
                     f"resumes from it") if kept is not None else \
             "there is no earlier checkpoint: a rerun after freeing space starts over"
@@ -186,6 +249,7 @@ class Checkpointer:
     # --- restoring ---
 
     def read_meta(self, step: Optional[int] = None) -> dict:
+        self.wait()
         step = self.latest_step() if step is None else step
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
@@ -195,6 +259,7 @@ class Checkpointer:
         schedule or state layout (``ValueError``) and one that is unreadable or damaged
         (``CorruptCheckpointError``). ``partial``: ``template`` is a part of the saved state (say
         ``{"ema_params": …}`` to sample), and only that part is read."""
+        self.wait()
         step = self.latest_step() if step is None else step
         path = self.directory / str(step)
         try:
@@ -285,4 +350,8 @@ class Checkpointer:
         _say(f"checkpoint {source} is corrupt: moved to {target}; trying the checkpoint before it")
 
     def close(self):
-        self.manager.close()
+        """Wait for the save in progress (raising its failure, as ``wait``), then release orbax's threads."""
+        try:
+            self.wait()
+        finally:
+            self.manager.close()

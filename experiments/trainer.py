@@ -2,9 +2,12 @@
 step, checkpoints, logs, samples."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import signal
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -26,6 +29,39 @@ from experiments import common, evaluation, first_stage, runs
 
 class NonFiniteStepError(FloatingPointError):
     """A step's loss, or the parameters or EMA it would produce, were not finite; it was not applied."""
+
+
+PREEMPTED_STATUS = 128 + signal.SIGTERM   # 143: what a shell reports for a process that SIGTERM ended
+
+
+class Preempted(SystemExit):
+    """The run saved its current step on SIGTERM or a preemption notice and stopped before
+    ``train.num_steps``; as ``SystemExit`` it ends the process with ``PREEMPTED_STATUS``."""
+
+
+@contextlib.contextmanager
+def sigterm_flag():
+    """A ``threading.Event`` that SIGTERM sets while the block runs, instead of ending the process.
+
+    Installed only in a single process's main thread: with several processes, JAX's preemption
+    service (``jax.distributed.initialize``) owns SIGTERM and ``Checkpointer.reached_preemption``
+    reports it at a step every process agrees on; a handler installed outside Python (that
+    service's, in a one-process cluster job) is left alone too. Afterwards the previous handler is
+    restored, and a SIGTERM that the block received but did not act on (the flag still set when it
+    ends normally) is delivered to it.
+    """
+    flag = threading.Event()
+    previous = signal.getsignal(signal.SIGTERM)
+    if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread() or previous is None:
+        yield flag
+        return
+    signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if flag.is_set():
+        signal.raise_signal(signal.SIGTERM)
 
 
 def _row_step(line: str) -> Optional[int]:
@@ -187,7 +223,17 @@ def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_
     checkpoint or sample, which wait for their own: reading after every step left an H200 idle 25%
     of the CIFAR-10 step (benchmarks/RESULTS.md). A non-finite step is therefore reported after the
     next one was launched on the state it left unchanged; that step's result is discarded with the
-    run, and every save happens after its own step was read."""
+    run, and every save happens after its own step was read.
+
+    Saves are asynchronous (``Checkpointer``): the loop goes on while a checkpoint is written. On
+    SIGTERM (``sigterm_flag``) or when every process reaches JAX's preemption sync point
+    (``Checkpointer.reached_preemption``), the step in flight is finished and read like a checkpoint
+    step (a non-finite one still stops the run without a save), saved, waited for, and the run
+    raises ``Preempted``: one line names the checkpoint and says to rerun the same command, which
+    resumes from it bit for bit. The status is non-zero (143, as if SIGTERM had ended the process)
+    because the training is unfinished: a cluster scheduler or job controller reads 0 as a job that
+    completed and would not requeue or restart it. On the last step the run is finishing anyway:
+    it saves and samples as scheduled, and the signal then goes to the handler that was there before."""
     k = config.optim.grad_accum_steps
     writer = MetricWriter(workdir, start)
     total = config.train.num_steps
@@ -209,45 +255,59 @@ def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_
         return metrics
 
     pending = None    # (step, its calls' metrics) not yet read on the host
-    try:
-        for step in range(start, total):
-            local = datasets.host_batch(train_split, config.train.batch_size, step, config.seed)
-            calls = []
-            for micro in micro_batches(local, k):
-                batch = parallel.global_batch(micro, mesh)
-                if step == start and not calls:
-                    step_fn = parallel.compiled_together(step_fn, state, batch)
-                state, metrics = step_fn(state, batch)
-                calls.append(metrics)
-            if pending is not None:
-                read(*pending)
-            window_steps += 1
-            done = step + 1
-            log = done % config.train.log_every == 0 or done == total
-            save = done % config.train.checkpoint_every == 0 or done == total
-            sample = on_sample is not None and (done % config.train.sample_every == 0 or done == total)
-            if not (log or save or sample):
-                pending = (step, calls)
-                continue
-            pending = None
-            metrics = read(step, calls)
-            if log:
-                rate = window_steps / (time.perf_counter() - window_start)
-                scalars = {name: float(value) for name, value in metrics.items()}
-                scalars["steps_per_sec"] = rate
-                writer.write(done, scalars)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{rate:.2f}")
-                window_start, window_steps = time.perf_counter(), 0
-            if save:
-                ckpt.save(done, state, config=config.to_dict(), data_position=done)
-            if sample:
-                path = on_sample(done, state)
-                if path is not None:
-                    bar.write(f"step {done}: samples in {path}")
-    finally:
-        bar.close()
-        writer.close()
-        ckpt.close()
+    with sigterm_flag() as stop:
+        try:
+            for step in range(start, total):
+                local = datasets.host_batch(train_split, config.train.batch_size, step, config.seed)
+                calls = []
+                for micro in micro_batches(local, k):
+                    batch = parallel.global_batch(micro, mesh)
+                    if step == start and not calls:
+                        step_fn = parallel.compiled_together(step_fn, state, batch)
+                    state, metrics = step_fn(state, batch)
+                    calls.append(metrics)
+                if pending is not None:
+                    read(*pending)
+                window_steps += 1
+                done = step + 1
+                # Every process asks at every step (JAX's agreed preemption step); SIGTERM is this one's.
+                notice = ckpt.reached_preemption(done)
+                preempted = (notice or stop.is_set()) and done < total
+                log = done % config.train.log_every == 0 or done == total
+                save = done % config.train.checkpoint_every == 0 or done == total or preempted
+                sample = on_sample is not None and (done % config.train.sample_every == 0 or done == total)
+                if not (log or save or sample):
+                    pending = (step, calls)
+                    continue
+                pending = None
+                metrics = read(step, calls)     # this step's own finite check, before any save of it
+                if log:
+                    rate = window_steps / (time.perf_counter() - window_start)
+                    scalars = {name: float(value) for name, value in metrics.items()}
+                    scalars["steps_per_sec"] = rate
+                    writer.write(done, scalars)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{rate:.2f}")
+                    window_start, window_steps = time.perf_counter(), 0
+                if save:
+                    ckpt.save(done, state, config=config.to_dict(), data_position=done)
+                if preempted:
+                    ckpt.wait()
+                    why = "SIGTERM" if stop.is_set() else "a preemption notice"
+                    stop.clear()      # acted on: not passed on to the previous handler
+                    if jax.process_index() == 0:
+                        bar.write(f"stopped by {why} at step {done} of {total}: checkpoint saved in "
+                                  f"{ckpt.directory / str(done)}; rerun the same command to resume from it")
+                    raise Preempted(PREEMPTED_STATUS)
+                if sample:
+                    path = on_sample(done, state)
+                    if path is not None:
+                        bar.write(f"step {done}: samples in {path}")
+        finally:
+            try:
+                bar.close()
+                writer.close()
+            finally:   # last, so that a save that failed in the background is the error the run ends with
+                ckpt.close()
     return state
 
 

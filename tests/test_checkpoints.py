@@ -1,5 +1,6 @@
 """Checkpoint reliability on tiny states: no non-finite saves, checksums verified on restore,
 falling back from a corrupt checkpoint only when asked, and a full disk that says so."""
+import asyncio
 import errno
 import logging
 import os
@@ -80,9 +81,11 @@ def rewrite_state(directory, step, state):
 
 
 def saved(directory, steps, keep=3, keep_period=0):
+    """A checkpointer that has saved ``steps``, the last one written (saves are asynchronous)."""
     ckpt = Checkpointer(directory, keep=keep, keep_period=keep_period)
     for step in steps:
         ckpt.save(step, tiny_state(step), config=CONFIG, data_position=step)
+    ckpt.wait()
     return ckpt
 
 
@@ -205,6 +208,26 @@ def test_config_mismatch_is_still_a_value_error(tmp_path):
         ckpt.restore(tiny_state(), config=other)
 
 
+def test_a_save_returns_before_its_files_are_written_and_a_restore_waits_for_them(tmp_path, monkeypatch):
+    """Orbax's last writes (metadata, commit marker) are slowed to 0.5 s each: ``save`` returns while
+    the checkpoint is still orbax's temporary directory, and the restore right after it returns the
+    saved state."""
+    real = async_path.write_text
+
+    async def slow(path, text):
+        await asyncio.sleep(0.5)
+        return await real(path, text)
+
+    monkeypatch.setattr(async_path, "write_text", slow)
+    ckpt = saved(tmp_path, [1])
+    ckpt.save(2, tiny_state(2), config=CONFIG, data_position=2)
+    assert not (tmp_path / "2").exists()
+    restored, meta = ckpt.restore(tiny_state(), config=CONFIG)
+    assert_identical(restored, tiny_state(2))
+    assert meta["data_position"] == 2 and ckpt.latest_step() == 2
+    ckpt.close()
+
+
 # --- 3. fall back only when asked ---
 
 def test_fall_back_only_when_asked(tmp_path, capsys):
@@ -231,6 +254,7 @@ def test_fall_back_only_when_asked(tmp_path, capsys):
                      "trying the checkpoint before it"]
 
     ckpt.save(2, tiny_state(22), config=CONFIG, data_position=2)    # the moved step's number is free again
+    ckpt.wait()
     state, meta = Checkpointer(tmp_path / "checkpoints").restore_latest_good(tiny_state(), config=CONFIG,
                                                                               fall_back=False)
     assert meta["data_position"] == 2
@@ -302,12 +326,13 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, error):
 
     with monkeypatch.context() as m:
         m.setattr(async_path, "write_text", no_space)   # orbax's metadata and commit-marker writes
+        ckpt.save(2, tiny_state(2), config=CONFIG, data_position=2)   # returns: the write fails in the background
         with pytest.raises(DiskFullError) as e:
-            ckpt.save(2, tiny_state(2), config=CONFIG, data_position=2)
+            ckpt.wait()
     assert_disk_full_handled(tmp_path, ckpt, e.value)
     ckpt.save(3, tiny_state(3), config=CONFIG, data_position=3)   # space freed: saving works again
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["3"]
     ckpt.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["3"]
 
 
 @pytest.fixture
@@ -329,8 +354,9 @@ def test_full_disk_for_real(small_disk):
     ckpt = saved(directory, [1], keep=1)
     too_big = tiny_state(2)
     too_big["params"]["w"] = jax.random.normal(jax.random.key(9), (200_000,))   # 800 KB, incompressible
+    ckpt.save(2, too_big, config=CONFIG, data_position=2)     # returns: the write fails in the background
     with pytest.raises(DiskFullError) as e:
-        ckpt.save(2, too_big, config=CONFIG, data_position=2)
+        ckpt.latest_step()                                      # the next wait raises it
     assert_disk_full_handled(directory, ckpt, e.value)
     ckpt.close()
 
