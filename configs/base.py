@@ -91,6 +91,7 @@ def get_config():
     c.train.sample_every = 1000
     c.train.checkpoint_every = 1000
     c.train.keep_checkpoints = 3
+    c.train.eval_every = 0             # > 0 (experiments.train): every n steps, the EMA's held-out loss on 4 fixed batches (fixed t and noise) and bits/dim (full VLB) of 8 fixed images, as eval/loss, eval/bpd
     c.train.keep_period = 0            # > 0: checkpoints at multiples of this step are kept besides the newest ones
 
     c.parallel = ml_collections.ConfigDict()

@@ -34,13 +34,7 @@ def make_optimizer(*, lr: float, warmup_steps: int = 0, decay: str = "constant",
     ``accum_steps`` > 1 wraps it in ``optax.MultiSteps``: the mean gradient of that many calls is
     clipped and applied on the last of them (zero updates before), and the schedules count applied
     updates, so ``warmup_steps`` and ``total_steps`` are optimizer steps."""
-    if decay == "constant":
-        # Ho et al.: lr·min(step/warmup, 1).
-        schedule = optax.linear_schedule(0.0, lr, warmup_steps) if warmup_steps else optax.constant_schedule(lr)
-    elif decay == "cosine":
-        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, max(total_steps, warmup_steps + 1))
-    else:
-        raise ValueError(f"unknown learning-rate decay {decay!r}; choose 'constant' or 'cosine'")
+    schedule = learning_rate_schedule(lr=lr, warmup_steps=warmup_steps, decay=decay, total_steps=total_steps)
     if optimizer == "adam":
         opt = optax.adam(schedule, b1=b1, b2=b2, eps=eps)
     elif optimizer == "adamw":
@@ -49,6 +43,17 @@ def make_optimizer(*, lr: float, warmup_steps: int = 0, decay: str = "constant",
         raise ValueError(f"unknown optimizer {optimizer!r}; choose 'adam' or 'adamw'")
     opt = optax.chain(optax.clip_by_global_norm(grad_clip), opt) if grad_clip > 0 else opt
     return optax.MultiSteps(opt, every_k_schedule=accum_steps).gradient_transformation() if accum_steps > 1 else opt
+
+
+def learning_rate_schedule(*, lr: float, warmup_steps: int = 0, decay: str = "constant",
+                           total_steps: int = 1) -> optax.Schedule:
+    """Optimizer step → learning rate: linear warm-up from 0, then constant or cosine to 0 at ``total_steps``."""
+    if decay == "constant":
+        # Ho et al.: lr·min(step/warmup, 1).
+        return optax.linear_schedule(0.0, lr, warmup_steps) if warmup_steps else optax.constant_schedule(lr)
+    if decay == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, max(total_steps, warmup_steps + 1))
+    raise ValueError(f"unknown learning-rate decay {decay!r}; choose 'constant' or 'cosine'")
 
 
 def ema_decay_at(step, decay: float, warmup: bool):

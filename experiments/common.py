@@ -119,6 +119,9 @@ def validate(c: ml_collections.ConfigDict):
     if not _is_integer(c.train.keep_period) or c.train.keep_period < 0:
         raise ValueError(f"config field train.keep_period={c.train.keep_period!r} must be an integer >= 0 "
                          "(0: no milestones; n: checkpoints at multiples of n are never deleted)")
+    if not _is_integer(c.train.eval_every) or c.train.eval_every < 0:
+        raise ValueError(f"config field train.eval_every={c.train.eval_every!r} must be an integer >= 0 "
+                         "(0: no held-out evaluation during training)")
     if not (math.isfinite(c.optim.lr) and c.optim.lr > 0):
         raise ValueError(f"config field optim.lr={c.optim.lr!r} must be a finite number > 0")
     samplers.check_steps(c.sample.sampler, c.sample.steps, d.num_steps, what="config field sample.steps")
@@ -344,12 +347,22 @@ def make_denoiser(model, params, train: bool = False):
     return lambda x, ts, **cond: model.apply({"params": params}, x, ts, train=train, **cond)
 
 
+def _schedule_settings(config: ml_collections.ConfigDict) -> dict:
+    o = config.optim
+    return dict(lr=o.lr, warmup_steps=o.warmup_steps, decay=o.decay, total_steps=config.train.num_steps)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict):
+    """Optimizer step → the learning rate ``make_optimizer`` applies at it (what a run logs as ``lr``)."""
+    return training.learning_rate_schedule(**_schedule_settings(config))
+
+
 def make_optimizer(config: ml_collections.ConfigDict):
     """``training.make_optimizer`` with the config's ``optim`` settings over ``train.num_steps``."""
     o = config.optim
     return training.make_optimizer(
-        lr=o.lr, warmup_steps=o.warmup_steps, decay=o.decay, total_steps=config.train.num_steps,
-        optimizer=o.optimizer, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, grad_clip=o.grad_clip,
+        **_schedule_settings(config), optimizer=o.optimizer, b1=o.b1, b2=o.b2, eps=o.eps,
+        weight_decay=o.weight_decay, grad_clip=o.grad_clip,
         accum_steps=o.grad_accum_steps)
 
 

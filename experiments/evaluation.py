@@ -219,17 +219,28 @@ def _mean_and_stderr(per_image: np.ndarray, unit: str = "bits_per_dim") -> dict:
             "num": int(len(per_image))}
 
 
+def has_bound(config) -> bool:
+    """Whether the run's model has the variational bound ``bound_fn`` measures: a U-Net with a
+    Gaussian reverse process (not the SDDPM's residual), not conditioned on a low-resolution image."""
+    return (config.model.kind == "unet" and config.diffusion.prediction != sddpm.RESIDUAL
+            and not config.data.low_resolution)
+
+
+def bound_fn(config, model, schedule) -> Callable:
+    """``fn(params, x, labels, key)``: ``likelihood.variational_bound`` (bits/dim) of the model ``config``
+    describes, every step's noise drawn from ``key``."""
+    def bound(params, x, labels, key):
+        return likelihood.variational_bound(common.make_denoiser(model, params), schedule, x, key,
+                                            decoder=config.diffusion.decoder,
+                                            cond=common.conditioning(config, labels), **common.output_kwargs(config))
+    return bound
+
+
 def nll_bits_per_dim(run, mesh, heldout, num: int, batch: int = 32, seed: int = 0) -> dict:
     """Mean and standard error of the variational bound (bits/dim) on ``num`` held-out images,
     with the mean of each term (prior, decoder L_0, Σ L_t) and, per step t = 1 … T, the mean term
     ``per_step_bpd`` (index 0 is L_0) and ‖ε − ε̂‖² ``per_step_eps_mse`` (Nichol & Dhariwal 2021, Fig. 2)."""
-    config = run.config
-
-    def bound(params, x, labels, key):
-        return likelihood.variational_bound(common.make_denoiser(run.model, params), run.schedule, x, key,
-                                            decoder=config.diffusion.decoder,
-                                            cond=common.conditioning(config, labels), **common.output_kwargs(config))
-    out = _over_heldout(bound, run, mesh, heldout, num, batch, seed, "nll")
+    out = _over_heldout(bound_fn(run.config, run.model, run.schedule), run, mesh, heldout, num, batch, seed, "nll")
     per_step = out["terms"].mean(0)
     return dict(_mean_and_stderr(out["total"]), method="vlb", prior=float(out["prior"].mean()),
                 decoder_L0=float(per_step[0]), sum_Lt=float(per_step[1:].sum()),
@@ -402,7 +413,7 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
             print(f"{tag}: " + ", ".join(f"{m.column.format(features=feature_name)} {m.cell(row)}"
                                          for m in METRICS.values()))
     nlls = {}
-    if nll_examples > 0 and config.model.kind == "unet" and config.diffusion.prediction != sddpm.RESIDUAL:
+    if nll_examples > 0 and has_bound(config):
         nll_data = heldout
         if run.latent is not None:   # the bound of what the model diffuses: bits per latent dimension
             first = dataclasses.replace(heldout, images=heldout.images[:nll_examples], labels=heldout.labels[:nll_examples])

@@ -18,13 +18,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from diffusion import cascade, gaussian, parallel, samplers, training, visualize
 from diffusion.checkpoints import Checkpointer
 from diffusion.data import datasets
 from diffusion.models import first_stage as first_stage_models
-from experiments import common, evaluation, first_stage, runs
+from experiments import common, evaluation, first_stage, heldout, metric_writers, runs
 
 
 class NonFiniteStepError(FloatingPointError):
@@ -62,54 +63,6 @@ def sigterm_flag():
         signal.signal(signal.SIGTERM, previous)
     if flag.is_set():
         signal.raise_signal(signal.SIGTERM)
-
-
-def _row_step(line: str) -> Optional[int]:
-    """The step of one metrics.jsonl row, or None for a line a crash left half-written."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def drop_rows_after(path: Path, step: int):
-    """Rewrite the JSON-lines file ``path`` without rows past ``step`` (atomically, by rename): a run
-    resumed at ``step`` replays the steps a crash lost, and their rows must not appear twice; a
-    half-written last line (killed mid-write, or a full disk) is dropped too."""
-    if not path.exists():
-        return
-    rows = path.read_text().splitlines(keepends=True)
-    kept = [r for r in rows if r.endswith("\n") and (row := _row_step(r)) is not None and row <= step]
-    if len(kept) != len(rows):
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(kept))
-        tmp.replace(path)
-
-
-class MetricWriter:
-    """Scalars to ``<workdir>/metrics.jsonl`` and TensorBoard event files (host 0 only), one row per
-    step: resuming at ``start`` first drops what was logged after it."""
-
-    def __init__(self, workdir: Path, start: int = 0):
-        self.active = jax.process_index() == 0
-        if self.active:
-            from tensorboardX import SummaryWriter
-            drop_rows_after(workdir / "metrics.jsonl", start)
-            self.jsonl = open(workdir / "metrics.jsonl", "a")
-            self.tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=start + 1 if start else None)
-
-    def write(self, step: int, scalars: dict):
-        if not self.active:
-            return
-        self.jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
-        self.jsonl.flush()
-        for k, v in scalars.items():
-            self.tb.add_scalar(k, float(v), step)
-
-    def close(self):
-        if self.active:
-            self.jsonl.close()
-            self.tb.close()
 
 
 def build_sample_fn(config, model, schedule, mesh, *, sampler=None, steps=None, keep_every=0, space=None):
@@ -212,12 +165,19 @@ def restore_or_init(config, workdir: Path, init_fn, mesh, *, fall_back: bool = F
 
 
 def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_fn, train_split, mesh,
-             on_sample: Optional[Callable] = None, desc: str = "train"):
-    """Steps ``start`` … ``train.num_steps`` with a progress bar, JSON-lines/TensorBoard scalars,
-    checkpoints and ``on_sample(step, state)``; stops on a non-finite loss or update (the step that
-    made it is not applied, so nothing non-finite is saved). With ``optim.grad_accum_steps``
-    = k each step is k calls of ``step_fn`` on consecutive micro-batches of its rows (its logged
-    metrics their means); steps count optimizer updates, ``state.step`` calls.
+             on_sample: Optional[Callable] = None, desc: str = "train", evaluate: Optional[Callable] = None):
+    """Steps ``start`` … ``train.num_steps`` with a progress bar, logs, checkpoints and
+    ``on_sample(step, state)``; stops on a non-finite loss or update (the step that made it is not
+    applied, so nothing non-finite is saved). With ``optim.grad_accum_steps`` = k each step is k
+    calls of ``step_fn`` on consecutive micro-batches of its rows (its logged metrics their means);
+    steps count optimizer updates, ``state.step`` calls.
+
+    Every ``train.log_every`` steps one row of scalars goes to ``metric_writers.create``'s writers
+    (metrics.jsonl, TensorBoard): the step's metrics (loss, grad_norm, …), the learning rate the
+    update applied (``lr``), and ``steps_per_sec`` and ``images_per_sec`` since the last row; every
+    ``train.eval_every`` steps (a logging step too) ``evaluate(state)``'s scalars join the row, and
+    the picture ``on_sample`` returns the path of is logged as the image ``samples``. The time
+    ``evaluate`` takes counts in no throughput.
 
     A step's metrics are read on the host while the next step runs, except on steps that log,
     checkpoint or sample, which wait for their own: reading after every step left an H200 idle 25%
@@ -235,7 +195,8 @@ def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_
     completed and would not requeue or restart it. On the last step the run is finishing anyway:
     it saves and samples as scheduled, and the signal then goes to the handler that was there before."""
     k = config.optim.grad_accum_steps
-    writer = MetricWriter(workdir, start)
+    writer = metric_writers.create(workdir, start)
+    lr_at = common.learning_rate_schedule(config)
     total = config.train.num_steps
     bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True,
                disable=jax.process_index() != 0)
@@ -273,7 +234,8 @@ def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_
                 # Every process asks at every step (JAX's agreed preemption step); SIGTERM is this one's.
                 notice = ckpt.reached_preemption(done)
                 preempted = (notice or stop.is_set()) and done < total
-                log = done % config.train.log_every == 0 or done == total
+                evaluating = evaluate is not None and config.train.eval_every > 0 and done % config.train.eval_every == 0
+                log = done % config.train.log_every == 0 or done == total or evaluating
                 save = done % config.train.checkpoint_every == 0 or done == total or preempted
                 sample = on_sample is not None and (done % config.train.sample_every == 0 or done == total)
                 if not (log or save or sample):
@@ -284,8 +246,11 @@ def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_
                 if log:
                     rate = window_steps / (time.perf_counter() - window_start)
                     scalars = {name: float(value) for name, value in metrics.items()}
-                    scalars["steps_per_sec"] = rate
-                    writer.write(done, scalars)
+                    scalars.update(lr=float(lr_at(step)), steps_per_sec=rate,
+                                   images_per_sec=rate * config.train.batch_size)
+                    if evaluating:
+                        scalars.update(evaluate(state))
+                    writer.write_scalars(done, scalars)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{rate:.2f}")
                     window_start, window_steps = time.perf_counter(), 0
                 if save:
@@ -302,6 +267,8 @@ def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_
                     path = on_sample(done, state)
                     if path is not None:
                         bar.write(f"step {done}: samples in {path}")
+                        with Image.open(path) as picture:
+                            writer.write_images(done, {"samples": np.asarray(picture.convert("RGB"))})
         finally:
             try:
                 bar.close()
@@ -369,7 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fall_back:
     """Train (or resume) the diffusion model described by ``config`` in ``workdir``; returns the final
     state. ``fall_back``: resume from the newest checkpoint that verifies when the latest is corrupt."""
     workdir, mesh = prepare_run(config, workdir)
-    train_split, _ = common.load_data(config)
+    train_split, heldout_split = common.load_data(config)
     space = None
     if config.data.autoencoder:
         config, space, train_split = latent_training_data(config, workdir, train_split, mesh)
@@ -383,7 +350,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fall_back:
     sample_fn = build_sample_fn(config, model, schedule, mesh,
                                 keep_every=max(config.sample.steps // 20, 1) if is_toy else 0, space=space)
     on_sample = lambda done, s: write_samples(config, sample_fn, s.ema_params, mesh, workdir, done, train_split)
-    return run_loop(config, workdir, state, start, ckpt, step_fn, train_split, mesh, on_sample)
+    evaluate = None
+    if config.train.eval_every:
+        measure = heldout.make_evaluator(config, model, schedule, heldout_split, mesh, state.ema_params,
+                                         encode=space.encode if space else None)
+        evaluate = lambda s: measure(s.ema_params)
+    return run_loop(config, workdir, state, start, ckpt, step_fn, train_split, mesh, on_sample, evaluate=evaluate)
 
 
 def classifier_logits_fn(config, model, mesh):
