@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import base, mnist
+from configs import base
 from diffusion.checkpoints import Checkpointer
 from diffusion.data import datasets
 from experiments import trainer
@@ -125,18 +125,14 @@ def command(workdir):
             *[f"--config.{k}={v}" for k, v in overrides.items()]]
 
 
-def cli_config():
-    c = shrink(mnist.get_config(), steps=STEPS)
-    c.train.checkpoint_every = 1000
-    return c
-
-
 def logged_steps(workdir):
     path = workdir / "metrics.jsonl"
     return [json.loads(l)["step"] for l in path.read_text().splitlines() if l.endswith("}")] if path.exists() else []
 
 
-def test_sigterm_to_the_command_line_then_the_same_command_finishes_bitwise(tmp_path):
+def test_sigterm_to_the_command_line_saves_the_step_reached_and_exits_143(tmp_path):
+    """What a scheduler sees; the resume from such a checkpoint is checked bit for bit in-process
+    (test_sigterm_saves_the_step_reached_and_the_rerun_resumes_bitwise), not again here."""
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"))
     workdir = tmp_path / "run"
     proc = subprocess.Popen(command(workdir), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -152,13 +148,3 @@ def test_sigterm_to_the_command_line_then_the_same_command_finishes_bitwise(tmp_
     assert Checkpointer(workdir / "checkpoints").latest_step() == reached
     assert (f"stopped by SIGTERM at step {reached} of {STEPS}: checkpoint saved in "
             f"{workdir / 'checkpoints' / str(reached)}; rerun the same command to resume from it") in out
-
-    rerun = subprocess.run(command(workdir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"resumed from {workdir / 'checkpoints'} at step {reached}" in rerun.stdout
-    assert logged_steps(workdir) == list(range(1, STEPS + 1))
-
-    straight = trainer.train_and_evaluate(cli_config(), tmp_path / "straight")
-    resumed, meta = Checkpointer(workdir / "checkpoints").restore(straight, config=cli_config().to_dict())
-    assert meta["data_position"] == STEPS
-    assert_same_params(straight, resumed)
