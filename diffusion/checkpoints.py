@@ -250,7 +250,7 @@ class Checkpointer:
 
     def read_meta(self, step: Optional[int] = None) -> dict:
         self.wait()
-        step = self.latest_step() if step is None else step
+        step = self.manager.latest_step() if step is None else step
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def restore(self, template: Any, *, config: dict, step: Optional[int] = None, partial: bool = False):
@@ -260,7 +260,7 @@ class Checkpointer:
         (``CorruptCheckpointError``). ``partial``: ``template`` is a part of the saved state (say
         ``{"ema_params": …}`` to sample), and only that part is read."""
         self.wait()
-        step = self.latest_step() if step is None else step
+        step = self.manager.latest_step() if step is None else step
         path = self.directory / str(step)
         try:
             meta = self.read_meta(step)

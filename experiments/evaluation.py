@@ -180,15 +180,16 @@ def cached_draws(path: Path, num: int, batch: int, draw_from: Callable[[int], di
     only what is missing: the cached whole batches are kept and ``draw_from(first)`` gives every
     array's rows ``first`` … ``num − 1`` (draws seeded by batch position continue exactly); the
     result is written back by process 0."""
-    kept = {}
+    kept, have = {}, 0
     if path.exists():
         with np.load(path) as f:
             kept = {name: f[name] for name in f.files}
         have = len(next(iter(kept.values())))
         if have >= num:
             return {name: a[:num] for name, a in kept.items()}
-        kept = {name: a[:have // batch * batch] for name, a in kept.items()}
-    new = draw_from(len(next(iter(kept.values()))) if kept else 0)
+        have = have // batch * batch
+        kept = {name: a[:have] for name, a in kept.items()}
+    new = draw_from(have)
     out = {name: np.concatenate([kept[name], a]) if kept else a for name, a in new.items()}
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -84,7 +84,8 @@ def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured
     load_run = functools.cache(lambda m: sampling.load_run(plan.model_dir(m)))     # each model's, once
     results = [measure_cell(plan, load_run, mesh, cell, feature_fn, reference, batch) for cell in plan.cells]
     if plan.autoencoders:   # latent diffusion: each row's first stage and throughput (Rombach et al. 2022)
-        results = [dict(r, **cost_record(plan, r["model"])) for r in results]
+        costs = {m: cost_record(plan, m) for m in {r["model"] for r in results}}   # each model's log read once
+        results = [dict(r, **costs[r["model"]]) for r in results]
     nll = {}
     if "nll" in plan.study.metrics:
         nll = {m: evaluation.nll_record(load_run(m), mesh, heldout, plan.study.nll_examples, plan.model_dir(m) / "eval")
