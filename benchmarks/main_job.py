@@ -2,7 +2,7 @@
 issue 26's recipe search weighs: train images/s and steps/s of the compiled step (Adam, clipping,
 EMA), parameters, and the steps that fit the main job's training time at each rate.
 
-python -m benchmarks.main_job [--seconds 3] [--budget_s 1500]
+python -m benchmarks.main_job [--seconds 3] [--budget_s 1500] [--batches 64,128] [--models w16,w32]
 
 Each row compiles its own step; rates are medians of three windows. Run it on an otherwise idle
 machine: rows measured side by side in one run compare; runs on different days vary ±20%.
@@ -48,7 +48,8 @@ def main():
     print("| --- | --- | --- | --- | --- | --- |")
     for name, batch in itertools.product(args.models.split(","), map(int, args.batches.split(","))):
         row = measure(name, batch, args.seconds)
-        print(f"| {row['model']}: {VARIANTS[row['model']] or 'as configs/mnist.py'} | {batch} | {row['params']:,} | {row['images_s']:.0f} | {row['steps_s']:.2f} | "
+        changed = ", ".join(f"{k} {v}" for k, v in VARIANTS[name].items()) or "as configs/mnist.py"
+        print(f"| {name}: {changed} | {batch} | {row['params']:,} | {row['images_s']:.0f} | {row['steps_s']:.2f} | "
               f"{row['steps_s'] * args.budget_s:,.0f} |", flush=True)
 
 

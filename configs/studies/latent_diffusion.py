@@ -3,7 +3,7 @@ configs/fashion_mnist.py) against diffusion in the latents of KL-reg autoencoder
 a VQ-reg one at f = 4 (configs/latent_fashion_mnist_*.py), each U-Net given the same training
 wall-clock on the 2-core CPU; FID of DDIM-50 samples, training and sampling images/s, and each
 autoencoder's PSNR and reconstruction FID. The autoencoders (configs/autoencoder_*.py, 5,000 steps
-each, ~45 min) train first, in <workdir>/autoencoders.
+each, ~23 min measured for kl_f4 on the shared CPU) train first, in <workdir>/autoencoders.
 
 python -m experiments.reproduce --study latent_diffusion --workdir runs/studies/latent_diffusion
 (Fashion-MNIST at the default scale only: --scale paper is refused, no GPU-sized LDM configs ship.)
