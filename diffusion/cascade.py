@@ -93,16 +93,20 @@ def blur(z, sigma, size: int):
     return out[0]
 
 
-def blur_augment(keys, z0, sigma_range, size: int):
-    """(blurred z, σ): per example σ ~ U[σ_lo, σ_hi] and a Gaussian blur of z_0 (CDM §3.1, blurring
-    augmentation of the conditioning input; no blur at sampling), one key each (keys [B])."""
+def blur_augment(keys, z0, sigma_range, size: int, fraction: float = 1.0):
+    """(augmented z, σ): per example, with probability ``fraction``, a Gaussian blur of z_0 of width
+    σ ~ U[σ_lo, σ_hi], else z_0 itself (σ reported 0) — CDM §4.3's blurring augmentation of the
+    conditioning input, which blurs half of the training examples (``fraction`` 0.5) and never blurs
+    at sampling. One key each (keys [B])."""
     lo, hi = sigma_range
     sigma = jax.vmap(lambda k: jax.random.uniform(k, (), minval=lo, maxval=hi))(keys)
-    return jax.vmap(lambda z, s: blur(z, s, size))(z0, sigma), sigma
+    chosen = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, 1), fraction))(keys)
+    blurred = jax.vmap(lambda z, s: blur(z, s, size))(z0, sigma)
+    return jnp.where(chosen[:, None, None, None], blurred, z0), jnp.where(chosen, sigma, 0.0)
 
 
 def training_condition(keys, x0, *, low: int, augmentation: str, schedule: Schedule, level_range=(0, 0),
-                       sigma_range=(0.0, 0.0), kernel_size: int = 3) -> dict:
+                       sigma_range=(0.0, 0.0), kernel_size: int = 3, blur_fraction: float = 1.0) -> dict:
     """The super-resolution network's inputs for a batch x0 [B, H, W, C]: its own low-resolution
     version (``low_resolution``), augmented (``augmentation``: "none", "gaussian", "blur") and
     upsampled (``conditioning``). keys [B]: one per example."""
@@ -111,7 +115,7 @@ def training_condition(keys, x0, *, low: int, augmentation: str, schedule: Sched
         z, s = gaussian_augment(keys, schedule, z0, level_range)
         return conditioning(z, x0.shape[1], s)
     if augmentation == "blur":
-        z0 = blur_augment(keys, z0, sigma_range, kernel_size)[0]
+        z0 = blur_augment(keys, z0, sigma_range, kernel_size, blur_fraction)[0]
     return conditioning(z0, x0.shape[1])
 
 

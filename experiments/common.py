@@ -200,6 +200,9 @@ def check_super_resolution(c: ml_collections.ConfigDict):
                              "0 < low <= high")
         if not _is_integer(a.blur_kernel) or a.blur_kernel < 1 or a.blur_kernel % 2 == 0:
             raise ValueError(f"config field cascade.blur_kernel={a.blur_kernel!r} must be an odd integer >= 1 (CDM: 3)")
+        if not 0 < a.blur_fraction <= 1:
+            raise ValueError(f"config field cascade.blur_fraction={a.blur_fraction!r} is the share of training examples "
+                             "blurred: a number in (0, 1] (CDM: 0.5)")
 
 
 def super_resolution_inputs(c: ml_collections.ConfigDict, schedule, key, z, level: Optional[int] = None,
@@ -222,7 +225,7 @@ def make_condition(c: ml_collections.ConfigDict, schedule):
     a = c.cascade
     return partial(cascade.training_condition, low=c.data.low_resolution, augmentation=a.augmentation,
                    schedule=schedule, level_range=tuple(a.aug_level_range), sigma_range=tuple(a.blur_sigma_range),
-                   kernel_size=a.blur_kernel)
+                   kernel_size=a.blur_kernel, blur_fraction=a.blur_fraction)
 
 
 def check_clip(c: ml_collections.ConfigDict, clip: str, what: str):

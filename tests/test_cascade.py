@@ -76,6 +76,18 @@ def test_blur_kernel_sums_to_one_and_sigma_stays_in_its_range():
     assert float(wider.var()) < float(blurred.var())
 
 
+def test_blur_augmentation_blurs_the_chosen_share_of_examples_and_leaves_the_rest_sharp():
+    z0 = jax.random.normal(jax.random.key(5), (4000, 6, 6, 1))
+    keys = jax.random.split(jax.random.key(7), 4000)
+    out, sigma = cascade.blur_augment(keys, z0, (0.4, 0.6), 3, fraction=0.5)
+    sharp = np.asarray(sigma) == 0
+    assert abs(sharp.mean() - 0.5) < 4 * (0.25 / 4000) ** 0.5                # Bernoulli(0.5): within 4 s.e.
+    np.testing.assert_array_equal(np.asarray(out)[sharp], np.asarray(z0)[sharp])
+    expected = jax.vmap(lambda z, s: cascade.blur(z, s, 3))(z0[~sharp], sigma[~sharp])
+    np.testing.assert_allclose(np.asarray(out)[~sharp], expected, rtol=1e-6)
+    assert float(sigma[~sharp].min()) >= 0.4
+
+
 def test_low_resolution_is_the_datasets_area_resize():
     """The super-resolution stage's input is the image a base stage trained at that size sees."""
     split, _ = datasets.load_splits("mnist", image_size=28, holdout_fraction=0.1)
@@ -211,6 +223,7 @@ def test_a_cascade_that_does_not_chain_is_refused(tmp_path, stages_, settings, m
     (dict(data=dict(low_resolution=14), cascade=dict(augmentation="gaussian", aug_level_range=(0, 50), aug_level=60)),
      r"cascade.aug_level=60 is outside the levels \[0, 50\]"),
     (dict(data=dict(low_resolution=14), cascade=dict(augmentation="blur", blur_kernel=4)), "odd integer"),
+    (dict(data=dict(low_resolution=14), cascade=dict(augmentation="blur", blur_fraction=0.0)), "share of training"),
     (dict(data=dict(low_resolution=14), cascade=dict(augmentation="blur", aug_level=5)), "levels of Gaussian"),
     (dict(data=dict(low_resolution=14), cascade=dict(augmentation="noise")), "cascade.augmentation='noise'"),
 ])

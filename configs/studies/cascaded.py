@@ -15,7 +15,7 @@ from diffusion import metrics
 LEVELS = (0, 25, 50, 100, 200, 400)
 SR = dict(data=dict(low_resolution=14))
 GAUSSIAN, TRUNCATED = "Gaussian augmentation, non-truncated", "Gaussian augmentation, truncated"
-NONE, BLUR, SINGLE = "no augmentation", "blur augmentation (σ ∈ [0.4, 0.6])", "one 28×28 model, equal budget"
+NONE, BLUR, SINGLE = "no augmentation", "blur augmentation (σ ∈ [0.4, 0.6], half the examples)", "one 28×28 model, equal budget"
 
 
 def get_config():
