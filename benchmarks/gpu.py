@@ -32,6 +32,7 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,7 +40,7 @@ import numpy as np
 from benchmarks.run import (Peer, compiled_train_step, forward_flops, median_rate, model_config, peak_flops,
                             train_rate, trajectory)
 from configs import mnist
-from diffusion.data import datasets
+from diffusion.data import datasets, pipeline
 from experiments import common
 
 # Batches: Ho et al.'s 128 for the CIFAR-10 train step (the issue's MFU goal is stated at it); ADM's
@@ -217,7 +218,8 @@ def bf16_training_check(steps: int, batch: int, tiny: bool) -> dict:
     """MNIST losses of float32 (seeds 0 and 1) and bfloat16 (seed 0) runs over the same batches, and
     DDIM-50 samples of the float32 seed-0 model drawn with float32 and with bfloat16 compute."""
     train, _ = common.load_data(mnist.get_config())
-    images = datasets.to_model_range(train.images)
+    stream = pipeline.step_batches(pipeline.ArraySource.from_split(train), global_batch=batch, seed=0,
+                                   shard=grain.sharding.NoSharding())
     losses, trained = {}, {}
     for run, (dtype, seed) in {"float32": ("float32", 0), "float32_seed1": ("float32", 1),
                                "bfloat16": ("bfloat16", 0)}.items():
@@ -230,8 +232,8 @@ def bf16_training_check(steps: int, batch: int, tiny: bool) -> dict:
         compiled, state, batch_example, _, _ = compiled_train_step(config, batch, key)
         history = []
         for step in range(steps):
-            idx = datasets.batch_indices(len(images), batch, step, seed=0)
-            state, metrics = compiled(state, {"image": jnp.asarray(images[idx]), "label": batch_example["label"]})
+            images = datasets.to_model_range(stream[step]["image"])
+            state, metrics = compiled(state, {"image": jnp.asarray(images), "label": batch_example["label"]})
             history.append(metrics["loss"])
         losses[run] = np.asarray(jax.device_get(history), np.float64)
         trained[run] = (config, state.params)

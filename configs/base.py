@@ -16,16 +16,19 @@ def get_config():
     c.data.image_size = 28             # images are centre-cropped and resized to this when they differ
     c.data.crop = ""                   # "": the centre square; "celeba_ddim": DDIM's 128×128 CelebA face box (datasets.CROPS)
     c.data.channels = 1
-    c.data.random_flip = False
+    c.data.random_flip = False         # each training image mirrored left–right with probability ½, on the host (diffusion.data.pipeline)
+    c.data.workers = 0                 # grain worker processes making training batches; 0: in this process (the 2-core default, benchmarks/RESULTS.md)
+    c.data.read_threads = 2            # threads reading training batches ahead (a buffer of twice as many batches)
     c.data.holdout_fraction = 0.1      # held out (after a seeded shuffle) for evaluation
     c.data.num_classes = 10            # labels in the data are [0, num_classes); checked and used when model.num_classes > 0 (and by classifiers)
     c.data.class_dropout = 0.0         # labels replaced by the null label (classifier-free guidance)
     c.data.autoencoder = ""            # latent diffusion: an experiments.train_autoencoder workdir whose latents are diffused; "" = pixels
     c.data.latent_scale = 0.0          # LDM's scale_factor 1/std(z); 0: measured on the training latents at the start of the run, stored in its config.json
+    c.data.captions = ""               # a caption domain ("mnist", "fashion_mnist"; diffusion.data.captions): each image carries its caption's token ids, for a text-conditioned model
     c.data.low_resolution = 0          # > 0: a cascade's super-resolution stage, conditioned on each image shrunk to this size and upsampled back (cascade section)
 
     c.model = ml_collections.ConfigDict()
-    c.model.kind = "unet"              # "unet", "mlp", or seed 004's "shallow_autoencoder", "dense_autoencoder", "conv_autoencoder"
+    c.model.kind = "unet"              # "unet", "mlp", unCLIP's "unclip_prior" and "unclip_decoder" (unclip section), or seed 004's "shallow_autoencoder", "dense_autoencoder", "conv_autoencoder"
     c.model.base_channels = 16
     c.model.channel_mult = (1, 2, 4)
     c.model.num_res_blocks = 1
@@ -40,8 +43,11 @@ def get_config():
     c.model.efficient = False
     c.model.num_classes = 0            # > 0: class-conditional with a null label
     c.model.context_dim = 0            # > 0: cross-attention to the context encoder's tokens of this width
-    c.model.context_encoder = ""       # τθ: "" (none) or "class_tokens" (each label → context_tokens learned tokens, in place of the class embedding)
+    c.model.context_encoder = ""       # τθ: "" (none), "class_tokens" (each label → context_tokens learned tokens, in place of the class embedding), "text" (a caption encoder trained with the U-Net) or "clip_text" (model.clip_run's frozen text tower)
     c.model.context_tokens = 1
+    c.model.text_layers = 2            # context_encoder "text": causal transformer blocks of the jointly trained caption encoder (width context_dim)
+    c.model.text_heads = 4
+    c.model.clip_run = ""              # context_encoder "clip_text": an experiments.train_clip workdir whose text tower is the frozen encoder; unCLIP: the CLIP whose embeddings it diffuses or decodes
     c.model.norm_groups = 8
     c.model.remat = False
     c.model.attention_implementation = "xla"   # or "cudnn" (fused flash attention, GPU + bf16, head dim ≤ 128), "auto"
@@ -92,6 +98,7 @@ def get_config():
     c.train.checkpoint_every = 1000
     c.train.keep_checkpoints = 3
     c.train.eval_every = 0             # > 0 (experiments.train): every n steps, the EMA's held-out loss on 4 fixed batches (fixed t and noise) and bits/dim (full VLB) of 8 fixed images, as eval/loss, eval/bpd
+    c.train.caption_dropout = 0.0      # text-conditioned runs: captions replaced by the null (empty) caption, for classifier-free guidance (GLIDE: 0.2)
     c.train.keep_period = 0            # > 0: checkpoints at multiples of this step are kept besides the newest ones
 
     c.parallel = ml_collections.ConfigDict()
@@ -105,6 +112,13 @@ def get_config():
     c.cascade.blur_fraction = 0.5      # blur: the share of training examples blurred, the rest left sharp (CDM §4.3: half)
     c.cascade.aug_level = 0            # gaussian: the level s the conditioning is given at sampling (grids; the default of experiments.sample --cascade)
     c.cascade.truncated = False        # gaussian: at sampling stop the lower stage at s (truncated) rather than corrupt its output to s (the default of --truncated)
+
+    c.unclip = ml_collections.ConfigDict()   # unCLIP (Ramesh et al. 2022) on model.clip_run's embeddings: model.kind 'unclip_prior' or 'unclip_decoder'
+    c.unclip.embedding_dropout = 0.1   # decoder: image embeddings replaced by the null (zero) embedding, for classifier-free guidance (§2.1: 10%)
+    c.unclip.embedding_tokens = 4      # decoder: extra cross-attention tokens projected from the image embedding (§2.1: four)
+    c.unclip.width = 128               # prior: its causal transformer's width, blocks and heads (§2.2)
+    c.unclip.layers = 4
+    c.unclip.heads = 4
 
     c.classifier = ml_collections.ConfigDict()   # experiments.train_classifier
     c.classifier.kind = "cnn"          # "cnn": features/logits for FID and IS; "noisy": ADM p(y|x_t, t) on the model's U-Net encoder

@@ -19,11 +19,14 @@ background. ``wait`` blocks until they are, and every read (``latest_step``, ``r
 is raised there, by the next of these, with the same message as a synchronous one.
 
 The meta item of a checkpoint is the JSON object
-``{"config": {...}, "data_position": int, "checksums": {"params/conv_in/kernel": [sum, weighted], ...}}``.
+``{"config": {...}, "data_position": int, "checksums": {"params/conv_in/kernel": [sum, weighted], ...}}``;
+the data item, where the run saved its input pipeline, is the grain iterator's state, one JSON file
+per process (grain's orbax ``CheckpointHandler``).
 """
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import shutil
 import time
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import flax
+import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -110,6 +114,16 @@ class _BackgroundFailureRecords(logging.Filter):
 _BACKGROUND_FAILURE_RECORDS = _BackgroundFailureRecords()
 
 
+def _same_structure(a, b) -> bool:
+    """Whether two JSON values have the same keys and list lengths throughout (two grain iterator
+    states of the same pipeline layout)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_structure(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(_same_structure, a, b))
+    return not isinstance(b, (dict, list))
+
+
 def _say(line: str):
     if jax.process_index() == 0:
         print(line, flush=True)
@@ -152,12 +166,14 @@ class Checkpointer:
 
     # --- saving ---
 
-    def save(self, step: int, state: Any, *, config: dict, data_position: int):
+    def save(self, step: int, state: Any, *, config: dict, data_position: int,
+             data: Optional[grain.DatasetIterator] = None):
         """Start writing ``state`` as checkpoint ``step`` with its config, data position and leaf
-        checksums (computed now, from the state being saved); returns before the files are written
-        (``wait``). Waits for the previous save first. Refuses a non-finite state before anything is
-        written; a full disk raises ``DiskFullError``, here or from the next wait, after removing
-        what the failed save had written."""
+        checksums (computed now, from the state being saved), and the state of the input pipeline's
+        iterator ``data`` (read now, before the loop draws its next batch); returns before the files
+        are written (``wait``). Waits for the previous save first. Refuses a non-finite state before
+        anything is written; a full disk raises ``DiskFullError``, here or from the next wait, after
+        removing what the failed save had written."""
         bad = nonfinite_leaves(state)
         if bad:
             kept = self.latest_step()
@@ -173,8 +189,10 @@ class Checkpointer:
         noise.__enter__()
         logging.getLogger("absl").addFilter(_BACKGROUND_FAILURE_RECORDS)
         try:
-            self.manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+            items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+            if data is not None:
+                items["data"] = grain.checkpoint.CheckpointSave(data)
+            self.manager.save(step, args=ocp.args.Composite(**items))
         except Exception as e:
             logging.getLogger("absl").removeFilter(_BACKGROUND_FAILURE_RECORDS)
             if (failure := self._failed_save(step, before, e)) is e:
@@ -293,6 +311,31 @@ class Checkpointer:
                 raise CorruptCheckpointError(self._corrupt_message(
                     step, f"{_listing(bad)} do not match the checksums saved with it"))
         return state, meta
+
+    def restore_data(self, iterator: grain.DatasetIterator, step: Optional[int] = None) -> grain.DatasetIterator:
+        """``iterator`` (a fresh one of the run's ``pipeline.prefetched`` stream) set where checkpoint
+        ``step`` (default latest) left the stream: the grain state this process saved there, when it
+        fits ``iterator``; otherwise (a checkpoint written by another number of processes or grain
+        workers, or without a data item) the stream's element ``data_position``, which is the same
+        batch in any layout (``pipeline.step_batches``). Grain positions a stream by index only
+        without worker processes or with one: with more, such a checkpoint is refused, naming both
+        ways on."""
+        self.wait()
+        step = self.manager.latest_step() if step is None else step
+        # The file name is grain's CheckpointHandler's own: one state per process of the layout that saved it.
+        mine = self.directory / str(step) / "data" / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if mine.exists() and _same_structure(json.loads(mine.read_text()), iterator.get_state()):
+            return self.manager.restore(step, args=ocp.args.Composite(
+                data=grain.checkpoint.CheckpointRestore(iterator)))["data"]
+        position = int(self.read_meta(step)["data_position"])
+        try:
+            grain.experimental.set_next_index(iterator, position)
+        except NotImplementedError as e:
+            raise ValueError(f"checkpoint {self.directory / str(step)} holds the input pipeline's state of another "
+                             f"layout (another number of processes or grain workers), and a stream made by several "
+                             f"workers cannot be moved to its step {position}: resume with the layout it was "
+                             "saved with, or with 0 or 1 workers (data.workers)") from e
+        return iterator
 
     @staticmethod
     def _check_layout(path: Path, saved: dict, template: Any, partial: bool = False):

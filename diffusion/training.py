@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from diffusion import gaussian, losses, timestep_sampling
+from diffusion.data.tokenizer import null_caption
 from diffusion.schedules import Schedule
 
 
@@ -107,8 +108,10 @@ def all_finite(tree) -> jax.Array:
 def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.GradientTransformation,
                schedule: Schedule, loss_kwargs: dict, ema_decay: float = 0.9999, ema_warmup: bool = False,
                timestep_sampler: str = "uniform", num_classes: int = 0, class_dropout: float = 0.0,
-               random_flip: bool = False, accum_steps: int = 1, condition: Optional[Callable] = None):
-    """One optimisation step on ``batch`` ({'image' [B, ...] in [−1, 1], 'label' int[B]}).
+               accum_steps: int = 1, condition: Optional[Callable] = None,
+               caption_dropout: float = 0.0):
+    """One optimisation step on ``batch`` ({'image' [B, ...] in [−1, 1], 'label' int[B], and for a
+    text-conditioned model 'tokens' int[B, L]}).
 
     Samples t (uniformly or by importance), ε (and the SDDPM's second draw z) and dropout from
     ``fold_in(rng, step)``. The metrics' ``update_finite`` is False when the step was skipped as
@@ -117,27 +120,32 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.
     ``accum_steps`` = k > 1 (with ``make_optimizer(accum_steps=k)``): ``batch`` is micro-batch
     step % k of optimizer step step // k, whose whole batch is k·B rows. The draws are made for those
     k·B rows from ``fold_in(rng, step // k)`` and this call keeps its own B, so the k calls see the
-    noise, timesteps and flips one call on the k·B rows would (dropout is drawn per call). That
+    noise and timesteps one call on the k·B rows would (dropout is drawn per call). That
     holds in one process with uniform timesteps: with several processes a micro-batch gathers each
     host's j-th chunk, not rows jB…(j+1)B of the global batch, and importance sampling updates its
     loss history between the calls; the draws stay i.i.d. either way, only not the large batch's.
 
-    ``condition(keys [B], x0) -> {name: [B, ...]}``: network inputs made from the (flipped) batch
-    itself with one key per row, e.g. a super-resolution stage's augmented low-resolution image
+    ``condition(keys [B], x0) -> {name: [B, ...]}``: network inputs made from the batch (flipped on
+    the host where configured, ``pipeline.step_batches``) itself with one key per row, e.g. a super-resolution stage's augmented low-resolution image
     (``cascade.training_condition``, Ho et al. 2021).
+
+    Conditioning dropout for classifier-free guidance (Ho & Salimans 2021): with ``num_classes``
+    > 0 each label becomes the null label with probability ``class_dropout``; with 'tokens' each
+    caption becomes the null caption (``tokenizer.null_caption``, the empty prompt) with
+    probability ``caption_dropout`` (GLIDE, Nichol et al. 2022, §3.2: 20%). A model takes labels
+    or a caption, never both, so the two share one key.
     """
     optimizer_step, micro = jnp.divmod(state.step, accum_steps)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), optimizer_step)
-    k_t, k_noise, k_drop, k_flip, k_label = jax.random.split(key, 5)
+    # The fourth key flipped images here before flips moved to the host pipeline; kept, so the
+    # other draws (and recorded runs) are unchanged.
+    k_t, k_noise, k_drop, _, k_label = jax.random.split(key, 5)
     if accum_steps > 1:
         k_drop = jax.random.fold_in(k_drop, micro)
     x0 = batch["image"]
     B = x0.shape[0]
     rows = B * accum_steps
     mine = lambda draw: draw.reshape((accum_steps, B) + draw.shape[1:])[micro]
-    if random_flip:
-        flip = mine(jax.random.bernoulli(k_flip, 0.5, (rows,)))
-        x0 = jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)
     if timestep_sampler == "importance":
         t, weights = map(mine, timestep_sampling.importance_sample(state.loss_history, k_t, rows))
     else:
@@ -146,6 +154,9 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.
     if num_classes > 0:
         drop = mine(jax.random.bernoulli(k_label, class_dropout, (rows,)))
         cond["labels"] = jnp.where(drop, num_classes, batch["label"])
+    if "tokens" in batch:
+        drop = mine(jax.random.bernoulli(k_label, caption_dropout, (rows,)))
+        cond["tokens"] = jnp.where(drop[:, None], null_caption(batch["tokens"].shape[1]), batch["tokens"])
     if condition is not None:
         cond.update(condition(mine(jax.random.split(jax.random.fold_in(k_noise, 2), rows)), x0))
     noise = mine(jax.random.normal(k_noise, (rows,) + x0.shape[1:], x0.dtype))

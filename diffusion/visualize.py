@@ -23,6 +23,23 @@ def image_grid(images, ncols: int | None = None, pad: int = 2) -> np.ndarray:
     return grid
 
 
+def labelled_grid(blocks, ncols: int = 8, pad: int = 2, line: int = 12) -> np.ndarray:
+    """Each (text, images [K, H, W, C] in [−1, 1] or uint8) of ``blocks`` as its text written above its
+    images tiled ``ncols`` wide (``image_grid``), the blocks stacked downwards on white: a prompt grid."""
+    from PIL import Image, ImageDraw
+    grids = [image_grid(images, ncols=min(ncols, len(images)), pad=pad) for _, images in blocks]
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    width = max(max(g.shape[1] for g in grids), *(int(measure.textlength(t)) + 2 * pad for t, _ in blocks))
+    channels = grids[0].shape[2]
+    parts = []
+    for (text, _), grid in zip(blocks, grids):
+        band = Image.new("L", (width, line), 255)
+        ImageDraw.Draw(band).text((pad, 0), text, fill=0)
+        parts.append(np.repeat(np.asarray(band)[..., None], channels, axis=2))
+        parts.append(np.pad(grid, ((0, 0), (0, width - grid.shape[1]), (0, 0)), constant_values=255))
+    return np.concatenate(parts)
+
+
 def save_png(picture: np.ndarray, path, scale: int = 1):
     """Write a uint8 [H, W, C] picture as PNG, optionally enlarged ``scale``× (nearest)."""
     from PIL import Image

@@ -15,11 +15,11 @@ import numpy as np
 
 from diffusion import contrastive, gaussian, parallel, training
 from diffusion.data import captions, datasets
-from diffusion.data.tokenizer import Tokenizer, build_tokenizer
+from diffusion.data.tokenizer import TOKENIZER_FILE, Tokenizer, build_tokenizer
 from diffusion.models.clip import CLIP
 from experiments import common, runs, trainer
 
-TOKENIZER_FILE, REPORT_FILE = "tokenizer.json", "clip_eval.json"
+REPORT_FILE = "clip_eval.json"
 
 
 def validate(c: ml_collections.ConfigDict):
@@ -138,6 +138,8 @@ def train_clip(config: ml_collections.ConfigDict, workdir, *, fall_back: bool = 
     train, heldout = common.load_data(config, labels_used=True)
     tokenizer, candidates = run_tokenizer(config, workdir, train)
     caption_tokens = tokenizer.encode([t for row in candidates for t in row]).reshape(len(train), len(candidates[0]), -1)
+    # The trainer's batches carry a split's labels: here each image's K captions as token ids.
+    batches = trainer.training_batches(config, dataclasses.replace(train, labels=caption_tokens))
     model = make_clip(config, tokenizer)
     schedule = common.make_schedule(config) if config.clip.noise_aware else None
     tx = common.make_optimizer(config)
@@ -146,9 +148,7 @@ def train_clip(config: ml_collections.ConfigDict, workdir, *, fall_back: bool = 
     step_fn = trainer.jit_step(partial(contrastive.contrastive_step, apply_fn=model.apply, tx=tx,
                                        ema_decay=config.ema.decay, ema_warmup=config.ema.warmup, schedule=schedule),
                                state, mesh)
-    # The trainer's batches carry a split's labels: here each image's K captions as token ids.
-    state = trainer.run_loop(config, workdir, state, start, ckpt, step_fn,
-                             dataclasses.replace(train, labels=caption_tokens), mesh, desc="clip")
+    state = trainer.run_loop(config, workdir, state, start, ckpt, step_fn, batches, mesh, desc="clip")
     T = config.diffusion.num_steps
     timesteps = (0, T // 4, T // 2) if config.clip.noise_aware else (None,)
     report = {"heldout_examples": len(heldout), "retrieval_examples": min(len(heldout), config.clip.retrieval_examples),

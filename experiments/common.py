@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from diffusion import cascade, gaussian, losses, reverse, samplers, schedules, sddpm, training
-from diffusion.data import datasets
+from diffusion.data import captions, datasets
+from diffusion.data.tokenizer import TOKENIZER_FILE
 from diffusion.models import first_stage as first_stage_models
 from diffusion.models.conditioning import ClassTokens
 from diffusion.models.sddpm_autoencoders import AUTOENCODERS, ConvAutoencoder
@@ -23,7 +24,7 @@ from diffusion.models.mlp import MLPDenoiser
 from diffusion.models.classifier import ImageClassifier
 from diffusion.models.layers import ATTENTION_IMPLEMENTATIONS
 from diffusion.models.unet import NoisyClassifier, UNet
-from experiments import runs
+from experiments import runs, text, unclip
 
 UNET_FIELDS = ("base_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "dropout",
                "num_heads", "num_head_channels", "resblock_updown", "scale_shift_norm", "rescale_residual",
@@ -31,7 +32,7 @@ UNET_FIELDS = ("base_channels", "channel_mult", "num_res_blocks", "attention_res
                "attention_implementation")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CLIPS = ("none", "static", "dynamic")   # x̂_0 thresholding, one spelling in configs and flags (None in the library)
-CONTEXT_ENCODERS = ("", "class_tokens")  # τθ for the U-Net's cross-attention (diffusion.models.conditioning)
+CONTEXT_ENCODERS = ("", "class_tokens") + text.ENCODERS  # τθ for the U-Net's cross-attention (diffusion.models.conditioning)
 
 
 def _choice(field: str, value, allowed):
@@ -67,7 +68,7 @@ def validate(c: ml_collections.ConfigDict):
     _choice("diffusion.weighting", d.weighting, ("", "min_snr", "p2"))
     _choice("diffusion.timestep_sampler", d.timestep_sampler, ("uniform", "importance"))
     _choice("diffusion.decoder", d.decoder, losses.DECODERS)
-    _choice("model.kind", m.kind, ("unet", "mlp") + tuple(AUTOENCODERS))
+    _choice("model.kind", m.kind, ("unet", "mlp") + unclip.KINDS + tuple(AUTOENCODERS))
     _choice("model.context_encoder", m.context_encoder, CONTEXT_ENCODERS)
     _choice("data.crop", c.data.crop, ("",) + tuple(datasets.CROPS))
     _choice("model.attention_implementation", m.attention_implementation, ATTENTION_IMPLEMENTATIONS)
@@ -94,18 +95,25 @@ def validate(c: ml_collections.ConfigDict):
         raise ValueError("config: diffusion.timestep_sampler='importance' samples L_VLB; use diffusion.loss 'vlb' or 'hybrid'")
     if d.num_steps < 1:
         raise ValueError(f"config field diffusion.num_steps={d.num_steps} must be >= 1")
+    if c.data.workers < 0 or c.data.read_threads < 1:
+        raise ValueError(f"config: data.workers={c.data.workers} (grain worker processes) must be >= 0 and "
+                         f"data.read_threads={c.data.read_threads} >= 1")
     if c.data.class_dropout > 0 and m.num_classes == 0:
         raise ValueError("config: data.class_dropout > 0 needs a class-conditional model (model.num_classes > 0)")
     if m.num_classes > c.data.num_classes:
         raise ValueError(f"config: model.num_classes={m.num_classes} exceeds data.num_classes={c.data.num_classes}")
-    if m.context_encoder and not (m.num_classes > 0 and m.context_dim > 0 and _is_integer(m.context_tokens)
-                                  and m.context_tokens >= 1):
+    if m.context_encoder == "class_tokens" and not (m.num_classes > 0 and m.context_dim > 0
+                                                    and _is_integer(m.context_tokens) and m.context_tokens >= 1):
         raise ValueError(f"config: model.context_encoder={m.context_encoder!r} turns each label into model.context_tokens "
                          "tokens of model.context_dim channels: it needs model.num_classes > 0, model.context_dim > 0 "
                          "and model.context_tokens >= 1")
-    if m.context_dim > 0 and not m.context_encoder:
+    if m.context_dim > 0 and not m.context_encoder and m.kind != unclip.DECODER:
         raise ValueError(f"config: model.context_dim={m.context_dim} adds cross-attention to a context that no domain "
-                         "encoder makes: set model.context_encoder='class_tokens' (or model.context_dim=0)")
+                         "encoder makes: set model.context_encoder='class_tokens', 'text' or 'clip_text' (or "
+                         "model.context_dim=0)")
+    check_text(c)
+    if m.kind in unclip.KINDS:
+        unclip.check(c)
     is_toy = c.data.source.startswith("toy:")
     if is_toy != (m.kind == "mlp"):
         raise ValueError(f"config: model.kind={m.kind!r} does not fit data.source={c.data.source!r} "
@@ -130,8 +138,8 @@ def validate(c: ml_collections.ConfigDict):
         check_latent(c)
     check_clip(c, c.sample.clip, "config field sample.clip")
     check_super_resolution(c)
-    if not is_toy:
-        make_model(c)   # the U-Net and the convolutional autoencoder check that the image size fits their levels
+    if not is_toy:   # the U-Net and the convolutional autoencoder check that the image size fits their levels
+        make_model(c, load_frozen=False)
 
 
 def check_latent(c: ml_collections.ConfigDict):
@@ -219,7 +227,10 @@ def super_resolution_inputs(c: ml_collections.ConfigDict, schedule, key, z, leve
 
 def make_condition(c: ml_collections.ConfigDict, schedule):
     """``training.train_step``'s ``condition`` for a super-resolution stage (``cascade.training_condition``
-    with the config's augmentation), None for any other run."""
+    with the config's augmentation) or an unCLIP decoder (``unclip.make_condition``: each image's CLIP
+    embedding), None for any other run."""
+    if c.model.kind == unclip.DECODER:
+        return unclip.make_condition(c)
     if not c.data.low_resolution:
         return None
     a = c.cascade
@@ -244,9 +255,14 @@ def check_sampler_reads_model(c: ml_collections.ConfigDict, sampler: str, steps:
         sddpm.check_steps(steps, num_steps, field=f"{what}steps")
 
 
-def make_model(c: ml_collections.ConfigDict):
+def make_model(c: ml_collections.ConfigDict, *, load_frozen: bool = True):
+    """The denoiser ``c`` describes. A 'clip_text' U-Net's frozen text tower (an unCLIP prior's frozen
+    CLIP) is read from the CLIP run's checkpoint, unless ``load_frozen`` is False (the network built
+    only to check its shapes)."""
     out = reverse.output_channels(data_shape(c)[-1], c.diffusion.variance)
     m = c.model
+    if m.kind == unclip.PRIOR:
+        return unclip.make_prior(c, out, load_frozen)
     if m.kind == "mlp":
         return MLPDenoiser(out_features=out, hidden=m.hidden, depth=m.depth, num_classes=m.num_classes,
                            dropout=m.dropout)
@@ -261,7 +277,59 @@ def make_model(c: ml_collections.ConfigDict):
     if m.context_encoder == "class_tokens":   # the labels reach the U-Net through τθ, not a class embedding
         tau = ClassTokens(num_classes=m.num_classes, num_tokens=m.context_tokens, dim=m.context_dim)
         return UNet(out_channels=out, context_encoder=tau, **dict(_unet_fields(c), num_classes=0))
+    if text.is_conditioned(c):
+        return UNet(out_channels=out, context_encoder=text.make_encoder(c, load_frozen), **_unet_fields(c))
     return UNet(out_channels=out, **_unet_fields(c))
+
+
+def check_text(c: ml_collections.ConfigDict):
+    """Refuse a text-conditioned config that cannot run: captions without a text encoder or the
+    reverse, an unknown caption domain, images captions are not measured on, a text encoder beside
+    class labels, caption dropout outside [0, 1) or without captions, a CLIP run that is missing, of
+    another domain or of another width than ``model.context_dim``, the held-out loss (it reads labels)."""
+    m, d = c.model, c.data
+    if not 0 <= c.train.caption_dropout < 1:
+        raise ValueError(f"config field train.caption_dropout={c.train.caption_dropout!r} is the share of captions "
+                         "replaced by the null caption: a number in [0, 1) (GLIDE: 0.2)")
+    if not text.is_conditioned(c):
+        if d.captions or c.train.caption_dropout:
+            raise ValueError(f"config: data.captions={d.captions!r} / train.caption_dropout give the model captions, "
+                             f"but model.context_encoder={m.context_encoder!r} reads none: set model.context_encoder="
+                             "'text' (or 'clip_text'), or data.captions='' and train.caption_dropout=0")
+        return
+    if d.captions not in captions.DOMAINS:
+        raise ValueError(f"config: model.context_encoder={m.context_encoder!r} reads captions: set data.captions to one "
+                         f"of {list(captions.DOMAINS)} (got {d.captions!r})")
+    if (d.image_size, d.channels) != (28, 1) or d.autoencoder or d.low_resolution:
+        raise ValueError("config: captions are measured on 28×28 one-channel pixel images: data.image_size=28, "
+                         "data.channels=1, no data.autoencoder or data.low_resolution")
+    if m.num_classes or m.context_dim <= 0:
+        raise ValueError(f"config: model.context_encoder={m.context_encoder!r} conditions on the caption alone through "
+                         f"cross-attention: set model.num_classes=0 (got {m.num_classes}) and model.context_dim > 0 "
+                         f"(got {m.context_dim})")
+    if c.train.eval_every:
+        raise ValueError("config: train.eval_every's held-out loss reads class labels, not captions: set "
+                         "train.eval_every=0 for a text-conditioned run")
+    if m.context_encoder == "text":
+        if not (_is_integer(m.text_layers) and m.text_layers >= 1 and _is_integer(m.text_heads) and m.text_heads >= 1
+                and m.context_dim % m.text_heads == 0):
+            raise ValueError(f"config: model.text_layers={m.text_layers!r} and model.text_heads={m.text_heads!r} must be "
+                             f"integers >= 1, the heads dividing model.context_dim={m.context_dim}")
+        return
+    where = Path(m.clip_run or ".")
+    if not m.clip_run or not (where / "config.json").exists() or not (where / TOKENIZER_FILE).exists():
+        raise ValueError(f"config field model.clip_run={m.clip_run!r} is not a CLIP run (no config.json and "
+                         f"{TOKENIZER_FILE} there): train one first with python -m experiments.train_clip "
+                         f"--config configs/clip_mnist.py --workdir {m.clip_run or 'runs/clip_mnist'}")
+    clip = runs.load_config(where)
+    if "clip" not in clip:
+        raise ValueError(f"config field model.clip_run={m.clip_run!r} is not a CLIP run (its config has no clip section)")
+    if clip.clip.domain != d.captions:
+        raise ValueError(f"config: the CLIP run {m.clip_run} was trained on {clip.clip.domain!r} captions, not "
+                         f"data.captions={d.captions!r}")
+    if m.context_dim != clip.clip.text_width:
+        raise ValueError(f"config: the CLIP run {m.clip_run}'s text tower is {clip.clip.text_width} wide: set "
+                         f"model.context_dim={clip.clip.text_width} (got {m.context_dim})")
 
 
 def _unet_fields(c: ml_collections.ConfigDict) -> dict:
@@ -270,7 +338,8 @@ def _unet_fields(c: ml_collections.ConfigDict) -> dict:
     fields["attention_resolutions"] = tuple(fields["attention_resolutions"])
     if not isinstance(fields["num_res_blocks"], int):
         fields["num_res_blocks"] = tuple(fields["num_res_blocks"])
-    return dict(fields, image_size=data_shape(c)[0], dtype=DTYPES[c.train.compute_dtype])
+    vector_tokens = c.unclip.embedding_tokens if c.model.kind == unclip.DECODER else 0
+    return dict(fields, image_size=data_shape(c)[0], dtype=DTYPES[c.train.compute_dtype], vector_tokens=vector_tokens)
 
 
 def make_classifier(c: ml_collections.ConfigDict):
@@ -283,10 +352,13 @@ def make_classifier(c: ml_collections.ConfigDict):
 
 
 def data_shape(c: ml_collections.ConfigDict) -> tuple:
-    """The shape of one x_0 the model diffuses: a 2-D point, an image, or the latent z = ℰ(x) of the
-    autoencoder ``data.autoencoder`` names (latent diffusion, Rombach et al. 2022)."""
+    """The shape of one x_0 the model diffuses: a 2-D point, an unCLIP prior's CLIP image embedding,
+    an image, or the latent z = ℰ(x) of the autoencoder ``data.autoencoder`` names (latent
+    diffusion, Rombach et al. 2022)."""
     if c.model.kind == "mlp":
         return (2,)
+    if c.model.kind == unclip.PRIOR:   # a CLIP image embedding (unCLIP §2.2)
+        return (unclip.embed_dim(c),)
     if c.data.autoencoder:
         return latent_shape(runs.load_config(c.data.autoencoder))
     return (c.data.image_size, c.data.image_size, c.data.channels)
@@ -299,10 +371,19 @@ def latent_shape(c: ml_collections.ConfigDict) -> tuple[int, int, int]:
     return first_stage_models.latent_shape(c.data.image_size, f.pad, f.factor, f.latent_channels)
 
 
-def conditioning(c: ml_collections.ConfigDict, labels) -> Optional[dict]:
-    """The network's conditioning arguments for ``labels``: ``{"labels": …}`` for a class-conditional
-    model, None for an unconditional one."""
-    return {"labels": labels} if c.model.num_classes else None
+def conditioning(c: ml_collections.ConfigDict, condition) -> Optional[dict]:
+    """The network's conditioning arguments for ``condition`` (``condition_of``: class labels int[B],
+    or captions as token ids int[B, L]): ``{"tokens": …}`` for a text-conditioned model,
+    ``{"labels": …}`` for a class-conditional one, None for an unconditional one."""
+    if text.is_conditioned(c):
+        return {"tokens": condition}
+    return {"labels": condition} if c.model.num_classes else None
+
+
+def condition_of(c: ml_collections.ConfigDict, split: datasets.Split):
+    """Each example's condition as ``conditioning`` takes it: its caption's token ids [N, L] for a
+    text-conditioned run, else its label [N]."""
+    return split.tokens if text.is_conditioned(c) else split.labels
 
 
 def make_schedule(c: ml_collections.ConfigDict) -> schedules.Schedule:
@@ -337,11 +418,15 @@ def make_sampler(c: ml_collections.ConfigDict, schedule, *, sampler=None, steps=
 
 def init_params(model, config, key):
     """The denoiser's initial parameters, from one example of the data's shape."""
-    cond = conditioning(config, jnp.zeros((1,), jnp.int32)) or {}
+    example = (text.tokenizer_of(config).encode([""]) if text.is_conditioned(config)   # the null caption
+               else jnp.zeros((1,), jnp.int32))
+    cond = conditioning(config, example) or {}
     if config.data.low_resolution:   # the U-Net's conv_in and s-embedding are shaped by these inputs at init
         low = jnp.zeros((1, config.data.low_resolution, config.data.low_resolution, config.data.channels))
         cond.update(cascade.conditioning(low, config.data.image_size,
                                          0 if config.cascade.augmentation == "gaussian" else None))
+    if config.model.kind == unclip.DECODER:   # the projections of the image embedding are shaped by it
+        cond["cond_vector"] = jnp.zeros((1, unclip.embed_dim(config)))
     return model.init(key, jnp.zeros((1,) + data_shape(config)), jnp.zeros((1,), jnp.int32), **cond)["params"]
 
 
@@ -375,8 +460,19 @@ def load_data(config, labels_used: Optional[bool] = None):
     splits = datasets.load_splits(config.data.source, image_size=config.data.image_size,
                                   holdout_fraction=config.data.holdout_fraction, seed=config.seed,
                                   tfds_data_dir=config.data.tfds_data_dir, crop=config.data.crop)
-    labels_used = config.model.num_classes > 0 if labels_used is None else labels_used
+    labels_used = config.model.num_classes > 0 or bool(config.data.captions) if labels_used is None else labels_used
     for split in splits:
         datasets.check_split(split, channels=config.data.channels, source=config.data.source,
                              num_classes=config.data.num_classes if labels_used else None)
+    if config.data.captions:
+        splits = tuple(text.captioned(config, split) for split in splits)
     return splits
+
+
+def grid_condition(c: ml_collections.ConfigDict, n: int):
+    """What a run's training grids are drawn for: the classes in turn; for a text-conditioned run the
+    class prompts in turn ("the digit 7"), as token ids [n, L]."""
+    if text.is_conditioned(c):
+        prompts = captions.class_prompts(c.data.captions)
+        return jnp.asarray(text.tokenizer_of(c).encode([prompts[k % len(prompts)] for k in range(n)]))
+    return jnp.arange(n, dtype=jnp.int32) % max(c.model.num_classes, 1)

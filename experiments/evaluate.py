@@ -6,7 +6,12 @@ computes FID against the training split, the Inception Score (10 splits) and the
 samples the classifier gives a probability ≥ 0.9; the held-out split's own FID and IS are the floor and
 ceiling. NLL in bits/dim on held-out images comes from the full variational bound (``--nll vlb``)
 and/or the probability-flow ODE (``--nll ode``: exact likelihood by an adaptive solver, slower). Results go to
-``<workdir>/eval/*.json`` and ``<workdir>/eval/results.md``.
+``<workdir>/eval/*.json`` and ``<workdir>/eval/results.md``. A text-conditioned run draws its samples for
+the held-out images' captions in turn and also reports the share whose class (the feature classifier's
+argmax) is the one the prompt names and the share showing the attributes it asks for; its NLL is
+conditioned on each held-out image's own caption. ``--guidance clip --clip_run runs/clip_mnist_noisy``
+(GLIDE's CLIP guidance) draws for the held-out captions too, also from an unconditional run, and
+reports the same prompt alignment.
 
 Features: for 28×28 single-channel data the project's classifier (the embedded MNIST one, or
 ``--classifier_weights``); for other data Inception-v3 pool3 (``--inception_weights``, pytorch-fid's
@@ -20,7 +25,7 @@ from pathlib import Path
 
 from absl import flags, logging
 
-from experiments import cascade, cli, evaluation
+from experiments import cascade, cli, evaluation, sampling
 
 flags.DEFINE_string("workdir", None, "A training run's workdir.")
 flags.DEFINE_string("samplers", "ddim:50", "Comma-separated sampler settings name:steps[:eta].")
@@ -37,9 +42,10 @@ flags.DEFINE_bool("ode_ignores_learned_variance", False,
                   "Allow --nll ode on a learned-variance model (the ODE uses its ε̂ channels only).")
 flags.DEFINE_string("stats_dir", str(Path.home() / ".cache" / "diffusion" / "fid_stats"),
                     "Where reference feature statistics are cached per dataset and split.")
-flags.DEFINE_enum("guidance", "", ["", "classifier_free", "classifier"], "Guidance kind.")
+flags.DEFINE_enum("guidance", "", list(sampling.GUIDANCE), "Guidance kind.")
 flags.DEFINE_float("scale", 0.0, "Guidance weight w.")
 flags.DEFINE_string("classifier_workdir", None, "A noisy classifier's workdir, for --guidance classifier.")
+flags.DEFINE_string("clip_run", None, "A noise-aware CLIP's workdir, for --guidance clip.")
 flags.DEFINE_list("cascade", None, "Workdirs of a cascade, base first: measure its final samples (replaces --workdir).")
 flags.DEFINE_list("aug_level", None, "--cascade: level s per super-resolution stage (default: each stage's cascade.aug_level).")
 flags.DEFINE_bool("truncated", None, "--cascade: truncated conditioning augmentation (default: the stages' cascade.truncated).")
@@ -65,7 +71,7 @@ def main(argv):
                             features=FLAGS.features, classifier_weights=FLAGS.classifier_weights,
                             inception_weights=FLAGS.inception_weights, nll_examples=FLAGS.nll_examples,
                             stats_dir=FLAGS.stats_dir, guide=FLAGS.guidance, scale=FLAGS.scale,
-                            classifier_workdir=FLAGS.classifier_workdir, nll_methods=FLAGS.nll,
+                            classifier_workdir=FLAGS.classifier_workdir, clip_run=FLAGS.clip_run, nll_methods=FLAGS.nll,
                             ode_ignores_learned_variance=FLAGS.ode_ignores_learned_variance)
 
 

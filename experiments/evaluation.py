@@ -15,10 +15,10 @@ import numpy as np
 from tqdm import tqdm
 
 from diffusion import likelihood, losses, metrics, parallel, samplers, sddpm
-from diffusion.data import datasets
+from diffusion.data import captions, datasets
 from diffusion.models import classifier as classifier_lib
 from diffusion.models import inception
-from experiments import common, sampling
+from experiments import clip_guidance, common, sampling
 
 FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]   # uint8 images -> (features, probabilities)
 
@@ -160,19 +160,41 @@ def setting_tag(sampler: str, steps: int, eta: float, guide: str = "", scale: fl
 
 
 def samples_for(run, mesh, out: Path, sampler: str, steps: int, eta: float, *, num: int, batch: int, seed: int,
-                guide: str = "", scale: float = 0.0, classifier_log_prob=None, clip: Optional[str] = None) -> np.ndarray:
+                guide: str = "", scale: float = 0.0, classifier_log_prob=None, clip_guide=None,
+                clip: Optional[str] = None, condition=None) -> np.ndarray:
     """``num`` samples of one setting from the run's checkpoint, drawn once and kept in
     ``out/samples_<tag>_seed<seed>_step<step>.npz`` (``cached_draws``); ``clip`` (None: the
-    config's) thresholds x̂_0."""
+    config's) thresholds x̂_0; ``condition``: each sample's (a text run's prompts as token ids,
+    ``heldout_prompts``; CLIP guidance's dict, ``clip_guidance.prompt_condition``)."""
     tag = setting_tag(sampler, steps, eta, guide, scale, clip)
 
     def draw_from(first: int) -> dict:
         draw = sampling.build_draw_fn(run, mesh, sampler=sampler, steps=steps, eta=eta,
                                       clip=run.config.sample.clip if clip is None else clip,
-                                      guide=guide, classifier_log_prob=classifier_log_prob)
+                                      guide=guide, classifier_log_prob=classifier_log_prob, clip_guide=clip_guide)
         return {"image": sampling.draw_samples(run, draw, mesh, num=num, batch=batch, seed=seed, scale=scale,
-                                               desc=tag, first=first)}
+                                               desc=tag, first=first, condition=condition)}
     return cached_draws(out / f"samples_{tag}_seed{seed}_step{run.step}.npz", num, batch, draw_from)["image"]
+
+
+def heldout_prompts(run, heldout: datasets.Split, num: int, domain: str = "") -> list[str]:
+    """``num`` prompts for a text run's samples: the held-out images' captions in turn (as its
+    tokenizer reads them back), so prompts follow the data's classes and attributes; for a run that
+    reads no text (CLIP-guided), their captions in ``domain`` measured as a text run's are."""
+    texts = (run.tokenizer.decode(heldout.tokens) if run.tokenizer is not None
+             else captions.captions(domain, heldout.images, heldout.labels, seed=run.config.seed))
+    return [texts[i % len(texts)] for i in range(num)]
+
+
+def text_alignment(domain: str, images: np.ndarray, probs: np.ndarray, prompts: list[str]) -> dict:
+    """How well samples follow their prompts: ``class_match``, the share the feature classifier
+    assigns (argmax) to the class the prompt names (``captions.prompt_class``), and
+    ``attribute_accuracy``, the share showing each attribute the prompt asks for, measured as the
+    captions are (``captions.attribute_accuracy``; NaN, written null, for one no prompt asks for)."""
+    named = np.asarray([captions.prompt_class(domain, p) for p in prompts])
+    accuracy = captions.attribute_accuracy(domain, images, prompts)
+    return {"class_match": float(np.mean(np.argmax(probs, -1) == named)),
+            "attribute_accuracy": {k: (None if np.isnan(v) else v) for k, v in accuracy.items()}}
 
 
 def cached_draws(path: Path, num: int, batch: int, draw_from: Callable[[int], dict]) -> dict:
@@ -198,8 +220,10 @@ def cached_draws(path: Path, num: int, batch: int, draw_from: Callable[[int], di
 
 
 def _over_heldout(fn, run, mesh, heldout, num: int, batch: int, seed: int, desc: str) -> dict:
-    """``fn(params, x, labels, key) -> {name: [B, ...]}`` over the first ``num`` held-out images in
+    """``fn(params, x, condition, key) -> {name: [B, ...]}`` over the first ``num`` held-out images and
+    their conditions (``common.condition_of``: labels, or a text run's captions as token ids) in
     padded, device-sharded batches (a fresh key per batch), concatenated on the host."""
+    condition = common.condition_of(run.config, heldout)
     batch = parallel.padded_count(batch, mesh)
     dat = parallel.data_sharded(mesh)
     fn = jax.jit(fn, in_shardings=(parallel.replicated(mesh), dat, dat, parallel.replicated(mesh)))
@@ -207,8 +231,8 @@ def _over_heldout(fn, run, mesh, heldout, num: int, batch: int, seed: int, desc:
     num = min(num, len(heldout))
     for i in tqdm(range(0, num, batch), desc=desc, unit="batch", disable=jax.process_index() != 0):
         x = datasets.to_model_range(heldout.images[i:min(i + batch, num)])
-        labels = heldout.labels[i:min(i + batch, num)]
-        out = fn(run.params, parallel.pad_to_devices(x, mesh), parallel.pad_to_devices(labels, mesh),
+        rows = condition[i:min(i + batch, num)]
+        out = fn(run.params, parallel.pad_to_devices(x, mesh), parallel.pad_to_devices(rows, mesh),
                  jax.random.key(seed + i))
         outs.append(jax.tree.map(lambda a: parallel.gather(a)[:len(x)], out))
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
@@ -350,12 +374,21 @@ def nll_line(record: dict) -> str:
             f"{record['tolerance']:g}, {record['evaluations']:.0f} network evaluations an image; {record['uses']})")
 
 
+def _share(value) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
 def markdown(rows: list[dict], nlls: list[dict], feature_name: str) -> str:
     """results.md's table: a row per record, a column per metric of ``METRICS``; then the NLLs."""
     columns = " | ".join(m.column.format(features=feature_name) for m in METRICS.values())
     lines = [f"| samples | {columns} | N |", "| --- |" + " --- |" * (len(METRICS) + 1)]
     for r in rows:
         lines.append(f"| {r['name']} | " + " | ".join(m.cell(r) for m in METRICS.values()) + f" | {r['num']} |")
+    aligned = [r for r in rows if "class_match" in r]   # drawn for held-out captions (text or CLIP-guided)
+    if aligned:
+        lines += ["", "| samples | prompt's class (argmax) | attributes asked for, shown | N |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r['name']} | {100 * r['class_match']:.1f}% | {_share(r['attribute_accuracy']['all'])} | {r['num']} |"
+                  for r in aligned]
     if nlls:
         lines += [""] + [nll_line(r) + "  " for r in nlls]
     return "\n".join(lines) + "\n"
@@ -376,7 +409,7 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
                  features: str = "auto", classifier_weights: Optional[str] = None,
                  inception_weights: Optional[str] = None, nll_examples: int = 0, stats_dir=None,
                  guide: str = "", scale: float = 0.0, classifier_workdir: Optional[str] = None,
-                 nll_methods=("vlb",), ode_ignores_learned_variance: bool = False) -> tuple[list, dict]:
+                 clip_run: Optional[str] = None, nll_methods=("vlb",), ode_ignores_learned_variance: bool = False) -> tuple[list, dict]:
     """Rows of every metric (the held-out split first, then each setting; a latent run's samples
     decoded to images) and the NLL by each of ``nll_methods`` ({method: record}; a latent run's in
     bits per latent dimension, of its scaled held-out latents), also written to ``<workdir>/eval/*.json`` (with the
@@ -402,17 +435,27 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
     rows = [dict(name=f"held-out split ({len(heldout)} real images)",
                  **quality(*feature_fn(heldout.images), reference))]
     classifier = sampling.load_noisy_classifier(classifier_workdir, run.schedule) if guide == "classifier" else None
+    clip_guide = clip_guidance.load(clip_run, run) if guide == "clip" else None
+    domain = clip_guide.domain if clip_guide else config.data.captions
+    prompts = heldout_prompts(run, heldout, num, domain) if run.tokenizer is not None or clip_guide else None
+    condition = None if prompts is None else (clip_guidance.prompt_condition(run, clip_guide, prompts) if clip_guide
+                                              else run.tokenizer.encode(prompts))
     for sampler, steps, eta in settings:
-        images = samples_for(run, mesh, out, sampler, steps, eta, num=num, batch=batch, seed=seed,
-                             guide=guide, scale=scale, classifier_log_prob=classifier)
+        images = samples_for(run, mesh, out, sampler, steps, eta, num=num, batch=batch, seed=seed, guide=guide,
+                             scale=scale, classifier_log_prob=classifier, clip_guide=clip_guide, condition=condition)
         tag = setting_tag(sampler, steps, eta, guide, scale)
+        feats, probs = feature_fn(images)
         row = dict(name=tag, sampler=sampler, steps=steps, eta=eta, guidance=guide, scale=scale,
-                   **quality(*feature_fn(images), reference))
+                   **quality(feats, probs, reference))
+        if prompts is not None:
+            row.update(text_alignment(domain, images, probs, prompts))
         rows.append(row)
         if jax.process_index() == 0:
             (out / f"{tag}.json").write_text(json.dumps(dict(row, step=run.step, features=feature_name), indent=2))
             print(f"{tag}: " + ", ".join(f"{m.column.format(features=feature_name)} {m.cell(row)}"
-                                         for m in METRICS.values()))
+                                         for m in METRICS.values())
+                  + (f", prompt's class {100 * row['class_match']:.1f}%, attributes "
+                     f"{_share(row['attribute_accuracy']['all'])}" if prompts is not None else ""))
     nlls = {}
     if nll_examples > 0 and has_bound(config):
         nll_data = heldout

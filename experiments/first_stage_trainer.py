@@ -120,6 +120,7 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir, *, fall_back: 
     if len(heldout) < 2:
         raise ValueError(f"data {config.data.source!r} leaves {len(heldout)} held-out images: the "
                          "reconstructions are measured on >= 2, so raise data.holdout_fraction")
+    batches = trainer.training_batches(config, train_split)
     feature = feature_network(config, mesh, classifier_weights, inception_weights)
     model, disc = first_stage.make_autoencoder(config), first_stage.make_discriminator(config)
     tx = first_stage.make_optimizer(config)
@@ -130,5 +131,5 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir, *, fall_back: 
                                        ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
                                        codebook_decay=config.first_stage_train.codebook_decay), state, mesh)
     on_sample = Reconstructions(config, model, heldout, mesh, workdir, feature)
-    return trainer.run_loop(config, workdir, state, start, ckpt, step_fn, train_split, mesh, on_sample,
+    return trainer.run_loop(config, workdir, state, start, ckpt, step_fn, batches, mesh, on_sample,
                             desc="autoencoder")

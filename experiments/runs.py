@@ -8,6 +8,7 @@ from typing import Optional
 
 import jax
 import ml_collections
+import numpy as np
 
 from configs import base
 from diffusion import parallel
@@ -37,6 +38,12 @@ def replicated_like(abstract):
     device: a restore template."""
     rep = parallel.replicated(parallel.make_mesh())
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), abstract)
+
+
+def host_copy(tree):
+    """Host (NumPy) copies of a tree of replicated arrays: what a compiled function may close over as
+    constants, which a global array spanning several processes could not be."""
+    return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), tree)
 
 
 def restore_partial(workdir, template: dict, config, step: Optional[int], entry_point: str) -> tuple[dict, dict]:

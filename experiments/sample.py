@@ -9,6 +9,24 @@ An official DDPM checkpoint in diffusers' layout loads with ``--config configs/c
 --diffusers_weights <file>`` in place of ``--workdir``'s checkpoint. A cascade (Ho et al. 2021):
 ``--cascade runs/base14,runs/sr14to28 --aug_level 100 [--truncated] [--scales 2,1]`` writes each
 stage's grid and base | upsampled | final side by side (``experiments.cascade``).
+
+A text-conditioned run (configs/text_mnist.py) draws ``--num`` samples of each ``--prompt "a thick
+seven"`` (repeatable) or each line of ``--prompts FILE`` (blank lines skipped), guided with
+``--guidance classifier_free --scale w``; the grid shows each prompt above its samples and
+``<tag>.npz`` holds each sample's prompt. Refused before any work: no prompt for such a run, a
+prompt for a run that reads no text, words outside the run's vocabulary (named), a prompt longer
+than its context. ``--prompt ''`` is the null caption: a draw from the unconditional model that
+caption dropout trained (refused for a run trained without it).
+
+``--guidance clip --clip_run runs/clip_mnist_noisy --scale w --prompt "a thick seven"`` is GLIDE's
+CLIP guidance (``guidance.clip``), for a text-conditioned run (given the prompt too) or an
+unconditional one (``experiments.clip_guidance`` refuses a CLIP that cannot guide the run).
+
+unCLIP (Ramesh et al. 2022): ``--unclip runs/unclip_prior,runs/unclip_decoder --prompt "a thick seven"
+[--scales 1,3]`` draws each prompt's CLIP image embedding with the prior, then ``--num`` images of it
+with the decoder (``--scales``: each stage's classifier-free guidance weight); ``--workdir
+runs/unclip_decoder --variations <image.png or held-out index> [--scale 3]`` decodes an image's own
+CLIP embedding ``--num`` times (``experiments.unclip_sampling``). A stage sampled alone is refused.
 """
 import dataclasses
 from pathlib import Path
@@ -22,7 +40,7 @@ from ml_collections import config_flags
 from diffusion import parallel, samplers, schedules, visualize
 from diffusion.data import datasets
 from diffusion.models.convert import load_diffusers_unet
-from experiments import cascade, cli, common, first_stage, sampling
+from experiments import cascade, cli, clip_guidance, common, first_stage, sampling, unclip, unclip_sampling
 
 flags.DEFINE_string("workdir", None, "A training run's workdir (its config and latest EMA checkpoint).")
 config_flags.DEFINE_config_file("config", None, "With --diffusers_weights: the config the weights fit.")
@@ -38,10 +56,14 @@ flags.DEFINE_enum("clip", None, list(common.CLIPS), "Thresholding of the predict
 flags.DEFINE_integer("num", 64, "Number of samples.")
 flags.DEFINE_integer("batch", 64, "Samples per compiled batch (a multiple of the device count).")
 flags.DEFINE_integer("seed", 0, "Noise seed.")
-flags.DEFINE_enum("guidance", "", ["", "classifier_free", "classifier"], "Guidance kind.")
+flags.DEFINE_enum("guidance", "", list(sampling.GUIDANCE), "Guidance kind.")
 flags.DEFINE_float("scale", 0.0, "Guidance weight w.")
 flags.DEFINE_integer("label", -1, "Class to draw (−1: classes in turn).")
+flags.DEFINE_multi_string("prompt", None, "A text-conditioned run: a prompt to draw --num samples of (repeatable); "
+                          "'' is the null caption (the unconditional model).")
+flags.DEFINE_string("prompts", None, "A text-conditioned run: a file of prompts, one per line (blank lines skipped).")
 flags.DEFINE_string("classifier_workdir", None, "A noisy classifier's workdir, for --guidance classifier.")
+flags.DEFINE_string("clip_run", None, "A noise-aware CLIP's workdir (configs/clip_mnist_noisy.py), for --guidance clip.")
 flags.DEFINE_bool("trajectory", False, "Also write the reverse process of 8 samples as a strip.")
 flags.DEFINE_bool("interpolate", False, "Write spherical interpolations between pairs of DDIM latents.")
 flags.DEFINE_bool("reconstruct", False, "Invert held-out images with DDIM and decode them back.")
@@ -51,8 +73,12 @@ flags.DEFINE_list("aug_level", None, "--cascade: the level s each super-resoluti
                   "all or one per stage (default: each stage's cascade.aug_level).")
 flags.DEFINE_bool("truncated", None, "--cascade: stop each lower stage's reverse process at s (truncated "
                   "conditioning augmentation) instead of corrupting its output to s (default: the stages' cascade.truncated).")
-flags.DEFINE_list("scales", ["0"], "--cascade: classifier-free guidance weight per stage (one for all, or one per "
-                  "stage; 0 unguided).")
+flags.DEFINE_list("scales", ["0"], "--cascade, --unclip: classifier-free guidance weight per stage (one for all, or "
+                  "one per stage; 0 unguided).")
+flags.DEFINE_list("unclip", None, "unCLIP (Ramesh et al. 2022): the prior's workdir, then the decoder's; each --prompt "
+                  "→ the prior's CLIP image embedding → --num decoder samples (replaces --workdir).")
+flags.DEFINE_string("variations", None, "With --workdir of an unCLIP decoder: a PNG image, or the index of a held-out "
+                    "image, whose CLIP embedding the decoder draws --num samples of (image variations).")
 FLAGS = flags.FLAGS
 
 
@@ -93,13 +119,16 @@ def write(out: Path, tag: str, pictures: np.ndarray, samples: np.ndarray, ncols=
         print(f"wrote {path} and {out / (tag + '.npz')}")
 
 
-def write_trajectory(run, mesh, r: Request, out: Path, tag: str, classifier):
-    """8 samples' x_t (odd rows) and predicted x_0 (even rows) at ~10 points of the reverse process."""
+def write_trajectory(run, mesh, r: Request, out: Path, tag: str, guides: dict, condition=None):
+    """8 samples' x_t (odd rows) and predicted x_0 (even rows) at ~10 points of the reverse process
+    (of the first 8 of ``condition``'s rows, e.g. prompts' token ids; default the classes in turn);
+    ``guides``: ``build_draw_fn``'s guide arguments."""
     n = parallel.padded_count(8, mesh)
     draw = sampling.build_draw_fn(run, mesh, sampler=r.sampler, steps=r.steps, eta=r.eta, clip=r.clip, spacing=r.spacing,
-                                  guide=r.guidance, classifier_log_prob=classifier, keep_every=max(r.steps // 10, 1))
-    _, frames = draw(run.params, jax.random.key(r.seed), sampling.class_labels(run.config, n, r.label),
-                     np.float32(r.scale))
+                                  guide=r.guidance, keep_every=max(r.steps // 10, 1), **guides)
+    rows = (sampling.class_labels(run.config, n, r.label) if condition is None
+            else jax.tree.map(lambda a: np.resize(a, (n,) + a.shape[1:]), condition))
+    _, frames = draw(run.params, jax.random.key(r.seed), rows, np.float32(r.scale))
     x_t, x0 = parallel.gather(frames["x_t"]), parallel.gather(frames["x0"])     # [F, n, H, W, C]
     rows = np.stack([x_t, x0], axis=2).reshape((x_t.shape[0], 2 * n) + x_t.shape[2:])
     strip = visualize.trajectory_strip(np.clip(rows, -1, 1))
@@ -157,6 +186,31 @@ def write_toy_figure(run, mesh, r: Request, out: Path, tag: str):
         print(f"wrote {path} and {out / (tag + '.npz')}")
 
 
+def read_prompts(prompt, prompts_file) -> list[str]:
+    """The ``--prompt`` values, then each non-blank line of ``--prompts`` (a file that must exist)."""
+    prompts = list(prompt or [])
+    if prompts_file:
+        path = Path(prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--prompts={prompts_file}: no such file; give a text file with one prompt per line")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return prompts
+
+
+def write_prompt_grid(run, draw, mesh, r: Request, out: Path, tag: str, prompts: list[str], condition):
+    """``r.num`` samples of each prompt (``condition``: their token ids, or the dict CLIP guidance
+    takes, ``r.num`` rows a prompt):
+    ``<tag>.png``, each prompt written above its samples, and ``<tag>.npz`` with the samples and
+    each one's prompt."""
+    images = sampling.draw_samples(run, draw, mesh, num=len(prompts) * r.num, batch=r.batch, seed=r.seed, scale=r.scale,
+                                   condition=condition)
+    if jax.process_index() == 0:
+        blocks = [(p or "'' (the null caption)", images[i * r.num:(i + 1) * r.num]) for i, p in enumerate(prompts)]
+        np.savez(out / f"{tag}.npz", image=images, prompt=np.repeat(np.asarray(prompts), r.num))
+        path = visualize.save_png(visualize.labelled_grid(blocks), out / f"{tag}.png", scale=2)
+        print(f"wrote {path} and {out / (tag + '.npz')}")
+
+
 def sample_cascade(workdirs, settings: cascade.Settings, *, num: int, batch: int, seed: int, label: int, out):
     """Draw ``num`` samples through the cascade and write its pictures (``cascade.write``)."""
     stages, settings = cascade.load(workdirs, settings)
@@ -165,6 +219,30 @@ def sample_cascade(workdirs, settings: cascade.Settings, *, num: int, batch: int
     fns = cascade.build_draw_fns(stages, mesh, settings)
     outputs = cascade.draw(stages, fns, mesh, settings, num=num, batch=batch, seed=seed, label=label)
     cascade.write(Path(out or Path(workdirs[-1]) / "sample"), f"{settings.tag}_seed{seed}", outputs)
+
+
+def sample_unclip(prompts: list[str]):
+    """``--unclip`` (prompts through prior and decoder) or ``--variations`` (an image's embedding through
+    the decoder), refusing the flags neither reads."""
+    unused = [f"--{name}" for name in ("trajectory", "interpolate", "reconstruct", "guidance", "cascade", "config",
+                                        "diffusers_weights") if FLAGS[name].value]
+    unused += ["--label"] if FLAGS.label != -1 else []
+    if FLAGS.unclip and FLAGS.variations is not None:
+        unused.append("--variations (give the decoder alone: --workdir <decoder> --variations …)")
+    if FLAGS.variations is not None and prompts:
+        unused.append("--prompt/--prompts (a variation decodes an image's embedding, without text)")
+    if unused:
+        raise ValueError(f"--unclip / --variations do not read {', '.join(unused)}: drop them (guidance is "
+                         "--scales for --unclip, --scale for --variations)")
+    s = unclip_sampling.Settings(sampler=FLAGS.sampler, steps=FLAGS.steps, eta=FLAGS.eta, clip=FLAGS.clip,
+                                 num=FLAGS.num, batch=FLAGS.batch, seed=FLAGS.seed)
+    if FLAGS.unclip:
+        unclip_sampling.sample_prompts(FLAGS.unclip, prompts, FLAGS.scales, s, out=FLAGS.out)
+        return
+    if not FLAGS.workdir:
+        raise ValueError("--variations needs --workdir, an unCLIP decoder's")
+    unclip_sampling.sample_variations(sampling.load_run(FLAGS.workdir), FLAGS.workdir, FLAGS.variations, FLAGS.scale,
+                                      s, out=FLAGS.out)
 
 
 def main(argv):
@@ -176,7 +254,19 @@ def main(argv):
                                     FLAGS.steps, FLAGS.eta)
         return sample_cascade(FLAGS.cascade, settings, num=FLAGS.num, batch=FLAGS.batch, seed=FLAGS.seed,
                               label=FLAGS.label, out=FLAGS.out)
+    prompts = read_prompts(FLAGS.prompt, FLAGS.prompts)
+    if FLAGS.unclip or FLAGS.variations is not None:
+        return sample_unclip(prompts)
     run = load(FLAGS.workdir, FLAGS.config, FLAGS.diffusers_weights)
+    unclip.check_sampled_alone(run.config, FLAGS.workdir)
+    if FLAGS.clip_run and FLAGS.guidance != "clip":
+        raise ValueError(f"--clip_run={FLAGS.clip_run} is the CLIP of --guidance clip; add --guidance clip or drop it")
+    clip_guide = clip_guidance.load(FLAGS.clip_run, run) if FLAGS.guidance == "clip" else None
+    per_prompt = (clip_guidance.prompt_condition(run, clip_guide, prompts) if clip_guide
+                  else sampling.prompt_tokens(run, prompts))
+    if run.tokenizer is not None and (FLAGS.interpolate or FLAGS.reconstruct):
+        raise ValueError(f"{FLAGS.workdir} is text-conditioned: --interpolate and --reconstruct are not implemented for "
+                         "prompts yet; drop them (the prompt grid and --trajectory are)")
     samplers.check_steps(FLAGS.sampler, FLAGS.steps, run.schedule.num_steps, what="--steps")
     if FLAGS.eta and not samplers.takes(FLAGS.sampler, "eta"):
         raise ValueError(f"--eta={FLAGS.eta:g}: the {FLAGS.sampler} sampler has no η; drop --eta")
@@ -199,15 +289,20 @@ def main(argv):
            + f"_eta{r.eta:g}_{r.guidance or 'unguided'}{r.scale:g}_seed{r.seed}")
     if toy:
         return write_toy_figure(run, mesh, r, out, tag)
-    classifier = (sampling.load_noisy_classifier(FLAGS.classifier_workdir, run.schedule)
-                  if r.guidance == "classifier" else None)
+    guides = dict(classifier_log_prob=sampling.load_noisy_classifier(FLAGS.classifier_workdir, run.schedule)
+                  if r.guidance == "classifier" else None, clip_guide=clip_guide)
     draw = sampling.build_draw_fn(run, mesh, sampler=r.sampler, steps=r.steps, eta=r.eta, clip=r.clip, spacing=r.spacing,
-                                  guide=r.guidance, classifier_log_prob=classifier)
-    images = sampling.draw_samples(run, draw, mesh, num=r.num, batch=r.batch, seed=r.seed, label=r.label,
-                                   scale=r.scale)
-    write(out, tag, images, images, label=sampling.class_labels(run.config, r.num, r.label))
+                                  guide=r.guidance, **guides)
+    condition = None
+    if prompts:
+        condition = jax.tree.map(lambda a: np.repeat(a, r.num, axis=0), per_prompt)
+        write_prompt_grid(run, draw, mesh, r, out, tag, prompts, condition)
+    else:
+        images = sampling.draw_samples(run, draw, mesh, num=r.num, batch=r.batch, seed=r.seed, label=r.label,
+                                       scale=r.scale)
+        write(out, tag, images, images, label=sampling.class_labels(run.config, r.num, r.label))
     if FLAGS.trajectory:
-        write_trajectory(run, mesh, r, out, tag, classifier)
+        write_trajectory(run, mesh, r, out, tag, guides, condition)
     if FLAGS.interpolate:
         write_interpolation(run, mesh, r, out, tag)
     if FLAGS.reconstruct:

@@ -14,23 +14,26 @@ from flax import serialization
 from tqdm import tqdm
 
 from diffusion import cascade, gaussian, guidance, parallel, samplers
-from diffusion.data import datasets
+from diffusion.data import captions, datasets
+from diffusion.data.tokenizer import Tokenizer, null_caption, split_words
 from diffusion.schedules import Schedule
-from experiments import common, first_stage, runs
+from experiments import common, first_stage, runs, text, unclip
 
-GUIDANCE = ("", "classifier_free", "classifier")
+GUIDANCE = ("", "classifier_free", "classifier", "clip")
 
 
 @dataclass
 class Run:
-    """A trained diffusion model: its config, network, schedule and EMA parameters, and for latent
-    diffusion the latent space its samples are decoded from (None: pixels)."""
+    """A trained diffusion model: its config, network, schedule and EMA parameters, for latent
+    diffusion the latent space its samples are decoded from (None: pixels), and for a
+    text-conditioned run the tokenizer it was trained with (None: it reads no text)."""
     config: ml_collections.ConfigDict
     model: Any
     schedule: Schedule
     params: Any
     step: int
     latent: Optional[first_stage.LatentSpace] = None
+    tokenizer: Optional[Tokenizer] = None
 
 
 def load_run(workdir, step: Optional[int] = None) -> Run:
@@ -41,8 +44,9 @@ def load_run(workdir, step: Optional[int] = None) -> Run:
     model, schedule = common.make_model(config), common.make_schedule(config)
     abstract = jax.eval_shape(lambda k: common.init_params(model, config, k), jax.random.key(0))
     state, meta = runs.restore_partial(workdir, {"ema_params": runs.replicated_like(abstract)}, config, step, "train")
+    tokenizer = text.read_tokenizer(config, workdir) if text.is_conditioned(config) else None
     return Run(config, model, schedule, state["ema_params"], int(meta["data_position"]),
-               first_stage.latent_space(config))
+               first_stage.latent_space(config), tokenizer)
 
 
 def load_noisy_classifier(workdir, schedule: Schedule):
@@ -52,10 +56,7 @@ def load_noisy_classifier(workdir, schedule: Schedule):
     if config.classifier.kind != "noisy":
         raise ValueError(f"{workdir} holds a {config.classifier.kind!r} classifier; classifier guidance "
                          "needs a noisy one (configs/noisy_classifier_mnist.py)")
-    theirs = common.make_schedule(config)
-    if theirs.num_steps != schedule.num_steps or not np.allclose(theirs.alphas_cumprod, schedule.alphas_cumprod):
-        raise ValueError(f"the classifier in {workdir} was trained on another noise schedule "
-                         f"({config.diffusion.schedule}, T={config.diffusion.num_steps})")
+    check_schedule(workdir, config, schedule, "classifier")
     model = common.make_classifier(config)
     shape = (1,) + common.data_shape(config)
     template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), jnp.zeros((1,), jnp.int32))["params"])
@@ -67,12 +68,25 @@ def load_noisy_classifier(workdir, schedule: Schedule):
     return log_prob_fn
 
 
+def check_schedule(workdir, config, schedule: Schedule, what: str):
+    """Refuse a guide (a noisy classifier, a noised CLIP) trained in ``workdir`` with ``config`` on
+    another noise schedule than the model's ``schedule``: its t would name another noise level."""
+    theirs = common.make_schedule(config)
+    if theirs.num_steps != schedule.num_steps or not np.allclose(theirs.alphas_cumprod, schedule.alphas_cumprod):
+        raise ValueError(f"the {what} in {workdir} was trained on another noise schedule "
+                         f"({config.diffusion.schedule}, T={config.diffusion.num_steps}) than this run's: train it "
+                         "with the run's diffusion settings")
+
+
 def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0, clip: Optional[str] = None,
-                  guide: str = "", classifier_log_prob=None, keep_every: int = 0, spacing=None,
+                  guide: str = "", classifier_log_prob=None, clip_guide=None, keep_every: int = 0, spacing=None,
                   aug_level: Optional[int] = None, truncated: bool = False, stop_at: Optional[int] = None):
-    """A compiled ``fn(params, key, labels, scale) -> samples`` (and the trajectory when
-    ``keep_every > 0``) drawing x_T ~ N(0, I) from ``key`` for a batch the size of ``labels``,
-    sharded over ``data``; a latent run's samples and trajectory are decoded to images inside it.
+    """A compiled ``fn(params, key, condition, scale) -> samples`` (and the trajectory when
+    ``keep_every > 0``) drawing x_T ~ N(0, I) from ``key`` for a batch the size of ``condition``
+    (``common.conditioning``'s: class labels int[B], or captions' token ids int[B, L]; for
+    ``guide="clip"``, with ``clip_guide`` a ``clip_guidance.ClipGuide``, the dict
+    ``clip_guidance.prompt_condition`` gives, each entry [B, ...]), sharded over ``data``; a latent
+    run's samples and trajectory are decoded to images inside it.
     ``scale`` is the guidance weight w; ``clip`` and ``spacing`` (None: the config's) threshold x̂_0
     and choose the kept steps. In a cascade (``experiments.cascade``): a super-resolution stage's
     ``fn`` also takes the lower stage's output ``low_res`` [B, h, w, C], given at ``aug_level`` s
@@ -83,10 +97,19 @@ def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0,
         check_draws_alone(config)
     if guide not in GUIDANCE:
         raise ValueError(f"unknown guidance {guide!r}; choose one of {GUIDANCE}")
-    if guide == "classifier_free" and config.model.num_classes == 0:
-        raise ValueError("classifier-free guidance needs a class-conditional model (configs/mnist_cfg.py)")
+    captioned = text.is_conditioned(config)
+    if guide == "classifier_free" and config.model.num_classes == 0 and not captioned:
+        raise ValueError("classifier-free guidance needs a class-conditional (configs/mnist_cfg.py) or text-conditioned "
+                         "model (configs/text_mnist.py)")
+    if guide == "classifier_free" and captioned:
+        check_null_caption(config, "classifier-free guidance's unconditional pass")
+    if guide == "classifier" and captioned:
+        raise ValueError("classifier guidance steers towards a class label; this run is text-conditioned: use "
+                         "--guidance classifier_free with --prompt")
     if guide == "classifier" and classifier_log_prob is None:
         raise ValueError("classifier guidance needs a noisy classifier (--classifier_workdir)")
+    if guide == "clip" and clip_guide is None:
+        raise ValueError("CLIP guidance needs a noised CLIP (--clip_run; clip_guidance.load)")
     if guide == "classifier" and run.latent is not None:
         raise ValueError("classifier guidance differentiates a noisy classifier of pixels; this run diffuses latents "
                          "(data.autoencoder): use --guidance classifier_free with a class-conditional latent run")
@@ -98,22 +121,29 @@ def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0,
                                                           samplers.SAMPLERS[sampler].respaced)
     conditional = config.model.num_classes > 0
 
-    def draw(params, key, labels, scale, low_res=None):
+    def draw(params, key, condition, scale, low_res=None):
         k_T, k_steps = jax.random.split(key)
         k_aug = jax.random.fold_in(key, 2)
         x_T = jax.lax.with_sharding_constraint(
-            jax.random.normal(k_T, labels.shape + common.data_shape(config)), parallel.data_sharded(mesh))
+            jax.random.normal(k_T, jax.tree.leaves(condition)[0].shape[:1] + common.data_shape(config)),
+            parallel.data_sharded(mesh))
         model_fn = common.make_denoiser(run.model, params)
         if guide == "classifier_free":
-            model_fn = guidance.classifier_free(model_fn, config.model.num_classes, config.diffusion.variance)
-            cond = {"labels": labels, "guidance_scale": scale}
+            null = ({"null_caption": null_caption(condition.shape[1])} if captioned
+                    else {"null_label": config.model.num_classes})
+            model_fn = guidance.classifier_free(model_fn, variance=config.diffusion.variance, **null)
+            cond = dict(common.conditioning(config, condition), guidance_scale=scale)
         elif guide == "classifier":
             model_fn = guidance.classifier(model_fn, classifier_log_prob, run.schedule,
                                            prediction=config.diffusion.prediction,
                                            variance=config.diffusion.variance, conditional=conditional)
-            cond = {"labels": labels, "guidance_scale": scale}
+            cond = {"labels": condition, "guidance_scale": scale}
+        elif guide == "clip":
+            model_fn = guidance.clip(model_fn, clip_guide.encode_image, clip_guide.logit_scale, run.schedule,
+                                     prediction=config.diffusion.prediction, variance=config.diffusion.variance)
+            cond = dict(condition, guidance_scale=scale)
         else:
-            cond = common.conditioning(config, labels)
+            cond = common.conditioning(config, condition)
         if config.data.low_resolution:
             cond = dict(cond or {}, **common.super_resolution_inputs(config, run.schedule, k_aug, low_res, aug_level,
                                                                      truncated))
@@ -134,11 +164,48 @@ def check_draws_alone(config):
                          "as the last stage of a cascade, --cascade <base workdir>,<this workdir>")
 
 
+def check_null_caption(config, what: str):
+    """Refuse to use the null caption (the empty prompt, guidance's unconditional pass) of a run that
+    never saw it in training (``train.caption_dropout`` = 0): its output there means nothing."""
+    if config.train.caption_dropout <= 0:
+        raise ValueError(f"{what} is the null caption (the empty prompt), which this run never saw in training "
+                         "(train.caption_dropout=0): train with --config.train.caption_dropout=0.2 (GLIDE's) to use it")
+
+
+def prompt_tokens(run: Run, prompts) -> np.ndarray:
+    """Token ids int32 [P, L] of ``prompts`` for a text-conditioned run, refused before any work: no
+    prompt, words outside the run's vocabulary (named), more words than its context holds (the
+    lengths said), prompts for a run that reads no text. The empty prompt is the null caption: a
+    draw from the unconditional model the caption dropout trained (refused where there was none)."""
+    prompts = list(prompts)
+    if run.tokenizer is None:
+        if prompts:
+            raise ValueError(f"--prompt/--prompts: this run is not text-conditioned (model.context_encoder="
+                             f"{run.config.model.context_encoder!r}), so a prompt has no effect without --guidance clip; drop it"
+                             + (" (use --label for its classes)" if run.config.model.num_classes else ""))
+        return np.zeros((0, 0), np.int32)
+    if not prompts:
+        raise ValueError("this run is text-conditioned: give --prompt 'a thick seven' (repeatable) or --prompts FILE "
+                         "(one per line); --prompt '' draws from the null caption, the unconditional model")
+    unknown = {p: run.tokenizer.unknown_words(p) for p in prompts if run.tokenizer.unknown_words(p)}
+    if unknown:
+        vocabulary = ", ".join(run.tokenizer.words[3:])
+        raise ValueError("prompts with words outside this run's vocabulary: " + "; ".join(
+            f"{p!r}: {words}" for p, words in unknown.items()) + f". Its words: {vocabulary}")
+    if any(not split_words(p) for p in prompts):   # no words: the end token alone
+        check_null_caption(run.config, "--prompt ''")
+    return run.tokenizer.encode(prompts, strict=True)
+
+
 def check_label(config, label: int, guide: str = ""):
-    """Refuse a requested class (``--label``) the model cannot draw: outside [0, data.num_classes), or
-    any class for an unconditional model without classifier guidance (it would be ignored)."""
+    """Refuse a requested class (``--label``) the model cannot draw: outside [0, data.num_classes), a
+    text-conditioned run's (it reads prompts), or any class for an unconditional model without
+    classifier guidance (it would be ignored)."""
     if label == -1:
         return
+    if text.is_conditioned(config):
+        raise ValueError(f"--label={label}: this run is text-conditioned; ask for the class in words, e.g. "
+                         f"--prompt {captions.class_prompts(config.data.captions)[label]!r}")
     if not 0 <= label < config.data.num_classes:
         raise ValueError(f"--label={label} is not a class of this run: use 0 … {config.data.num_classes - 1}, "
                          "or -1 for the classes in turn")
@@ -154,19 +221,24 @@ def class_labels(config, num: int, label: int = -1) -> np.ndarray:
 
 
 def draw_samples(run: Run, draw_fn, mesh, *, num: int, batch: int, seed: int, label: int = -1,
-                 scale: float = 0.0, desc: str = "sample", first: int = 0) -> np.ndarray:
-    """Samples ``first`` … ``num − 1`` as uint8 images (float32 points for 2-D toy data), drawn
+                 scale: float = 0.0, desc: str = "sample", first: int = 0, condition=None) -> np.ndarray:
+    """Samples ``first`` … ``num − 1`` as uint8 images (float32 points for 2-D toy data, float32 CLIP
+    image embeddings for an unCLIP prior), drawn
     ``batch`` at a time from noise seeded by ``seed`` and the batch's position, so a draw that
-    starts at a multiple of ``batch`` continues an earlier one exactly."""
+    starts at a multiple of ``batch`` continues an earlier one exactly. ``condition``: each sample's
+    (``num`` rows: token ids for a text-conditioned run, which needs them; a dict of such arrays for
+    CLIP guidance); default the classes in turn, or ``label``."""
     parallel.check_batch(batch, mesh, what="--batch")
-    labels = class_labels(run.config, num, label)
+    if condition is None and run.tokenizer is not None:
+        raise ValueError("a text-conditioned run draws for prompts: give each sample's token ids (prompt_tokens)")
+    labels = class_labels(run.config, num, label) if condition is None else jax.tree.map(np.asarray, condition)
     out = []
     for start in tqdm(range(first, num, batch), desc=desc, unit="batch", disable=jax.process_index() != 0):
         n = min(batch, num - start)
-        lab = np.resize(labels[start:start + n], batch)
+        lab = jax.tree.map(lambda a: np.resize(a[start:start + n], (batch,) + a.shape[1:]), labels)
         x = draw_fn(run.params, jax.random.fold_in(jax.random.key(seed), start), lab, np.float32(scale))
         x = parallel.gather(x)[:n]
-        out.append(x if run.config.model.kind == "mlp" else datasets.to_uint8(x))
+        out.append(x if run.config.model.kind in ("mlp", unclip.PRIOR) else datasets.to_uint8(x))
     return np.concatenate(out)
 
 

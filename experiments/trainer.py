@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import flax
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -23,9 +24,9 @@ from tqdm import tqdm
 
 from diffusion import cascade, gaussian, parallel, samplers, training, visualize
 from diffusion.checkpoints import Checkpointer
-from diffusion.data import datasets
+from diffusion.data import datasets, pipeline
 from diffusion.models import first_stage as first_stage_models
-from experiments import common, evaluation, first_stage, heldout, metric_writers, runs
+from experiments import common, evaluation, first_stage, heldout, metric_writers, runs, text, unclip
 
 
 class NonFiniteStepError(FloatingPointError):
@@ -91,7 +92,7 @@ def write_samples(config, sample_fn, params, mesh, workdir: Path, step: int, tra
     n -= n % mesh.devices.size
     key = jax.random.key(config.seed + 1)   # the same noise at every step, so grids are comparable
     x_T = jax.random.normal(key, (n,) + common.data_shape(config))
-    labels = jnp.arange(n, dtype=jnp.int32) % max(config.model.num_classes, 1)
+    labels = common.grid_condition(config, n)
     low_res = None
     if config.data.low_resolution:   # conditioned on the first training images' own low resolution
         low_res = cascade.low_resolution(datasets.to_model_range(train_split.images[:n]), config.data.low_resolution)
@@ -125,10 +126,12 @@ def prepare_run(config: ml_collections.ConfigDict, workdir) -> tuple[Path, "jax.
 
 def jit_step(step_fn: Callable, state, mesh) -> Callable:
     """``step_fn(state, batch) -> (state, metrics)`` compiled for ``state``'s own layout (kept, and
-    donated), a batch split over every device and replicated metrics. ``state``: arrays or sharded
-    ``jax.ShapeDtypeStruct``s."""
+    donated), a batch split over every device and replicated metrics; the batch arrives as the
+    pipeline makes it (uint8 images) and ``step_fn`` sees ``pipeline.model_inputs`` of it (floats in
+    [−1, 1]), converted on the device. ``state``: arrays or sharded ``jax.ShapeDtypeStruct``s."""
     layout = jax.tree.map(lambda a: a.sharding, state)
-    return jax.jit(step_fn, in_shardings=(layout, parallel.data_sharded(mesh)),
+    on_device = lambda state, batch: step_fn(state, pipeline.model_inputs(batch))
+    return jax.jit(on_device, in_shardings=(layout, parallel.data_sharded(mesh)),
                    out_shardings=(layout, parallel.replicated(mesh)), donate_argnums=0)
 
 
@@ -164,9 +167,21 @@ def restore_or_init(config, workdir: Path, init_fn, mesh, *, fall_back: bool = F
     return state, start, ckpt
 
 
-def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_fn, train_split, mesh,
-             on_sample: Optional[Callable] = None, desc: str = "train", evaluate: Optional[Callable] = None):
-    """Steps ``start`` … ``train.num_steps`` with a progress bar, logs, checkpoints and
+def training_batches(config, split: datasets.Split) -> grain.IterDataset:
+    """This process's batches of ``split`` for every step (``pipeline.step_batches`` of
+    ``train.batch_size`` rows, seeded by ``seed``, flipped where ``data.random_flip``), prefetched
+    by ``data.read_threads`` threads in ``data.workers`` grain processes. The batch is checked here,
+    before any work: it must divide over the processes and fit in the data."""
+    batches = pipeline.step_batches(pipeline.ArraySource.from_split(split), global_batch=config.train.batch_size,
+                                    seed=config.seed, shard=grain.sharding.ShardByJaxProcess(),
+                                    random_flip=config.data.random_flip, what="config field train.batch_size")
+    return pipeline.prefetched(batches, workers=config.data.workers, threads=config.data.read_threads)
+
+
+def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_fn, batches: grain.IterDataset,
+             mesh, on_sample: Optional[Callable] = None, desc: str = "train", evaluate: Optional[Callable] = None):
+    """Steps ``start`` … ``train.num_steps`` on ``batches`` (``training_batches``, continued where
+    the checkpoint at ``start`` left the stream) with a progress bar, logs, checkpoints and
     ``on_sample(step, state)``; stops on a non-finite loss or update (the step that made it is not
     applied, so nothing non-finite is saved). With ``optim.grad_accum_steps`` = k each step is k
     calls of ``step_fn`` on consecutive micro-batches of its rows (its logged metrics their means);
@@ -216,10 +231,13 @@ def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_
         return metrics
 
     pending = None    # (step, its calls' metrics) not yet read on the host
+    stream = iter(batches)
     with sigterm_flag() as stop:
         try:
+            if start:
+                ckpt.restore_data(stream)
             for step in range(start, total):
-                local = datasets.host_batch(train_split, config.train.batch_size, step, config.seed)
+                local = next(stream)
                 calls = []
                 for micro in micro_batches(local, k):
                     batch = parallel.global_batch(micro, mesh)
@@ -254,7 +272,7 @@ def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{rate:.2f}")
                     window_start, window_steps = time.perf_counter(), 0
                 if save:
-                    ckpt.save(done, state, config=config.to_dict(), data_position=done)
+                    ckpt.save(done, state, config=config.to_dict(), data_position=done, data=stream)
                 if preempted:
                     ckpt.wait()
                     why = "SIGTERM" if stop.is_set() else "a preemption notice"
@@ -271,6 +289,7 @@ def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_
                             writer.write_images(done, {"samples": np.asarray(picture.convert("RGB"))})
         finally:
             try:
+                stream.close()
                 bar.close()
                 writer.close()
             finally:   # last, so that a save that failed in the background is the error the run ends with
@@ -295,7 +314,7 @@ def make_train_step(config, model, schedule, tx) -> Callable:
         training.train_step, apply_fn=model.apply, tx=tx, schedule=schedule,
         loss_kwargs=common.loss_kwargs(config), ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
         timestep_sampler=config.diffusion.timestep_sampler, num_classes=config.model.num_classes,
-        class_dropout=config.data.class_dropout, random_flip=config.data.random_flip,
+        class_dropout=config.data.class_dropout, caption_dropout=config.train.caption_dropout,
         accum_steps=config.optim.grad_accum_steps, condition=common.make_condition(config, schedule))
 
 
@@ -336,10 +355,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fall_back:
     """Train (or resume) the diffusion model described by ``config`` in ``workdir``; returns the final
     state. ``fall_back``: resume from the newest checkpoint that verifies when the latest is corrupt."""
     workdir, mesh = prepare_run(config, workdir)
+    if text.is_conditioned(config):
+        text.keep_tokenizer(config, workdir)
     train_split, heldout_split = common.load_data(config)
     space = None
     if config.data.autoencoder:
         config, space, train_split = latent_training_data(config, workdir, train_split, mesh)
+    if config.model.kind == unclip.PRIOR:   # CLIP image embeddings, embedded once
+        train_split = unclip.prior_training_data(config, train_split, mesh)
+    batches = training_batches(config, train_split)
     model = common.make_model(config)
     schedule = common.make_schedule(config)
     tx = common.make_optimizer(config)
@@ -349,13 +373,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fall_back:
     is_toy = config.model.kind == "mlp"
     sample_fn = build_sample_fn(config, model, schedule, mesh,
                                 keep_every=max(config.sample.steps // 20, 1) if is_toy else 0, space=space)
-    on_sample = lambda done, s: write_samples(config, sample_fn, s.ema_params, mesh, workdir, done, train_split)
+    on_sample = None   # an unCLIP stage draws nothing alone: experiments.sample --unclip draws through both
+    if config.model.kind not in unclip.KINDS:
+        on_sample = lambda done, s: write_samples(config, sample_fn, s.ema_params, mesh, workdir, done, train_split)
     evaluate = None
     if config.train.eval_every:
         measure = heldout.make_evaluator(config, model, schedule, heldout_split, mesh, state.ema_params,
                                          encode=space.encode if space else None)
         evaluate = lambda s: measure(s.ema_params)
-    return run_loop(config, workdir, state, start, ckpt, step_fn, train_split, mesh, on_sample, evaluate=evaluate)
+    return run_loop(config, workdir, state, start, ckpt, step_fn, batches, mesh, on_sample, evaluate=evaluate)
 
 
 def classifier_logits_fn(config, model, mesh):
@@ -392,6 +418,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir, *, fall_back: b
     ``<workdir>/accuracy.json`` and write the EMA weights to ``<workdir>/classifier.msgpack``."""
     workdir, mesh = prepare_run(config, workdir)
     train_split, heldout = common.load_data(config, labels_used=True)
+    batches = training_batches(config, train_split)
     model = common.make_classifier(config)
     noisy = config.classifier.kind == "noisy"
     schedule = common.make_schedule(config) if noisy else None
@@ -406,7 +433,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir, *, fall_back: b
     step_fn = jit_step(partial(training.classifier_step, apply_fn=model.apply, tx=tx, ema_decay=config.ema.decay,
                                ema_warmup=config.ema.warmup, max_shift=config.classifier.max_shift,
                                schedule=schedule, accum_steps=config.optim.grad_accum_steps), state, mesh)
-    state = run_loop(config, workdir, state, start, ckpt, step_fn, train_split, mesh, desc="classifier")
+    state = run_loop(config, workdir, state, start, ckpt, step_fn, batches, mesh, desc="classifier")
     timesteps = (0, config.diffusion.num_steps // 4, config.diffusion.num_steps // 2) if noisy else (None,)
     report = {"heldout_examples": len(heldout)}
     for t in timesteps:

@@ -13,6 +13,18 @@ import pytest  # noqa: E402
 jax.config.update("jax_num_cpu_devices", 8)
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """(workdir, final state) of ``tiny_configs.shrink(configs/base.py)`` trained to step 4 (logged every
+    step, checkpoints at 2 and 4, a sample grid at 4): trained once for every test that reads such a
+    run; tests read it and never write in it."""
+    from configs import base
+    from experiments import trainer
+    from tiny_configs import shrink
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    return workdir, trainer.train_and_evaluate(shrink(base.get_config()), workdir)
+
+
 @pytest.fixture
 def x64():
     """Run the test body with 64-bit floats (closed-form comparisons)."""

@@ -15,7 +15,7 @@ from diffusion.models.unet import UNet
 from experiments import cascade as cascade_runs
 from experiments import common, evaluation, sample, sampling, trainer
 from experiments.studies import plan
-from tiny_configs import shrink
+from tiny_configs import shrink, step_batch
 
 T = 100
 SCHEDULE = schedules.make_schedule("linear", T)
@@ -173,7 +173,7 @@ def test_accumulated_micro_batches_augment_as_the_whole_batch_does():
         state = jax.device_put(state, parallel.fsdp_shardings(state, mesh))
         step = trainer.jit_step(trainer.make_train_step(c, model, schedule, tx), state, mesh)
         split, _ = common.load_data(c)
-        for micro in trainer.micro_batches(datasets.host_batch(split, 16, 0, c.seed), k):
+        for micro in trainer.micro_batches(step_batch(split, 16, 0, c.seed), k):
             state, _ = step(state, parallel.global_batch(micro, mesh))
         states.append(jax.tree.map(np.asarray, state.params))
         assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(states[-1]), jax.tree.leaves(initial)))

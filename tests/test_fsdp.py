@@ -12,7 +12,7 @@ from configs import base
 from diffusion import parallel, training
 from diffusion.data import datasets
 from experiments import common, trainer
-from tiny_configs import shrink
+from tiny_configs import shrink, step_batch
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -69,7 +69,7 @@ def test_sharded_and_accumulated_steps_equal_the_replicated_large_batch():
     EMA (and, without accumulation, the optimizer state) agree; between a step's micro-batches
     the parameters and EMA do not move; each device holds about 1/fsdp of the parameters."""
     split, _ = datasets.load_splits("mnist", image_size=28, holdout_fraction=0.1)
-    batches = [datasets.host_batch(split, 32, s, 0) for s in range(2)]
+    batches = [step_batch(split, 32, s) for s in range(2)]
     runs = {}
     for fsdp, k in ((1, 1), (2, 1), (4, 2), (8, 4)):
         c = tiny(train__batch_size=32, optim__grad_accum_steps=k, optim__warmup_steps=0)

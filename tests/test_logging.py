@@ -33,9 +33,8 @@ def events(workdir):
     return out
 
 
-def test_scalars_and_the_sample_grid_reach_jsonl_and_tensorboard(tmp_path):
-    c = shrink(base.get_config())
-    trainer.train_and_evaluate(c, tmp_path)
+def test_scalars_and_the_sample_grid_reach_jsonl_and_tensorboard(tiny_run):
+    c, (tmp_path, _) = shrink(base.get_config()), tiny_run      # the run trained with c
     logged = rows(tmp_path)
     # The metrics.jsonl format is unchanged: one flat row of floats per logged step.
     assert [r["step"] for r in logged] == [1, 2, 3, 4] and all(set(r) == TRAIN_KEYS for r in logged)

@@ -9,15 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
 
 from configs import base
 from diffusion.checkpoints import Checkpointer
-from diffusion.data import datasets
 from experiments import trainer
-from tiny_configs import poison_batches_at, shrink
+from tiny_configs import assert_same_params, poison_batches_at, shrink
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,26 +26,17 @@ def tiny():
     return c
 
 
-def leaves(state):
-    return [np.asarray(a) for a in jax.tree.leaves(state.params)]
-
-
-def assert_same_params(a, b):
-    for x, y in zip(leaves(a), leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
-
-
 def sigterm_at(monkeypatch, step):
-    """Send this process SIGTERM as step ``step``'s batch is drawn (0-based: the run then finishes
-    that step, ``step + 1`` updates, and saves it)."""
-    real = datasets.host_batch
+    """Send this process SIGTERM while step ``step`` runs (0-based: the run then finishes that step,
+    ``step + 1`` updates, and saves it), from the loop's per-step preemption query."""
+    real = Checkpointer.reached_preemption
 
-    def host_batch(split, batch, at, seed):
-        if at == step:
+    def reached_preemption(self, done):
+        if done == step + 1:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real(split, batch, at, seed)
+        return real(self, done)
 
-    monkeypatch.setattr(datasets, "host_batch", host_batch)
+    monkeypatch.setattr(Checkpointer, "reached_preemption", reached_preemption)
 
 
 @pytest.fixture
@@ -62,11 +50,12 @@ def previous_handler():
 
 
 def test_sigterm_saves_the_step_reached_and_the_rerun_resumes_bitwise(tmp_path, monkeypatch, previous_handler,
-                                                                       capsys):
+                                                                       capsys, tiny_run):
     """Step 3 is not a log or checkpoint step (its metrics would be read late); SIGTERM during it
-    makes it a save after its own read."""
+    makes it a save after its own read. The uninterrupted run is the session's ``tiny_run`` (the
+    same training; only its log interval differs, which no update reads)."""
     handler, received = previous_handler
-    straight = trainer.train_and_evaluate(tiny(), tmp_path / "a")
+    straight = tiny_run[1]
     with monkeypatch.context() as m:
         sigterm_at(m, 2)
         with pytest.raises(trainer.Preempted) as e:

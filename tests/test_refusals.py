@@ -133,12 +133,10 @@ def test_a_mistyped_override_is_one_line_naming_the_closest_field(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny run trained to step 4 (checkpoints at 2 and 4)."""
-    workdir = tmp_path_factory.mktemp("trained")
-    trainer.train_and_evaluate(tiny(), workdir)
-    return workdir
+@pytest.fixture
+def trained(tiny_run):
+    """The session's tiny run trained to step 4 (checkpoints at 2 and 4): ``tiny()``'s."""
+    return tiny_run[0]
 
 
 def test_a_refused_resume_leaves_the_runs_config(trained):

@@ -14,9 +14,9 @@ import pytest
 from configs import base
 from diffusion import parallel, training
 from diffusion.checkpoints import Checkpointer
-from diffusion.data import datasets
+from diffusion.data import datasets, pipeline
 from experiments import common, trainer
-from tiny_configs import poison_batches_at, shrink
+from tiny_configs import assert_same_params, param_leaves, poison_batches_at, shrink, step_batch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -26,20 +26,15 @@ def tiny():
     return shrink(base.get_config())
 
 
-def leaves(state):
-    return [np.asarray(a) for a in jax.tree.leaves(state.params)]
-
-
-def test_resume_is_bitwise_identical(tmp_path):
-    straight = trainer.train_and_evaluate(tiny(), tmp_path / "a")
+def test_resume_is_bitwise_identical(tmp_path, tiny_run):
+    straight_dir, straight = tiny_run                # tiny() trained straight to step 4
     first = tiny()
     first.train.num_steps = 2                   # the run is stopped right after its first checkpoint
     trainer.train_and_evaluate(first, tmp_path / "b")
     resumed = trainer.train_and_evaluate(tiny(), tmp_path / "b")
     assert int(resumed.step) == int(straight.step) == 4
-    for a, b in zip(leaves(straight), leaves(resumed)):
-        np.testing.assert_array_equal(a, b)
-    lines = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert_same_params(straight, resumed)
+    lines = [json.loads(l) for l in (straight_dir / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines] == [1, 2, 3, 4] and all(np.isfinite(l["loss"]) for l in lines)
     # Killed after logging steps 3 and 4 but before checkpoint 4 was written: the resumed run
     # replays them, and the log keeps one row per step, equal to the uninterrupted run's.
@@ -50,9 +45,9 @@ def test_resume_is_bitwise_identical(tmp_path):
     replayed = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in replayed] == [1, 2, 3, 4]
     assert [l["loss"] for l in replayed] == [l["loss"] for l in lines]
-    assert list((tmp_path / "a" / "tensorboard").iterdir())
-    assert (tmp_path / "a" / "samples" / "step_0000004.png").exists()
-    assert sorted(int(p.name) for p in (tmp_path / "a" / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+    assert list((straight_dir / "tensorboard").iterdir())
+    assert (straight_dir / "samples" / "step_0000004.png").exists()
+    assert sorted(int(p.name) for p in (straight_dir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
 
 
 def test_eight_devices_match_one(tmp_path):
@@ -64,7 +59,7 @@ def test_eight_devices_match_one(tmp_path):
     key = jax.random.key(0)
     state = training.create_train_state(key, common.init_params(model, c, key), tx, schedule.num_steps)
     train_split, _ = datasets.load_splits("mnist", image_size=28, holdout_fraction=0.1)
-    batch = datasets.host_batch(train_split, 16, 0, 0)
+    batch = pipeline.model_inputs(step_batch(train_split, 16, 0))
     results = []
     for devices in (jax.devices()[:1], jax.devices()[:8]):
         assert len(devices) in (1, 8)
@@ -75,7 +70,7 @@ def test_eight_devices_match_one(tmp_path):
         s = jax.device_put(state, parallel.replicated(mesh))
         for _ in range(2):
             s, metrics = step(s, parallel.global_batch(batch, mesh))
-        results.append((float(metrics["loss"]), leaves(s)))
+        results.append((float(metrics["loss"]), param_leaves(s)))
     assert len(jax.devices()) == 8
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
     for a, b in zip(results[0][1], results[1][1]):
@@ -98,7 +93,7 @@ def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, po
     template = training.create_train_state(jax.random.key(0), common.init_params(model, c, jax.random.key(0)),
                                            training.make_optimizer(lr=1e-3, grad_clip=1.0), 1000)
     state, meta = ckpt.restore(template, config=c.to_dict())
-    assert meta["data_position"] == 2 and all(np.isfinite(a).all() for a in leaves(state))
+    assert meta["data_position"] == 2 and all(np.isfinite(a).all() for a in param_leaves(state))
 
 
 def test_an_update_that_overflows_the_parameters_is_not_applied_or_saved(tmp_path, monkeypatch):
@@ -122,6 +117,7 @@ def test_an_update_that_overflows_the_parameters_is_not_applied_or_saved(tmp_pat
     ("train.batch_size", 12, "does not divide over the 8 devices"),
     ("data.image_size", 27, "image_size 27 cannot be halved"),
     ("data.source", "nowhere.npz", "no dataset file at nowhere.npz"),
+    ("data.workers", -1, r"data.workers=-1 \(grain worker processes\) must be >= 0"),
 ])
 def test_bad_configs_fail_before_any_work(tmp_path, field, value, message):
     c = tiny()
@@ -175,7 +171,7 @@ def test_a_tfds_set_without_labels_or_test_split_is_read_as_such(monkeypatch):
     on it is refused instead of training on zero labels."""
     import tensorflow_datasets as tfds
 
-    def fake_source(name, split, data_dir=None):
+    def fake_source(name, split, data_dir=None, download=True):
         if split == "test":
             raise ValueError(f"Unknown split {split!r}")
         return [{"image": np.full((32, 32, 3), i, np.uint8)} for i in range(8 if split == "train" else 4)]

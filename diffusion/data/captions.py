@@ -23,6 +23,9 @@ else large; dark if the shade is below 0.65 (the Fashion-MNIST median), else lig
 """
 from __future__ import annotations
 
+import itertools
+import string
+
 import numpy as np
 
 from diffusion.data.tokenizer import split_words
@@ -135,6 +138,19 @@ def captions(domain: str, images, labels, seed: int) -> list[str]:
     candidates = candidate_captions(domain, images, labels)
     choice = np.random.default_rng(seed).integers(len(TEMPLATES[domain]), size=len(candidates))
     return [c[k] for c, k in zip(candidates, choice)]
+
+
+def every_caption(domain: str) -> list[str]:
+    """Every caption the templates of ``domain`` can phrase (each template with every class and
+    attribute word it names): a vocabulary built from these is a function of the domain alone."""
+    names = class_names(domain)
+    out = []
+    for template in TEMPLATES[domain]:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+        attributes = [a for a in fields if a in WORDS]
+        for k, words in itertools.product(range(len(names)), itertools.product(*(WORDS[a] for a in attributes))):
+            out.append(template.format(name=names[k], label=k, **dict(zip(attributes, words))))
+    return out
 
 
 def class_prompts(domain: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""Datasets as random-access sources and a deterministic, resumable, per-host batch iterator.
+"""Datasets as random-access sources: splits held in memory, TFDS records read lazily (``TfdsSource``);
+``diffusion.data.pipeline`` streams their batches.
 
 Sources: the embedded MNIST subset ("mnist"), any ``.npz`` with ``image`` (uint8 [N, H, W, C])
 and optional ``label`` given by path, TFDS datasets by name through ``tfds.data_source``
@@ -6,12 +7,11 @@ and optional ``label`` given by path, TFDS datasets by name through ``tfds.data_
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-import jax
 import numpy as np
 
 from diffusion.data.toy import TOY
@@ -22,10 +22,12 @@ TOY_SIZE = 20_000
 @dataclass(frozen=True)
 class Split:
     """A split held in memory: ``images`` uint8 [N, H, W, C] (or float32 [N, D] for toy data, float32
-    [N, h, w, c] for latents), ``labels`` int32 [N] (zeros where the source has none: ``labelled`` False)."""
+    [N, h, w, c] for latents), ``labels`` int32 [N] (zeros where the source has none: ``labelled`` False),
+    and for a text-conditioned run each example's caption as token ids ``tokens`` int32 [N, L]."""
     images: np.ndarray
     labels: np.ndarray
     labelled: bool = True
+    tokens: Optional[np.ndarray] = None
 
     def __len__(self):
         return len(self.images)
@@ -86,24 +88,51 @@ def resize_images(images: np.ndarray, size: int, crop: str = "") -> np.ndarray:
     return out
 
 
+class TfdsSource:
+    """The records of one TFDS split read lazily through ``tfds.data_source`` (ArrayRecord files, no
+    TensorFlow): record ``i`` is read and decoded only when asked for, as ``{'image': uint8 [H, W, C],
+    'label': int32}`` (label 0 where the set has none: ``labelled`` False), the image cropped and
+    resized to ``image_size`` × ``image_size`` (``resize_images``) when ``image_size`` > 0. A set
+    that is not prepared is refused when the source is made, saying how to prepare it."""
+
+    def __init__(self, name: str, split: str, data_dir: Optional[str] = None, *, image_size: int = 0,
+                 crop: str = ""):
+        import tensorflow_datasets as tfds
+        try:
+            # download=False: a run reads prepared data; it never starts a download of its own.
+            self.records = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+        except Exception as e:
+            raise RuntimeError(f"TFDS dataset {name!r} (split {split!r}) is not prepared"
+                               f"{' in ' + data_dir if data_dir else ''}: prepare it where the data is reachable "
+                               f"(tfds build {name}) or point data.tfds_data_dir at it "
+                               f"({type(e).__name__}: {e})") from e
+        self.image_size, self.crop = image_size, crop
+        self.labelled = len(self.records) > 0 and "label" in self.records[0]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        record = self.records[i]
+        image = np.asarray(record["image"], np.uint8)
+        image = image[..., None] if image.ndim == 2 else image
+        if self.image_size:
+            image = resize_images(image[None], self.image_size, self.crop)[0]
+        return {"image": image, "label": np.int32(record["label"] if self.labelled else 0)}
+
+
 def _tfds_split(name: str, split: str, data_dir: Optional[str]):
-    """(images, labels) of one TFDS split read through ``tfds.data_source`` (no TensorFlow)."""
-    import tensorflow_datasets as tfds
-    source = tfds.data_source(name, split=split, data_dir=data_dir or None)
+    """(images, labels or None) of one TFDS split, every record read into memory."""
+    source = TfdsSource(name, split, data_dir)
     records = [source[i] for i in range(len(source))]
-    images = np.stack([r["image"] for r in records]).astype(np.uint8)
-    if "label" not in records[0]:      # e.g. downsampled_imagenet: images only
+    images = np.stack([r["image"] for r in records])
+    if not source.labelled:      # e.g. downsampled_imagenet: images only
         return images, None
     return images, np.asarray([r["label"] for r in records], np.int32)
 
 
 def _tfds_splits(name: str, data_dir: Optional[str]):
-    try:
-        train = _tfds_split(name, "train", data_dir)
-    except Exception as e:
-        raise RuntimeError(f"TFDS dataset {name!r} is not prepared{' in ' + data_dir if data_dir else ''}: "
-                           f"prepare it where the data is reachable (tfds build {name}) or point "
-                           f"data.tfds_data_dir at it ({type(e).__name__}: {e})") from e
+    train = _tfds_split(name, "train", data_dir)
     test = None
     for held_out in ("test", "validation"):   # ImageNet's held-out images are its validation split
         try:
@@ -176,10 +205,17 @@ def check_split(split: Split, *, channels: int, num_classes: Optional[int], sour
                          f"{num_classes}): set --config.data.num_classes={high + 1} or fix the labels")
 
 
+# v / 127.5 − 1 in float32 for each uint8 value v. The host (``to_model_range``) and the training
+# step on the device (``pipeline.model_inputs``) both look values up here, so they agree bit for bit
+# (XLA computes x / 127.5 as x · (1 / 127.5), which differs in the last bit for most values).
+UINT8_TO_MODEL_RANGE = np.arange(256, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
 def to_model_range(images: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] → float32 [−1, 1]; float (toy) data pass through."""
+    """uint8 [0, 255] → float32 [−1, 1] (``UINT8_TO_MODEL_RANGE``); float (toy, latent) data pass
+    through as float32."""
     if images.dtype == np.uint8:
-        return images.astype(np.float32) / 127.5 - 1.0
+        return UINT8_TO_MODEL_RANGE[images]
     return images.astype(np.float32)
 
 
@@ -188,20 +224,13 @@ def to_uint8(x) -> np.ndarray:
     return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def batch_indices(num_examples: int, global_batch: int, step: int, seed: int) -> np.ndarray:
-    """Indices of the global batch for ``step``: epochs of seeded permutations, batches never
-    straddle epochs. A pure function of ``step``, so a resumed run sees the same batches."""
-    per_epoch = num_examples // global_batch
-    if per_epoch == 0:
-        raise ValueError(f"batch size {global_batch} is larger than the {num_examples} training examples")
-    epoch, pos = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
-    return perm[pos * global_batch:(pos + 1) * global_batch]
+# The batch key of each per-example field of a ``Split`` (singular, as a record's); a field not
+# named here (``tokens``) keeps its own name.
+BATCH_KEYS = {"images": "image", "labels": "label"}
 
 
-def host_batch(split: Split, global_batch: int, step: int, seed: int) -> dict:
-    """This host's share of the global batch for ``step`` ({'image', 'label'}); each host reads only its rows."""
-    idx = batch_indices(len(split), global_batch, step, seed)
-    n_proc, proc = jax.process_count(), jax.process_index()
-    idx = np.array_split(idx, n_proc)[proc]
-    return {"image": to_model_range(split.images[idx]), "label": split.labels[idx]}
+def per_example_fields(split: Split) -> dict[str, np.ndarray]:
+    """Every per-example array of ``split`` by its batch key ({'image', 'label'}, and 'tokens' where
+    the split has them): what the input pipeline carries into each batch."""
+    return {BATCH_KEYS.get(f.name, f.name): getattr(split, f.name) for f in fields(split)
+            if isinstance(getattr(split, f.name), np.ndarray)}

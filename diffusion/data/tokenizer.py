@@ -22,9 +22,16 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+TOKENIZER_FILE = "tokenizer.json"    # where a run that reads text keeps its tokenizer, beside its checkpoints
 PAD, UNKNOWN, END = "<pad>", "<unk>", "<end>"
 PAD_ID, UNKNOWN_ID, END_ID = 0, 1, 2
 _WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+def null_caption(length: int) -> np.ndarray:
+    """The null caption int32 [length]: the end token, then padding (what ``encode([""])`` gives): the
+    null condition of classifier-free guidance and of caption dropout (GLIDE, Nichol et al. 2022, §3.2)."""
+    return np.where(np.arange(length) == 0, END_ID, PAD_ID).astype(np.int32)
 
 
 def split_words(text: str) -> list[str]:

@@ -1,9 +1,13 @@
 """Domain encoders τθ for the U-Net's cross-attention (Rombach et al. 2022, §3.3): the conditioning
 y → a context sequence τθ(y) [B, L, D] that the U-Net attends to with softmax(QKᵀ/√d)·V,
-Q from its features and K, V from the context. Trained jointly with the U-Net."""
+Q from its features and K, V from the context. Trained jointly with the U-Net, or, for
+``FrozenTextTokens``, a pretrained encoder held fixed (Imagen, Saharia et al. 2022, §2.1)."""
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from diffusion.data.tokenizer import END_ID
@@ -55,3 +59,19 @@ def end_pooled(context, tokens):
     """The context [B, L, D] at each caption's first end token (CLIP's [EOS] features): [B, D]."""
     position = jnp.argmax(tokens == END_ID, axis=1)
     return jnp.take_along_axis(context, position[:, None, None], axis=1)[:, 0]
+
+
+class FrozenTextTokens(nn.Module):
+    """A pretrained ``TextTokens`` with fixed weights: token ids int[B, L] → its context [B, L, dim]
+    under ``stop_gradient`` (Imagen's frozen text encoder, Saharia et al. 2022, §2.1; here the text
+    tower of a CLIP run). ``params`` are held by the module, not declared with ``self.param``, so
+    they never enter the U-Net's parameters: no optimizer, EMA or checkpoint of the U-Net holds
+    them. ``encoder`` is an unbound ``TextTokens`` (``parent=None``) of the pretrained shapes."""
+    encoder: TextTokens
+    params: Any
+
+    def __call__(self, tokens):
+        if self.params is None:
+            raise ValueError("this frozen text encoder was built without its pretrained parameters (to check "
+                             "shapes only); load them (experiments.common.make_model) before calling it")
+        return jax.lax.stop_gradient(self.encoder.apply({"params": self.params}, tokens))

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffusion.models.conditioning import end_pooled
 from diffusion.models.layers import (Attention, Downsample, ResBlock, TimeEmbedding, Upsample, _conv,
                                      _norm, timestep_embedding)
 
@@ -40,6 +41,15 @@ class UNet(nn.Module):
     ResBlock reads it through the embedding it already takes; its own MLP, because t and s are
     different noises (of x_t and of the conditioning image) and a shared one would make (t, s)
     and (s, t) indistinguishable in the sum. Present when ``aug_level`` is given at init.
+
+    Text (GLIDE, Nichol et al. 2022, §3.1; Imagen, Saharia et al. 2022, §2): a text encoder's
+    token sequence τθ(tokens) is the cross-attention context, and its feature at the end token
+    (``end_pooled``) is projected and added to the time embedding. That projection is the one
+    home of a conditioning vector in the time embedding (``_add_vector``): ``cond_vector`` [B, E]
+    enters the same way under its own projection (unCLIP's CLIP image embedding, Ramesh et al.
+    2022, §2.1), present when given at init; with ``vector_tokens`` = k > 0 it is also projected into
+    k extra tokens of ``context_dim`` appended to the cross-attention context (unCLIP §2.1: four), or
+    forming it when nothing else gives one.
     """
     out_channels: int = 3
     image_size: int = 32
@@ -58,6 +68,7 @@ class UNet(nn.Module):
     num_classes: int = 0
     context_dim: int = 0
     context_encoder: Optional[nn.Module] = None
+    vector_tokens: int = 0
     norm_groups: int = 32
     norm_eps: float = 1e-6
     remat: bool = False
@@ -95,7 +106,14 @@ class UNet(nn.Module):
         res_cls = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
         return kw, res_kw, attn_kw, res_cls
 
-    def _embed(self, timesteps, labels, context, aug_level=None):
+    def _add_vector(self, emb, vector, name):
+        """emb + W·v: a conditioning vector [B, E] through its own learned projection ``name`` into the
+        time embedding [B, 4·ch], where every ResBlock reads it (GLIDE §3.1, Imagen §2, unCLIP §2.1)."""
+        return emb + nn.Dense(emb.shape[-1], name=name, **self._kwargs()[0])(vector.astype(self.dtype))
+
+    def _embed(self, timesteps, labels, context, aug_level=None, vectors=None):
+        """The time embedding plus the augmentation level's, the class embedding and each conditioning
+        vector of ``vectors`` ({projection name: [B, E]})."""
         kw = self._kwargs()[0]
         ch = self.base_channels
         emb = TimeEmbedding(4 * ch, name="time_embedding", **kw)(
@@ -106,6 +124,8 @@ class UNet(nn.Module):
         elif self.has_variable("params", "aug_level_embedding"):
             raise ValueError("this U-Net was initialised with aug_level (a super-resolution stage told its "
                              "conditioning's augmentation level s): pass aug_level [B]")
+        for name, vector in (vectors or {}).items():
+            emb = self._add_vector(emb, vector, name)
         if self.num_classes > 0:
             if labels is None:
                 raise ValueError("this U-Net is class-conditional: pass labels (num_classes for the null label)")
@@ -158,9 +178,10 @@ class UNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, timesteps, labels=None, context=None, cond_image=None, aug_level=None, *,
-                 train: bool = False, tokens=None):
+                 train: bool = False, tokens=None, cond_vector=None):
         kw, res_kw, _, res_cls = self._kwargs()
         det = not train
+        vectors = {}
         if self.context_encoder is not None:
             if self.context_dim <= 0:
                 raise ValueError("a context encoder τθ needs cross-attention to read its tokens: set context_dim > 0")
@@ -169,9 +190,22 @@ class UNet(nn.Module):
                 raise ValueError("this U-Net's context comes from its context encoder τθ: pass labels "
                                  "(ClassTokens) or tokens (TextTokens)")
             context = self.context_encoder(source)
+            if tokens is not None:   # the caption's summary, as GLIDE's class-embedding slot reads it
+                vectors["pooled_text_projection"] = end_pooled(context, tokens)
+        if cond_vector is not None:
+            vectors["cond_vector_projection"] = cond_vector
+            if self.vector_tokens:
+                if self.context_dim <= 0:
+                    raise ValueError("vector_tokens are cross-attention tokens: set context_dim > 0")
+                extra = nn.Dense(self.vector_tokens * self.context_dim, name="cond_vector_tokens", **kw)(
+                    cond_vector.astype(self.dtype)).reshape(cond_vector.shape[0], self.vector_tokens, self.context_dim)
+                context = extra if context is None else jnp.concatenate([context.astype(extra.dtype), extra], axis=1)
+        elif self.has_variable("params", "cond_vector_projection"):
+            raise ValueError("this U-Net was initialised with cond_vector (a conditioning vector in its time "
+                             "embedding): pass cond_vector [B, E]")
         if cond_image is not None:
             x = jnp.concatenate([x, cond_image.astype(x.dtype)], axis=-1)
-        emb = self._embed(timesteps, labels, context, aug_level)
+        emb = self._embed(timesteps, labels, context, aug_level, vectors)
         h, skips, resolution = self._encode(x, emb, context, det)
         skip_scale = 1 / math.sqrt(2) if self.scale_skip else 1.0
         blocks = self.blocks_per_level()

@@ -1,0 +1,86 @@
+"""A text-conditioned run's pieces from its config (GLIDE, Nichol et al. 2022; Imagen, Saharia et
+al. 2022): which caption encoder τθ the U-Net reads, the tokenizer it reads ids of, the caption each
+training image carries, and the tokenizer kept with the run. ``common.check_text`` refuses the
+configs that cannot run."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from diffusion.data import captions, datasets
+from diffusion.data.tokenizer import TOKENIZER_FILE, Tokenizer, build_tokenizer
+from diffusion.models.conditioning import FrozenTextTokens, TextTokens
+from experiments import runs
+
+ENCODERS = ("text", "clip_text")   # τθ of a caption: trained with the U-Net (GLIDE), or a CLIP run's frozen text tower (Imagen-style)
+
+
+def is_conditioned(c: ml_collections.ConfigDict) -> bool:
+    """Whether the model reads captions (``model.context_encoder`` 'text' or 'clip_text')."""
+    return c.model.context_encoder in ENCODERS
+
+
+def tokenizer_of(c: ml_collections.ConfigDict) -> Tokenizer:
+    """The tokenizer of a text-conditioned config. 'text': the vocabulary of every caption the
+    templates of ``data.captions`` can phrase, and its class prompts, with room for the longest
+    (a function of the config alone, so the encoder's shapes are known before any data is read);
+    'clip_text': the CLIP run's own (``<model.clip_run>/tokenizer.json``), whose ids its tower reads."""
+    if c.model.context_encoder == "clip_text":
+        return Tokenizer.load(Path(c.model.clip_run) / TOKENIZER_FILE)
+    return build_tokenizer(captions.every_caption(c.data.captions) + captions.class_prompts(c.data.captions))
+
+
+def make_encoder(c: ml_collections.ConfigDict, load_frozen: bool = True):
+    """τθ of a caption (GLIDE §3.1): a ``TextTokens`` of width ``model.context_dim`` trained with the
+    U-Net ('text'), or the text tower of the CLIP run ``model.clip_run``, its EMA weights frozen
+    (``FrozenTextTokens``, 'clip_text'; Imagen §2.1), read from its checkpoint unless
+    ``load_frozen`` is False (built to check shapes only)."""
+    tokenizer, m = tokenizer_of(c), c.model
+    if m.context_encoder == "text":
+        return TextTokens(tokenizer.vocab_size, tokenizer.max_length, m.context_dim, m.text_layers, m.text_heads)
+    k = runs.load_config(m.clip_run).clip
+    tower = TextTokens(tokenizer.vocab_size, tokenizer.max_length, k.text_width, k.text_layers, k.text_heads,
+                       parent=None)
+    params = None
+    if load_frozen:
+        from experiments import clip_trainer   # it builds on experiments.common, which builds on this module
+        # The module closes over the weights as constants in every compiled step.
+        params = runs.host_copy(clip_trainer.load_clip(m.clip_run)[1]["text_tower"])
+    return FrozenTextTokens(tower, params)
+
+
+def captioned(c: ml_collections.ConfigDict, split: datasets.Split) -> datasets.Split:
+    """``split`` with each image's caption (``captions.captions``, its template drawn once with
+    ``seed``) as token ids of ``tokenizer_of``: a fixed caption per image, so the batches stay a
+    pure function of the step and a resumed run sees the same captions."""
+    texts = captions.captions(c.data.captions, split.images, split.labels, seed=c.seed)
+    return dataclasses.replace(split, tokens=tokenizer_of(c).encode(texts, strict=True))
+
+
+def keep_tokenizer(c: ml_collections.ConfigDict, workdir) -> Tokenizer:
+    """A text-conditioned run's ``tokenizer_of``, kept as ``<workdir>/tokenizer.json`` (written at
+    its start, where sampling reads it back); a resume whose config gives another is refused."""
+    tokenizer, path = tokenizer_of(c), Path(workdir) / TOKENIZER_FILE
+    if path.exists() and Tokenizer.load(path) != tokenizer:
+        raise ValueError(f"{path} holds another vocabulary than this config gives (data.captions, model.clip_run, "
+                         "or the caption templates changed): use a new --workdir")
+    if jax.process_index() == 0:
+        tokenizer.save(path)
+    return tokenizer
+
+
+def read_tokenizer(c: ml_collections.ConfigDict, workdir) -> Tokenizer:
+    """The tokenizer a text-conditioned run was trained with (``<workdir>/tokenizer.json``), refused
+    when missing or when today's config would give another (its ids would name other words)."""
+    path = Path(workdir) / TOKENIZER_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {workdir} is text-conditioned but holds no tokenizer; "
+                                "train it with python -m experiments.train, which writes it")
+    tokenizer = Tokenizer.load(path)
+    if tokenizer != tokenizer_of(c):
+        raise ValueError(f"{path} differs from the tokenizer this run's config gives now (the caption templates or "
+                         f"{c.model.clip_run or 'the CLIP run'}'s tokenizer changed): its token ids would be misread")
+    return tokenizer

@@ -1,0 +1,176 @@
+"""unCLIP sampled through its stages (Ramesh et al. 2022, §2): a prompt → the prior's CLIP image
+embedding → the decoder's image (``sample_prompts``), and image variations, an image's own CLIP
+embedding → several decoder samples (``sample_variations``, §3.1). Behind ``experiments.sample
+--unclip`` and ``--variations``; every refusal comes before a checkpoint is read or a sample drawn."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import jax
+import numpy as np
+
+from diffusion import guidance, parallel, samplers, unclip as unclip_lib, visualize
+from diffusion.data import datasets
+from diffusion.data.tokenizer import null_caption
+from experiments import cascade, common, runs, sampling, unclip
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the decoder draws (the prior draws with its config's own ``sample`` settings) and how many."""
+    sampler: str
+    steps: int
+    eta: float
+    clip: Optional[str]     # the decoder's x̂_0 thresholding; None: its config's
+    num: int                # samples per prompt or per image
+    batch: int
+    seed: int
+
+
+def check_stages(workdirs) -> None:
+    """Refuse, from the saved configs alone, a pair that is not a prior then a decoder on one CLIP run."""
+    if len(workdirs) != 2:
+        raise ValueError(f"--unclip takes two workdirs, the prior's then the decoder's (got {len(workdirs)}): "
+                         "--unclip runs/unclip_prior,runs/unclip_decoder")
+    prior, decoder = (runs.load_config(w) for w in workdirs)
+    for config, kind, workdir in ((prior, unclip.PRIOR, workdirs[0]), (decoder, unclip.DECODER, workdirs[1])):
+        if config.model.kind != kind:
+            raise ValueError(f"--unclip: {workdir} is a model.kind={config.model.kind!r} run where the {kind} belongs: "
+                             "give the prior's workdir, then the decoder's")
+    if Path(prior.model.clip_run).resolve() != Path(decoder.model.clip_run).resolve():
+        raise ValueError(f"--unclip: the prior draws embeddings of the CLIP run {prior.model.clip_run}, but the decoder "
+                         f"reads those of {decoder.model.clip_run}; they are different spaces: train both stages on "
+                         "one CLIP run (model.clip_run)")
+
+
+def check_decoder_guidance(run: sampling.Run):
+    """Refuse guiding a decoder whose null condition (the zero embedding, and the null caption where
+    it reads one) it never saw in training."""
+    if run.config.unclip.embedding_dropout <= 0:
+        raise ValueError("the decoder's guidance subtracts its pass on the null (zero) embedding, which it never saw "
+                         "in training (unclip.embedding_dropout=0): train with 0.1 (the paper's), or use scale 0")
+    if run.tokenizer is not None:
+        sampling.check_null_caption(run.config, "the decoder's unconditional pass")
+
+
+def build_decoder_draw_fn(run: sampling.Run, mesh, s: Settings, guided: bool):
+    """A compiled ``fn(params, key, condition, scale) -> images [B, H, W, C]`` drawing x_T ~ N(0, I)
+    for ``condition`` {'cond_vector': z_i [B, E] (, 'tokens' int[B, L] for a decoder that reads a
+    caption)}; ``guided``: classifier-free guidance of weight ``scale`` against the null embedding
+    (and the null caption): ε̃ = (1 + w)·ε(x, z_i, y) − w·ε(x, 0, ∅)."""
+    config = run.config
+    step, schedule, timesteps = common.make_sampler(config, run.schedule, sampler=s.sampler, steps=s.steps,
+                                                    eta=s.eta, clip=s.clip)
+    nulls = {"null_embedding": unclip_lib.null_embedding(1, unclip.embed_dim(config))}
+    if guided:
+        check_decoder_guidance(run)
+        if run.tokenizer is not None:
+            nulls["null_caption"] = null_caption(run.tokenizer.max_length)
+
+    def draw(params, key, condition, scale):
+        k_T, k_steps = jax.random.split(key)
+        batch = condition["cond_vector"].shape[0]
+        x_T = jax.lax.with_sharding_constraint(jax.random.normal(k_T, (batch,) + common.data_shape(config)),
+                                               parallel.data_sharded(mesh))
+        model_fn, cond = common.make_denoiser(run.model, params), dict(condition)
+        if guided:
+            model_fn = guidance.classifier_free(model_fn, variance=config.diffusion.variance, **nulls)
+            cond["guidance_scale"] = scale
+        return samplers.sample(step, model_fn, schedule, x_T, k_steps, timesteps=timesteps, cond=cond)
+
+    return jax.jit(draw, in_shardings=parallel.replicated(mesh))
+
+
+def decode(decoder: sampling.Run, mesh, s: Settings, embeddings: np.ndarray, tokens: Optional[np.ndarray],
+           scale: float) -> np.ndarray:
+    """uint8 images [N, H, W, C] the decoder draws for CLIP image embeddings [N, E] (re-projected to
+    ``embedding_space``, where it was trained) and, for a decoder that reads one, each one's caption."""
+    condition = {"cond_vector": np.asarray(unclip_lib.embedding_space(embeddings))}
+    if decoder.tokenizer is not None:
+        condition["tokens"] = tokens
+    draw = build_decoder_draw_fn(decoder, mesh, s, guided=scale != 0)
+    return sampling.draw_samples(decoder, draw, mesh, num=len(embeddings), batch=s.batch, seed=s.seed, scale=scale,
+                                 condition=condition, desc="decoder")
+
+
+def write_grid(out: Path, tag: str, blocks: list, **arrays):
+    """``<out>/<tag>.png``, each block's text above its images (``visualize.labelled_grid``), and
+    ``<out>/<tag>.npz`` with ``arrays``."""
+    if jax.process_index() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(out / f"{tag}.npz", **arrays)
+        path = visualize.save_png(visualize.labelled_grid(blocks), out / f"{tag}.png", scale=2)
+        print(f"wrote {path} and {out / (tag + '.npz')}")
+
+
+def sample_prompts(workdirs, prompts: list[str], scales, s: Settings, out=None) -> Path:
+    """``s.num`` images of each prompt through prior then decoder (unCLIP §2): z_i ~ P(z_i | y) by the
+    prior, guided with the first of ``scales`` against the null caption, then x ~ P(x | z_i[, y]) by
+    the decoder, guided with the second against the null embedding. Writes the grid, each prompt
+    above its images, and ``.npz`` with the images, prompts and embeddings; returns the grid's path."""
+    check_stages(workdirs)
+    prior_scale, decoder_scale = (float(w) for w in cascade.per_stage(scales, 2, "--scales"))
+    prior, decoder = sampling.load_run(workdirs[0]), sampling.load_run(workdirs[1])
+    tokens = sampling.prompt_tokens(prior, prompts)
+    decoder_tokens = sampling.prompt_tokens(decoder, prompts) if decoder.tokenizer is not None else None
+    samplers.check_steps(s.sampler, s.steps, decoder.schedule.num_steps, what="--steps")
+    if decoder_scale:
+        check_decoder_guidance(decoder)
+    mesh = parallel.make_mesh()
+    own = prior.config.sample
+    prior_draw = sampling.build_draw_fn(prior, mesh, sampler=own.sampler, steps=own.steps, eta=own.eta,
+                                        guide="classifier_free" if prior_scale else "")
+    rows = np.repeat(tokens, s.num, axis=0)
+    embeddings = sampling.draw_samples(prior, prior_draw, mesh, num=len(rows), batch=s.batch, seed=s.seed,
+                                       scale=prior_scale, condition=rows, desc="prior")
+    images = decode(decoder, mesh, s, embeddings,
+                    None if decoder_tokens is None else np.repeat(decoder_tokens, s.num, axis=0), decoder_scale)
+    out = Path(out or Path(workdirs[1]) / "sample")
+    tag = f"unclip_{s.sampler}{s.steps}_w{prior_scale:g},{decoder_scale:g}_seed{s.seed}"
+    blocks = [(p or "'' (the null caption)", images[i * s.num:(i + 1) * s.num]) for i, p in enumerate(prompts)]
+    write_grid(out, tag, blocks, image=images, prompt=np.repeat(np.asarray(prompts), s.num), embedding=embeddings)
+    return out / f"{tag}.png"
+
+
+def variation_source(config, source: str) -> tuple[np.ndarray, str]:
+    """(uint8 image [1, 28, 28, 1], its name) of ``--variations``: a PNG file (grey, resized to
+    28×28), or the index of a held-out image of the decoder's data."""
+    path = Path(source)
+    if path.is_file():
+        from PIL import Image
+        with Image.open(path) as picture:
+            image = np.asarray(picture.convert("L"))[None, :, :, None]
+        return datasets.resize_images(image, config.data.image_size), path.stem
+    if not source.isdigit():
+        raise ValueError(f"--variations={source!r} is neither an image file nor a held-out index: give a PNG path or "
+                         "an integer")
+    heldout = common.load_data(config)[1]
+    index = int(source)
+    if index >= len(heldout):
+        raise ValueError(f"--variations={index}: the decoder's data hold {len(heldout)} held-out images: use 0 … "
+                         f"{len(heldout) - 1}")
+    return heldout.images[index:index + 1], f"heldout{index}"
+
+
+def sample_variations(run: sampling.Run, workdir, source: str, scale: float, s: Settings, out=None) -> Path:
+    """Image variations (unCLIP §3.1): ``source``'s CLIP image embedding, ``s.num`` decoder samples of
+    it (guided with ``scale``; a decoder that reads a caption is given the null caption). Writes the
+    image above its variations; returns the grid's path."""
+    if run.config.model.kind != unclip.DECODER:
+        raise ValueError(f"--variations decodes an image's CLIP embedding: {workdir} is not an unCLIP decoder "
+                         f"(model.kind={run.config.model.kind!r}); give --workdir <decoder workdir>")
+    if run.tokenizer is not None:
+        sampling.check_null_caption(run.config, "a variation, which has no caption,")
+    samplers.check_steps(s.sampler, s.steps, run.schedule.num_steps, what="--steps")
+    image, name = variation_source(run.config, source)
+    z = np.asarray(jax.jit(unclip.image_embedder(run.config.model.clip_run))(datasets.to_model_range(image)))
+    mesh = parallel.make_mesh()
+    tokens = None if run.tokenizer is None else np.repeat(null_caption(run.tokenizer.max_length)[None], s.num, axis=0)
+    images = decode(run, mesh, s, np.repeat(z, s.num, axis=0), tokens, scale)
+    out = Path(out or Path(workdir) / "sample")
+    tag = f"variations_{name}_{s.sampler}{s.steps}_w{scale:g}_seed{s.seed}"
+    write_grid(out, tag, [(f"{name} (its CLIP embedding is decoded below)", image),
+                          (f"{s.num} variations, w = {scale:g}", images)], image=images, source=image, embedding=z)
+    return out / f"{tag}.png"
