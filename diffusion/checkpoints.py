@@ -222,11 +222,25 @@ class Checkpointer:
 
     def _failed_save(self, step: int, before: set, error: Exception) -> Exception:
         """Clean up after save ``step`` failed with ``error``; the exception to raise for it (``error``
-        itself, to be re-raised as it came, unless the disk is full)."""
+        itself, to be re-raised as it came, unless the disk is full). Orbax's other background writes of
+        that save are let finish first, and again after the clean-up, so that none of them fails later
+        (say on a directory removed here) and surfaces at the next, unrelated wait."""
+        self._drain_failed_writes()
         self._discard_failed_save(step, before)
+        self._drain_failed_writes()
         if is_disk_full(error):
             return DiskFullError(self._disk_full_message(step, error))
         return error
+
+    def _drain_failed_writes(self):
+        """Wait out the failed save's remaining background writes, dropping their errors (the first
+        one is already being reported); bounded, in case orbax keeps re-raising the same one."""
+        for _ in range(SETTLE_PASSES):
+            try:
+                self.manager.wait_until_finished()
+                return
+            except Exception:   # noqa: BLE001 — the failed save's own errors, reported once by the caller
+                continue
 
     def _discard_failed_save(self, step: int, before: set):
         """Remove the step directories (final or orbax's temporary ones) that a failed save created,
