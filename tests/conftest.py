@@ -25,6 +25,28 @@ def tiny_run(tmp_path_factory):
     return workdir, trainer.train_and_evaluate(shrink(base.get_config()), workdir)
 
 
+@pytest.fixture(scope="session")
+def tiny_clip_run(tmp_path_factory):
+    """A CLIP run of ``tiny_configs.tiny_clip_config(False)`` (2 steps), shared by the text-to-image
+    and unCLIP tests; read, never written in."""
+    from experiments import clip_trainer
+    from tiny_configs import tiny_clip_config
+    workdir = tmp_path_factory.mktemp("tiny_clip_run")
+    clip_trainer.train_clip(tiny_clip_config(False), workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_text_run(tmp_path_factory):
+    """A text-to-image run of ``tiny_configs.tiny_text_config()`` (4 steps), shared by the
+    text-to-image and CLIP-guidance tests; read (evaluating it writes its eval/ folder), never trained further."""
+    from experiments import trainer
+    from tiny_configs import tiny_text_config
+    workdir = tmp_path_factory.mktemp("tiny_text_run")
+    trainer.train_and_evaluate(tiny_text_config(), workdir)
+    return workdir
+
+
 @pytest.fixture
 def x64():
     """Run the test body with 64-bit floats (closed-form comparisons)."""

@@ -15,9 +15,7 @@ from diffusion import contrastive, guidance, parallel, samplers, schedules
 from diffusion.data.tokenizer import build_tokenizer
 from diffusion.models.clip import CLIP
 from experiments import clip_guidance, clip_trainer, evaluation, sampling, trainer
-from test_text import tiny_clip_config
-from test_text_to_image import run_sample_cli, tiny_text_config
-from tiny_configs import shrink
+from tiny_configs import run_sample_cli, set_fields, shrink, tiny_clip_config
 
 PROMPTS = ["a thick seven", "the digit 2, thin", "a small one"]
 
@@ -131,13 +129,6 @@ def unconditional_run(tmp_path_factory):
     return workdir
 
 
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("text_run")
-    trainer.train_and_evaluate(tiny_text_config(), workdir)
-    return workdir
-
-
 @pytest.mark.parametrize("sampler", [name for name in samplers.SAMPLERS if name != "sddpm"])
 def test_every_sampler_draws_with_clip_guidance(sampler, unconditional_run, noisy_clip):
     """Guidance wraps the model function every sampler calls: at w = 0 the draw is the unguided
@@ -170,11 +161,11 @@ def test_a_larger_scale_raises_the_similarity_of_samples_to_their_prompt(uncondi
                        for w in (0.0, 10.0, 100.0)]
     assert mean_similarity[1] > mean_similarity[0] + 0.07 and mean_similarity[2] > mean_similarity[1] + 0.3
 
-def test_the_cli_draws_clip_guided_prompt_grids_from_unconditional_and_text_runs(unconditional_run, text_run,
+def test_the_cli_draws_clip_guided_prompt_grids_from_unconditional_and_text_runs(unconditional_run, tiny_text_run,
                                                                                  noisy_clip, tmp_path):
     """GLIDE's two settings: a diffusion model that reads no text, steered by the CLIP alone, and a
     text-conditioned one given the prompt as well."""
-    for workdir, sampler in ((unconditional_run, "ddim"), (text_run, "dpmpp_2m")):
+    for workdir, sampler in ((unconditional_run, "ddim"), (tiny_text_run, "dpmpp_2m")):
         out = tmp_path / workdir.name
         run_sample_cli("--workdir", str(workdir), "--prompt", "a thick seven", "--prompt", "the digit 2, thin",
                        "--guidance", "clip", "--clip_run", str(noisy_clip), "--scale", "5", "--sampler", sampler,
@@ -201,9 +192,7 @@ def edited_clip(noisy_clip, tmp_path, **changes):
     where.mkdir()
     shutil.copy(noisy_clip / "tokenizer.json", where)
     config = json.loads((noisy_clip / "config.json").read_text())
-    for field, value in changes.items():
-        section, name = field.split(".")
-        config[section][name] = value
+    set_fields(config, changes)
     (where / "config.json").write_text(json.dumps(config))
     return where
 

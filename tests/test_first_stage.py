@@ -15,7 +15,7 @@ from diffusion.checkpoints import Checkpointer
 from diffusion.data import datasets
 from diffusion.models import first_stage as models
 from experiments import common, first_stage, first_stage_trainer, trainer
-from tiny_configs import poison_batches_at
+from tiny_configs import poison_batches_at, set_fields
 
 MULTS = {1: (1,), 2: (1, 2), 4: (1, 2, 2), 8: (1, 2, 2, 2)}
 
@@ -273,10 +273,7 @@ def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     ({"train.batch_size": 12}, "does not divide over the 8 devices"),
 ])
 def test_impossible_settings_are_refused_before_any_work(tmp_path, fields, message):
-    c = tiny()
-    for field, value in fields.items():
-        section, name = field.split(".")
-        c[section][name] = value
+    c = set_fields(tiny(), fields)
     with pytest.raises(ValueError, match=message):
         first_stage_trainer.train_autoencoder(c, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -14,7 +14,7 @@ from configs import base, mnist_cfg, swissroll
 from diffusion import schedules
 from diffusion.checkpoints import CorruptCheckpointError
 from experiments import common, evaluation, sampling, trainer
-from tiny_configs import shrink
+from tiny_configs import set_fields, shrink
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,9 +41,7 @@ def cli(*args):
     ("sample.clip_max", 2.0, r"sample.clip_max=2.0 bounds the dynamic threshold .* needs sample.clip='dynamic'"),
 ])
 def test_impossible_settings_are_refused_before_any_work(tmp_path, field, value, message):
-    c = tiny()
-    section, name = field.split(".")
-    c[section][name] = value
+    c = set_fields(tiny(), {field: value})
     with pytest.raises(ValueError, match=message):
         trainer.train_and_evaluate(c, tmp_path)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "config.json").exists()

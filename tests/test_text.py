@@ -9,13 +9,13 @@ import numpy as np
 import optax
 import pytest
 
-from configs import clip_mnist
 from diffusion import contrastive, training
 from diffusion.data import captions, datasets
 from diffusion.data.tokenizer import END_ID, PAD_ID, UNKNOWN_ID, Tokenizer, build_tokenizer, split_words
 from diffusion.models.clip import CLIP, ImageTower
 from diffusion.models.conditioning import TextTokens, end_pooled
 from diffusion.models.unet import UNet
+from tiny_configs import set_fields, tiny_clip_config
 
 
 def canvas(n=1):
@@ -271,17 +271,6 @@ def test_the_text_encoder_pools_at_the_end_token_and_drives_the_unet():
 
 # ---- experiments.train_clip ----
 
-def tiny_clip_config(noise_aware):
-    c = clip_mnist.get_config()
-    c.clip.embed_dim, c.clip.image_features, c.clip.text_width = 16, (8, 16), 16
-    c.clip.text_layers, c.clip.text_heads, c.clip.noise_aware = 1, 2, noise_aware
-    c.clip.retrieval_examples = 40
-    c.train.batch_size, c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 16, 2, 1, 2
-    c.data.holdout_fraction = 0.01
-    c.optim.warmup_steps = 1
-    return c
-
-
 @pytest.mark.parametrize("noise_aware", [False, True])
 def test_train_clip_records_zero_shot_and_recall_and_loads_back(tmp_path, noise_aware):
     from experiments import clip_trainer
@@ -307,9 +296,7 @@ def test_train_clip_records_zero_shot_and_recall_and_loads_back(tmp_path, noise_
 ])
 def test_bad_clip_configs_fail_before_any_work(tmp_path, field, value, message):
     from experiments import clip_trainer
-    c = tiny_clip_config(False)
-    section, name = field.split(".")
-    c[section][name] = value
+    c = set_fields(tiny_clip_config(False), {field: value})
     with pytest.raises(ValueError, match=message):
         clip_trainer.train_clip(c, tmp_path / "run")
     assert not (tmp_path / "run").exists()

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from absl import flags
 from PIL import Image
 
 from configs import mnist_cfg, text_mnist, text_mnist_clip
@@ -17,17 +16,10 @@ from diffusion import guidance, parallel, reverse, schedules, training
 from diffusion.data import captions
 from diffusion.data.tokenizer import END_ID, PAD_ID, TOKENIZER_FILE, Tokenizer, build_tokenizer, null_caption
 from diffusion.models.conditioning import TextTokens
-from diffusion.models.unet import UNet
-from experiments import clip_trainer, common, evaluation, sample, sampling, text, trainer
-from test_text import tiny_clip_config
-from tiny_configs import shrink
+from experiments import clip_trainer, common, evaluation, sampling, text, trainer
+from tiny_configs import run_sample_cli, set_fields, tiny_text_config, tiny_unet, zeroed_params
 
 PROMPTS = ["a thick seven", "the digit 2, thin", "a small one"]
-
-
-def tiny_unet(**kw) -> UNet:
-    return UNet(out_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
-                attention_resolutions=(4,), norm_groups=4, dropout=0.0, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +33,6 @@ def text_unet():
     return tok, unet, params, x, t, tokens
 
 
-def _zeroed(params, part: str):
-    """``params`` with every array under a module whose name contains ``part`` set to zero."""
-    leaves = [jnp.zeros_like(v) if any(part in str(getattr(k, "key", k)) for k in path) else v
-              for path, v in jax.tree_util.tree_flatten_with_path(params)[0]]
-    return jax.tree.unflatten(jax.tree.structure(params), leaves)
-
-
 def test_the_prompt_reaches_the_unet_by_cross_attention_and_the_time_embedding_only(text_unet):
     """GLIDE §3.1: the token sequence is the cross-attention context and the end token's feature is
     added to the time embedding. With each path zeroed the prompt still changes the output through
@@ -56,11 +41,11 @@ def test_the_prompt_reaches_the_unet_by_cross_attention_and_the_time_embedding_o
     apply = jax.jit(lambda p, tok: unet.apply({"params": p}, x, t, tokens=tok))
     swapped = tokens[::-1]
     differs = lambda p: float(jnp.max(jnp.abs(apply(p, tokens) - apply(p, swapped)))) > 1e-4
-    no_cross = _zeroed(params, "cross_attentions")
-    no_pooled = _zeroed(params, "pooled_text_projection")
+    no_cross = zeroed_params(params, "cross_attentions")
+    no_pooled = zeroed_params(params, "pooled_text_projection")
     assert "pooled_text_projection" in params
     assert differs(params) and differs(no_cross) and differs(no_pooled)
-    neither = _zeroed(no_cross, "pooled_text_projection")
+    neither = zeroed_params(no_cross, "pooled_text_projection")
     np.testing.assert_array_equal(apply(neither, tokens), apply(neither, swapped))
 
 
@@ -73,7 +58,7 @@ def test_a_conditioning_vector_enters_the_time_embedding_through_its_projection(
     params = unet.init(jax.random.key(0), x, t, cond_vector=v)["params"]
     out = lambda p, vec: unet.apply({"params": p}, x, t, cond_vector=vec)
     assert not np.allclose(out(params, v), out(params, 2 * v))
-    flat = _zeroed(params, "cond_vector_projection")
+    flat = zeroed_params(params, "cond_vector_projection")
     np.testing.assert_array_equal(out(flat, v), out(flat, 2 * v))
     with pytest.raises(ValueError, match="initialised with cond_vector"):
         unet.apply({"params": params}, x, t)
@@ -177,36 +162,15 @@ def test_a_run_keeps_its_tokenizer_and_refuses_another(tmp_path):
 
 # ---- a tiny text run, trained, sampled and refused ----
 
-def tiny_text_config(module=text_mnist):
-    c = shrink(module.get_config())
-    c.model.context_dim, c.model.text_layers, c.model.text_heads = 16, 1, 2
-    return c
 
 
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("text_run")
-    trainer.train_and_evaluate(tiny_text_config(), workdir)
-    return workdir
-
-
-def run_sample_cli(*args):
-    """``python -m experiments.sample`` in this process: its flags parsed, ``main`` called."""
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["sample", *args])
-    try:
-        return sample.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
-
-
-def test_a_text_run_trains_keeps_its_tokenizer_and_draws_a_labelled_prompt_grid(text_run, tmp_path):
+def test_a_text_run_trains_keeps_its_tokenizer_and_draws_a_labelled_prompt_grid(tiny_text_run, tmp_path):
     c = tiny_text_config()
-    assert Tokenizer.load(text_run / TOKENIZER_FILE) == text.tokenizer_of(c)
+    assert Tokenizer.load(tiny_text_run / TOKENIZER_FILE) == text.tokenizer_of(c)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("the digit 2, thin\n\n")
     out = tmp_path / "out"
-    run_sample_cli("--workdir", str(text_run), "--prompt", "a thick seven", "--prompts", str(prompts), "--num", "3",
+    run_sample_cli("--workdir", str(tiny_text_run), "--prompt", "a thick seven", "--prompts", str(prompts), "--num", "3",
                    "--batch", "8", "--steps", "2", "--guidance", "classifier_free", "--scale", "3", "--clip", "dynamic",
                    "--trajectory", "--out", str(out))
     tag = "ddim2_eta0_classifier_free3_seed0"
@@ -219,9 +183,9 @@ def test_a_text_run_trains_keeps_its_tokenizer_and_draws_a_labelled_prompt_grid(
     assert (out / f"{tag}_trajectory.png").exists()
 
 
-def test_prompt_refusals(text_run, tmp_path):
+def test_prompt_refusals(tiny_text_run, tmp_path):
     out = tmp_path / "never"
-    common_args = ("--workdir", str(text_run), "--steps", "2", "--num", "1", "--batch", "8", "--out", str(out))
+    common_args = ("--workdir", str(tiny_text_run), "--steps", "2", "--num", "1", "--batch", "8", "--out", str(out))
     cases = [
         ((), "this run is text-conditioned: give --prompt"),
         (("--prompt", "a purple seven", "--prompt", "a thick nine"),
@@ -237,7 +201,7 @@ def test_prompt_refusals(text_run, tmp_path):
             run_sample_cli(*common_args, *args)
     assert not out.exists()
 
-    run = sampling.load_run(text_run)
+    run = sampling.load_run(tiny_text_run)
     np.testing.assert_array_equal(sampling.prompt_tokens(run, [""])[0], null_caption(run.tokenizer.max_length))
     never_dropped = dataclasses.replace(run, config=run.config.copy_and_resolve_references())
     never_dropped.config.train.caption_dropout = 0.0
@@ -267,30 +231,23 @@ def test_text_alignment_of_real_images_with_their_own_captions():
     assert out["class_match"] > 0.9 and out["attribute_accuracy"]["all"] == 1.0
 
 
-def test_evaluate_a_text_run_on_held_out_captions(text_run):
-    rows, nlls = evaluation.evaluate_run(text_run, [("ddim", 2, 0.0)], num=10, batch=8, nll_examples=8)
+def test_evaluate_a_text_run_on_held_out_captions(tiny_text_run):
+    rows, nlls = evaluation.evaluate_run(tiny_text_run, [("ddim", 2, 0.0)], num=10, batch=8, nll_examples=8)
     row = rows[1]
     assert 0.0 <= row["class_match"] <= 1.0 and 0.0 <= row["attribute_accuracy"]["all"] <= 1.0
     assert np.isfinite(nlls["vlb"]["bits_per_dim"])      # conditioned on each held-out image's caption
-    assert "prompt's class" in (text_run / "eval" / "results.md").read_text()
+    assert "prompt's class" in (tiny_text_run / "eval" / "results.md").read_text()
 
 
 # ---- the frozen CLIP text tower ----
 
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("clip")
-    clip_trainer.train_clip(tiny_clip_config(False), workdir)
-    return workdir
-
-
-def test_clip_text_reads_the_frozen_tower_and_its_tokenizer(clip_dir, tmp_path):
+def test_clip_text_reads_the_frozen_tower_and_its_tokenizer(tiny_clip_run, tmp_path):
     """An Imagen-style run on the CLIP's text tower: the run keeps the CLIP's tokenizer, its trained
     parameters hold no text tower, and the tower it reads after training is the CLIP checkpoint's,
     bitwise, giving the CLIP's own token features."""
     c = tiny_text_config(text_mnist_clip)
-    c.model.clip_run, c.train.num_steps = str(clip_dir), 2
-    clip_model, clip_params, clip_tokenizer, _ = clip_trainer.load_clip(clip_dir)
+    c.model.clip_run, c.train.num_steps = str(tiny_clip_run), 2
+    clip_model, clip_params, clip_tokenizer, _ = clip_trainer.load_clip(tiny_clip_run)
     state = trainer.train_and_evaluate(c, tmp_path / "run")
     assert Tokenizer.load(tmp_path / "run" / TOKENIZER_FILE) == clip_tokenizer
     assert "context_encoder" not in state.params and "pooled_text_projection" in state.params
@@ -318,18 +275,15 @@ def test_clip_text_reads_the_frozen_tower_and_its_tokenizer(clip_dir, tmp_path):
     ({"data.image_size": 32, "model.attention_resolutions": (16,)}, "captions are measured on 28×28 one-channel"),
 ])
 def test_bad_text_configs_are_refused(tmp_path, changes, message):
-    c = tiny_text_config()
-    for field, value in changes.items():
-        section, name = field.split(".")
-        c[section][name] = value
+    c = set_fields(tiny_text_config(), changes)
     with pytest.raises(ValueError, match=message):
         trainer.train_and_evaluate(c, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
-def test_a_clip_run_of_another_width_or_domain_is_refused(clip_dir):
+def test_a_clip_run_of_another_width_or_domain_is_refused(tiny_clip_run):
     c = tiny_text_config(text_mnist_clip)
-    c.model.clip_run, c.model.context_dim = str(clip_dir), 32
+    c.model.clip_run, c.model.context_dim = str(tiny_clip_run), 32
     with pytest.raises(ValueError, match="text tower is 16 wide: set model.context_dim=16"):
         common.validate(c)
     c.model.context_dim, c.data.captions = 16, "fashion_mnist"

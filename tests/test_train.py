@@ -16,7 +16,7 @@ from diffusion import parallel, training
 from diffusion.checkpoints import Checkpointer
 from diffusion.data import datasets, pipeline
 from experiments import common, trainer
-from tiny_configs import assert_same_params, param_leaves, poison_batches_at, shrink, step_batch
+from tiny_configs import assert_same_params, param_leaves, poison_batches_at, set_fields, shrink, step_batch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -120,9 +120,7 @@ def test_an_update_that_overflows_the_parameters_is_not_applied_or_saved(tmp_pat
     ("data.workers", -1, r"data.workers=-1 \(grain worker processes\) must be >= 0"),
 ])
 def test_bad_configs_fail_before_any_work(tmp_path, field, value, message):
-    c = tiny()
-    section, name = field.split(".")
-    c[section][name] = value
+    c = set_fields(tiny(), {field: value})
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         trainer.train_and_evaluate(c, tmp_path)
     assert not (tmp_path / "checkpoints").exists()

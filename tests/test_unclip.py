@@ -18,17 +18,9 @@ from diffusion.data import datasets
 from diffusion.data.tokenizer import END_ID, PAD_ID, null_caption
 from diffusion.models.unclip_prior import FrozenCLIPText
 from experiments import clip_trainer, common, trainer, unclip
-from test_text import tiny_clip_config
-from test_text_to_image import _zeroed, run_sample_cli, tiny_unet
+from tiny_configs import run_sample_cli, set_fields, tiny_clip_config, tiny_unet, zeroed_params
 
 PROMPTS = ["a thick seven", "the digit 2, thin"]
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("clip")
-    clip_trainer.train_clip(tiny_clip_config(False), workdir)
-    return workdir
 
 
 def _tiny_training(c, steps=4):
@@ -37,17 +29,17 @@ def _tiny_training(c, steps=4):
     return c
 
 
-def tiny_prior_config(clip_dir):
+def tiny_prior_config(tiny_clip_run):
     c = _tiny_training(unclip_prior_mnist.get_config())
-    c.model.clip_run, c.model.context_dim = str(clip_dir), 16      # the tiny CLIP's text width
+    c.model.clip_run, c.model.context_dim = str(tiny_clip_run), 16      # the tiny CLIP's text width
     c.unclip.width, c.unclip.layers, c.unclip.heads = 16, 1, 2
     c.sample.steps = 2
     return c
 
 
-def tiny_decoder_config(clip_dir):
+def tiny_decoder_config(tiny_clip_run):
     c = _tiny_training(unclip_decoder_mnist.get_config())
-    c.model.clip_run, c.model.context_dim = str(clip_dir), 8
+    c.model.clip_run, c.model.context_dim = str(tiny_clip_run), 8
     c.model.base_channels, c.model.channel_mult, c.model.num_res_blocks = 8, (1, 2), 1
     c.model.attention_resolutions, c.model.norm_groups = (14,), 4
     c.sample.steps = 2
@@ -55,31 +47,31 @@ def tiny_decoder_config(clip_dir):
 
 
 @pytest.fixture(scope="module")
-def prior_dir(clip_dir, tmp_path_factory):
+def prior_dir(tiny_clip_run, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("prior")
-    trainer.train_and_evaluate(tiny_prior_config(clip_dir), workdir)
+    trainer.train_and_evaluate(tiny_prior_config(tiny_clip_run), workdir)
     return workdir
 
 
 @pytest.fixture(scope="module")
-def decoder_dir(clip_dir, tmp_path_factory):
+def decoder_dir(tiny_clip_run, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("decoder")
-    trainer.train_and_evaluate(tiny_decoder_config(clip_dir), workdir)
+    trainer.train_and_evaluate(tiny_decoder_config(tiny_clip_run), workdir)
     return workdir
 
 
 # ---- the embeddings both stages read ----
 
-def test_the_priors_training_pairs_are_the_clips_embeddings_of_the_same_images_and_captions(clip_dir):
+def test_the_priors_training_pairs_are_the_clips_embeddings_of_the_same_images_and_captions(tiny_clip_run):
     """Pairs computed once (``prior_training_data``): each image's z_i is CLIP's encode_image of it,
     scaled to √E·z/‖z‖ (computed here in NumPy from ``clip_trainer.embed_images``); its caption's
     tokens are kept, and the prior's text side gives CLIP's encode_text of them."""
-    c = tiny_prior_config(clip_dir)
+    c = tiny_prior_config(tiny_clip_run)
     train = common.load_data(c)[0]
     split = datasets.Split(train.images[:40], train.labels[:40], tokens=train.tokens[:40])
     mesh = parallel.make_mesh()
     pairs = unclip.prior_training_data(c, split, mesh)
-    model, params, _, _ = clip_trainer.load_clip(clip_dir)
+    model, params, _, _ = clip_trainer.load_clip(tiny_clip_run)
     raw = clip_trainer.embed_images(model, params, split.images, mesh).astype(np.float64)
     expected = raw * np.sqrt(raw.shape[1]) / np.linalg.norm(raw, axis=1, keepdims=True)
     assert pairs.images.shape == (40, 16) and pairs.images.dtype == np.float32
@@ -96,10 +88,10 @@ def test_the_priors_training_pairs_are_the_clips_embeddings_of_the_same_images_a
 # ---- the prior's network ----
 
 @pytest.fixture(scope="module")
-def tiny_prior(clip_dir):
+def tiny_prior(tiny_clip_run):
     """(prior network over the tiny CLIP, its parameters, z at t [2, 16], t, two prompts' tokens)."""
-    prior = unclip.make_prior(tiny_prior_config(clip_dir), 16)
-    _, _, tokenizer, _ = clip_trainer.load_clip(clip_dir)
+    prior = unclip.make_prior(tiny_prior_config(tiny_clip_run), 16)
+    _, _, tokenizer, _ = clip_trainer.load_clip(tiny_clip_run)
     tokens = jnp.asarray(tokenizer.encode(PROMPTS))
     x, t = jax.random.normal(jax.random.key(0), (2, 16)), jnp.asarray([5, 700])
     return prior, prior.init(jax.random.key(1), x, t, tokens=tokens)["params"], x, t, tokens
@@ -157,9 +149,9 @@ def test_the_decoder_reads_the_embedding_through_the_time_embedding_and_four_con
     apply = jax.jit(lambda p, z_: unet.apply({"params": p}, x, t, cond_vector=z_))
     other = z[::-1]
     differs = lambda p: float(jnp.max(jnp.abs(apply(p, z) - apply(p, other)))) > 1e-4
-    no_tokens, no_projection = _zeroed(params, "cond_vector_tokens"), _zeroed(params, "cond_vector_projection")
+    no_tokens, no_projection = zeroed_params(params, "cond_vector_tokens"), zeroed_params(params, "cond_vector_projection")
     assert differs(params) and differs(no_tokens) and differs(no_projection)
-    neither = _zeroed(no_tokens, "cond_vector_projection")
+    neither = zeroed_params(no_tokens, "cond_vector_projection")
     np.testing.assert_array_equal(apply(neither, z), apply(neither, other))
 
 
@@ -243,10 +235,10 @@ def test_variations_decode_an_images_clip_embedding(decoder_dir, tmp_path):
         assert f["image"].shape == (3, 28, 28, 1) and f["source"].shape == (1, 28, 28, 1)
 
 
-def test_unclip_refusals(prior_dir, decoder_dir, clip_dir, tmp_path):
+def test_unclip_refusals(prior_dir, decoder_dir, tiny_clip_run, tmp_path):
     out = tmp_path / "never"
     other_clip = tmp_path / "other_clip"
-    shutil.copytree(clip_dir, other_clip)
+    shutil.copytree(tiny_clip_run, other_clip)
     elsewhere = tmp_path / "decoder_on_another_clip"
     elsewhere.mkdir()
     config = json.loads((decoder_dir / "config.json").read_text())
@@ -286,11 +278,9 @@ def test_unclip_refusals(prior_dir, decoder_dir, clip_dir, tmp_path):
     ("decoder", {"train.eval_every": 10}, "gives the network no CLIP embedding"),
     ("decoder", {"model.num_classes": 10}, "no labels: set data.autoencoder='', data.low_resolution=0"),
 ])
-def test_bad_unclip_configs_are_refused_before_any_work(clip_dir, tmp_path, stage, changes, message):
-    c = (tiny_prior_config if stage == "prior" else tiny_decoder_config)(clip_dir)
-    for field, value in changes.items():
-        section, name = field.split(".")
-        c[section][name] = value
+def test_bad_unclip_configs_are_refused_before_any_work(tiny_clip_run, tmp_path, stage, changes, message):
+    c = (tiny_prior_config if stage == "prior" else tiny_decoder_config)(tiny_clip_run)
+    set_fields(c, changes)
     with pytest.raises(ValueError, match=message):
         trainer.train_and_evaluate(c, tmp_path / "run")
     assert not (tmp_path / "run").exists()
