@@ -10,14 +10,15 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from diffusion import contrastive
+
 
 def embedding_space(z):
     """z [B, E] → √E·z/‖z‖. CLIP compares embeddings by cosine similarity only (its loss normalises
     them), so the norm carries nothing; √E makes each component's mean square 1, the scale of the
     N(0, I) the forward process ends at (as LDM scales its latents), whatever norm CLIP's
     projection happened to learn. The prior's data, its text input and the decoder's input."""
-    z = z.astype(jnp.float32)
-    return z * jnp.sqrt(z.shape[-1]) / jnp.linalg.norm(z, axis=-1, keepdims=True)
+    return jnp.sqrt(z.shape[-1]) * contrastive.normalize(z.astype(jnp.float32))
 
 
 def null_embedding(batch: int, dim: int):

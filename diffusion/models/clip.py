@@ -66,8 +66,14 @@ class CLIP(nn.Module):
     def encode_image(self, images, timesteps=None):
         return self.image_tower(images, timesteps)
 
+    def text_features(self, tokens):
+        """(the text tower's token features [B, L, W], the caption's embedding [B, E]: its end-token
+        feature projected into the joint space)."""
+        features = self.text_tower(tokens)
+        return features, self.text_projection(end_pooled(features, tokens))
+
     def encode_text(self, tokens):
-        return self.text_projection(end_pooled(self.text_tower(tokens), tokens))
+        return self.text_features(tokens)[1]
 
     def __call__(self, images, tokens, timesteps=None):
         return self.encode_image(images, timesteps), self.encode_text(tokens), jnp.asarray(self.log_scale)

@@ -46,19 +46,43 @@ class TextTokens(nn.Module):
             raise ValueError(f"text encoder takes token ids [B, L <= {self.max_length}], got {tokens.shape}")
         pos = self.param("position_embedding", nn.initializers.normal(0.01), (self.max_length, self.dim))
         h = nn.Embed(self.vocab_size, self.dim, name="token_embedding")(tokens) + pos[:tokens.shape[1]]
-        mask = nn.make_causal_mask(tokens)
-        for i in range(self.num_layers):
-            a = nn.LayerNorm(name=f"layers_{i}_norm1")(h)
-            h = h + nn.MultiHeadDotProductAttention(self.num_heads, name=f"layers_{i}_attention")(a, a, mask=mask)
-            m = nn.gelu(nn.Dense(4 * self.dim, name=f"layers_{i}_fc1")(nn.LayerNorm(name=f"layers_{i}_norm2")(h)))
-            h = h + nn.Dense(self.dim, name=f"layers_{i}_fc2")(m)
+        h = transformer_blocks(h, nn.make_causal_mask(tokens), num_layers=self.num_layers, num_heads=self.num_heads)
         return nn.LayerNorm(name="final_norm")(h)
+
+
+def transformer_blocks(h, mask, *, num_layers: int, num_heads: int, dropout: float = 0.0, deterministic: bool = True):
+    """``num_layers`` pre-LayerNorm transformer blocks on h [B, L, W] under ``mask``: h + attention(LN(h)),
+    then h + fc2(dropout(gelu(fc1(LN(h))))) with a 4·W hidden layer (GPT-2's block, as CLIP's text
+    transformer). Called inside a compact module, whose parameters it adds as ``layers_{i}_*``."""
+    width = h.shape[-1]
+    for i in range(num_layers):
+        a = nn.LayerNorm(name=f"layers_{i}_norm1")(h)
+        h = h + nn.MultiHeadDotProductAttention(num_heads, name=f"layers_{i}_attention")(a, a, mask=mask)
+        m = nn.gelu(nn.Dense(4 * width, name=f"layers_{i}_fc1")(nn.LayerNorm(name=f"layers_{i}_norm2")(h)))
+        m = nn.Dropout(dropout)(m, deterministic=deterministic)
+        h = h + nn.Dense(width, name=f"layers_{i}_fc2")(m)
+    return h
+
+
+def end_position(tokens):
+    """Each caption's first end token's index int[B] (tokens int[B, L])."""
+    return jnp.argmax(tokens == END_ID, axis=1)
 
 
 def end_pooled(context, tokens):
     """The context [B, L, D] at each caption's first end token (CLIP's [EOS] features): [B, D]."""
-    position = jnp.argmax(tokens == END_ID, axis=1)
-    return jnp.take_along_axis(context, position[:, None, None], axis=1)[:, 0]
+    return jnp.take_along_axis(context, end_position(tokens)[:, None, None], axis=1)[:, 0]
+
+
+def frozen_apply(module: nn.Module, params, *args, missing: str, method=None):
+    """``module.apply({"params": params}, *args, method=method)`` under ``stop_gradient``: a pretrained
+    network held fixed inside another (its ``params`` a field, not ``self.param``, so they never
+    enter the outer model's parameters, optimizer, EMA or checkpoints). Refuses ``params`` None
+    (a model built to check shapes only) with ``missing``, the message's start."""
+    if params is None:
+        raise ValueError(f"{missing} (to check shapes only); load them (experiments.common.make_model) before "
+                         "calling it")
+    return jax.lax.stop_gradient(module.apply({"params": params}, *args, method=method))
 
 
 class FrozenTextTokens(nn.Module):
@@ -71,7 +95,4 @@ class FrozenTextTokens(nn.Module):
     params: Any
 
     def __call__(self, tokens):
-        if self.params is None:
-            raise ValueError("this frozen text encoder was built without its pretrained parameters (to check "
-                             "shapes only); load them (experiments.common.make_model) before calling it")
-        return jax.lax.stop_gradient(self.encoder.apply({"params": self.params}, tokens))
+        return frozen_apply(self.encoder, self.params, tokens, missing="this frozen text encoder was built without its pretrained parameters")

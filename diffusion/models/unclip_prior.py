@@ -4,12 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from diffusion.data.tokenizer import END_ID
 from diffusion.models.clip import CLIP
-from diffusion.models.conditioning import end_pooled
+from diffusion.models.conditioning import end_position, frozen_apply, transformer_blocks
 from diffusion.models.layers import TimeEmbedding, timestep_embedding
 from diffusion.unclip import embedding_space
 
@@ -23,14 +21,8 @@ class FrozenCLIPText(nn.Module):
     params: Any
 
     def __call__(self, tokens):
-        if self.params is None:
-            raise ValueError("this frozen CLIP was built without its trained parameters (to check shapes only); "
-                             "load them (experiments.common.make_model) before calling it")
-
-        def text_side(m, tokens):
-            features = m.text_tower(tokens)
-            return features, m.text_projection(end_pooled(features, tokens))
-        return jax.lax.stop_gradient(self.clip.apply({"params": self.params}, tokens, method=text_side))
+        return frozen_apply(self.clip, self.params, tokens, method=CLIP.text_features,
+                            missing="this frozen CLIP was built without its trained parameters")
 
 
 class PriorTransformer(nn.Module):
@@ -61,15 +53,10 @@ class PriorTransformer(nn.Module):
         ], axis=1)
         sequence = sequence + self.param("position_embedding", nn.initializers.normal(0.01),
                                          (L + 4, self.width))
-        text_kept = jnp.arange(L)[None] <= jnp.argmax(tokens == END_ID, axis=1)[:, None]   # words and the end token
+        text_kept = jnp.arange(L)[None] <= end_position(tokens)[:, None]   # words and the end token
         keys_kept = jnp.concatenate([text_kept, jnp.ones((B, 4), bool)], axis=1)
         mask = nn.combine_masks(nn.make_causal_mask(keys_kept), nn.make_attention_mask(jnp.ones_like(keys_kept),
                                                                                         keys_kept))
-        h = sequence
-        for i in range(self.num_layers):
-            a = nn.LayerNorm(name=f"layers_{i}_norm1")(h)
-            h = h + nn.MultiHeadDotProductAttention(self.num_heads, name=f"layers_{i}_attention")(a, a, mask=mask)
-            m = nn.gelu(nn.Dense(4 * self.width, name=f"layers_{i}_fc1")(nn.LayerNorm(name=f"layers_{i}_norm2")(h)))
-            m = nn.Dropout(self.dropout)(m, deterministic=not train)
-            h = h + nn.Dense(self.width, name=f"layers_{i}_fc2")(m)
+        h = transformer_blocks(sequence, mask, num_layers=self.num_layers, num_heads=self.num_heads,
+                               dropout=self.dropout, deterministic=not train)
         return nn.Dense(self.out_features, name="out")(nn.LayerNorm(name="final_norm")(h[:, -1]))
