@@ -120,6 +120,10 @@ def validate(c: ml_collections.ConfigDict):
                          "(2-D toy data take the 'mlp', images the 'unet' or an autoencoder)")
     if is_toy and d.decoder != "gaussian":
         raise ValueError("config: toy data are continuous; set diffusion.decoder='gaussian'")
+    if c.data.random_flip and (is_toy or m.kind == unclip.PRIOR):   # the pipeline flips [H, W, C] records
+        what = "2-D points" if is_toy else "CLIP image embeddings (an unCLIP prior)"
+        raise ValueError(f"config: data.random_flip mirrors images left–right, but this run trains on {what}: "
+                         "set data.random_flip=False")
     for field, why in COUNT_FIELDS.items():
         section, name = field.split(".")
         if not _is_integer(c[section][name]) or c[section][name] < 1:

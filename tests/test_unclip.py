@@ -276,6 +276,7 @@ def test_unclip_refusals(prior_dir, decoder_dir, tiny_clip_run, tmp_path):
     ("decoder", {"unclip.embedding_tokens": 0}, "set it >= 1 and model.context_dim > 0"),
     ("decoder", {"model.clip_run": "runs/none"}, "model.clip_run='runs/none' is not a CLIP run"),
     ("decoder", {"train.eval_every": 10}, "gives the network no CLIP embedding"),
+    ("prior", {"data.random_flip": True}, "data.random_flip mirrors images left–right, but this run trains on CLIP"),
     ("decoder", {"model.num_classes": 10}, "no labels: set data.autoencoder='', data.low_resolution=0"),
 ])
 def test_bad_unclip_configs_are_refused_before_any_work(tiny_clip_run, tmp_path, stage, changes, message):
