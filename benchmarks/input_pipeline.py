@@ -38,10 +38,9 @@ def pipeline_rate(source, batch: int, workers: int, threads: int, seconds: float
         stream.close()
 
 
-def sources(tfds_name: str):
+def sources(tfds_name: str, mnist_source):
     """(name, source, whether workers can read it) of every source measured."""
-    split, _ = datasets.load_splits("mnist", image_size=28, holdout_fraction=0.1)
-    yield "MNIST 10k, in memory (28×28×1)", pipeline.ArraySource.from_split(split), True
+    yield "MNIST 10k, in memory (28×28×1)", mnist_source, True
     if (SHARED / "fashion_mnist_70k.npz").exists():
         split, _ = datasets.load_splits(str(SHARED / "fashion_mnist_70k.npz"), image_size=28, holdout_fraction=1 / 7)
         yield "Fashion-MNIST 60k, in memory (28×28×1)", pipeline.ArraySource.from_split(split), True
@@ -61,25 +60,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="Seconds per timing window.")
     parser.add_argument("--workers", default="0,1,2", help="Grain worker processes, comma-separated.")
-    parser.add_argument("--threads", type=int, default=mnist.get_config().data.read_threads,
+    config = mnist.get_config()
+    parser.add_argument("--threads", type=int, default=config.data.read_threads,
                         help="Reading threads (data.read_threads).")
     parser.add_argument("--tfds", default="cifar10", help="A TFDS set measured when it is prepared.")
     args = parser.parse_args()
     flags.FLAGS.mark_as_parsed()          # grain's worker processes read absl flags
     xla_flags.use_xla_cpu_convolutions()  # as the entry points do, before the backend starts
-    batch = mnist.get_config().train.batch_size
+    batch = config.train.batch_size
+    mnist_source = pipeline.ArraySource.from_split(datasets.load_splits("mnist", image_size=28, holdout_fraction=0.1)[0])
     workers = [int(w) for w in args.workers.split(",")]
     step = measure("w16", batch, args.seconds)
     print(f"| source (batch {batch}, {args.threads} reading threads) | "
           + " | ".join(f"{w} worker{'' if w == 1 else 's'}: images/s" for w in workers) + " |")
     print("| --- |" + " --- |" * len(workers))
-    for name, source, workers_can_read in sources(args.tfds):
+    for name, source, workers_can_read in sources(args.tfds, mnist_source):
         rates = [f"{pipeline_rate(source, batch, w, args.threads, args.seconds):,.0f}" if workers_can_read or w == 0
                  else "—" for w in workers]
         print(f"| {name} | " + " | ".join(rates) + " |", flush=True)
-    split, _ = datasets.load_splits("mnist", image_size=28, holdout_fraction=0.1)
-    flipped = pipeline_rate(pipeline.ArraySource.from_split(split), batch, 0, args.threads, args.seconds,
-                            random_flip=True)
+    flipped = pipeline_rate(mnist_source, batch, 0, args.threads, args.seconds, random_flip=True)
     print(f"| MNIST 10k, in memory, data.random_flip | {flipped:,.0f} |" + " |" * (len(workers) - 1))
     print(f"\ntrain step (configs/mnist.py U-Net, batch {batch}, benchmarks.main_job): "
           f"{step['images_s']:,.0f} images/s")

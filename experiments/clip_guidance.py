@@ -5,7 +5,7 @@ per prompt, as the condition of ``guidance.clip``'s guided model function (built
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import numpy as np
@@ -13,7 +13,7 @@ import numpy as np
 from diffusion import contrastive
 from diffusion.data.tokenizer import Tokenizer, split_words
 from diffusion.models.clip import CLIP
-from experiments import clip_trainer, runs, sampling
+from experiments import clip_runs, sampling, text
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,7 @@ def load(workdir, run: sampling.Run) -> ClipGuide:
     if not workdir:
         raise ValueError("--guidance clip needs --clip_run: a noise-aware CLIP run, trained with python -m "
                          "experiments.train_clip --config configs/clip_mnist_noisy.py --workdir runs/clip_mnist_noisy")
-    config = runs.load_config(workdir)
-    if "clip" not in config:
-        raise ValueError(f"--clip_run={workdir} is not a CLIP run (its config has no clip section): give an "
-                         "experiments.train_clip workdir")
+    config = clip_runs.check_run(workdir, f"--clip_run={workdir}", clip_config="configs/clip_mnist_noisy.py")
     if not config.clip.noise_aware:
         raise ValueError(f"--clip_run={workdir} is a CLIP of clean images (clip.noise_aware=False): CLIP guidance "
                          "differentiates it at every x_t, where it was never trained (GLIDE §3.4 trains a noised CLIP "
@@ -57,8 +54,7 @@ def load(workdir, run: sampling.Run) -> ClipGuide:
                          f"{theirs.image_size}×{theirs.image_size}×{theirs.channels}; this run draws {ours.source!r} "
                          f"images of {ours.image_size}×{ours.image_size}×{ours.channels}: give a CLIP of the same data")
     sampling.check_schedule(workdir, config, run.schedule, "CLIP")
-    model, params, tokenizer, _ = clip_trainer.load_clip(workdir)
-    params = runs.host_copy(params)   # closed over as constants by the compiled sampler
+    model, params, tokenizer, _ = clip_runs.load_frozen(workdir)   # closed over as constants by the compiled sampler
     return ClipGuide(
         workdir=str(workdir), domain=config.clip.domain, tokenizer=tokenizer,
         encode_image=lambda x, t: model.apply({"params": params}, x, t, method=CLIP.encode_image),
@@ -66,12 +62,15 @@ def load(workdir, run: sampling.Run) -> ClipGuide:
         encode_text=jax.jit(lambda tokens: model.apply({"params": params}, tokens, method=CLIP.encode_text)))
 
 
-def prompt_condition(run: sampling.Run, guide: ClipGuide, prompts) -> dict:
-    """The CLIP-guided model function's condition for each prompt: ``text_embedding`` g(c) [P, E],
-    and for a text-conditioned run the prompt's ``tokens`` [P, L] in the run's own vocabulary (GLIDE
-    guides its text-conditional model given the caption too). Refused: no prompt, the empty prompt
-    (the CLIP never saw it: it points nowhere), words outside the CLIP's vocabulary (named) or more
-    than its context holds."""
+def prompt_condition(run: sampling.Run, guide: Optional[ClipGuide], prompts):
+    """Each prompt's condition: without ``guide``, the run's token ids (``sampling.prompt_tokens``);
+    with it, the CLIP-guided model function's: ``text_embedding`` g(c) [P, E], and for a
+    text-conditioned run the prompt's ``tokens`` [P, L] in the run's own vocabulary (GLIDE guides
+    its text-conditional model given the caption too). Refused: no prompt, the empty prompt (the
+    CLIP never saw it: it points nowhere), words outside the CLIP's vocabulary (named) or more than
+    its context holds."""
+    if guide is None:
+        return sampling.prompt_tokens(run, prompts)
     prompts = list(prompts)
     if not prompts:
         raise ValueError("--guidance clip steers towards a prompt: give --prompt 'a thick seven' (repeatable) or "
@@ -79,13 +78,6 @@ def prompt_condition(run: sampling.Run, guide: ClipGuide, prompts) -> dict:
     if any(not split_words(p) for p in prompts):
         raise ValueError(f"--guidance clip towards the empty prompt: the CLIP {guide.workdir} was never trained on it, "
                          "so its similarity points nowhere; give words (or drop --guidance for the null caption)")
-    unknown = {p: guide.tokenizer.unknown_words(p) for p in prompts if guide.tokenizer.unknown_words(p)}
-    if unknown:
-        raise ValueError(f"prompts with words outside the vocabulary of the CLIP {guide.workdir}: " + "; ".join(
-            f"{p!r}: {words}" for p, words in unknown.items()) + f". Its words: {', '.join(guide.tokenizer.words[3:])}")
-    try:
-        clip_tokens = guide.tokenizer.encode(prompts, strict=True)
-    except ValueError as e:
-        raise ValueError(f"the CLIP {guide.workdir}: {e}") from e
+    clip_tokens = text.check_prompts(guide.tokenizer, prompts, f"the CLIP {guide.workdir}")
     condition = {} if run.tokenizer is None else {"tokens": sampling.prompt_tokens(run, prompts)}
     return dict(condition, text_embedding=np.asarray(guide.encode_text(clip_tokens)))

@@ -15,45 +15,14 @@ import numpy as np
 
 from diffusion import contrastive, gaussian, parallel, training
 from diffusion.data import captions, datasets
-from diffusion.data.tokenizer import TOKENIZER_FILE, Tokenizer, build_tokenizer
+from diffusion.data.tokenizer import Tokenizer, build_tokenizer
 from diffusion.models.clip import CLIP
-from experiments import common, runs, trainer
+from experiments import clip_runs, common, text, trainer
+from experiments.clip_runs import init_params, make_clip, validate
+
+load_clip = clip_runs.load_clip   # a trained CLIP read back, here beside its training
 
 REPORT_FILE = "clip_eval.json"
-
-
-def validate(c: ml_collections.ConfigDict):
-    """Raise ValueError naming the first impossible ``clip`` setting (the rest of the config is
-    checked by ``common.validate``)."""
-    if "clip" not in c:
-        raise ValueError("config has no clip section: start from configs/clip_mnist.py")
-    k = c.clip
-    if k.domain not in captions.DOMAINS:
-        raise ValueError(f"config field clip.domain={k.domain!r} is not one of {list(captions.DOMAINS)}")
-    if c.optim.grad_accum_steps != 1:
-        raise ValueError(f"config field optim.grad_accum_steps={c.optim.grad_accum_steps!r}: InfoNCE contrasts each "
-                         "image with the whole batch's captions, so micro-batches would change the loss; set 1")
-    if k.text_width % k.text_heads:
-        raise ValueError(f"config field clip.text_width={k.text_width} does not split into clip.text_heads={k.text_heads}")
-    if k.max_length < 0 or k.retrieval_examples < 5:
-        raise ValueError(f"config fields clip.max_length={k.max_length} must be >= 0 (0: the longest caption's) and "
-                         f"clip.retrieval_examples={k.retrieval_examples} >= 5 (recall@5)")
-    if c.data.channels != 1 or c.data.image_size != 28:
-        raise ValueError("config: captions are measured on 28×28 one-channel images (data.image_size=28, "
-                         "data.channels=1)")
-
-
-def make_clip(c: ml_collections.ConfigDict, tokenizer: Tokenizer) -> CLIP:
-    k = c.clip
-    return CLIP(vocab_size=tokenizer.vocab_size, max_length=tokenizer.max_length, embed_dim=k.embed_dim,
-                image_features=tuple(k.image_features), text_width=k.text_width, text_layers=k.text_layers,
-                text_heads=k.text_heads, noise_aware=k.noise_aware)
-
-
-def init_params(c: ml_collections.ConfigDict, model: CLIP, key):
-    x = jnp.zeros((1, c.data.image_size, c.data.image_size, c.data.channels))
-    t = (jnp.zeros((1,), jnp.int32),) if c.clip.noise_aware else ()
-    return model.init(key, x, jnp.zeros((1, model.max_length), jnp.int32), *t)["params"]
 
 
 def run_tokenizer(c: ml_collections.ConfigDict, workdir: Path, train: datasets.Split) -> tuple[Tokenizer, list]:
@@ -62,13 +31,8 @@ def run_tokenizer(c: ml_collections.ConfigDict, workdir: Path, train: datasets.S
     and a resumed run whose data would give another is refused."""
     candidates = captions.candidate_captions(c.clip.domain, train.images, train.labels)
     texts = [t for row in candidates for t in row] + captions.class_prompts(c.clip.domain)
-    tokenizer = build_tokenizer(texts, c.clip.max_length)
-    path = workdir / TOKENIZER_FILE
-    if path.exists() and Tokenizer.load(path) != tokenizer:
-        raise ValueError(f"{path} holds another vocabulary than this config's data gives: the run was made with "
-                         "other data or clip settings; use a new --workdir")
-    if jax.process_index() == 0:
-        tokenizer.save(path)
+    tokenizer = text.keep(build_tokenizer(texts, c.clip.max_length), workdir, "this config's data gives: the run was "
+                          "made with other data or clip settings; use a new --workdir")
     return tokenizer, candidates
 
 
@@ -160,14 +124,3 @@ def train_clip(config: ml_collections.ConfigDict, workdir, *, fall_back: bool = 
             at = "" if r["timestep"] is None else f"t={r['timestep']}: "
             print(f"held-out {at}" + ", ".join(f"{k}={v:.4f}" for k, v in r.items() if k != "timestep"))
     return state, report
-
-
-def load_clip(workdir, step: Optional[int] = None) -> tuple[CLIP, dict, Tokenizer, ml_collections.ConfigDict]:
-    """(model, EMA parameters, tokenizer, config) of a run written by ``experiments.train_clip``."""
-    config = runs.load_config(workdir)
-    validate(config)
-    tokenizer = Tokenizer.load(Path(workdir) / TOKENIZER_FILE)
-    model = make_clip(config, tokenizer)
-    abstract = jax.eval_shape(partial(init_params, config, model), jax.random.key(0))
-    state, _ = runs.restore_partial(workdir, {"ema_params": runs.replicated_like(abstract)}, config, step, "train_clip")
-    return model, state["ema_params"], tokenizer, config

@@ -16,7 +16,6 @@ import ml_collections
 
 from diffusion import cascade, gaussian, losses, reverse, samplers, schedules, sddpm, training
 from diffusion.data import captions, datasets
-from diffusion.data.tokenizer import TOKENIZER_FILE
 from diffusion.models import first_stage as first_stage_models
 from diffusion.models.conditioning import ClassTokens
 from diffusion.models.sddpm_autoencoders import AUTOENCODERS, ConvAutoencoder
@@ -24,7 +23,7 @@ from diffusion.models.mlp import MLPDenoiser
 from diffusion.models.classifier import ImageClassifier
 from diffusion.models.layers import ATTENTION_IMPLEMENTATIONS
 from diffusion.models.unet import NoisyClassifier, UNet
-from experiments import runs, text, unclip
+from experiments import clip_runs, runs, text, unclip
 
 UNET_FIELDS = ("base_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "dropout",
                "num_heads", "num_head_channels", "resblock_updown", "scale_shift_norm", "rescale_residual",
@@ -320,14 +319,7 @@ def check_text(c: ml_collections.ConfigDict):
             raise ValueError(f"config: model.text_layers={m.text_layers!r} and model.text_heads={m.text_heads!r} must be "
                              f"integers >= 1, the heads dividing model.context_dim={m.context_dim}")
         return
-    where = Path(m.clip_run or ".")
-    if not m.clip_run or not (where / "config.json").exists() or not (where / TOKENIZER_FILE).exists():
-        raise ValueError(f"config field model.clip_run={m.clip_run!r} is not a CLIP run (no config.json and "
-                         f"{TOKENIZER_FILE} there): train one first with python -m experiments.train_clip "
-                         f"--config configs/clip_mnist.py --workdir {m.clip_run or 'runs/clip_mnist'}")
-    clip = runs.load_config(where)
-    if "clip" not in clip:
-        raise ValueError(f"config field model.clip_run={m.clip_run!r} is not a CLIP run (its config has no clip section)")
+    clip = clip_runs.check_run(m.clip_run)
     if clip.clip.domain != d.captions:
         raise ValueError(f"config: the CLIP run {m.clip_run} was trained on {clip.clip.domain!r} captions, not "
                          f"data.captions={d.captions!r}")

@@ -438,8 +438,7 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
     clip_guide = clip_guidance.load(clip_run, run) if guide == "clip" else None
     domain = clip_guide.domain if clip_guide else config.data.captions
     prompts = heldout_prompts(run, heldout, num, domain) if run.tokenizer is not None or clip_guide else None
-    condition = None if prompts is None else (clip_guidance.prompt_condition(run, clip_guide, prompts) if clip_guide
-                                              else run.tokenizer.encode(prompts))
+    condition = None if prompts is None else clip_guidance.prompt_condition(run, clip_guide, prompts)
     for sampler, steps, eta in settings:
         images = samples_for(run, mesh, out, sampler, steps, eta, num=num, batch=batch, seed=seed, guide=guide,
                              scale=scale, classifier_log_prob=classifier, clip_guide=clip_guide, condition=condition)

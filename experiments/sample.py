@@ -204,11 +204,7 @@ def write_prompt_grid(run, draw, mesh, r: Request, out: Path, tag: str, prompts:
     each one's prompt."""
     images = sampling.draw_samples(run, draw, mesh, num=len(prompts) * r.num, batch=r.batch, seed=r.seed, scale=r.scale,
                                    condition=condition)
-    if jax.process_index() == 0:
-        blocks = [(p or "'' (the null caption)", images[i * r.num:(i + 1) * r.num]) for i, p in enumerate(prompts)]
-        np.savez(out / f"{tag}.npz", image=images, prompt=np.repeat(np.asarray(prompts), r.num))
-        path = visualize.save_png(visualize.labelled_grid(blocks), out / f"{tag}.png", scale=2)
-        print(f"wrote {path} and {out / (tag + '.npz')}")
+    sampling.write_prompt_grid(out, tag, prompts, images)
 
 
 def sample_cascade(workdirs, settings: cascade.Settings, *, num: int, batch: int, seed: int, label: int, out):
@@ -261,9 +257,6 @@ def main(argv):
     unclip.check_sampled_alone(run.config, FLAGS.workdir)
     if FLAGS.clip_run and FLAGS.guidance != "clip":
         raise ValueError(f"--clip_run={FLAGS.clip_run} is the CLIP of --guidance clip; add --guidance clip or drop it")
-    clip_guide = clip_guidance.load(FLAGS.clip_run, run) if FLAGS.guidance == "clip" else None
-    per_prompt = (clip_guidance.prompt_condition(run, clip_guide, prompts) if clip_guide
-                  else sampling.prompt_tokens(run, prompts))
     if run.tokenizer is not None and (FLAGS.interpolate or FLAGS.reconstruct):
         raise ValueError(f"{FLAGS.workdir} is text-conditioned: --interpolate and --reconstruct are not implemented for "
                          "prompts yet; drop them (the prompt grid and --trajectory are)")
@@ -278,6 +271,8 @@ def main(argv):
     if run.latent is not None and FLAGS.reconstruct:
         raise ValueError(f"{FLAGS.workdir} diffuses latents of {run.config.data.autoencoder}: --reconstruct inverts "
                          "pixel images with DDIM; drop it (the grid, --trajectory and --interpolate are decoded)")
+    clip_guide = clip_guidance.load(FLAGS.clip_run, run) if FLAGS.guidance == "clip" else None   # reads its checkpoint
+    per_prompt = clip_guidance.prompt_condition(run, clip_guide, prompts)
     clip = run.config.sample.clip if FLAGS.clip is None else FLAGS.clip
     spacing = run.config.sample.spacing if FLAGS.spacing is None else FLAGS.spacing
     r = Request(sampler=FLAGS.sampler, steps=FLAGS.steps, eta=FLAGS.eta, clip=clip, spacing=spacing, num=FLAGS.num,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,7 +14,7 @@ import numpy as np
 from flax import serialization
 from tqdm import tqdm
 
-from diffusion import cascade, gaussian, guidance, parallel, samplers
+from diffusion import cascade, gaussian, guidance, parallel, samplers, unclip as unclip_lib, visualize
 from diffusion.data import captions, datasets
 from diffusion.data.tokenizer import Tokenizer, null_caption, split_words
 from diffusion.schedules import Schedule
@@ -83,7 +84,8 @@ def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0,
                   aug_level: Optional[int] = None, truncated: bool = False, stop_at: Optional[int] = None):
     """A compiled ``fn(params, key, condition, scale) -> samples`` (and the trajectory when
     ``keep_every > 0``) drawing x_T ~ N(0, I) from ``key`` for a batch the size of ``condition``
-    (``common.conditioning``'s: class labels int[B], or captions' token ids int[B, L]; for
+    (``common.conditioning``'s: class labels int[B], or captions' token ids int[B, L]; an unCLIP
+    decoder's dict {'cond_vector': z_i [B, E] (, 'tokens')}, guided against the null embedding; for
     ``guide="clip"``, with ``clip_guide`` a ``clip_guidance.ClipGuide``, the dict
     ``clip_guidance.prompt_condition`` gives, each entry [B, ...]), sharded over ``data``; a latent
     run's samples and trajectory are decoded to images inside it.
@@ -97,11 +99,13 @@ def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0,
         check_draws_alone(config)
     if guide not in GUIDANCE:
         raise ValueError(f"unknown guidance {guide!r}; choose one of {GUIDANCE}")
-    captioned = text.is_conditioned(config)
-    if guide == "classifier_free" and config.model.num_classes == 0 and not captioned:
+    captioned, decoder = text.is_conditioned(config), config.model.kind == unclip.DECODER
+    if guide == "classifier_free" and decoder:
+        check_decoder_guidance(run)
+    elif guide == "classifier_free" and config.model.num_classes == 0 and not captioned:
         raise ValueError("classifier-free guidance needs a class-conditional (configs/mnist_cfg.py) or text-conditioned "
                          "model (configs/text_mnist.py)")
-    if guide == "classifier_free" and captioned:
+    elif guide == "classifier_free" and captioned:
         check_null_caption(config, "classifier-free guidance's unconditional pass")
     if guide == "classifier" and captioned:
         raise ValueError("classifier guidance steers towards a class label; this run is text-conditioned: use "
@@ -120,6 +124,14 @@ def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0,
         run_schedule, timesteps, t_end = cascade.truncate(run.schedule, run_schedule, timesteps, stop_at,
                                                           samplers.SAMPLERS[sampler].respaced)
     conditional = config.model.num_classes > 0
+    # An unCLIP decoder's condition is already the network's: {'cond_vector'[, 'tokens']}; its null is the
+    # zero embedding (and the null caption where it reads one).
+    conditioning = dict if decoder else partial(common.conditioning, config)
+    decoder_nulls = {}
+    if decoder and guide == "classifier_free":
+        decoder_nulls["null_embedding"] = unclip_lib.null_embedding(1, unclip.embed_dim(config))
+        if run.tokenizer is not None:
+            decoder_nulls["null_caption"] = null_caption(run.tokenizer.max_length)
 
     def draw(params, key, condition, scale, low_res=None):
         k_T, k_steps = jax.random.split(key)
@@ -129,10 +141,10 @@ def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0,
             parallel.data_sharded(mesh))
         model_fn = common.make_denoiser(run.model, params)
         if guide == "classifier_free":
-            null = ({"null_caption": null_caption(condition.shape[1])} if captioned
-                    else {"null_label": config.model.num_classes})
+            null = decoder_nulls or ({"null_caption": null_caption(condition.shape[1])} if captioned
+                                     else {"null_label": config.model.num_classes})
             model_fn = guidance.classifier_free(model_fn, variance=config.diffusion.variance, **null)
-            cond = dict(common.conditioning(config, condition), guidance_scale=scale)
+            cond = dict(conditioning(condition), guidance_scale=scale)
         elif guide == "classifier":
             model_fn = guidance.classifier(model_fn, classifier_log_prob, run.schedule,
                                            prediction=config.diffusion.prediction,
@@ -143,7 +155,7 @@ def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0,
                                      prediction=config.diffusion.prediction, variance=config.diffusion.variance)
             cond = dict(condition, guidance_scale=scale)
         else:
-            cond = common.conditioning(config, condition)
+            cond = conditioning(condition)
         if config.data.low_resolution:
             cond = dict(cond or {}, **common.super_resolution_inputs(config, run.schedule, k_aug, low_res, aug_level,
                                                                      truncated))
@@ -164,6 +176,16 @@ def check_draws_alone(config):
                          "as the last stage of a cascade, --cascade <base workdir>,<this workdir>")
 
 
+def check_decoder_guidance(run: Run):
+    """Refuse guiding an unCLIP decoder whose null condition (the zero embedding, and the null caption
+    where it reads one) it never saw in training."""
+    if run.config.unclip.embedding_dropout <= 0:
+        raise ValueError("the decoder's guidance subtracts its pass on the null (zero) embedding, which it never saw "
+                         "in training (unclip.embedding_dropout=0): train with 0.1 (the paper's), or use scale 0")
+    if run.tokenizer is not None:
+        check_null_caption(run.config, "the decoder's unconditional pass")
+
+
 def check_null_caption(config, what: str):
     """Refuse to use the null caption (the empty prompt, guidance's unconditional pass) of a run that
     never saw it in training (``train.caption_dropout`` = 0): its output there means nothing."""
@@ -173,28 +195,48 @@ def check_null_caption(config, what: str):
 
 
 def prompt_tokens(run: Run, prompts) -> np.ndarray:
-    """Token ids int32 [P, L] of ``prompts`` for a text-conditioned run, refused before any work: no
-    prompt, words outside the run's vocabulary (named), more words than its context holds (the
-    lengths said), prompts for a run that reads no text. The empty prompt is the null caption: a
-    draw from the unconditional model the caption dropout trained (refused where there was none)."""
+    """``tokens_for`` the run's config and tokenizer."""
+    return tokens_for(run.config, run.tokenizer, prompts)
+
+
+def tokens_for(config, tokenizer: Optional[Tokenizer], prompts) -> np.ndarray:
+    """Token ids int32 [P, L] of ``prompts`` for a text-conditioned run (its ``config`` and
+    ``tokenizer``; None: it reads no text), refused before any work: no prompt, words outside the
+    run's vocabulary (named), more words than its context holds (the lengths said), prompts for a
+    run that reads no text. The empty prompt is the null caption: a draw from the unconditional
+    model the caption dropout trained (refused where there was none)."""
     prompts = list(prompts)
-    if run.tokenizer is None:
+    if tokenizer is None:
         if prompts:
             raise ValueError(f"--prompt/--prompts: this run is not text-conditioned (model.context_encoder="
-                             f"{run.config.model.context_encoder!r}), so a prompt has no effect without --guidance clip; drop it"
-                             + (" (use --label for its classes)" if run.config.model.num_classes else ""))
+                             f"{config.model.context_encoder!r}), so a prompt has no effect without --guidance clip; drop it"
+                             + (" (use --label for its classes)" if config.model.num_classes else ""))
         return np.zeros((0, 0), np.int32)
     if not prompts:
         raise ValueError("this run is text-conditioned: give --prompt 'a thick seven' (repeatable) or --prompts FILE "
                          "(one per line); --prompt '' draws from the null caption, the unconditional model")
-    unknown = {p: run.tokenizer.unknown_words(p) for p in prompts if run.tokenizer.unknown_words(p)}
-    if unknown:
-        vocabulary = ", ".join(run.tokenizer.words[3:])
-        raise ValueError("prompts with words outside this run's vocabulary: " + "; ".join(
-            f"{p!r}: {words}" for p, words in unknown.items()) + f". Its words: {vocabulary}")
+    tokens = text.check_prompts(tokenizer, prompts)
     if any(not split_words(p) for p in prompts):   # no words: the end token alone
-        check_null_caption(run.config, "--prompt ''")
-    return run.tokenizer.encode(prompts, strict=True)
+        check_null_caption(config, "--prompt ''")
+    return tokens
+
+
+def write_grid(out: Path, tag: str, blocks: list, **arrays):
+    """``<out>/<tag>.png``, each block's text above its images (``visualize.labelled_grid``), and
+    ``<out>/<tag>.npz`` with ``arrays``."""
+    if jax.process_index() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(out / f"{tag}.npz", **arrays)
+        path = visualize.save_png(visualize.labelled_grid(blocks), out / f"{tag}.png", scale=2)
+        print(f"wrote {path} and {out / (tag + '.npz')}")
+
+
+def write_prompt_grid(out: Path, tag: str, prompts: list[str], images: np.ndarray, **arrays):
+    """``write_grid`` of each prompt above its samples (``images``: the same number for each, in
+    turn), the ``.npz`` holding the images, each one's prompt and ``arrays``."""
+    num = len(images) // len(prompts)
+    blocks = [(p or "'' (the null caption)", images[i * num:(i + 1) * num]) for i, p in enumerate(prompts)]
+    write_grid(out, tag, blocks, image=images, prompt=np.repeat(np.asarray(prompts), num), **arrays)
 
 
 def check_label(config, label: int, guide: str = ""):

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 
 from diffusion.data import captions, datasets
 from diffusion.data.tokenizer import TOKENIZER_FILE, Tokenizer, build_tokenizer
 from diffusion.models.conditioning import FrozenTextTokens, TextTokens
-from experiments import runs
+from experiments import clip_runs, runs
 
 ENCODERS = ("text", "clip_text")   # τθ of a caption: trained with the U-Net (GLIDE), or a CLIP run's frozen text tower (Imagen-style)
 
@@ -44,12 +45,7 @@ def make_encoder(c: ml_collections.ConfigDict, load_frozen: bool = True):
     k = runs.load_config(m.clip_run).clip
     tower = TextTokens(tokenizer.vocab_size, tokenizer.max_length, k.text_width, k.text_layers, k.text_heads,
                        parent=None)
-    params = None
-    if load_frozen:
-        from experiments import clip_trainer   # it builds on experiments.common, which builds on this module
-        # The module closes over the weights as constants in every compiled step.
-        params = runs.host_copy(clip_trainer.load_clip(m.clip_run)[1]["text_tower"])
-    return FrozenTextTokens(tower, params)
+    return FrozenTextTokens(tower, clip_runs.load_frozen(m.clip_run)[1]["text_tower"] if load_frozen else None)
 
 
 def captioned(c: ml_collections.ConfigDict, split: datasets.Split) -> datasets.Split:
@@ -60,16 +56,21 @@ def captioned(c: ml_collections.ConfigDict, split: datasets.Split) -> datasets.S
     return dataclasses.replace(split, tokens=tokenizer_of(c).encode(texts, strict=True))
 
 
-def keep_tokenizer(c: ml_collections.ConfigDict, workdir) -> Tokenizer:
-    """A text-conditioned run's ``tokenizer_of``, kept as ``<workdir>/tokenizer.json`` (written at
-    its start, where sampling reads it back); a resume whose config gives another is refused."""
-    tokenizer, path = tokenizer_of(c), Path(workdir) / TOKENIZER_FILE
+def keep(tokenizer: Tokenizer, workdir, why: str) -> Tokenizer:
+    """``tokenizer`` kept as ``<workdir>/tokenizer.json`` (written at a run's start, where sampling
+    reads it back); a resume that gives another is refused, ``why`` ending the message."""
+    path = Path(workdir) / TOKENIZER_FILE
     if path.exists() and Tokenizer.load(path) != tokenizer:
-        raise ValueError(f"{path} holds another vocabulary than this config gives (data.captions, model.clip_run, "
-                         "or the caption templates changed): use a new --workdir")
+        raise ValueError(f"{path} holds another vocabulary than {why}")
     if jax.process_index() == 0:
         tokenizer.save(path)
     return tokenizer
+
+
+def keep_tokenizer(c: ml_collections.ConfigDict, workdir) -> Tokenizer:
+    """A text-conditioned run's ``tokenizer_of``, kept in its workdir (``keep``)."""
+    return keep(tokenizer_of(c), workdir, "this config gives (data.captions, model.clip_run, or the caption "
+                                          "templates changed): use a new --workdir")
 
 
 def read_tokenizer(c: ml_collections.ConfigDict, workdir) -> Tokenizer:
@@ -84,3 +85,21 @@ def read_tokenizer(c: ml_collections.ConfigDict, workdir) -> Tokenizer:
         raise ValueError(f"{path} differs from the tokenizer this run's config gives now (the caption templates or "
                          f"{c.model.clip_run or 'the CLIP run'}'s tokenizer changed): its token ids would be misread")
     return tokenizer
+
+
+def check_prompts(tokenizer: Tokenizer, prompts, whose: str = "") -> np.ndarray:
+    """Token ids int32 [P, L] of ``prompts``, refused when one has words outside the vocabulary (named,
+    and the vocabulary listed) or more than the context holds. ``whose``: the model they are for when
+    not the run being sampled (e.g. "the CLIP runs/clip"), named in both refusals."""
+    unknown = {p: tokenizer.unknown_words(p) for p in prompts if tokenizer.unknown_words(p)}
+    if unknown:
+        vocabulary = f"the vocabulary of {whose}" if whose else "this run's vocabulary"
+        raise ValueError(f"prompts with words outside {vocabulary}: "
+                         + "; ".join(f"{p!r}: {words}" for p, words in unknown.items())
+                         + f". Its words: {', '.join(tokenizer.words[3:])}")
+    try:
+        return tokenizer.encode(prompts, strict=True)
+    except ValueError as e:
+        if not whose:
+            raise
+        raise ValueError(f"{whose}: {e}") from e

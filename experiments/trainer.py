@@ -361,20 +361,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fall_back:
     space = None
     if config.data.autoencoder:
         config, space, train_split = latent_training_data(config, workdir, train_split, mesh)
-    if config.model.kind == unclip.PRIOR:   # CLIP image embeddings, embedded once
-        train_split = unclip.prior_training_data(config, train_split, mesh)
-    batches = training_batches(config, train_split)
     model = common.make_model(config)
+    if config.model.kind == unclip.PRIOR:   # CLIP image embeddings, embedded once by the CLIP the prior holds
+        train_split = unclip.prior_training_data(config, train_split, mesh, model)
+    batches = training_batches(config, train_split)
     schedule = common.make_schedule(config)
     tx = common.make_optimizer(config)
     state, start, ckpt = restore_or_init(config, workdir, partial(init_state, config, model, schedule, tx), mesh,
                                          fall_back=fall_back)
     step_fn = jit_step(make_train_step(config, model, schedule, tx), state, mesh)
-    is_toy = config.model.kind == "mlp"
-    sample_fn = build_sample_fn(config, model, schedule, mesh,
-                                keep_every=max(config.sample.steps // 20, 1) if is_toy else 0, space=space)
     on_sample = None   # an unCLIP stage draws nothing alone: experiments.sample --unclip draws through both
     if config.model.kind not in unclip.KINDS:
+        sample_fn = build_sample_fn(config, model, schedule, mesh, space=space,
+                                    keep_every=max(config.sample.steps // 20, 1) if config.model.kind == "mlp" else 0)
         on_sample = lambda done, s: write_samples(config, sample_fn, s.ema_params, mesh, workdir, done, train_split)
     evaluate = None
     if config.train.eval_every:

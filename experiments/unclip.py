@@ -7,18 +7,15 @@ the configs that cannot run; ``experiments.unclip_sampling`` draws through both 
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
+from typing import Optional
 
-import jax
 import ml_collections
-import numpy as np
 
 from diffusion import unclip
 from diffusion.data import datasets
-from diffusion.data.tokenizer import TOKENIZER_FILE, Tokenizer
 from diffusion.models.clip import CLIP
 from diffusion.models.unclip_prior import FrozenCLIPText, PriorTransformer
-from experiments import runs
+from experiments import clip_runs, runs, text
 
 PRIOR, DECODER = "unclip_prior", "unclip_decoder"
 KINDS = (PRIOR, DECODER)
@@ -41,15 +38,7 @@ def check(c: ml_collections.ConfigDict):
     cross-attention for the embedding's tokens, an embedding dropout outside [0, 1), latents, a
     super-resolution stage or class labels; the held-out loss (its batches carry no embedding)."""
     m, u, kind = c.model, c.unclip, c.model.kind
-    where = Path(m.clip_run or ".")
-    if not m.clip_run or not (where / "config.json").exists() or not (where / TOKENIZER_FILE).exists():
-        raise ValueError(f"config field model.clip_run={m.clip_run!r} is not a CLIP run (no config.json and "
-                         f"{TOKENIZER_FILE} there), and model.kind={kind!r} reads its embeddings: train one first "
-                         f"with python -m experiments.train_clip --config configs/clip_mnist.py --workdir "
-                         f"{m.clip_run or 'runs/clip_mnist'}")
-    k = clip_config(c)
-    if "clip" not in k:
-        raise ValueError(f"config field model.clip_run={m.clip_run!r} is not a CLIP run (its config has no clip section)")
+    k = clip_runs.check_run(m.clip_run, why=f", and model.kind={kind!r} reads its embeddings")
     if k.clip.noise_aware:
         raise ValueError(f"config: the CLIP run {m.clip_run} is noise-aware (its image tower reads x_t and t, for CLIP "
                          "guidance); unCLIP embeds clean images: name a CLIP trained with clip.noise_aware=False")
@@ -96,29 +85,20 @@ def check_sampled_alone(c: ml_collections.ConfigDict, workdir):
                          f"an image (--workdir {workdir} --variations <image.png or held-out index>)")
 
 
-def load_clip(clip_run) -> tuple[CLIP, dict]:
-    """(model, EMA parameters as host arrays) of the CLIP run: host copies, so that a compiled step
-    closes over them as constants (as ``text.make_encoder`` holds its frozen tower)."""
-    from experiments import clip_trainer   # it builds on experiments.common, which builds on this module
-    model, params, _, _ = clip_trainer.load_clip(clip_run)
-    return model, jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), params)
-
-
-def image_embedder(clip_run):
-    """``embed(x [B, 28, 28, 1] in [−1, 1]) -> z_i [B, E]``: the frozen CLIP image tower, its
-    embedding in ``unclip.embedding_space`` (what both stages read)."""
-    model, params = load_clip(clip_run)
-    return lambda x: unclip.embedding_space(model.apply({"params": params}, x, method=CLIP.encode_image))
+def image_embedder(clip: CLIP, params):
+    """``embed(x [B, 28, 28, 1] in [−1, 1]) -> z_i [B, E]``: the frozen CLIP image tower (a
+    ``clip_runs.load_frozen`` model and its host parameters), its embedding in
+    ``unclip.embedding_space`` (what both stages read)."""
+    return lambda x: unclip.embedding_space(clip.apply({"params": params}, x, method=CLIP.encode_image))
 
 
 def make_prior(c: ml_collections.ConfigDict, out_features: int, load_frozen: bool = True) -> PriorTransformer:
     """The prior's transformer (unCLIP §2.2) over ``model.clip_run``'s text side, whose weights are
     read from its checkpoint unless ``load_frozen`` is False (built to check shapes only)."""
-    from experiments import clip_trainer
-    k = clip_config(c)
-    clip, params = clip_trainer.make_clip(k, Tokenizer.load(Path(c.model.clip_run) / TOKENIZER_FILE)), None
     if load_frozen:
-        clip, params = load_clip(c.model.clip_run)
+        clip, params, _, _ = clip_runs.load_frozen(c.model.clip_run)
+    else:
+        clip, params = clip_runs.make_clip(clip_config(c), text.tokenizer_of(c)), None
     u = c.unclip
     return PriorTransformer(out_features, FrozenCLIPText(clip.clone(parent=None), params), width=u.width,
                             num_layers=u.layers, num_heads=u.heads, dropout=c.model.dropout)
@@ -129,14 +109,20 @@ def make_condition(c: ml_collections.ConfigDict):
     dropped to the null one at ``unclip.embedding_dropout`` (``unclip.decoder_condition``). Embedded
     in the step rather than cached: the frozen tower is small beside the U-Net, and it embeds the
     image the step trains on."""
-    return partial(unclip.decoder_condition, embed=image_embedder(c.model.clip_run),
+    return partial(unclip.decoder_condition, embed=image_embedder(*clip_runs.load_frozen(c.model.clip_run)[:2]),
                    dropout=c.unclip.embedding_dropout)
 
 
-def prior_training_data(c: ml_collections.ConfigDict, split: datasets.Split, mesh) -> datasets.Split:
+def prior_training_data(c: ml_collections.ConfigDict, split: datasets.Split, mesh,
+                        prior: Optional[PriorTransformer] = None) -> datasets.Split:
     """The prior's training pairs: ``split`` with each image replaced by its CLIP image embedding z_i
     (float32 [N, E], in ``unclip.embedding_space``), its caption tokens kept, whose CLIP text side the
-    prior's network reads. The frozen image tower embeds the whole split once, here, as a latent run
-    caches its latents (``trainer.latent_training_data``): the prior never sees an image."""
+    prior's network reads. The frozen image tower (``prior``'s CLIP, already read back; default: read
+    from ``model.clip_run``) embeds the whole split once, here, as a latent run caches its latents
+    (``trainer.latent_training_data``): the prior never sees an image."""
     from experiments import evaluation
-    return evaluation.encoded(image_embedder(c.model.clip_run), split, mesh)
+    if prior is not None:
+        clip, params = prior.text_encoder.clip, prior.text_encoder.params
+    else:
+        clip, params, _, _ = clip_runs.load_frozen(c.model.clip_run)
+    return evaluation.encoded(image_embedder(clip, params), split, mesh)

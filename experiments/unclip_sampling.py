@@ -11,10 +11,10 @@ from typing import Optional
 import jax
 import numpy as np
 
-from diffusion import guidance, parallel, samplers, unclip as unclip_lib, visualize
+from diffusion import parallel, samplers, unclip as unclip_lib
 from diffusion.data import datasets
 from diffusion.data.tokenizer import null_caption
-from experiments import cascade, common, runs, sampling, unclip
+from experiments import cascade, clip_runs, common, runs, sampling, text, unclip
 
 
 @dataclass(frozen=True)
@@ -45,64 +45,33 @@ def check_stages(workdirs) -> None:
                          "one CLIP run (model.clip_run)")
 
 
-def check_decoder_guidance(run: sampling.Run):
-    """Refuse guiding a decoder whose null condition (the zero embedding, and the null caption where
-    it reads one) it never saw in training."""
-    if run.config.unclip.embedding_dropout <= 0:
-        raise ValueError("the decoder's guidance subtracts its pass on the null (zero) embedding, which it never saw "
-                         "in training (unclip.embedding_dropout=0): train with 0.1 (the paper's), or use scale 0")
-    if run.tokenizer is not None:
-        sampling.check_null_caption(run.config, "the decoder's unconditional pass")
-
-
-def build_decoder_draw_fn(run: sampling.Run, mesh, s: Settings, guided: bool):
-    """A compiled ``fn(params, key, condition, scale) -> images [B, H, W, C]`` drawing x_T ~ N(0, I)
-    for ``condition`` {'cond_vector': z_i [B, E] (, 'tokens' int[B, L] for a decoder that reads a
-    caption)}; ``guided``: classifier-free guidance of weight ``scale`` against the null embedding
-    (and the null caption): ε̃ = (1 + w)·ε(x, z_i, y) − w·ε(x, 0, ∅)."""
-    config = run.config
-    step, schedule, timesteps = common.make_sampler(config, run.schedule, sampler=s.sampler, steps=s.steps,
-                                                    eta=s.eta, clip=s.clip)
-    nulls = {"null_embedding": unclip_lib.null_embedding(1, unclip.embed_dim(config))}
-    if guided:
-        check_decoder_guidance(run)
-        if run.tokenizer is not None:
-            nulls["null_caption"] = null_caption(run.tokenizer.max_length)
-
-    def draw(params, key, condition, scale):
-        k_T, k_steps = jax.random.split(key)
-        batch = condition["cond_vector"].shape[0]
-        x_T = jax.lax.with_sharding_constraint(jax.random.normal(k_T, (batch,) + common.data_shape(config)),
-                                               parallel.data_sharded(mesh))
-        model_fn, cond = common.make_denoiser(run.model, params), dict(condition)
-        if guided:
-            model_fn = guidance.classifier_free(model_fn, variance=config.diffusion.variance, **nulls)
-            cond["guidance_scale"] = scale
-        return samplers.sample(step, model_fn, schedule, x_T, k_steps, timesteps=timesteps, cond=cond)
-
-    return jax.jit(draw, in_shardings=parallel.replicated(mesh))
-
-
-def decode(decoder: sampling.Run, mesh, s: Settings, embeddings: np.ndarray, tokens: Optional[np.ndarray],
+def decode(decoder: sampling.Run, draw, mesh, s: Settings, embeddings: np.ndarray, tokens: Optional[np.ndarray],
            scale: float) -> np.ndarray:
-    """uint8 images [N, H, W, C] the decoder draws for CLIP image embeddings [N, E] (re-projected to
-    ``embedding_space``, where it was trained) and, for a decoder that reads one, each one's caption."""
+    """uint8 images [N, H, W, C] the decoder draws (``draw``: ``decoder_draw_fn``'s) for CLIP image
+    embeddings [N, E] (re-projected to ``embedding_space``, where it was trained) and, for a decoder
+    that reads one, each one's caption."""
     condition = {"cond_vector": np.asarray(unclip_lib.embedding_space(embeddings))}
     if decoder.tokenizer is not None:
         condition["tokens"] = tokens
-    draw = build_decoder_draw_fn(decoder, mesh, s, guided=scale != 0)
     return sampling.draw_samples(decoder, draw, mesh, num=len(embeddings), batch=s.batch, seed=s.seed, scale=scale,
                                  condition=condition, desc="decoder")
 
 
-def write_grid(out: Path, tag: str, blocks: list, **arrays):
-    """``<out>/<tag>.png``, each block's text above its images (``visualize.labelled_grid``), and
-    ``<out>/<tag>.npz`` with ``arrays``."""
-    if jax.process_index() == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        np.savez(out / f"{tag}.npz", **arrays)
-        path = visualize.save_png(visualize.labelled_grid(blocks), out / f"{tag}.png", scale=2)
-        print(f"wrote {path} and {out / (tag + '.npz')}")
+def decoder_draw_fn(decoder: sampling.Run, mesh, s: Settings, scale: float):
+    """The decoder's ``sampling.build_draw_fn`` with ``s``'s sampler; guided (``scale`` ≠ 0) against the
+    null embedding (and the null caption): ε̃ = (1 + w)·ε(x, z_i, y) − w·ε(x, 0, ∅)."""
+    return sampling.build_draw_fn(decoder, mesh, sampler=s.sampler, steps=s.steps, eta=s.eta, clip=s.clip,
+                                  guide="classifier_free" if scale else "")
+
+
+def stage_tokens(workdir, prompts) -> Optional[np.ndarray]:
+    """``prompts``' token ids for a stage that reads captions (None for one that does not: a decoder
+    of the embedding alone), refused from its config and tokenizer before its checkpoint is read."""
+    config = runs.load_config(workdir)
+    common.validate(config)
+    if not text.is_conditioned(config):
+        return None
+    return sampling.tokens_for(config, text.read_tokenizer(config, workdir), prompts)
 
 
 def sample_prompts(workdirs, prompts: list[str], scales, s: Settings, out=None) -> Path:
@@ -112,25 +81,22 @@ def sample_prompts(workdirs, prompts: list[str], scales, s: Settings, out=None) 
     above its images, and ``.npz`` with the images, prompts and embeddings; returns the grid's path."""
     check_stages(workdirs)
     prior_scale, decoder_scale = (float(w) for w in cascade.per_stage(scales, 2, "--scales"))
+    tokens, decoder_tokens = (stage_tokens(w, prompts) for w in workdirs)
     prior, decoder = sampling.load_run(workdirs[0]), sampling.load_run(workdirs[1])
-    tokens = sampling.prompt_tokens(prior, prompts)
-    decoder_tokens = sampling.prompt_tokens(decoder, prompts) if decoder.tokenizer is not None else None
     samplers.check_steps(s.sampler, s.steps, decoder.schedule.num_steps, what="--steps")
-    if decoder_scale:
-        check_decoder_guidance(decoder)
     mesh = parallel.make_mesh()
+    decoder_draw = decoder_draw_fn(decoder, mesh, s, decoder_scale)   # refuses unseen guidance before the prior draws
     own = prior.config.sample
     prior_draw = sampling.build_draw_fn(prior, mesh, sampler=own.sampler, steps=own.steps, eta=own.eta,
                                         guide="classifier_free" if prior_scale else "")
     rows = np.repeat(tokens, s.num, axis=0)
     embeddings = sampling.draw_samples(prior, prior_draw, mesh, num=len(rows), batch=s.batch, seed=s.seed,
                                        scale=prior_scale, condition=rows, desc="prior")
-    images = decode(decoder, mesh, s, embeddings,
+    images = decode(decoder, decoder_draw, mesh, s, embeddings,
                     None if decoder_tokens is None else np.repeat(decoder_tokens, s.num, axis=0), decoder_scale)
     out = Path(out or Path(workdirs[1]) / "sample")
     tag = f"unclip_{s.sampler}{s.steps}_w{prior_scale:g},{decoder_scale:g}_seed{s.seed}"
-    blocks = [(p or "'' (the null caption)", images[i * s.num:(i + 1) * s.num]) for i, p in enumerate(prompts)]
-    write_grid(out, tag, blocks, image=images, prompt=np.repeat(np.asarray(prompts), s.num), embedding=embeddings)
+    sampling.write_prompt_grid(out, tag, prompts, images, embedding=embeddings)
     return out / f"{tag}.png"
 
 
@@ -165,12 +131,14 @@ def sample_variations(run: sampling.Run, workdir, source: str, scale: float, s: 
         sampling.check_null_caption(run.config, "a variation, which has no caption,")
     samplers.check_steps(s.sampler, s.steps, run.schedule.num_steps, what="--steps")
     image, name = variation_source(run.config, source)
-    z = np.asarray(jax.jit(unclip.image_embedder(run.config.model.clip_run))(datasets.to_model_range(image)))
     mesh = parallel.make_mesh()
+    draw = decoder_draw_fn(run, mesh, s, scale)
+    embed = unclip.image_embedder(*clip_runs.load_frozen(run.config.model.clip_run)[:2])
+    z = np.asarray(jax.jit(embed)(datasets.to_model_range(image)))
     tokens = None if run.tokenizer is None else np.repeat(null_caption(run.tokenizer.max_length)[None], s.num, axis=0)
-    images = decode(run, mesh, s, np.repeat(z, s.num, axis=0), tokens, scale)
+    images = decode(run, draw, mesh, s, np.repeat(z, s.num, axis=0), tokens, scale)
     out = Path(out or Path(workdir) / "sample")
     tag = f"variations_{name}_{s.sampler}{s.steps}_w{scale:g}_seed{s.seed}"
-    write_grid(out, tag, [(f"{name} (its CLIP embedding is decoded below)", image),
-                          (f"{s.num} variations, w = {scale:g}", images)], image=images, source=image, embedding=z)
+    sampling.write_grid(out, tag, [(f"{name} (its CLIP embedding is decoded below)", image),
+                                   (f"{s.num} variations, w = {scale:g}", images)], image=images, source=image, embedding=z)
     return out / f"{tag}.png"
