@@ -109,7 +109,7 @@ def get_config():
     c.cascade.aug_level_range = (0, 0) # gaussian: s drawn uniformly from these schedule indices (inclusive, within [0, T))
     c.cascade.blur_sigma_range = (0.4, 0.6)   # blur: σ drawn uniformly from this range (CDM's), in low-resolution pixels
     c.cascade.blur_kernel = 3          # blur: the kernel's side (odd)
-    c.cascade.blur_fraction = 0.5      # blur: the share of training examples blurred, the rest left sharp (CDM §4.3: half)
+    c.cascade.blur_fraction = 0.5      # blur: the share of examples blurred, the rest sharp (CDM §3.1: "50% of the examples")
     c.cascade.aug_level = 0            # gaussian: the level s the conditioning is given at sampling (grids; the default of experiments.sample --cascade)
     c.cascade.truncated = False        # gaussian: at sampling stop the lower stage at s (truncated) rather than corrupt its output to s (the default of --truncated)
 

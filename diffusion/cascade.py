@@ -95,7 +95,7 @@ def blur(z, sigma, size: int):
 
 def blur_augment(keys, z0, sigma_range, size: int, fraction: float = 1.0):
     """(augmented z, σ): per example, with probability ``fraction``, a Gaussian blur of z_0 of width
-    σ ~ U[σ_lo, σ_hi], else z_0 itself (σ reported 0) — CDM §4.3's blurring augmentation of the
+    σ ~ U[σ_lo, σ_hi], else z_0 itself (σ reported 0) — CDM §3.1's blurring augmentation of the
     conditioning input, which blurs half of the training examples (``fraction`` 0.5) and never blurs
     at sampling. One key each (keys [B])."""
     lo, hi = sigma_range

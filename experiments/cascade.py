@@ -1,6 +1,11 @@
 """A cascade of trained runs (Ho et al. 2021, CDM): a base run, then super-resolution runs, each
 conditioned on the output of the one before; its samples, pictures and FID at the final resolution.
-Behind ``experiments.sample --cascade`` and ``experiments.evaluate --cascade`` and the cascaded study."""
+Behind ``experiments.sample --cascade`` and ``experiments.evaluate --cascade`` and the cascaded study.
+
+A cascade may start with the word ``heldout`` in place of a base run: the first super-resolution
+stage is then conditioned on the held-out split, shrunk to its low resolution by the resize its
+training used (``cascade.low_resolution``): the stage measured alone on real inputs, as SR3 and
+CDM report their super-resolution models, which separates its error from the base model's."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,6 +21,24 @@ from tqdm import tqdm
 from diffusion import cascade, parallel, samplers, visualize
 from diffusion.data import datasets
 from experiments import common, evaluation, runs, sampling
+
+HELDOUT = "heldout"     # a cascade's first stage: the held-out images at the next stage's low resolution
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldoutStage:
+    """The held-out split as a cascade's first stage: its images at the next stage's low resolution
+    (model range, float: what that stage's training conditioned on) and their labels."""
+    images: np.ndarray
+    labels: np.ndarray
+    step: str = HELDOUT
+
+
+def heldout_stage(config) -> HeldoutStage:
+    """``HeldoutStage`` for the super-resolution stage trained with ``config``."""
+    _, heldout = common.load_data(config, labels_used=config.model.num_classes > 0)
+    low = cascade.low_resolution(datasets.to_model_range(heldout.images), config.data.low_resolution)
+    return HeldoutStage(np.asarray(low, np.float32), heldout.labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,19 +95,32 @@ def check_chain(workdirs, settings: Settings) -> Settings:
     if len(workdirs) < 2:
         raise ValueError(f"--cascade {','.join(map(str, workdirs))}: a cascade is a base run and at least one "
                          "super-resolution run, comma-separated")
-    configs = [runs.load_config(w) for w in workdirs]
+    heldout = str(workdirs[0]) == HELDOUT
+    if heldout and settings.truncated:
+        raise ValueError("--truncated stops a base model's reverse process at s, but this cascade starts with the "
+                         f"held-out images ({HELDOUT}), which have none: drop --truncated (they are corrupted to "
+                         "z_s ~ q(z_s | z_0), the non-truncated form)")
+    if heldout and settings.scales[0]:
+        raise ValueError(f"--scales gives the held-out images ({HELDOUT}, the first stage) the guidance weight "
+                         f"{settings.scales[0]:g}: give 0 for them, or one weight per super-resolution stage after a 0")
+    configs = [None if heldout and k == 0 else runs.load_config(w) for k, w in enumerate(workdirs)]
     for k, (w, c) in enumerate(zip(workdirs, configs)):
+        if c is None:
+            continue
         if c.data.autoencoder:
             raise ValueError(f"{w} diffuses latents (data.autoencoder); a cascade's stages are pixel runs")
         samplers.check_steps(settings.sampler, settings.steps, c.diffusion.num_steps, what=f"--steps for stage {k} ({w})")
-    if configs[0].data.low_resolution:
+    if configs[0] is not None and configs[0].data.low_resolution:
         raise ValueError(f"{workdirs[0]} is a super-resolution stage (data.low_resolution="
                          f"{configs[0].data.low_resolution}); a cascade starts with a base run: put one first")
     levels = per_stage(settings.aug_levels, len(workdirs) - 1, "--aug_level")
     scales = per_stage(settings.scales, len(workdirs), "--scales")
     for k in range(1, len(workdirs)):
         lower, c, w = configs[k - 1], configs[k], workdirs[k]
-        made = (lower.data.image_size, lower.data.channels)
+        if lower is None and not c.data.low_resolution:
+            raise ValueError(f"cascade stage 1 ({w}) is not a super-resolution stage (data.low_resolution=0): the "
+                             f"held-out images ({HELDOUT}) condition one; put a super-resolution run after them")
+        made = (c.data.low_resolution, c.data.channels) if lower is None else (lower.data.image_size, lower.data.channels)
         if (c.data.low_resolution, c.data.channels) != made:
             what = ("is not a super-resolution stage (data.low_resolution=0)" if not c.data.low_resolution else
                     f"is conditioned on {c.data.low_resolution}×{c.data.low_resolution}×{c.data.channels} images")
@@ -107,10 +143,13 @@ def check_chain(workdirs, settings: Settings) -> Settings:
     return dataclasses.replace(settings, aug_levels=levels, scales=scales)
 
 
-def load(workdirs, settings: Settings) -> tuple[list[sampling.Run], Settings]:
-    """(the stages' runs, the settings per stage), after ``check_chain``."""
+def load(workdirs, settings: Settings) -> tuple[list, Settings]:
+    """(the stages' runs, the settings per stage), after ``check_chain``; a first stage ``heldout``
+    is a ``HeldoutStage``."""
     settings = check_chain(workdirs, settings)
-    return [sampling.load_run(w) for w in workdirs], settings
+    stages = [sampling.load_run(w) for w in workdirs[1:]]
+    first = heldout_stage(stages[0].config) if str(workdirs[0]) == HELDOUT else sampling.load_run(workdirs[0])
+    return [first] + stages, settings
 
 
 def build_draw_fns(stages: list[sampling.Run], mesh, settings: Settings) -> list:
@@ -120,6 +159,9 @@ def build_draw_fns(stages: list[sampling.Run], mesh, settings: Settings) -> list
     fns = []
     for k, run in enumerate(stages):
         last = k == len(stages) - 1
+        if isinstance(run, HeldoutStage):
+            fns.append(None)
+            continue
         fns.append(sampling.build_draw_fn(
             run, mesh, sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
             guide="classifier_free" if settings.scales[k] else "", truncated=settings.truncated,
@@ -132,9 +174,17 @@ def draw(stages, fns, mesh, settings: Settings, *, num: int, batch: int, seed: i
          first: int = 0) -> list[np.ndarray]:
     """Each stage's outputs for samples ``first`` … ``num − 1``, uint8 (a truncated stage's z_s
     clipped to [−1, 1]), drawn ``batch`` at a time from keys seeded by ``seed``, the batch's
-    position and the stage, so a draw continues an earlier one exactly."""
+    position and the stage, so a draw continues an earlier one exactly. A ``HeldoutStage`` gives
+    its images and labels in order."""
     parallel.check_batch(batch, mesh, what="--batch")
-    labels = sampling.class_labels(stages[-1].config, num, label)
+    if isinstance(stages[0], HeldoutStage):
+        if label != -1:
+            raise ValueError(f"--label {label}: the held-out images ({HELDOUT}) carry their own labels; drop --label")
+        if num > len(stages[0].images):
+            raise ValueError(f"--num {num}: the held-out split has {len(stages[0].images)} images; ask for at most that")
+        labels = stages[0].labels
+    else:
+        labels = sampling.class_labels(stages[-1].config, num, label)
     outs = [[] for _ in stages]
     for start in tqdm(range(first, num, batch), desc="cascade", unit="batch", disable=jax.process_index() != 0):
         n = min(batch, num - start)
@@ -142,18 +192,25 @@ def draw(stages, fns, mesh, settings: Settings, *, num: int, batch: int, seed: i
         key = jax.random.fold_in(jax.random.key(seed), start)
         z = None
         for k, (run, fn) in enumerate(zip(stages, fns)):
-            args = (run.params, jax.random.fold_in(key, k), lab, np.float32(settings.scales[k]))
-            z = fn(*args) if k == 0 else fn(*args, z)
+            if isinstance(run, HeldoutStage):
+                z = parallel.pad_to_devices(np.resize(run.images[start:start + n], (batch,) + run.images.shape[1:]), mesh)
+            else:
+                args = (run.params, jax.random.fold_in(key, k), lab, np.float32(settings.scales[k]))
+                z = fn(*args) if k == 0 else fn(*args, z)
             outs[k].append(datasets.to_uint8(np.clip(parallel.gather(z)[:n], -1, 1)))
     return [np.concatenate(o) for o in outs]
 
 
+def lower_names(workdirs) -> str:
+    """The stages below the last, by their directories' names, for the files the last one keeps."""
+    return "_".join(re.sub(r"\W+", "_", Path(w).name) for w in workdirs[:-1])
+
+
 def samples(workdirs, mesh, settings: Settings, *, num: int, batch: int, seed: int = 0) -> list[np.ndarray]:
-    """Every stage's ``num`` outputs, kept in ``<last workdir>/eval/cascade_<tag>_seed<s>_steps<…>.npz``
+    """Every stage's ``num`` outputs, kept in ``<last workdir>/eval/cascade_<lower stages>_<tag>_seed<s>_steps<…>.npz``
     (the checkpoints' steps in the name; a larger ``num`` keeps the cached whole batches)."""
     stages, settings = load(workdirs, settings)
-    names = "_".join(re.sub(r"\W+", "_", Path(w).name) for w in workdirs[:-1])
-    path = (Path(workdirs[-1]) / "eval" / f"cascade_{names}_{settings.tag}_seed{seed}_steps"
+    path = (Path(workdirs[-1]) / "eval" / f"cascade_{lower_names(workdirs)}_{settings.tag}_seed{seed}_steps"
             f"{'-'.join(str(r.step) for r in stages)}.npz")
 
     def draw_from(first: int) -> dict:      # compiled only when the cache lacks samples
@@ -164,16 +221,21 @@ def samples(workdirs, mesh, settings: Settings, *, num: int, batch: int, seed: i
     return [out[f"stage{k}"] for k in range(len(stages))]
 
 
+def upsampled(lower: np.ndarray, size: int) -> np.ndarray:
+    """A stage's uint8 outputs as the next stage is fed them (``cascade.upsample`` to ``size``),
+    uint8: the next stage's conditioning, and what bare resizing without that stage gives."""
+    return datasets.to_uint8(np.clip(np.asarray(cascade.upsample(datasets.to_model_range(lower), size)), -1, 1))
+
+
 def side_by_side(outputs: list[np.ndarray], rows: int = 8) -> np.ndarray:
     """``rows`` samples, one a row: each stage's output upsampled (nearest) to the final size, and
-    between stages the next stage's conditioning (the output upsampled as it is fed, ``cascade.upsample``)."""
+    between stages the next stage's conditioning (``upsampled``)."""
     size = outputs[-1].shape[1]
     columns = []
     for k, o in enumerate(outputs[:-1]):
-        x = datasets.to_model_range(o[:rows])
-        columns.append(np.repeat(np.repeat(x, size // x.shape[1], 1), size // x.shape[2], 2))
-        columns.append(np.clip(np.asarray(cascade.upsample(x, outputs[k + 1].shape[1])), -1, 1))
-    columns.append(datasets.to_model_range(outputs[-1][:rows]))
+        columns.append(np.repeat(np.repeat(o[:rows], size // o.shape[1], 1), size // o.shape[2], 2))
+        columns.append(upsampled(o[:rows], outputs[k + 1].shape[1]))
+    columns.append(outputs[-1][:rows])
     return visualize.image_grid(np.stack(columns, axis=1).reshape((-1,) + columns[0].shape[1:]), ncols=len(columns))
 
 
@@ -194,7 +256,9 @@ def evaluate(workdirs, settings: Settings, *, num: int, batch: int, seed: int = 
              classifier_weights: Optional[str] = None, inception_weights: Optional[str] = None,
              stats_dir=None) -> dict:
     """Every metric of ``evaluation.METRICS`` (FID first) of the cascade's final samples against the
-    last stage's training split at the final resolution, written to ``<last workdir>/eval/cascade_<tag>.json``."""
+    last stage's training split at the final resolution, and under ``upsampled_input`` the same of
+    the last stage's input resized alone (``upsampled``: what that stage adds), written to
+    ``<last workdir>/eval/cascade_<lower stages>_<tag>.json``."""
     common.check_flags_at_least(1, num=num, batch=batch)
     settings = check_chain(workdirs, settings)
     mesh = parallel.make_mesh()
@@ -204,13 +268,15 @@ def evaluate(workdirs, settings: Settings, *, num: int, batch: int, seed: int = 
     feature_name, feature_fn = evaluation.make_feature_fn(config, mesh, features, classifier_weights, inception_weights)
     reference, _ = evaluation.reference_stats(config, feature_name, feature_fn, "train", train_split,
                                               Path(stats_dir) if stats_dir else out / "reference_stats")
-    final = samples(workdirs, mesh, settings, num=num, batch=batch, seed=seed)[-1]
-    record = dict(evaluation.quality(*feature_fn(final), reference), stages=[str(w) for w in workdirs],
-                  features=feature_name, **dataclasses.asdict(settings))
+    outputs = samples(workdirs, mesh, settings, num=num, batch=batch, seed=seed)
+    bare = evaluation.quality(*feature_fn(upsampled(outputs[-2], outputs[-1].shape[1])), reference)
+    record = dict(evaluation.quality(*feature_fn(outputs[-1]), reference), stages=[str(w) for w in workdirs],
+                  features=feature_name, upsampled_input=bare, **dataclasses.asdict(settings))
     if jax.process_index() == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"cascade_{settings.tag}.json").write_text(json.dumps(record, indent=2))
-        print(f"cascade {settings.tag}: " + ", ".join(
-            f"{m.column.format(features=feature_name)} {m.cell(record)}" for m in evaluation.METRICS.values()))
+        (out / f"cascade_{lower_names(workdirs)}_{settings.tag}.json").write_text(json.dumps(record, indent=2))
+        text = lambda r: ", ".join(f"{m.column.format(features=feature_name)} {m.cell(r)}"
+                                   for m in evaluation.METRICS.values())
+        print(f"cascade {settings.tag}: {text(record)}\n  its last stage's input upsampled alone: {text(bare)}")
     return record
 

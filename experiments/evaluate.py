@@ -19,7 +19,10 @@ Features: for 28×28 single-channel data the project's classifier (the embedded 
 
 ``--cascade runs/base14,runs/sr14to28 --aug_level 100 [--truncated] [--scales 2,1]`` measures a cascade
 (Ho et al. 2021) instead: the metrics of its final samples at the last stage's resolution, for the
-``--samplers`` setting (one: every stage's sampler), in ``<last stage>/eval/cascade_<tag>.json``.
+``--samplers`` setting (one: every stage's sampler), and of the last stage's input upsampled alone
+(``upsampled_input``: what that stage adds), in ``<last stage>/eval/cascade_<lower stages>_<tag>.json``.
+``--cascade heldout,runs/sr14to28`` measures a super-resolution stage on real inputs: the held-out
+images shrunk to its low resolution by its training's resize.
 """
 from pathlib import Path
 
@@ -46,7 +49,8 @@ flags.DEFINE_enum("guidance", "", list(sampling.GUIDANCE), "Guidance kind.")
 flags.DEFINE_float("scale", 0.0, "Guidance weight w.")
 flags.DEFINE_string("classifier_workdir", None, "A noisy classifier's workdir, for --guidance classifier.")
 flags.DEFINE_string("clip_run", None, "A noise-aware CLIP's workdir, for --guidance clip.")
-flags.DEFINE_list("cascade", None, "Workdirs of a cascade, base first: measure its final samples (replaces --workdir).")
+flags.DEFINE_list("cascade", None, "Workdirs of a cascade, base first (or the word heldout: the held-out images "
+                  "at the first stage's low resolution): measure its final samples (replaces --workdir).")
 flags.DEFINE_list("aug_level", None, "--cascade: level s per super-resolution stage (default: each stage's cascade.aug_level).")
 flags.DEFINE_bool("truncated", None, "--cascade: truncated conditioning augmentation (default: the stages' cascade.truncated).")
 flags.DEFINE_list("scales", ["0"], "--cascade: classifier-free guidance weight per stage.")

@@ -67,8 +67,9 @@ flags.DEFINE_string("clip_run", None, "A noise-aware CLIP's workdir (configs/cli
 flags.DEFINE_bool("trajectory", False, "Also write the reverse process of 8 samples as a strip.")
 flags.DEFINE_bool("interpolate", False, "Write spherical interpolations between pairs of DDIM latents.")
 flags.DEFINE_bool("reconstruct", False, "Invert held-out images with DDIM and decode them back.")
-flags.DEFINE_list("cascade", None, "Workdirs of a cascade (Ho et al. 2021), base first, then each super-resolution "
-                  "stage: writes each stage's grid and base | upsampled | final side by side (replaces --workdir).")
+flags.DEFINE_list("cascade", None, "Workdirs of a cascade (Ho et al. 2021), base first (or the word heldout: the held-out "
+                  "images at the first stage's low resolution), then each super-resolution stage: writes each "
+                  "stage's grid and base | upsampled | final side by side (replaces --workdir).")
 flags.DEFINE_list("aug_level", None, "--cascade: the level s each super-resolution stage is conditioned at, one for "
                   "all or one per stage (default: each stage's cascade.aug_level).")
 flags.DEFINE_bool("truncated", None, "--cascade: stop each lower stage's reverse process at s (truncated "

@@ -148,7 +148,29 @@ def test_a_two_stage_cascade_trains_samples_and_is_measured(stages):
     settings = cascade_runs.Settings(sampler="ddim", steps=4, aug_levels=(10,))   # the programs drawn above
     record = cascade_runs.evaluate(workdirs, settings, num=16, batch=8, features="classifier")
     assert np.isfinite(record["fid"]) and record["num"] == 16
-    assert (stages / "sr" / "eval" / f"cascade_{cascade_runs.check_chain(workdirs, settings).tag}.json").exists()
+    assert (stages / "sr" / "eval" / f"cascade_base_{cascade_runs.check_chain(workdirs, settings).tag}.json").exists()
+    assert np.isfinite(record["upsampled_input"]["fid"]) and record["upsampled_input"]["num"] == 16
+
+
+def test_a_cascade_on_held_out_images_conditions_on_them_shrunk_by_the_data_resize(stages):
+    """``heldout`` first: stage 0 is the held-out split at 14×14 (the data loader's area resize of the
+    same images, to uint8 rounding) in order, and the stage draws from it and is measured."""
+    workdirs = [cascade_runs.HELDOUT, str(stages / "sr")]
+    settings = cascade_runs.Settings(sampler="ddim", steps=4, aug_levels=(10,))
+    runs, checked = cascade_runs.load(workdirs, settings)
+    outputs = cascade_runs.draw(runs, cascade_runs.build_draw_fns(runs, parallel.make_mesh(), checked),
+                                parallel.make_mesh(), checked, num=8, batch=8, seed=0)
+    _, heldout = common.load_data(runs[1].config)
+    by_loader = datasets.resize_images(heldout.images[:8], 14)
+    assert outputs[0].shape == (8, 14, 14, 1) and outputs[1].shape == (8, 28, 28, 1)
+    assert np.abs(outputs[0].astype(int) - by_loader.astype(int)).max() <= 1
+    record = cascade_runs.evaluate(workdirs, settings, num=16, batch=8, features="classifier")
+    assert np.isfinite(record["fid"]) and record["stages"][0] == cascade_runs.HELDOUT
+    assert (stages / "sr" / "eval" / f"cascade_heldout_{checked.tag}.json").exists()
+    with pytest.raises(ValueError, match="carry their own labels"):
+        cascade_runs.draw(runs, [None, None], parallel.make_mesh(), checked, num=8, batch=8, seed=0, label=3)
+    with pytest.raises(ValueError, match="held-out split has"):
+        cascade_runs.draw(runs, [None, None], parallel.make_mesh(), checked, num=10 ** 6, batch=8, seed=0)
 
 
 def test_a_super_resolution_run_refuses_to_sample_without_a_conditioning_image(stages):
@@ -205,11 +227,15 @@ def fake_run(root, name, **fields):
     (("base", "sr_none"), {"aug_levels": (10,)}, "trained with cascade.augmentation='none'"),
     (("base", "sr_none"), {"truncated": True}, "trained with cascade.augmentation='none'"),
     (("base", "sr_g"), {"scales": (1.0, 2.0, 3.0)}, "3 values for 2 stages"),
+    (("heldout", "sr_g"), {"truncated": True}, "held-out images .* drop --truncated"),
+    (("heldout", "sr_g"), {"scales": (2.0,)}, "give 0 for them"),
+    (("heldout", "base"), {}, "is not a super-resolution stage"),
 ])
 def test_a_cascade_that_does_not_chain_is_refused(tmp_path, stages_, settings, message):
     made = {"base": {}, "sr_g": dict(low_resolution=14, augmentation="gaussian"),
             "sr7": dict(low_resolution=7, augmentation="gaussian"), "sr_none": dict(low_resolution=14)}
-    workdirs = [fake_run(tmp_path, f"{i}_{name}", **made[name]) for i, name in enumerate(stages_)]
+    workdirs = [name if name == cascade_runs.HELDOUT else fake_run(tmp_path, f"{i}_{name}", **made[name])
+                for i, name in enumerate(stages_)]
     with pytest.raises(ValueError, match=message):
         cascade_runs.check_chain(workdirs, cascade_runs.Settings(**settings))
 
@@ -246,8 +272,30 @@ def test_the_cascaded_study_plans_valid_stages_and_reads_its_table():
     assert len(set(names)) == len(names)
     assert any("--cascade runs/studies/cascaded/models/base,runs/studies/cascaded/models/sr_gaussian --aug_level 100 "
                "--truncated" in c for c in study_plan.commands)
-    good = {"no augmentation": 30.0, "blur": 12.0, "one 28×28": 25.0}
+    good = {"Gaussian augmentation, on held-out": 3.0, "no augmentation": 30.0, "blur": 12.0, "one 28×28": 25.0}
     fid = lambda c: next((v for k, v in good.items() if c["row"].startswith(k)),
                          10.0 + abs(c["aug_level"] - 100) / 20 + 2 * c["truncated"])
     results = [dict(c, fid=fid(c), fid_se=0.1) for c in study_plan.cells]
     assert [held for _, held, _ in module.claims(results, {})] == [True, True, True, False, True]
+    said = module.findings(results)
+    assert "the base's samples, not the super-resolution stage, limit the cascade" in said[0]
+    assert "beats the single 28×28 model" in said[2] and len(said) == 4
+
+
+def test_the_cascaded_studys_single_model_trains_on_the_cascades_compute():
+    """CASCADE_FLOPS, the single model's extra steps, is the base's and a stage's forward FLOPs per
+    example over the single model's, recounted by XLA's cost analysis (a training step is a fixed
+    multiple of its forward pass)."""
+    from configs.studies import cascaded
+    from diffusion.models.cost import model_cost
+    study_plan = plan.make_plan(cascaded, "runs/studies/cascaded")
+    flops = {}
+    for name in ("base", "sr_gaussian", "single"):
+        c = study_plan.models[name].config
+        model = common.make_model(c)
+        params = jax.eval_shape(lambda k: common.init_params(model, c, k), jax.random.key(0))
+        call = (cascade.conditioning(jnp.zeros((8, 14, 14, 1)), 28, 0) if c.data.low_resolution else {})
+        flops[name] = model_cost(model, params, (c.data.image_size,) * 2 + (1,), **call)["flops_per_example"]
+    assert (flops["base"] + flops["sr_gaussian"]) / flops["single"] == pytest.approx(cascaded.CASCADE_FLOPS, rel=0.01)
+    single, stage = study_plan.models["single"].config.train, study_plan.models["sr_gaussian"].config.train
+    assert single.batch_size == stage.batch_size and single.num_steps == round(cascaded.CASCADE_FLOPS * stage.num_steps)

@@ -132,8 +132,9 @@ def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, 
         if row["num"] == plan.num:
             return row
     m = cell["model"]
-    if cell["cascade"]:   # the final samples of a cascade whose last stage is m (Ho et al. 2021)
-        images = cascade_outputs(plan, cell, mesh, batch)[-1]
+    if cell["cascade"]:   # the final samples of a cascade whose last stage is m (Ho et al. 2021), or its input
+        outputs = cascade_outputs(plan, cell, mesh, batch)
+        images = cascade.upsampled(outputs[-2], outputs[-1].shape[1]) if cell["upsampled_input"] else outputs[-1]
     else:
         run = load_run(m)
         classifier = (sampling.load_noisy_classifier(plan.noisy_classifier.workdir, run.schedule)

@@ -16,7 +16,7 @@ import ml_collections
 from flax import traverse_util
 
 from configs import base, cifar10_ddpm, classifier_fashion_mnist, fashion_mnist, noisy_classifier_mnist
-from experiments import common, evaluation, first_stage
+from experiments import cascade, common, evaluation, first_stage
 
 # Per dataset: the config its models derive from (and its file, for the printed commands), and the
 # feature classifier config for 28×28 data (None: the embedded MNIST classifier, or Inception).
@@ -28,12 +28,13 @@ DATASETS = {
     "cifar10": (cifar10_ddpm, "configs/cifar10_ddpm.py", None),
 }
 PAPER_SAMPLES = 50_000
-CELL_DEFAULTS = dict(eta=0.0, guidance="", scale=0.0, clip=None, cascade=(), aug_level=0, truncated=False)
+CELL_DEFAULTS = dict(eta=0.0, guidance="", scale=0.0, clip=None, cascade=(), aug_level=0, truncated=False,
+                     upsampled_input=False)   # a cascade cell measuring its last stage's input resized alone
 PER_MODEL_METRICS = ("nll", "sddpm")      # a study's metrics measured per model rather than per cell
 
 
 def load_study(name: str):
-    """The study module (its ``get_config`` and optional ``claims``) by name or file path."""
+    """The study module (its ``get_config``, optional ``claims`` and ``findings``) by name or file path."""
     if name.endswith(".py"):
         spec = importlib.util.spec_from_file_location(Path(name).stem, name)
         module = importlib.util.module_from_spec(spec)
@@ -56,8 +57,13 @@ def check_study(study: ml_collections.ConfigDict):
         if cell.get("clip") not in (None,) + common.CLIPS:
             raise ValueError(f"study cell {cell} has clip={cell['clip']!r}: use one of {common.CLIPS} "
                              "(or leave it out for the model's sample.clip)")
-        if any(stage not in study.models for stage in cell.get("cascade", ())):
-            raise ValueError(f"study cell {cell} has a cascade stage that is not in its models {sorted(study.models)}")
+        stages = tuple(cell.get("cascade", ()))
+        trained = stages[1:] if stages[:1] == (cascade.HELDOUT,) else stages     # the held-out images may come first
+        if any(stage not in study.models for stage in trained):
+            raise ValueError(f"study cell {cell} has a cascade stage that is not in its models {sorted(study.models)} "
+                             f"(or {cascade.HELDOUT!r} first)")
+        if cell.get("upsampled_input") and not stages:
+            raise ValueError(f"study cell {cell} measures upsampled_input, which only a cascade's cell has")
     for name, overrides_ in study.models.items():
         autoencoder = overrides_.get("data", {}).get("autoencoder", "")
         if autoencoder and autoencoder not in study.autoencoders:
@@ -128,7 +134,8 @@ def cell_name(cell: dict) -> str:
     tag = evaluation.setting_tag(cell["sampler"], cell["steps"], cell["eta"], cell["guidance"], cell["scale"],
                                  cell["clip"])
     if cell["cascade"]:   # a cascade's cell: its stages, the level s and the form of the augmentation
-        tag = "_".join(cell["cascade"]) + f"_{tag}_s{cell['aug_level']}" + ("_truncated" if cell["truncated"] else "")
+        tag = ("_".join(cell["cascade"]) + f"_{tag}_s{cell['aug_level']}" + ("_truncated" if cell["truncated"] else "")
+               + ("_upsampled_input" if cell["upsampled_input"] else ""))
     return re.sub(r"\W+", "_", f"{cell['model']}_{tag}")
 
 
@@ -168,6 +175,7 @@ class Plan:
     feature_classifier: Optional[Training]
     noisy_classifier: Optional[Training]
     autoencoders: dict[str, Training] = dataclasses.field(default_factory=dict)   # trained before the models
+    findings: Optional[Callable] = None  # the study module's findings(results): the figures explained, measured
 
     @property
     def cells(self) -> list[dict]:
@@ -192,7 +200,8 @@ class Plan:
                 + list(self.models.values()) + [t for t in (self.noisy_classifier,) if t])
 
     def model_dir(self, name: str) -> Path:
-        return self.models[name].workdir
+        """Where model ``name`` trains (a cascade's ``heldout`` first stage is the word itself)."""
+        return Path(cascade.HELDOUT) if name == cascade.HELDOUT else self.models[name].workdir
 
     def evaluate_command(self, cell: dict) -> str:
         """The ``experiments.evaluate`` command that measures one cell on its own."""
@@ -204,8 +213,9 @@ class Plan:
         if cell["cascade"]:
             stages = ",".join(str(self.model_dir(m)) for m in tuple(cell["cascade"]) + (cell["model"],))
             form = (" --truncated" if cell["truncated"] else "") + (f" --scales {cell['scale']:g}" if cell["scale"] else "")
+            bare = "  # its upsampled_input" if cell["upsampled_input"] else ""
             return (f"python -m experiments.evaluate --cascade {stages} --aug_level {cell['aug_level']}{form} "
-                    f"--samplers {setting} --num {self.num}{weights}")
+                    f"--samplers {setting} --num {self.num}{weights}{bare}")
         return (f"python -m experiments.evaluate --workdir {self.model_dir(cell['model'])} --samplers {setting} "
                 f"--num {self.num}{guided}{weights}{clip}")
 
@@ -256,6 +266,7 @@ def make_plan(study_module, workdir, *, dataset=None, data=None, scale: str = "d
         noisy = classifier_training(noisy_classifier_mnist, classifier_config(
             noisy_classifier_mnist, models[study.noisy_classifier].config, study, scale, encoder=True),
             workdir / "noisy_classifier")
-    return Plan(study=study, claims=getattr(study_module, "claims", None), dataset=dataset, scale=scale,
+    return Plan(study=study, claims=getattr(study_module, "claims", None),
+                findings=getattr(study_module, "findings", None), dataset=dataset, scale=scale,
                 workdir=workdir, num=PAPER_SAMPLES if scale == "paper" else study.num_samples, models=models,
                 feature_classifier=feature, noisy_classifier=noisy, autoencoders=autoencoders)

@@ -1,6 +1,7 @@
 """A study's ``report.md``: the table of its cells (each entry the study's metrics, formatted by
 ``evaluation.METRICS``), NLL per model with the bound's terms per step, the plot, the paper's
-claims checked on the figures, the pictures, and the commands behind every cell."""
+claims checked on the figures, the study's measured explanations of them (its ``findings``), the
+pictures, and the commands behind every cell."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -171,6 +172,9 @@ def markdown(plan: Plan, measured: Measured, claims: list) -> str:
         lines += [f"- {'✓ reproduced' if held else '✗ not reproduced'}: {text} ({figures})"
                   for text, held, figures in claims]
         lines.append("")
+    if plan.findings:
+        lines += ["## What the measurements say about the figures", ""]
+        lines += [f"- {text}" for text in plan.findings(measured.results)] + [""]
     if measured.pictures:
         lines += ["## Pictures", ""]
         for file, caption in measured.pictures:
