@@ -465,6 +465,31 @@ def load_data(config, labels_used: Optional[bool] = None):
     return splits
 
 
+def streams_training_records(config) -> bool:
+    """Whether a run only streams its training records, so that they can be read lazily: a TFDS
+    source whose split is not transformed whole first, as latents encoded once (``data.autoencoder``),
+    captions measured on every image (``data.captions``) or an unCLIP prior's CLIP embeddings are."""
+    return (config.data.source.startswith("tfds:") and not config.data.autoencoder and not config.data.captions
+            and config.model.kind != unclip.PRIOR)
+
+
+def training_data(config, labels_used: Optional[bool] = None):
+    """``load_data``'s (train, held-out) splits for a training run, read lazily
+    (``datasets.load_training_splits``: no set held in memory whole) where the run only streams its
+    records (``streams_training_records``), and checked as ``load_data`` checks them, from each split's
+    first record and its set's number of classes (``datasets.check_record_split``)."""
+    if not streams_training_records(config):
+        return load_data(config, labels_used)
+    splits = datasets.load_training_splits(config.data.source, image_size=config.data.image_size,
+                                           holdout_fraction=config.data.holdout_fraction, seed=config.seed,
+                                           tfds_data_dir=config.data.tfds_data_dir, crop=config.data.crop)
+    labels_used = config.model.num_classes > 0 if labels_used is None else labels_used
+    for split in splits:
+        datasets.check_record_split(split, channels=config.data.channels, source=config.data.source,
+                                    num_classes=config.data.num_classes if labels_used else None)
+    return splits
+
+
 def grid_condition(c: ml_collections.ConfigDict, n: int):
     """What a run's training grids are drawn for: the classes in turn; for a text-conditioned run the
     class prompts in turn ("the digit 7"), as token ids [n, L]."""

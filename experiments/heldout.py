@@ -2,7 +2,6 @@
 ``eval/bpd``): fixed examples with fixed timesteps and noise, so the curve moves with the model only."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, Optional
 
 import jax
@@ -17,17 +16,18 @@ LOSS_BATCHES = 4      # held-out batches of train.batch_size rows for eval/loss
 BOUND_EXAMPLES = 8    # held-out images for eval/bpd: the full bound costs T network passes per image
 
 
-def loss_batches(config, heldout: datasets.Split, num_steps: int) -> list[dict]:
+def loss_batches(config, heldout: datasets.Split | datasets.RecordSplit, num_steps: int) -> list[dict]:
     """The first ``LOSS_BATCHES`` (fewer when the split is short) held-out batches of
-    ``train.batch_size`` rows, each with its draws fixed from ``seed + 2``: timesteps ``t``, ``noise``,
-    the SDDPM's ``step_noise`` and one key per row (raw data) for a super-resolution stage's
-    conditioning (``cond_key``). Host arrays, the same on every process."""
+    ``train.batch_size`` rows (only their examples read), each with its draws fixed from ``seed + 2``:
+    timesteps ``t``, ``noise``, the SDDPM's ``step_noise`` and one key per row (raw data) for a
+    super-resolution stage's conditioning (``cond_key``). Host arrays, the same on every process."""
     B = config.train.batch_size
     count = min(LOSS_BATCHES, len(heldout) // B)
     if count == 0:
         raise ValueError(f"config field train.eval_every={config.train.eval_every} measures the held-out loss on "
                          f"batches of train.batch_size={B}, but the held-out split has {len(heldout)} examples: "
                          "raise data.holdout_fraction or set train.eval_every=0")
+    heldout = heldout.head(count * B)
     batches = []
     for i in range(count):
         x0 = datasets.to_model_range(heldout.images[i * B:(i + 1) * B])
@@ -55,17 +55,17 @@ def loss_fn(config, model, schedule) -> Callable:
     return fn
 
 
-def make_evaluator(config, model, schedule, heldout: datasets.Split, mesh, params,
+def make_evaluator(config, model, schedule, heldout: datasets.Split | datasets.RecordSplit, mesh, params,
                    encode: Optional[Callable] = None) -> Callable[[object], dict]:
     """``fn(params) -> {"eval/loss": …, "eval/bpd": …}`` (floats, on every process; every process must
     call it): the mean held-out loss over ``loss_batches`` and, where the model has one
     (``evaluation.has_bound``), the variational bound in bits/dim of the first ``BOUND_EXAMPLES``
     held-out images (noise from ``seed + 3``). Both programs are compiled here, once, for ``params``'
     layout (replicated or FSDP-sharded) and batches split over every device; the data are placed on
-    the devices once. ``encode``: a latent run's ``x → z`` (the split is encoded here, its first
-    examples only)."""
+    the devices once; only the first examples these need are read from the split. ``encode``: a latent
+    run's ``x → z`` (those examples are encoded here)."""
     needed = max(LOSS_BATCHES * config.train.batch_size, BOUND_EXAMPLES)
-    heldout = dataclasses.replace(heldout, images=heldout.images[:needed], labels=heldout.labels[:needed])
+    heldout = heldout.head(needed)
     if encode is not None:
         heldout = evaluation.encoded(encode, heldout, mesh)
     rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)

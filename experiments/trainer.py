@@ -95,13 +95,14 @@ def write_samples(config, sample_fn, params, mesh, workdir: Path, step: int, tra
     labels = common.grid_condition(config, n)
     low_res = None
     if config.data.low_resolution:   # conditioned on the first training images' own low resolution
-        low_res = cascade.low_resolution(datasets.to_model_range(train_split.images[:n]), config.data.low_resolution)
+        first = datasets.to_model_range(train_split.head(n).images)
+        low_res = cascade.low_resolution(first, config.data.low_resolution)
     out = jax.tree.map(parallel.gather, sample_fn(params, x_T, jax.random.fold_in(key, 1), labels, low_res))
     if jax.process_index() != 0:
         return None
     if config.model.kind == "mlp":
         final, traj = out
-        return visualize.toy_figure(train_split.images[:n], final, traj["x_t"],
+        return visualize.toy_figure(train_split.head(n).images, final, traj["x_t"],
                                     workdir / "samples" / f"step_{step:07d}.png", title=f"step {step}")
     if low_res is not None:   # the upsampled conditioning above the samples
         out = np.concatenate([np.asarray(cascade.upsample(low_res, config.data.image_size)), out])
@@ -167,12 +168,13 @@ def restore_or_init(config, workdir: Path, init_fn, mesh, *, fall_back: bool = F
     return state, start, ckpt
 
 
-def training_batches(config, split: datasets.Split) -> grain.IterDataset:
-    """This process's batches of ``split`` for every step (``pipeline.step_batches`` of
-    ``train.batch_size`` rows, seeded by ``seed``, flipped where ``data.random_flip``), prefetched
-    by ``data.read_threads`` threads in ``data.workers`` grain processes. The batch is checked here,
-    before any work: it must divide over the processes and fit in the data."""
-    batches = pipeline.step_batches(pipeline.ArraySource.from_split(split), global_batch=config.train.batch_size,
+def training_batches(config, split: datasets.Split | datasets.RecordSplit) -> grain.IterDataset:
+    """This process's batches of ``split`` (in memory, or read record by record: ``pipeline.source_of``)
+    for every step (``pipeline.step_batches`` of ``train.batch_size`` rows, seeded by ``seed``, flipped
+    where ``data.random_flip``), prefetched by ``data.read_threads`` threads in ``data.workers`` grain
+    processes. The batch is checked here, before any work: it must divide over the processes and fit
+    in the data."""
+    batches = pipeline.step_batches(pipeline.source_of(split), global_batch=config.train.batch_size,
                                     seed=config.seed, shard=grain.sharding.ShardByJaxProcess(),
                                     random_flip=config.data.random_flip, what="config field train.batch_size")
     return pipeline.prefetched(batches, workers=config.data.workers, threads=config.data.read_threads)
@@ -357,7 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fall_back:
     workdir, mesh = prepare_run(config, workdir)
     if text.is_conditioned(config):
         text.keep_tokenizer(config, workdir)
-    train_split, heldout_split = common.load_data(config)
+    train_split, heldout_split = common.training_data(config)
     space = None
     if config.data.autoencoder:
         config, space, train_split = latent_training_data(config, workdir, train_split, mesh)
@@ -392,7 +394,8 @@ def classifier_logits_fn(config, model, mesh):
 
 
 def heldout_accuracy(config, model, params, split, mesh, timestep: Optional[int] = None) -> float:
-    """Accuracy on a whole split (the noisy classifier at one fixed ``timestep`` on seeded x_t)."""
+    """Accuracy on a whole split, in memory or read lazily (``datasets.RecordSplit``), read 256 examples
+    at a time (the noisy classifier at one fixed ``timestep`` on seeded x_t)."""
     logits_fn = classifier_logits_fn(config, model, mesh)
     schedule = common.make_schedule(config)
     rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
@@ -404,10 +407,10 @@ def heldout_accuracy(config, model, params, split, mesh, timestep: Optional[int]
 
     correct, batch = 0, 256
     for i in range(0, len(split), batch):
-        n = len(split.images[i:i + batch])
-        x = parallel.pad_to_devices(datasets.to_model_range(split.images[i:i + batch]), mesh)
+        rows = split.rows(i, i + batch)
+        x = parallel.pad_to_devices(datasets.to_model_range(rows.images), mesh)
         logits = logits_fn(params, x) if timestep is None else noisy_logits(params, x, jax.random.key(i))
-        correct += int(np.sum(np.argmax(parallel.gather(logits)[:n], -1) == split.labels[i:i + batch]))
+        correct += int(np.sum(np.argmax(parallel.gather(logits)[:len(rows)], -1) == rows.labels))
     return correct / len(split)
 
 
@@ -416,7 +419,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir, *, fall_back: b
     """Train (or resume) a feature classifier or ADM noisy classifier; report held-out accuracy in
     ``<workdir>/accuracy.json`` and write the EMA weights to ``<workdir>/classifier.msgpack``."""
     workdir, mesh = prepare_run(config, workdir)
-    train_split, heldout = common.load_data(config, labels_used=True)
+    train_split, heldout = common.training_data(config, labels_used=True)
     batches = training_batches(config, train_split)
     model = common.make_classifier(config)
     noisy = config.classifier.kind == "noisy"

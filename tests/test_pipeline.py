@@ -210,3 +210,98 @@ def test_a_run_resumed_mid_epoch_continues_the_exact_stream(tmp_path):
     np.testing.assert_array_equal(resumed, straight)
     source = pipeline.ArraySource.from_split(numbered())
     np.testing.assert_array_equal(straight, np.stack([b["label"] for b in batches(source, 8, 6)]))
+
+
+def _count_reads(source: datasets.TfdsSource) -> list:
+    """The indices of ``source``'s records read from now on, in order (its records wrapped)."""
+    reads, real = [], source.records
+
+    class Counting:
+        dataset_info = getattr(real, "dataset_info", None)
+
+        def __len__(self):
+            return len(real)
+
+        def __getitem__(self, i):
+            reads.append(int(i))
+            return real[i]
+    source.records = Counting()
+    return reads
+
+
+class TrainOnly(datasets.TfdsSource):
+    """A TFDS set with a train split only (no test or validation split)."""
+
+    def __init__(self, name, split, *args, **kw):
+        if split != "train":
+            raise ValueError(f"Unknown split {split!r}")
+        super().__init__(name, split, *args, **kw)
+
+
+@pytest.mark.parametrize("holdout_fraction", [0.0, 0.25])
+def test_a_lazily_read_tfds_split_streams_the_batches_of_the_whole_read_one(monkeypatch, holdout_fraction):
+    """``load_training_splits`` reads no record up front, and its splits are ``load_splits``' bit for
+    bit: the test split held out (fraction 0), or, for a set without one, the same seeded quarter of
+    train (its records in the same permuted order); the training stream over each is the same."""
+    import tensorflow_datasets as tfds
+    if holdout_fraction:
+        monkeypatch.setattr(datasets, "TfdsSource", TrainOnly)
+    kw = dict(image_size=16, holdout_fraction=holdout_fraction, seed=3)
+    with tfds.testing.mock_data(num_examples=16):
+        whole = datasets.load_splits("tfds:cifar10", **kw)
+        lazy = datasets.load_training_splits("tfds:cifar10", **kw)
+        assert all(isinstance(s, datasets.RecordSplit) for s in lazy)
+        assert [len(s) for s in lazy] == [len(s) for s in whole] == ([16, 16] if not holdout_fraction else [12, 4])
+        for w, l in zip(whole, lazy):
+            read = l.head(len(l))
+            np.testing.assert_array_equal(read.images, w.images)
+            np.testing.assert_array_equal(read.labels, w.labels)
+            assert read.labelled == w.labelled and read.images.dtype == np.uint8
+        reads = _count_reads(lazy[0].records)
+        streamed = batches(pipeline.source_of(lazy[0]), 4, 5, seed=1, random_flip=True)
+        assert len(reads) == 5 * 4
+    for a, b in zip(batches(pipeline.source_of(whole[0]), 4, 5, seed=1, random_flip=True), streamed):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_head_reads_only_its_records_and_the_class_count_is_checked_unread():
+    """``head(n)`` of a lazily read split (here a seeded fraction of train) reads its first n records
+    and no other; a class-conditional run is checked against the set's own number of classes
+    (``dataset_info``), without reading its labels."""
+    import tensorflow_datasets as tfds
+    with tfds.testing.mock_data(num_examples=16):
+        train, _ = datasets.load_training_splits("tfds:cifar10", image_size=8, holdout_fraction=0.25)
+        reads = _count_reads(train.records)
+        first = train.head(3)
+        assert reads == [int(i) for i in train.indices[:3]]
+        assert first.images.shape == (3, 8, 8, 3) and len(first.head(2)) == 2
+        del reads[:]
+        datasets.check_record_split(train, channels=3, num_classes=10, source="tfds:cifar10")
+        assert len(reads) == 1
+        with pytest.raises(ValueError, match=r"labels in \[0, 9\] \(its 10 classes\), outside \[0, "
+                                             r"data.num_classes=5\): set --config.data.num_classes=10"):
+            datasets.check_record_split(train, channels=3, num_classes=5, source="tfds:cifar10")
+        with pytest.raises(ValueError, match="3-channel images"):
+            datasets.check_record_split(train, channels=1, num_classes=None, source="tfds:cifar10")
+
+
+def test_a_tfds_run_trains_and_evaluates_without_reading_a_split_whole(tmp_path, monkeypatch):
+    """``train_and_evaluate`` on a TFDS set reads its records lazily (``common.training_data``): with
+    the whole-split read made to fail, a run trains, measures the held-out loss and bound from the
+    test split's first records and writes its checkpoint."""
+    import tensorflow_datasets as tfds
+    from configs import cifar10_ddpm
+
+    def refuse(*args):
+        raise AssertionError("a TFDS split was read whole")
+    monkeypatch.setattr(datasets, "_tfds_split", refuse)
+    c = cifar10_ddpm.get_config()
+    c.data.image_size, c.diffusion.num_steps = 16, 100
+    c = shrink(c, steps=2)
+    c.train.eval_every = 2
+    with tfds.testing.mock_data(num_examples=16):
+        state = trainer.train_and_evaluate(c, tmp_path)
+    assert int(state.step) == 2
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/loss" in row and "eval/bpd" in row for row in rows)

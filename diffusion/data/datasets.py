@@ -1,5 +1,5 @@
-"""Datasets as random-access sources: splits held in memory, TFDS records read lazily (``TfdsSource``);
-``diffusion.data.pipeline`` streams their batches.
+"""Datasets as random-access sources: splits held in memory (``Split``), TFDS records read lazily
+(``TfdsSource``, ``RecordSplit``); ``diffusion.data.pipeline`` streams their batches.
 
 Sources: the embedded MNIST subset ("mnist"), any ``.npz`` with ``image`` (uint8 [N, H, W, C])
 and optional ``label`` given by path, TFDS datasets by name through ``tfds.data_source``
@@ -31,6 +31,15 @@ class Split:
 
     def __len__(self):
         return len(self.images)
+
+    def rows(self, start: int, stop: int) -> "Split":
+        """Examples [start, stop) as a ``Split``."""
+        return Split(self.images[start:stop], self.labels[start:stop], self.labelled,
+                     None if self.tokens is None else self.tokens[start:stop])
+
+    def head(self, n: int) -> "Split":
+        """The first ``n`` examples (all of them when the split is shorter)."""
+        return self.rows(0, n)
 
 
 def embedded_mnist_path() -> Path:
@@ -120,6 +129,45 @@ class TfdsSource:
             image = resize_images(image[None], self.image_size, self.crop)[0]
         return {"image": image, "label": np.int32(record["label"] if self.labelled else 0)}
 
+    @property
+    def num_classes(self) -> int:
+        """The number of classes of the set's label feature, from its TFDS ``dataset_info`` (no record read)."""
+        return self.records.dataset_info.features["label"].num_classes
+
+
+class RecordSplit:
+    """A split read lazily from a ``TfdsSource``: all its records, or the records at ``indices`` in
+    that order (a seeded fraction held out of train, ``holdout_indices``). Example ``i`` is read only
+    when asked for (``split[i]``, a record ``{'image', 'label'}`` as the pipeline streams it);
+    ``rows`` and ``head`` read a range of examples into a ``Split``."""
+
+    def __init__(self, records: TfdsSource, indices: Optional[np.ndarray] = None):
+        self.records, self.indices = records, indices
+        self.labelled = records.labelled
+
+    def __len__(self) -> int:
+        return len(self.records) if self.indices is None else len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.records[i if self.indices is None else int(self.indices[i])]
+
+    @property
+    def num_classes(self) -> int:
+        return self.records.num_classes
+
+    def rows(self, start: int, stop: int) -> Split:
+        """Examples [start, stop) read into a ``Split`` (only those records are read)."""
+        records = [self[i] for i in range(start, min(stop, len(self)))]
+        if not records:   # none: an empty split of the set's image shape (from its first record)
+            return Split(np.zeros((0,) + self.records[0]["image"].shape, np.uint8), np.zeros(0, np.int32),
+                         self.labelled)
+        return Split(np.stack([r["image"] for r in records]), np.asarray([r["label"] for r in records], np.int32),
+                     self.labelled)
+
+    def head(self, n: int) -> Split:
+        """The first ``n`` examples (all of them when the split is shorter), reading only those."""
+        return self.rows(0, n)
+
 
 def _tfds_split(name: str, split: str, data_dir: Optional[str]):
     """(images, labels or None) of one TFDS split, every record read into memory."""
@@ -131,16 +179,36 @@ def _tfds_split(name: str, split: str, data_dir: Optional[str]):
     return images, np.asarray([r["label"] for r in records], np.int32)
 
 
+HELDOUT_SPLITS = ("test", "validation")   # ImageNet's held-out images are its validation split
+
+
+def _first_heldout_split(read):
+    """``read(split)`` of the first of ``HELDOUT_SPLITS`` the set has, or None when it has neither."""
+    for held_out in HELDOUT_SPLITS:
+        try:
+            return read(held_out)
+        except Exception:   # not this one
+            continue
+    return None
+
+
 def _tfds_splits(name: str, data_dir: Optional[str]):
     train = _tfds_split(name, "train", data_dir)
-    test = None
-    for held_out in ("test", "validation"):   # ImageNet's held-out images are its validation split
-        try:
-            test = _tfds_split(name, held_out, data_dir)
-            break
-        except Exception:   # neither: hold out a fraction of train instead
-            continue
-    return train, test
+    return train, _first_heldout_split(lambda split: _tfds_split(name, split, data_dir))
+
+
+def _no_heldout_split(source: str) -> ValueError:
+    return ValueError(f"data source {source!r} has no test split to hold out and data.holdout_fraction "
+                      f"is 0: set --config.data.holdout_fraction (e.g. 0.1) to hold out part of train")
+
+
+def holdout_indices(n: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out, train) indices of a seeded random fraction held out of ``n`` examples: the first
+    round(``holdout_fraction`` · n) of ``np.random.default_rng(seed)``'s permutation, and the rest,
+    in that order (the files are ordered by class)."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_hold = int(round(holdout_fraction * n))
+    return order[:n_hold], order[n_hold:]
 
 
 def load_splits(source: str, *, image_size: int, holdout_fraction: float, seed: int = 0,
@@ -171,16 +239,33 @@ def load_splits(source: str, *, image_size: int, holdout_fraction: float, seed: 
             test = (resize_images(test[0], image_size, crop), test[1])
     if holdout_fraction == 0:
         if test is None:
-            raise ValueError(f"data source {source!r} has no test split to hold out and data.holdout_fraction "
-                             f"is 0: set --config.data.holdout_fraction (e.g. 0.1) to hold out part of train")
+            raise _no_heldout_split(source)
         test_images, test_labels = test
         held_out = (Split(test_images, np.zeros(len(test_images), np.int32), False) if test_labels is None
                     else Split(test_images, test_labels))
         return Split(images, labels, labelled), held_out
-    order = np.random.default_rng(seed).permutation(len(images))   # the files are ordered by class
-    n_hold = int(round(holdout_fraction * len(images)))
-    hold, train = order[:n_hold], order[n_hold:]
+    hold, train = holdout_indices(len(images), holdout_fraction, seed)
     return Split(images[train], labels[train], labelled), Split(images[hold], labels[hold], labelled)
+
+
+def load_training_splits(source: str, *, image_size: int, holdout_fraction: float, seed: int = 0,
+                         tfds_data_dir: str = "", crop: str = "") -> tuple[Split | RecordSplit, Split | RecordSplit]:
+    """``load_splits``' (train, held-out) splits, a TFDS source's read lazily: ``RecordSplit``s over
+    its ``TfdsSource``s that give the same examples in the same order, each record read (and
+    resized) only when asked for. Every other source's are ``load_splits``' own, in memory."""
+    if not source.startswith("tfds:"):
+        return load_splits(source, image_size=image_size, holdout_fraction=holdout_fraction, seed=seed,
+                           tfds_data_dir=tfds_data_dir, crop=crop)
+    name = source.removeprefix("tfds:")
+    read = lambda split: TfdsSource(name, split, tfds_data_dir, image_size=image_size, crop=crop)
+    train = read("train")
+    if holdout_fraction == 0:
+        test = _first_heldout_split(read)
+        if test is None:
+            raise _no_heldout_split(source)
+        return RecordSplit(train), RecordSplit(test)
+    hold, kept = holdout_indices(len(train), holdout_fraction, seed)
+    return RecordSplit(train, kept), RecordSplit(train, hold)
 
 
 def check_split(split: Split, *, channels: int, num_classes: Optional[int], source: str):
@@ -203,6 +288,17 @@ def check_split(split: Split, *, channels: int, num_classes: Optional[int], sour
     if high >= num_classes:
         raise ValueError(f"data {source!r} has labels in [{low}, {high}], outside [0, data.num_classes="
                          f"{num_classes}): set --config.data.num_classes={high + 1} or fix the labels")
+
+
+def check_record_split(split: RecordSplit, *, channels: int, num_classes: Optional[int], source: str):
+    """``check_split`` for a split read lazily, without reading it: the channels and the labels of
+    its first record, and, when ``num_classes`` is given, its set's own number of classes
+    (``TfdsSource.num_classes``) against ``num_classes``."""
+    check_split(split.head(1), channels=channels, num_classes=num_classes, source=source)
+    if num_classes is not None and split.labelled and split.num_classes > num_classes:
+        raise ValueError(f"data {source!r} has labels in [0, {split.num_classes - 1}] (its {split.num_classes} "
+                         f"classes), outside [0, data.num_classes={num_classes}): set --config.data.num_classes="
+                         f"{split.num_classes} or fix the labels")
 
 
 # v / 127.5 − 1 in float32 for each uint8 value v. The host (``to_model_range``) and the training

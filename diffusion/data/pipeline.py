@@ -44,6 +44,13 @@ class ArraySource:
         return {name: a[i] for name, a in self.fields.items()}
 
 
+def source_of(split: datasets.Split | datasets.RecordSplit):
+    """The random-access source the pipeline reads ``split``'s records from: an in-memory
+    ``datasets.Split``'s arrays (``ArraySource.from_split``), or a ``datasets.RecordSplit`` itself,
+    read record by record."""
+    return ArraySource.from_split(split) if isinstance(split, datasets.Split) else split
+
+
 def flip_horizontally(record: dict, rng: np.random.Generator) -> dict:
     """The record's image [H, W, C] mirrored left–right with probability ½ (DDPM's CIFAR-10
     augmentation, Ho et al. 2020 Appendix B)."""
