@@ -73,6 +73,13 @@ def zero_shot_accuracy(similarity, labels) -> jax.Array:
     return jnp.mean(jnp.argmax(similarity, axis=1) == jnp.asarray(labels))
 
 
+def clip_score(image_emb, text_emb) -> jax.Array:
+    """100 · cos(I_i, T_i) per row [N]: the CLIP score of each image against its own prompt, as
+    GLIDE (Nichol et al. 2022, §4.1) and unCLIP (Ramesh et al. 2022, Table 1) report it (CLIPScore,
+    Hessel et al. 2021, additionally clips at 0 and rescales by 2.5; the papers' plain ×100 is kept)."""
+    return 100.0 * jnp.sum(normalize(image_emb) * normalize(text_emb), axis=-1)
+
+
 def contrastive_step(state: training.TrainState, batch: dict, *, apply_fn: Callable,
                      tx: optax.GradientTransformation, ema_decay: float = 0.999, ema_warmup: bool = True,
                      schedule: Optional[Schedule] = None):

@@ -23,12 +23,17 @@ Features: for 28×28 single-channel data the project's classifier (the embedded 
 (``upsampled_input``: what that stage adds), in ``<last stage>/eval/cascade_<lower stages>_<tag>.json``.
 ``--cascade heldout,runs/sr14to28`` measures a super-resolution stage on real inputs: the held-out
 images shrunk to its low resolution by its training's resize.
+
+``--unclip runs/unclip_prior,runs/unclip_decoder --scales 0,3`` measures unCLIP (Ramesh et al. 2022): the
+decoder's samples of the prior's embeddings for the held-out captions, with the prompt alignment of a
+text run, in ``<decoder>/eval/unclip_<tag>.json``. ``--clip_score_run runs/clip_mnist`` adds the CLIP
+score (100 · cosine of sample and prompt) to every measurement drawn for prompts.
 """
 from pathlib import Path
 
 from absl import flags, logging
 
-from experiments import cascade, cli, evaluation, sampling
+from experiments import cascade, cli, evaluation, sampling, unclip_sampling
 
 flags.DEFINE_string("workdir", None, "A training run's workdir.")
 flags.DEFINE_string("samplers", "ddim:50", "Comma-separated sampler settings name:steps[:eta].")
@@ -49,11 +54,15 @@ flags.DEFINE_enum("guidance", "", list(sampling.GUIDANCE), "Guidance kind.")
 flags.DEFINE_float("scale", 0.0, "Guidance weight w.")
 flags.DEFINE_string("classifier_workdir", None, "A noisy classifier's workdir, for --guidance classifier.")
 flags.DEFINE_string("clip_run", None, "A noise-aware CLIP's workdir, for --guidance clip.")
+flags.DEFINE_string("clip_score_run", None, "A CLIP run of clean images (configs/clip_mnist.py): also report the CLIP "
+                    "score of samples drawn for prompts.")
+flags.DEFINE_list("unclip", None, "Workdirs of an unCLIP prior and decoder: measure prompt → prior → decoder samples "
+                  "for the held-out captions (replaces --workdir; --scales: the prior's and decoder's weights).")
 flags.DEFINE_list("cascade", None, "Workdirs of a cascade, base first (or the word heldout: the held-out images "
                   "at the first stage's low resolution): measure its final samples (replaces --workdir).")
 flags.DEFINE_list("aug_level", None, "--cascade: level s per super-resolution stage (default: each stage's cascade.aug_level).")
 flags.DEFINE_bool("truncated", None, "--cascade: truncated conditioning augmentation (default: the stages' cascade.truncated).")
-flags.DEFINE_list("scales", ["0"], "--cascade: classifier-free guidance weight per stage.")
+flags.DEFINE_list("scales", ["0"], "--cascade, --unclip: classifier-free guidance weight per stage.")
 FLAGS = flags.FLAGS
 
 
@@ -71,15 +80,28 @@ def main(argv):
             batch=FLAGS.batch, seed=FLAGS.seed, features=FLAGS.features, classifier_weights=FLAGS.classifier_weights,
             inception_weights=FLAGS.inception_weights, stats_dir=FLAGS.stats_dir)
         return
+    if FLAGS.unclip:
+        if len(settings) != 1:
+            raise ValueError(f"--unclip measures one decoder sampler setting; --samplers={FLAGS.samplers!r} gives "
+                             "several: run one evaluate per setting")
+        (sampler, steps, eta), = settings
+        unclip_sampling.evaluate(FLAGS.unclip, FLAGS.scales, unclip_sampling.Settings(
+            sampler=sampler, steps=steps, eta=eta, clip=None, num=FLAGS.num, batch=FLAGS.batch, seed=FLAGS.seed),
+            features=FLAGS.features, classifier_weights=FLAGS.classifier_weights, stats_dir=FLAGS.stats_dir,
+            clip_score_run=FLAGS.clip_score_run)
+        return
     evaluation.evaluate_run(FLAGS.workdir, settings, num=FLAGS.num, batch=FLAGS.batch, seed=FLAGS.seed,
                             features=FLAGS.features, classifier_weights=FLAGS.classifier_weights,
                             inception_weights=FLAGS.inception_weights, nll_examples=FLAGS.nll_examples,
                             stats_dir=FLAGS.stats_dir, guide=FLAGS.guidance, scale=FLAGS.scale,
                             classifier_workdir=FLAGS.classifier_workdir, clip_run=FLAGS.clip_run, nll_methods=FLAGS.nll,
-                            ode_ignores_learned_variance=FLAGS.ode_ignores_learned_variance)
+                            ode_ignores_learned_variance=FLAGS.ode_ignores_learned_variance,
+                            clip_score_run=FLAGS.clip_score_run)
 
 
 if __name__ == "__main__":
-    flags.register_multi_flags_validator(["workdir", "cascade"], lambda f: bool(f["workdir"] or f["cascade"]),
-                                         "give --workdir (a run), or --cascade (a cascade's runs)")
+    flags.register_multi_flags_validator(["workdir", "cascade", "unclip"],
+                                         lambda f: bool(f["workdir"] or f["cascade"] or f["unclip"]),
+                                         "give --workdir (a run), --cascade (a cascade's runs) or --unclip (a prior "
+                                         "and a decoder)")
     cli.run(main)

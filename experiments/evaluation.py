@@ -14,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from diffusion import likelihood, losses, metrics, parallel, samplers, sddpm
+from diffusion import contrastive, likelihood, losses, metrics, parallel, samplers, sddpm
 from diffusion.data import captions, datasets
 from diffusion.models import classifier as classifier_lib
 from diffusion.models import inception
-from experiments import clip_guidance, common, sampling
+from experiments import clip_guidance, clip_runs, common, sampling, text
 
 FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]   # uint8 images -> (features, probabilities)
 
@@ -126,6 +126,29 @@ METRICS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class PromptMetric:
+    """A metric of samples drawn for prompts, against those prompts (``text_alignment`` measures them
+    all): its entry in a study's report.md and what that entry means."""
+    entry: Callable[[dict], str]
+    legend: str
+
+
+# The prompt-alignment metrics a study may list in its ``metrics`` beside ``METRICS`` (GLIDE §4,
+# Imagen §4.1, unCLIP §5): measured on every cell drawn for prompts (a text run's, unCLIP's, CLIP guidance's).
+PROMPT_METRICS = {
+    "class_match": PromptMetric(entry=lambda r: f"class {100 * r['class_match']:.1f}%",
+                                legend="class match ↑ (the share whose class, by the feature classifier's argmax, is "
+                                       "the prompt's)"),
+    "attribute_accuracy": PromptMetric(entry=lambda r: f"attributes {_share(r['attribute_accuracy']['all'])}",
+                                       legend="attribute accuracy ↑ (the share of the attributes a prompt asks for "
+                                              "that its sample shows)"),
+    "clip_score": PromptMetric(entry=lambda r: f"CLIP {r['clip_score']:.1f} ± {r['clip_score_se']:.1f}",
+                               legend="CLIP score ↑ (100 · cosine of the project's CLIP's image and prompt embeddings) "
+                                      "± its s.e."),
+}
+
+
 def quality(feats, probs, reference: metrics.FeatureStats) -> dict:
     """Every metric of ``METRICS`` for one sample set (features [N, D], class probabilities [N, K])
     against the reference statistics, and the set's size ``num``."""
@@ -186,15 +209,55 @@ def heldout_prompts(run, heldout: datasets.Split, num: int, domain: str = "") ->
     return [texts[i % len(texts)] for i in range(num)]
 
 
-def text_alignment(domain: str, images: np.ndarray, probs: np.ndarray, prompts: list[str]) -> dict:
+def heldout_condition(run, heldout: datasets.Split, num: int, guide=None) -> tuple[Optional[list[str]], str, object]:
+    """(prompts, their caption domain, each sample's condition) of ``num`` samples of the run drawn
+    for the held-out captions (``heldout_prompts``): for a text run, or any run under CLIP guidance
+    ``guide`` (``clip_guidance.prompt_condition``); (None, its captions, None) for a run drawn without prompts."""
+    domain = guide.domain if guide else run.config.data.captions
+    if run.tokenizer is None and guide is None:
+        return None, domain, None
+    prompts = heldout_prompts(run, heldout, num, domain)
+    return prompts, domain, clip_guidance.prompt_condition(run, guide, prompts)
+
+
+ClipScorer = Callable[[np.ndarray, list], np.ndarray]   # (uint8 images [N, ...], prompts [N]) -> CLIP scores [N]
+
+
+def clip_scorer(clip_run, mesh) -> ClipScorer:
+    """The CLIP score of each sample against its prompt (``contrastive.clip_score``, 100 · cosine) by the
+    CLIP run ``clip_run``, refused before any work when it is not a CLIP of clean images (a noised
+    CLIP reads x_t and t: GLIDE scores with a clean one) or, at scoring, for prompts outside its
+    vocabulary or context."""
+    name = f"--clip_score_run={clip_run}"
+    config = clip_runs.check_run(clip_run, name)
+    if config.clip.noise_aware:
+        raise ValueError(f"{name} is a noise-aware CLIP (its image tower reads x_t and t): the CLIP score compares "
+                         "finished samples with their prompts; give a CLIP of clean images (configs/clip_mnist.py)")
+    from experiments import clip_trainer   # its trainer imports this module
+    model, params, tokenizer, _ = clip_runs.load_clip(clip_run)
+
+    def score(images: np.ndarray, prompts: list) -> np.ndarray:
+        tokens = text.check_prompts(tokenizer, prompts, f"the CLIP {clip_run}")
+        return np.asarray(contrastive.clip_score(clip_trainer.embed_images(model, params, images, mesh),
+                                                 clip_trainer.embed_texts(model, params, tokens, mesh)))
+    return score
+
+
+def text_alignment(domain: str, images: np.ndarray, probs: np.ndarray, prompts: list[str],
+                   clip_score: Optional[ClipScorer] = None) -> dict:
     """How well samples follow their prompts: ``class_match``, the share the feature classifier
     assigns (argmax) to the class the prompt names (``captions.prompt_class``), and
     ``attribute_accuracy``, the share showing each attribute the prompt asks for, measured as the
-    captions are (``captions.attribute_accuracy``; NaN, written null, for one no prompt asks for)."""
+    captions are (``captions.attribute_accuracy``; NaN, written null, for one no prompt asks for);
+    with ``clip_score`` (``clip_scorer``), also the mean CLIP score and its standard error."""
     named = np.asarray([captions.prompt_class(domain, p) for p in prompts])
     accuracy = captions.attribute_accuracy(domain, images, prompts)
-    return {"class_match": float(np.mean(np.argmax(probs, -1) == named)),
-            "attribute_accuracy": {k: (None if np.isnan(v) else v) for k, v in accuracy.items()}}
+    record = {"class_match": float(np.mean(np.argmax(probs, -1) == named)),
+              "attribute_accuracy": {k: (None if np.isnan(v) else v) for k, v in accuracy.items()}}
+    if clip_score is not None:
+        scores = _mean_and_stderr(clip_score(images, list(prompts)), "clip_score")
+        record.update(clip_score=scores["clip_score"], clip_score_se=scores["stderr"])
+    return record
 
 
 def cached_draws(path: Path, num: int, batch: int, draw_from: Callable[[int], dict]) -> dict:
@@ -386,9 +449,11 @@ def markdown(rows: list[dict], nlls: list[dict], feature_name: str) -> str:
         lines.append(f"| {r['name']} | " + " | ".join(m.cell(r) for m in METRICS.values()) + f" | {r['num']} |")
     aligned = [r for r in rows if "class_match" in r]   # drawn for held-out captions (text or CLIP-guided)
     if aligned:
-        lines += ["", "| samples | prompt's class (argmax) | attributes asked for, shown | N |", "| --- | --- | --- | --- |"]
-        lines += [f"| {r['name']} | {100 * r['class_match']:.1f}% | {_share(r['attribute_accuracy']['all'])} | {r['num']} |"
-                  for r in aligned]
+        clip = lambda r: f"{r['clip_score']:.2f} ± {r['clip_score_se']:.2f}" if "clip_score" in r else "—"
+        lines += ["", "| samples | prompt's class (argmax) | attributes asked for, shown | CLIP score | N |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['name']} | {100 * r['class_match']:.1f}% | {_share(r['attribute_accuracy']['all'])} | "
+                  f"{clip(r)} | {r['num']} |" for r in aligned]
     if nlls:
         lines += [""] + [nll_line(r) + "  " for r in nlls]
     return "\n".join(lines) + "\n"
@@ -409,13 +474,15 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
                  features: str = "auto", classifier_weights: Optional[str] = None,
                  inception_weights: Optional[str] = None, nll_examples: int = 0, stats_dir=None,
                  guide: str = "", scale: float = 0.0, classifier_workdir: Optional[str] = None,
-                 clip_run: Optional[str] = None, nll_methods=("vlb",), ode_ignores_learned_variance: bool = False) -> tuple[list, dict]:
+                 clip_run: Optional[str] = None, nll_methods=("vlb",), ode_ignores_learned_variance: bool = False,
+                 clip_score_run: Optional[str] = None) -> tuple[list, dict]:
     """Rows of every metric (the held-out split first, then each setting; a latent run's samples
     decoded to images) and the NLL by each of ``nll_methods`` ({method: record}; a latent run's in
     bits per latent dimension, of its scaled held-out latents), also written to ``<workdir>/eval/*.json`` (with the
     checkpoint's step; each NLL measured once per step and count, ``nll_record``);
     ``<workdir>/eval/results.md`` tables everything measured at that step, this call's settings
-    and earlier calls' alike."""
+    and earlier calls' alike. Samples drawn for prompts are also scored by the CLIP run
+    ``clip_score_run`` (``clip_scorer``), when given."""
     common.check_flags_at_least(1, num=num, batch=batch)
     common.check_flags_at_least(0, nll_examples=nll_examples)
     run = sampling.load_run(workdir)
@@ -426,6 +493,7 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
     for sampler, steps, _ in settings:   # every setting is checked before any is drawn
         samplers.check_steps(sampler, steps, run.schedule.num_steps, what=f"{sampler}:{steps} steps")
     mesh = parallel.make_mesh()
+    scorer = clip_scorer(clip_score_run, mesh) if clip_score_run else None
     out = Path(workdir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     train_split, heldout = common.load_data(config)
@@ -436,9 +504,7 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
                  **quality(*feature_fn(heldout.images), reference))]
     classifier = sampling.load_noisy_classifier(classifier_workdir, run.schedule) if guide == "classifier" else None
     clip_guide = clip_guidance.load(clip_run, run) if guide == "clip" else None
-    domain = clip_guide.domain if clip_guide else config.data.captions
-    prompts = heldout_prompts(run, heldout, num, domain) if run.tokenizer is not None or clip_guide else None
-    condition = None if prompts is None else clip_guidance.prompt_condition(run, clip_guide, prompts)
+    prompts, domain, condition = heldout_condition(run, heldout, num, clip_guide)
     for sampler, steps, eta in settings:
         images = samples_for(run, mesh, out, sampler, steps, eta, num=num, batch=batch, seed=seed, guide=guide,
                              scale=scale, classifier_log_prob=classifier, clip_guide=clip_guide, condition=condition)
@@ -447,7 +513,7 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
         row = dict(name=tag, sampler=sampler, steps=steps, eta=eta, guidance=guide, scale=scale,
                    **quality(feats, probs, reference))
         if prompts is not None:
-            row.update(text_alignment(domain, images, probs, prompts))
+            row.update(text_alignment(domain, images, probs, prompts, scorer))
         rows.append(row)
         if jax.process_index() == 0:
             (out / f"{tag}.json").write_text(json.dumps(dict(row, step=run.step, features=feature_name), indent=2))

@@ -1,9 +1,11 @@
 """unCLIP sampled through its stages (Ramesh et al. 2022, §2): a prompt → the prior's CLIP image
 embedding → the decoder's image (``sample_prompts``), and image variations, an image's own CLIP
-embedding → several decoder samples (``sample_variations``, §3.1). Behind ``experiments.sample
---unclip`` and ``--variations``; every refusal comes before a checkpoint is read or a sample drawn."""
+embedding → several decoder samples (``sample_variations``, §3.1), and unCLIP measured on the held-out
+captions (``evaluate``, ``heldout_samples``). Behind ``experiments.sample --unclip`` and ``--variations``
+and ``experiments.evaluate --unclip``; every refusal comes before a checkpoint is read or a sample drawn."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -14,7 +16,7 @@ import numpy as np
 from diffusion import parallel, samplers, unclip as unclip_lib
 from diffusion.data import datasets
 from diffusion.data.tokenizer import null_caption
-from experiments import cascade, clip_runs, common, runs, sampling, text, unclip
+from experiments import cascade, clip_runs, common, evaluation, runs, sampling, text, unclip
 
 
 @dataclass(frozen=True)
@@ -46,15 +48,17 @@ def check_stages(workdirs) -> None:
 
 
 def decode(decoder: sampling.Run, draw, mesh, s: Settings, embeddings: np.ndarray, tokens: Optional[np.ndarray],
-           scale: float) -> np.ndarray:
+           scale: float, first: int = 0) -> np.ndarray:
     """uint8 images [N, H, W, C] the decoder draws (``draw``: ``decoder_draw_fn``'s) for CLIP image
     embeddings [N, E] (re-projected to ``embedding_space``, where it was trained) and, for a decoder
-    that reads one, each one's caption."""
-    condition = {"cond_vector": np.asarray(unclip_lib.embedding_space(embeddings))}
+    that reads one, each one's caption: rows ``first`` … of a draw, seeded by their position in it
+    (``sampling.draw_samples``), so a cached draw continues exactly."""
+    pad = lambda a: np.concatenate([np.zeros((first,) + a.shape[1:], a.dtype), a])   # rows before first: never read
+    condition = {"cond_vector": pad(np.asarray(unclip_lib.embedding_space(embeddings)))}
     if decoder.tokenizer is not None:
-        condition["tokens"] = tokens
-    return sampling.draw_samples(decoder, draw, mesh, num=len(embeddings), batch=s.batch, seed=s.seed, scale=scale,
-                                 condition=condition, desc="decoder")
+        condition["tokens"] = pad(tokens)
+    return sampling.draw_samples(decoder, draw, mesh, num=first + len(embeddings), batch=s.batch, seed=s.seed,
+                                 scale=scale, condition=condition, desc="decoder", first=first)
 
 
 def decoder_draw_fn(decoder: sampling.Run, mesh, s: Settings, scale: float):
@@ -62,6 +66,25 @@ def decoder_draw_fn(decoder: sampling.Run, mesh, s: Settings, scale: float):
     null embedding (and the null caption): ε̃ = (1 + w)·ε(x, z_i, y) − w·ε(x, 0, ∅)."""
     return sampling.build_draw_fn(decoder, mesh, sampler=s.sampler, steps=s.steps, eta=s.eta, clip=s.clip,
                                   guide="classifier_free" if scale else "")
+
+
+def through_stages(prior: sampling.Run, decoder: sampling.Run, mesh, s: Settings, tokens: np.ndarray,
+                   decoder_tokens: Optional[np.ndarray], scales: tuple[float, float], first: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images, CLIP image embeddings) of rows ``first`` … of prompts given as the prior's token
+    ids [N, L] (and the decoder's, for one that reads the caption): z_i ~ P(z_i | y) by the prior with
+    its config's sampler, guided with ``scales[0]`` against the null caption, then x ~ P(x | z_i[, y]) by
+    the decoder with ``s``'s, guided with ``scales[1]`` against the null embedding (unCLIP §2)."""
+    prior_scale, decoder_scale = scales
+    decoder_draw = decoder_draw_fn(decoder, mesh, s, decoder_scale)   # refuses unseen guidance before the prior draws
+    own = prior.config.sample
+    prior_draw = sampling.build_draw_fn(prior, mesh, sampler=own.sampler, steps=own.steps, eta=own.eta,
+                                        guide="classifier_free" if prior_scale else "")
+    embeddings = sampling.draw_samples(prior, prior_draw, mesh, num=len(tokens), batch=s.batch, seed=s.seed,
+                                       scale=prior_scale, condition=tokens, desc="prior", first=first)
+    images = decode(decoder, decoder_draw, mesh, s, embeddings,
+                    None if decoder_tokens is None else decoder_tokens[first:], decoder_scale, first)
+    return images, embeddings
 
 
 def stage_tokens(workdir, prompts) -> Optional[np.ndarray]:
@@ -84,16 +107,9 @@ def sample_prompts(workdirs, prompts: list[str], scales, s: Settings, out=None) 
     tokens, decoder_tokens = (stage_tokens(w, prompts) for w in workdirs)
     prior, decoder = sampling.load_run(workdirs[0]), sampling.load_run(workdirs[1])
     samplers.check_steps(s.sampler, s.steps, decoder.schedule.num_steps, what="--steps")
-    mesh = parallel.make_mesh()
-    decoder_draw = decoder_draw_fn(decoder, mesh, s, decoder_scale)   # refuses unseen guidance before the prior draws
-    own = prior.config.sample
-    prior_draw = sampling.build_draw_fn(prior, mesh, sampler=own.sampler, steps=own.steps, eta=own.eta,
-                                        guide="classifier_free" if prior_scale else "")
-    rows = np.repeat(tokens, s.num, axis=0)
-    embeddings = sampling.draw_samples(prior, prior_draw, mesh, num=len(rows), batch=s.batch, seed=s.seed,
-                                       scale=prior_scale, condition=rows, desc="prior")
-    images = decode(decoder, decoder_draw, mesh, s, embeddings,
-                    None if decoder_tokens is None else np.repeat(decoder_tokens, s.num, axis=0), decoder_scale)
+    images, embeddings = through_stages(
+        prior, decoder, parallel.make_mesh(), s, np.repeat(tokens, s.num, axis=0),
+        None if decoder_tokens is None else np.repeat(decoder_tokens, s.num, axis=0), (prior_scale, decoder_scale))
     out = Path(out or Path(workdirs[1]) / "sample")
     tag = f"unclip_{s.sampler}{s.steps}_w{prior_scale:g},{decoder_scale:g}_seed{s.seed}"
     sampling.write_prompt_grid(out, tag, prompts, images, embedding=embeddings)
@@ -142,3 +158,59 @@ def sample_variations(run: sampling.Run, workdir, source: str, scale: float, s: 
     sampling.write_grid(out, tag, [(f"{name} (its CLIP embedding is decoded below)", image),
                                    (f"{s.num} variations, w = {scale:g}", images)], image=images, source=image, embedding=z)
     return out / f"{tag}.png"
+
+
+def setting_tag(s: Settings, scales: tuple[float, float]) -> str:
+    """The name of an unCLIP measurement: the decoder's setting and both stages' guidance weights."""
+    return f"unclip_{evaluation.setting_tag(s.sampler, s.steps, s.eta, clip=s.clip)}_w{scales[0]:g},{scales[1]:g}"
+
+
+def heldout_samples(workdirs, scales, s: Settings, mesh) -> tuple[np.ndarray, list[str], str]:
+    """(uint8 images [s.num, ...], their prompts, the prompts' caption domain): unCLIP's samples
+    (``through_stages``) for the held-out captions in turn (``evaluation.heldout_prompts`` of the
+    decoder's data, phrased in the prior's caption domain), as a text run is measured; drawn once and
+    kept in ``<decoder>/eval/samples_<tag>_seed<s>_step<prior step>,<decoder step>.npz``. Refused from
+    the configs (stages, weights, prompts, steps) before a sample is drawn."""
+    check_stages(workdirs)
+    weights = tuple(float(w) for w in cascade.per_stage(scales, 2, "--scales"))
+    domain = runs.load_config(workdirs[0]).data.captions
+    prior, decoder = sampling.load_run(workdirs[0]), sampling.load_run(workdirs[1])
+    samplers.check_steps(s.sampler, s.steps, decoder.schedule.num_steps, what="--samplers")
+    prompts = evaluation.heldout_prompts(decoder, common.load_data(decoder.config)[1], s.num, domain)
+    tokens, decoder_tokens = (stage_tokens(w, prompts) for w in workdirs)
+    path = (Path(workdirs[1]) / "eval" /
+            f"samples_{setting_tag(s, weights)}_seed{s.seed}_step{prior.step},{decoder.step}.npz")
+    draw_from = lambda first: {"image": through_stages(prior, decoder, mesh, s, tokens, decoder_tokens, weights,
+                                                       first)[0]}
+    return evaluation.cached_draws(path, s.num, s.batch, draw_from)["image"], prompts, domain
+
+
+def evaluate(workdirs, scales, s: Settings, *, features: str = "auto", classifier_weights: Optional[str] = None,
+             stats_dir=None, clip_score_run: Optional[str] = None) -> dict:
+    """unCLIP's ``heldout_samples`` measured as a text run's (``evaluation.evaluate_run``): every metric
+    of ``evaluation.METRICS`` against the decoder's training split and the prompt alignment
+    (``evaluation.text_alignment``, with the CLIP score by ``clip_score_run`` when given), written to
+    ``<decoder>/eval/<tag>.json``."""
+    common.check_flags_at_least(1, num=s.num, batch=s.batch)
+    mesh = parallel.make_mesh()
+    scorer = evaluation.clip_scorer(clip_score_run, mesh) if clip_score_run else None
+    config = runs.load_config(workdirs[1])
+    out = Path(workdirs[1]) / "eval"
+    feature_name, feature_fn = evaluation.make_feature_fn(config, mesh, features, classifier_weights)
+    reference, _ = evaluation.reference_stats(config, feature_name, feature_fn, "train", common.load_data(config)[0],
+                                              Path(stats_dir) if stats_dir else out / "reference_stats")
+    images, prompts, domain = heldout_samples(workdirs, scales, s, mesh)
+    feats, probs = feature_fn(images)
+    weights = tuple(float(w) for w in cascade.per_stage(scales, 2, "--scales"))
+    record = dict(evaluation.quality(feats, probs, reference), **evaluation.text_alignment(
+        domain, images, probs, prompts, scorer), stages=[str(w) for w in workdirs], features=feature_name,
+        sampler=s.sampler, steps=s.steps, eta=s.eta, scales=list(weights))
+    if jax.process_index() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        tag = setting_tag(s, weights)
+        (out / f"{tag}.json").write_text(json.dumps(record, indent=2))
+        print(f"{tag}: " + ", ".join(f"{m.column.format(features=feature_name)} {m.cell(record)}"
+                                     for m in evaluation.METRICS.values())
+              + f", prompt's class {100 * record['class_match']:.1f}%"
+              + (f", CLIP score {record['clip_score']:.2f} ± {record['clip_score_se']:.2f}" if scorer else ""))
+    return record

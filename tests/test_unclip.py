@@ -220,6 +220,24 @@ def test_unclip_trains_both_stages_and_draws_a_labelled_prompt_grid(prior_dir, d
         assert grid.height == 2 * 2 * (12 + 28 + 2 + 2)
 
 
+def test_unclip_is_measured_on_held_out_captions_like_a_text_run(prior_dir, decoder_dir, tiny_clip_run):
+    """experiments.evaluate --unclip: the prior's embeddings for the held-out captions, decoded, with
+    FID, the prompt alignment and the CLIP score; drawn once (a rerun reads the kept samples)."""
+    from experiments import unclip_sampling
+    s = unclip_sampling.Settings(sampler="ddim", steps=2, eta=0.0, clip=None, num=10, batch=8, seed=0)
+    record = unclip_sampling.evaluate([prior_dir, decoder_dir], ["0", "2"], s, clip_score_run=str(tiny_clip_run))
+    assert np.isfinite(record["fid"]) and record["num"] == 10 and record["scales"] == [0.0, 2.0]
+    assert 0.0 <= record["class_match"] <= 1.0 and -100.0 <= record["clip_score"] <= 100.0
+    tag = "unclip_ddim2_eta0_w0,2"
+    assert json.loads((decoder_dir / "eval" / f"{tag}.json").read_text())["class_match"] == record["class_match"]
+    kept, = (decoder_dir / "eval").glob(f"samples_{tag}_seed0_step4,4.npz")
+    stamp = kept.stat().st_mtime_ns
+    again = unclip_sampling.evaluate([prior_dir, decoder_dir], ["0", "2"], s)
+    assert kept.stat().st_mtime_ns == stamp and again["fid"] == record["fid"] and "clip_score" not in again
+    with pytest.raises(ValueError, match="the prior's workdir, then the decoder's"):
+        unclip_sampling.evaluate([decoder_dir, prior_dir], ["0", "2"], s)
+
+
 def test_variations_decode_an_images_clip_embedding(decoder_dir, tmp_path):
     """--variations: a held-out index or a PNG; the image above its --num variations."""
     out = tmp_path / "out"

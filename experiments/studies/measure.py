@@ -17,7 +17,8 @@ import numpy as np
 from diffusion import parallel, visualize
 from diffusion.checkpoints import Checkpointer, config_differences
 from diffusion.data import datasets
-from experiments import cascade, common, evaluation, first_stage_trainer, sampling, trainer
+from experiments import (cascade, clip_guidance, clip_trainer, common, evaluation, first_stage_trainer, sampling,
+                         trainer, unclip_sampling)
 from experiments.studies.plan import Plan, Training, cell_name
 
 
@@ -48,6 +49,9 @@ def ensure_trained(job: Training, classifier_weights: Optional[str] = None):
     elif job.entry_point == "train_autoencoder":
         if not trained(job.config, job.workdir):
             first_stage_trainer.train_autoencoder(job.config, job.workdir, classifier_weights=classifier_weights)
+    elif job.entry_point == "train_clip":
+        if not trained(job.config, job.workdir) or not (job.workdir / clip_trainer.REPORT_FILE).exists():
+            clip_trainer.train_clip(job.config, job.workdir)
     elif not trained(job.config, job.workdir) or not (job.workdir / "classifier.msgpack").exists():
         trainer.train_classifier(job.config, job.workdir)
 
@@ -82,7 +86,9 @@ def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured
                                               plan.workdir / "reference_stats")
     heldout_row = evaluation.quality(*feature_fn(heldout.images), reference)
     load_run = functools.cache(lambda m: sampling.load_run(plan.model_dir(m)))     # each model's, once
-    results = [measure_cell(plan, load_run, mesh, cell, feature_fn, reference, batch) for cell in plan.cells]
+    scorer = evaluation.clip_scorer(plan.clip_dir("score_clip"), mesh) if plan.study.score_clip else None
+    results = [measure_cell(plan, load_run, mesh, cell, feature_fn, reference, batch, heldout=heldout,
+                            clip_score=scorer) for cell in plan.cells]
     if plan.autoencoders:   # latent diffusion: each row's first stage and throughput (Rombach et al. 2022)
         costs = {m: cost_record(plan, m) for m in {r["model"] for r in results}}   # each model's log read once
         results = [dict(r, **costs[r["model"]]) for r in results]
@@ -122,29 +128,45 @@ def cost_record(plan: Plan, model: str) -> dict:
     return row
 
 
-def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, batch: int) -> dict:
+def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, batch: int, *, heldout=None,
+                 clip_score: Optional[evaluation.ClipScorer] = None) -> dict:
     """The cell's row (its settings and every metric of its samples), read from
     ``<workdir>/cells/<cell>.json`` when measured with as many samples, else measured and kept there;
-    ``load_run(model)`` is a model's run."""
+    ``load_run(model)`` is a model's run. A cell drawn for prompts (a text run's, an unCLIP decoder's
+    after its ``prior``, CLIP guidance's) draws for the ``heldout`` split's captions, as
+    ``experiments.evaluate`` does, and adds their alignment (``evaluation.text_alignment``, scored by
+    ``clip_score`` when given)."""
     path = plan.workdir / "cells" / f"{cell_name(cell)}.json"
     if path.exists():
         row = json.loads(path.read_text())
         if row["num"] == plan.num:
             return row
-    m = cell["model"]
-    if cell["cascade"]:   # the final samples of a cascade whose last stage is m (Ho et al. 2021), or its input
+    m, prompts = cell["model"], None
+    start = time.perf_counter()
+    if cell["prior"]:     # unCLIP: the prior's embeddings for the held-out captions, decoded (Ramesh et al. 2022)
+        settings = unclip_sampling.Settings(sampler=cell["sampler"], steps=cell["steps"], eta=cell["eta"],
+                                            clip=cell["clip"], num=plan.num, batch=batch, seed=0)
+        images, prompts, domain = unclip_sampling.heldout_samples(
+            [plan.model_dir(cell["prior"]), plan.model_dir(m)], [cell["prior_scale"], cell["scale"]], settings, mesh)
+    elif cell["cascade"]:   # the final samples of a cascade whose last stage is m (Ho et al. 2021), or its input
         outputs = cascade_outputs(plan, cell, mesh, batch)
         images = cascade.upsampled(outputs[-2], outputs[-1].shape[1]) if cell["upsampled_input"] else outputs[-1]
     else:
         run = load_run(m)
         classifier = (sampling.load_noisy_classifier(plan.noisy_classifier.workdir, run.schedule)
                       if cell["guidance"] == "classifier" else None)
-        start = time.perf_counter()
+        guide = clip_guidance.load(plan.clip_dir("guidance_clip"), run) if cell["guidance"] == "clip" else None
+        prompts, domain, condition = ((None, "", None) if heldout is None
+                                      else evaluation.heldout_condition(run, heldout, plan.num, guide))
         images = evaluation.samples_for(run, mesh, plan.model_dir(m), cell["sampler"], cell["steps"], cell["eta"],
                                         num=plan.num, batch=batch, seed=0, guide=cell["guidance"], scale=cell["scale"],
-                                        classifier_log_prob=classifier, clip=cell["clip"])
-        seconds = time.perf_counter() - start   # with compilation, and a decode for latents (images/s to the user)
-    row = {**cell, **evaluation.quality(*feature_fn(images), reference)}
+                                        classifier_log_prob=classifier, clip_guide=guide, clip=cell["clip"],
+                                        condition=condition)
+    seconds = time.perf_counter() - start   # with compilation, and a decode for latents (images/s to the user)
+    feats, probs = feature_fn(images)
+    row = {**cell, **evaluation.quality(feats, probs, reference)}
+    if prompts is not None:
+        row.update(evaluation.text_alignment(domain, images, probs, prompts, clip_score))
     if not cell["cascade"]:
         row["sample_images_per_s"] = plan.num / seconds
     if jax.process_index() == 0:

@@ -1,7 +1,7 @@
 """What a study needs, decided before anything runs: each model's config (its dataset's, brought to
-the study's budget, with the model's overrides), the latent-diffusion autoencoders and the feature
-and noisy classifiers it trains, the cells it measures, and the ``experiments.train`` /
-``train_autoencoder`` / ``train_classifier`` / ``evaluate`` command behind each of them."""
+the study's budget, with the model's overrides), the latent-diffusion autoencoders, the CLIP runs
+and the feature and noisy classifiers it trains, the cells it measures, and the ``experiments.train``
+/ ``train_autoencoder`` / ``train_clip`` / ``train_classifier`` / ``evaluate`` command behind each of them."""
 from __future__ import annotations
 
 import copy
@@ -16,7 +16,7 @@ import ml_collections
 from flax import traverse_util
 
 from configs import base, cifar10_ddpm, classifier_fashion_mnist, fashion_mnist, noisy_classifier_mnist
-from experiments import cascade, common, evaluation, first_stage
+from experiments import cascade, clip_runs, common, evaluation, first_stage
 
 # Per dataset: the config its models derive from (and its file, for the printed commands), and the
 # feature classifier config for 28×28 data (None: the embedded MNIST classifier, or Inception).
@@ -29,7 +29,8 @@ DATASETS = {
 }
 PAPER_SAMPLES = 50_000
 CELL_DEFAULTS = dict(eta=0.0, guidance="", scale=0.0, clip=None, cascade=(), aug_level=0, truncated=False,
-                     upsampled_input=False)   # a cascade cell measuring its last stage's input resized alone
+                     upsampled_input=False,   # a cascade cell measuring its last stage's input resized alone
+                     prior="", prior_scale=0.0)   # an unCLIP decoder's cell: its prior (a model) and that one's weight
 PER_MODEL_METRICS = ("nll", "sddpm")      # a study's metrics measured per model rather than per cell
 
 
@@ -74,10 +75,26 @@ def check_study(study: ml_collections.ConfigDict):
                          f"{sorted(study.models)}")
     if any(cell.get("guidance") == "classifier" for cell in study.cells) and not study.noisy_classifier:
         raise ValueError("study cells use classifier guidance; set noisy_classifier to the model it guides")
-    unknown = set(study.metrics) - set(evaluation.METRICS) - set(PER_MODEL_METRICS)
+    for name, overrides_ in study.models.items():
+        clip_run = overrides_.get("model", {}).get("clip_run", "")
+        if study.clips and clip_run not in ("",) + tuple(study.clips):
+            raise ValueError(f"study model {name!r} has model.clip_run={clip_run!r}, which is not one of the study's "
+                             f"clips {sorted(study.clips)}")
+    for field in ("guidance_clip", "score_clip"):
+        if study[field] and study[field] not in study.clips:
+            raise ValueError(f"study {field}={study[field]!r} is not one of its clips {sorted(study.clips)}")
+    for cell in study.cells:
+        if cell.get("prior") and cell["prior"] not in study.models:
+            raise ValueError(f"study cell {cell} has prior={cell['prior']!r}, which is not in its models "
+                             f"{sorted(study.models)}")
+        if cell.get("guidance") == "clip" and not study.guidance_clip:
+            raise ValueError("study cells use CLIP guidance; set guidance_clip to one of its (noise-aware) clips")
+    known = list(evaluation.METRICS) + list(evaluation.PROMPT_METRICS) + list(PER_MODEL_METRICS)
+    unknown = set(study.metrics) - set(known)
     if unknown:
-        raise ValueError(f"study metrics {sorted(unknown)} are not among "
-                         f"{sorted(evaluation.METRICS) + list(PER_MODEL_METRICS)}")
+        raise ValueError(f"study metrics {sorted(unknown)} are not among {sorted(known)}")
+    if "clip_score" in study.metrics and not study.score_clip:
+        raise ValueError("study metric 'clip_score' needs score_clip: one of its clips, of clean images")
 
 
 def model_config(study, name: str, dataset: str, scale: str, data=None) -> ml_collections.ConfigDict:
@@ -121,6 +138,18 @@ def autoencoder_training(study, name: str, model: ml_collections.ConfigDict, wor
     return Training("train_autoencoder", config, config_file, module.get_config(), workdir)
 
 
+def clip_training(study, name: str, data_config: ml_collections.ConfigDict, workdir: Path) -> Training:
+    """The study's CLIP run ``name`` (``configs/<study.clips[name]>.py``, Radford et al. 2021; a
+    noise-aware one for GLIDE's CLIP guidance) on ``data_config``'s images and seed (its held-out
+    split), trained by ``experiments.train_clip`` in ``workdir``."""
+    config_file = f"configs/{study.clips[name]}.py"
+    module = importlib.import_module(f"configs.{study.clips[name]}")
+    config = module.get_config()
+    config.data.source, config.seed = data_config.data.source, data_config.seed
+    clip_runs.validate(config)
+    return Training("train_clip", config, config_file, module.get_config(), workdir)
+
+
 def overrides(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict) -> list[str]:
     """``--config.<field>=<value>`` for every field where ``config`` differs from ``reference``."""
     mine = traverse_util.flatten_dict(config.to_dict(), sep=".")
@@ -133,6 +162,8 @@ def cell_name(cell: dict) -> str:
     """The name of a cell of ``Plan.cells`` (its measurements' file): its model and setting tag."""
     tag = evaluation.setting_tag(cell["sampler"], cell["steps"], cell["eta"], cell["guidance"], cell["scale"],
                                  cell["clip"])
+    if cell["prior"]:     # an unCLIP cell: the prior and its weight before the decoder's setting
+        tag = f"{cell['prior']}_w{cell['prior_scale']:g}_{tag}"
     if cell["cascade"]:   # a cascade's cell: its stages, the level s and the form of the augmentation
         tag = ("_".join(cell["cascade"]) + f"_{tag}_s{cell['aug_level']}" + ("_truncated" if cell["truncated"] else "")
                + ("_upsampled_input" if cell["upsampled_input"] else ""))
@@ -143,7 +174,7 @@ def cell_name(cell: dict) -> str:
 class Training:
     """A model or classifier the study trains: ``python -m experiments.<entry_point>`` on ``config``
     in ``workdir``; the command prints ``config`` as overrides of ``config_file``'s, ``reference``."""
-    entry_point: str                    # "train", "train_autoencoder" or "train_classifier"
+    entry_point: str                    # "train", "train_autoencoder", "train_clip" or "train_classifier"
     config: ml_collections.ConfigDict
     config_file: str
     reference: ml_collections.ConfigDict
@@ -164,7 +195,7 @@ def classifier_training(config_module, config: ml_collections.ConfigDict, workdi
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """Everything a study trains and measures, and where: ``<workdir>/models/<name>``,
-    ``autoencoders/<name>``, ``feature_classifier``, ``noisy_classifier``, ``cells``."""
+    ``autoencoders/<name>``, ``clips/<name>``, ``feature_classifier``, ``noisy_classifier``, ``cells``."""
     study: ml_collections.ConfigDict
     claims: Optional[Callable]          # the study module's claims(results, nll), if it has one
     dataset: str
@@ -176,6 +207,7 @@ class Plan:
     noisy_classifier: Optional[Training]
     autoencoders: dict[str, Training] = dataclasses.field(default_factory=dict)   # trained before the models
     findings: Optional[Callable] = None  # the study module's findings(results): the figures explained, measured
+    clips: dict[str, Training] = dataclasses.field(default_factory=dict)          # trained before the models
 
     @property
     def cells(self) -> list[dict]:
@@ -195,9 +227,13 @@ class Plan:
     @property
     def trainings(self) -> list[Training]:
         """In the order they must run: the feature classifier (an autoencoder's rFID reads it), the
-        autoencoders, the models, the noisy classifier."""
+        autoencoders and CLIP runs (models read them), the models, the noisy classifier."""
         return ([t for t in (self.feature_classifier,) if t] + list(self.autoencoders.values())
-                + list(self.models.values()) + [t for t in (self.noisy_classifier,) if t])
+                + list(self.clips.values()) + list(self.models.values()) + [t for t in (self.noisy_classifier,) if t])
+
+    def clip_dir(self, field: str) -> Optional[Path]:
+        """The workdir of the study's CLIP named by its ``field`` ("guidance_clip", "score_clip"), if set."""
+        return self.clips[self.study[field]].workdir if self.study[field] else None
 
     def model_dir(self, name: str) -> Path:
         """Where model ``name`` trains (a cascade's ``heldout`` first stage is the word itself)."""
@@ -208,7 +244,13 @@ class Plan:
         setting = f"{cell['sampler']}:{cell['steps']}" + (f":{cell['eta']:g}" if cell["sampler"] == "ddim" else "")
         guided = f" --guidance {cell['guidance']} --scale {cell['scale']:g}" if cell["guidance"] else ""
         guided += f" --classifier_workdir {self.noisy_classifier.workdir}" if cell["guidance"] == "classifier" else ""
+        guided += f" --clip_run {self.clip_dir('guidance_clip')}" if cell["guidance"] == "clip" else ""
         weights = f" --classifier_weights {self.classifier_weights}" if self.classifier_weights else ""
+        weights += f" --clip_score_run {self.clip_dir('score_clip')}" if self.study.score_clip else ""
+        if cell["prior"]:
+            return (f"python -m experiments.evaluate --unclip {self.model_dir(cell['prior'])},"
+                    f"{self.model_dir(cell['model'])} --scales {cell['prior_scale']:g},{cell['scale']:g} "
+                    f"--samplers {setting} --num {self.num}{weights}")
         clip = f"  # x̂_0 thresholding: {cell['clip'] or 'none'}" if cell["clip"] is not None else ""
         if cell["cascade"]:
             stages = ",".join(str(self.model_dir(m)) for m in tuple(cell["cascade"]) + (cell["model"],))
@@ -241,6 +283,9 @@ def make_plan(study_module, workdir, *, dataset=None, data=None, scale: str = "d
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
     check_study(study)
+    if study.clips and (scale == "paper" or dataset != study.dataset):
+        raise ValueError(f"--scale {scale} --dataset {dataset}: the study's CLIP runs and captions are configs/clip_*.py's "
+                         f"({study.dataset}, sized for a CPU); run it on {study.dataset} at its default scale")
     if study.autoencoders and scale == "paper":
         raise ValueError("--scale paper: no paper-scale latent-diffusion configs ship (the autoencoders in "
                          "configs/autoencoder_*.py are sized for 28×28 data on a CPU); Rombach et al. 2022's GPU "
@@ -257,6 +302,10 @@ def make_plan(study_module, workdir, *, dataset=None, data=None, scale: str = "d
             if name not in autoencoders:
                 autoencoders[name] = autoencoder_training(study, name, job.config, workdir / "autoencoders" / name)
             job.config.data.autoencoder = str(autoencoders[name].workdir)
+    clips = {name: clip_training(study, name, largest(models), workdir / "clips" / name) for name in study.clips}
+    for job in models.values():   # a study's CLIP names become its runs' workdirs
+        if job.config.model.clip_run in clips:
+            job.config.model.clip_run = str(clips[job.config.model.clip_run].workdir)
     first = largest(models)
     feature = noisy = None
     if classifier_module is not None:
@@ -269,4 +318,4 @@ def make_plan(study_module, workdir, *, dataset=None, data=None, scale: str = "d
     return Plan(study=study, claims=getattr(study_module, "claims", None),
                 findings=getattr(study_module, "findings", None), dataset=dataset, scale=scale,
                 workdir=workdir, num=PAPER_SAMPLES if scale == "paper" else study.num_samples, models=models,
-                feature_classifier=feature, noisy_classifier=noisy, autoencoders=autoencoders)
+                feature_classifier=feature, noisy_classifier=noisy, autoencoders=autoencoders, clips=clips)

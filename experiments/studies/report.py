@@ -15,6 +15,7 @@ from experiments.studies.measure import Measured
 from experiments.studies.plan import PAPER_SAMPLES, Plan
 
 AXIS_LABELS = {"steps": "sampling steps S", "is_mean": "Inception Score", "col": "", "fid": "FID",
+               "class_match": "class match (share of samples of the prompt's class)",
                "nfe": "network evaluations (NFE)", "aug_level": "conditioning augmentation level s"}
 
 
@@ -64,8 +65,10 @@ def vlb_terms_plot(nll: dict, path: Path):
 
 
 def cell_table(study, results: list[dict]) -> list[str]:
-    """Rows × columns of the study's cells, each entry its metrics (in ``evaluation.METRICS`` order)."""
-    shown = [evaluation.METRICS[m] for m in evaluation.METRICS if m in study.metrics]
+    """Rows × columns of the study's cells, each entry its metrics (in ``evaluation.METRICS`` order, then
+    ``evaluation.PROMPT_METRICS``' for a study of cells drawn for prompts)."""
+    shown = [metrics[m] for metrics in (evaluation.METRICS, evaluation.PROMPT_METRICS) for m in metrics
+             if m in study.metrics]
     rows, cols = list(dict.fromkeys(r["row"] for r in results)), list(dict.fromkeys(r["col"] for r in results))
     by = {(r["row"], r["col"]): r for r in results}
     entry = lambda r: " · ".join(metric.entry(r) for metric in shown)
