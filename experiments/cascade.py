@@ -264,7 +264,7 @@ def evaluate(workdirs, settings: Settings, *, num: int, batch: int, seed: int = 
     mesh = parallel.make_mesh()
     config = runs.load_config(workdirs[-1])
     out = Path(workdirs[-1]) / "eval"
-    train_split, _ = common.load_data(config)
+    train_split, _ = common.training_data(config)   # a TFDS set's read lazily
     feature_name, feature_fn = evaluation.make_feature_fn(config, mesh, features, classifier_weights, inception_weights)
     reference, _ = evaluation.reference_stats(config, feature_name, feature_fn, "train", train_split,
                                               Path(stats_dir) if stats_dir else out / "reference_stats")

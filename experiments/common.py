@@ -474,10 +474,11 @@ def streams_training_records(config) -> bool:
 
 
 def training_data(config, labels_used: Optional[bool] = None):
-    """``load_data``'s (train, held-out) splits for a training run, read lazily
-    (``datasets.load_training_splits``: no set held in memory whole) where the run only streams its
-    records (``streams_training_records``), and checked as ``load_data`` checks them, from each split's
-    first record and its set's number of classes (``datasets.check_record_split``)."""
+    """``load_data``'s (train, held-out) splits of a run's data, for training it or evaluating it,
+    read lazily (``datasets.load_training_splits``: no set held in memory whole) where the run only
+    streams its records (``streams_training_records``), and checked as ``load_data`` checks them, from
+    each split's first record and its set's number of classes (``datasets.check_record_split``). A lazy
+    split is read through ``rows``/``head`` only (``evaluation.feature_chunks`` for statistics)."""
     if not streams_training_records(config):
         return load_data(config, labels_used)
     splits = datasets.load_training_splits(config.data.source, image_size=config.data.image_size,

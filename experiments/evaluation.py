@@ -81,15 +81,40 @@ def make_feature_fn(config, mesh, kind: str, classifier_weights=None, inception_
     return "inception", inception_features(mesh, inception_weights)
 
 
-def reference_stats(config, feature_name: str, feature_fn: FeatureFn, split_name: str, split, stats_dir: Path):
-    """Feature statistics of a data split, cached per dataset, size, split and feature network."""
+FEATURE_CHUNK = 2048   # examples of a split read (and measured) at a time: its images are never all in memory
+
+
+def feature_chunks(feature_fn: FeatureFn, split, chunk: int = FEATURE_CHUNK):
+    """(features, class probabilities) of ``split``'s examples ``chunk`` at a time, in order, each
+    chunk's images read through ``split.rows`` (a ``datasets.Split`` or a lazy ``datasets.RecordSplit``),
+    so that only one chunk of images is in memory at once."""
+    for start in range(0, len(split), chunk):
+        yield feature_fn(split.rows(start, start + chunk).images)
+
+
+def split_features(feature_fn: FeatureFn, split, chunk: int = FEATURE_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """(features [N, D], class probabilities [N, K]) of every example of ``split``, its images read
+    ``chunk`` at a time (``feature_chunks``): for a split whose features, not images, fit in memory."""
+    feats, probs = zip(*feature_chunks(feature_fn, split, chunk))
+    return np.concatenate(feats), np.concatenate(probs)
+
+
+def reference_stats(config, feature_name: str, feature_fn: FeatureFn, split_name: str, split, stats_dir: Path,
+                    chunk: int = FEATURE_CHUNK):
+    """Feature statistics of a data split and its class probabilities [N, K], cached per dataset,
+    size, split and feature network; measured ``chunk`` examples at a time (``feature_chunks``), each
+    chunk's features added to the running sums of ``metrics.FeatureStats`` and then dropped, so
+    neither the split's images nor its features are ever in memory whole."""
     key = re.sub(r"\W+", "_", f"{config.data.source}_{config.data.image_size}_seed{config.seed}_"
                              f"hold{config.data.holdout_fraction:g}_{split_name}_{feature_name}")
     path = stats_dir / f"{key}.npz"
     if path.exists():
         return metrics.FeatureStats.load(path), np.load(stats_dir / f"{key}_probs.npy")
-    feats, probs = feature_fn(split.images)
-    stats = metrics.FeatureStats(feats.shape[1]).update(feats)
+    stats, probs = None, []
+    for feats, chunk_probs in feature_chunks(feature_fn, split, chunk):
+        stats = (metrics.FeatureStats(feats.shape[1]) if stats is None else stats).update(feats)
+        probs.append(chunk_probs)
+    probs = np.concatenate(probs)
     stats_dir.mkdir(parents=True, exist_ok=True)
     stats.save(path)
     np.save(stats_dir / f"{key}_probs.npy", probs)
@@ -203,9 +228,11 @@ def samples_for(run, mesh, out: Path, sampler: str, steps: int, eta: float, *, n
 def heldout_prompts(run, heldout: datasets.Split, num: int, domain: str = "") -> list[str]:
     """``num`` prompts for a text run's samples: the held-out images' captions in turn (as its
     tokenizer reads them back), so prompts follow the data's classes and attributes; for a run that
-    reads no text (CLIP-guided), their captions in ``domain`` measured as a text run's are."""
-    texts = (run.tokenizer.decode(heldout.tokens) if run.tokenizer is not None
-             else captions.captions(domain, heldout.images, heldout.labels, seed=run.config.seed))
+    reads no text (CLIP-guided), their captions in ``domain`` measured as a text run's are. Only the
+    first ``num`` held-out examples are read (``heldout.head``; the split may be lazy)."""
+    first = heldout.head(num)   # the prompts of the first ``num``: the same as of the whole split's captions
+    texts = (run.tokenizer.decode(first.tokens) if run.tokenizer is not None
+             else captions.captions(domain, first.images, first.labels, seed=run.config.seed))
     return [texts[i % len(texts)] for i in range(num)]
 
 
@@ -285,13 +312,15 @@ def cached_draws(path: Path, num: int, batch: int, draw_from: Callable[[int], di
 def _over_heldout(fn, run, mesh, heldout, num: int, batch: int, seed: int, desc: str) -> dict:
     """``fn(params, x, condition, key) -> {name: [B, ...]}`` over the first ``num`` held-out images and
     their conditions (``common.condition_of``: labels, or a text run's captions as token ids) in
-    padded, device-sharded batches (a fresh key per batch), concatenated on the host."""
+    padded, device-sharded batches (a fresh key per batch), concatenated on the host. Only those
+    ``num`` examples are read (``heldout.head``; the split may be lazy)."""
+    heldout = heldout.head(num)
     condition = common.condition_of(run.config, heldout)
     batch = parallel.padded_count(batch, mesh)
     dat = parallel.data_sharded(mesh)
     fn = jax.jit(fn, in_shardings=(parallel.replicated(mesh), dat, dat, parallel.replicated(mesh)))
     outs = []
-    num = min(num, len(heldout))
+    num = len(heldout)
     for i in tqdm(range(0, num, batch), desc=desc, unit="batch", disable=jax.process_index() != 0):
         x = datasets.to_model_range(heldout.images[i:min(i + batch, num)])
         rows = condition[i:min(i + batch, num)]
@@ -496,12 +525,12 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
     scorer = clip_scorer(clip_score_run, mesh) if clip_score_run else None
     out = Path(workdir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    train_split, heldout = common.load_data(config)
+    train_split, heldout = common.training_data(config)   # a TFDS set's read lazily
     feature_name, feature_fn = make_feature_fn(config, mesh, features, classifier_weights, inception_weights)
     stats_dir = Path(stats_dir) if stats_dir else out / "reference_stats"
     reference, _ = reference_stats(config, feature_name, feature_fn, "train", train_split, stats_dir)
     rows = [dict(name=f"held-out split ({len(heldout)} real images)",
-                 **quality(*feature_fn(heldout.images), reference))]
+                 **quality(*split_features(feature_fn, heldout), reference))]
     classifier = sampling.load_noisy_classifier(classifier_workdir, run.schedule) if guide == "classifier" else None
     clip_guide = clip_guidance.load(clip_run, run) if guide == "clip" else None
     prompts, domain, condition = heldout_condition(run, heldout, num, clip_guide)
@@ -525,8 +554,7 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
     if nll_examples > 0 and has_bound(config):
         nll_data = heldout
         if run.latent is not None:   # the bound of what the model diffuses: bits per latent dimension
-            first = dataclasses.replace(heldout, images=heldout.images[:nll_examples], labels=heldout.labels[:nll_examples])
-            nll_data = encoded(run.latent.encode, first, mesh)
+            nll_data = encoded(run.latent.encode, heldout.head(nll_examples), mesh)
         nlls = {method: nll_record(run, mesh, nll_data, nll_examples, out, seed=seed, method=method)
                 for method in nll_methods}
     if jax.process_index() == 0:

@@ -197,7 +197,8 @@ def evaluate(workdirs, scales, s: Settings, *, features: str = "auto", classifie
     config = runs.load_config(workdirs[1])
     out = Path(workdirs[1]) / "eval"
     feature_name, feature_fn = evaluation.make_feature_fn(config, mesh, features, classifier_weights)
-    reference, _ = evaluation.reference_stats(config, feature_name, feature_fn, "train", common.load_data(config)[0],
+    train_split, _ = common.training_data(config)   # a TFDS set's read lazily
+    reference, _ = evaluation.reference_stats(config, feature_name, feature_fn, "train", train_split,
                                               Path(stats_dir) if stats_dir else out / "reference_stats")
     images, prompts, domain = heldout_samples(workdirs, scales, s, mesh)
     feats, probs = feature_fn(images)

@@ -305,3 +305,59 @@ def test_a_tfds_run_trains_and_evaluates_without_reading_a_split_whole(tmp_path,
     assert int(state.step) == 2
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/loss" in row and "eval/bpd" in row for row in rows)
+
+
+def test_reference_statistics_measured_in_chunks_equal_the_whole_split(tmp_path):
+    """``evaluation.reference_stats`` and ``split_features`` read a split a chunk at a time
+    (``split.rows``, 7 of 20 examples here): the running sums of ``metrics.FeatureStats`` give the
+    mean and covariance of the whole split's features, and the class probabilities are the whole
+    split's, in order."""
+    from experiments import evaluation
+    from diffusion import metrics
+    projection = np.random.default_rng(0).normal(size=(2 * 2, 5))
+
+    def features(images):   # a deterministic per-example feature network: [N, 5] features, [N, 2] probabilities
+        feats = images.reshape(len(images), -1).astype(np.float64) @ projection
+        probs = np.stack([images[:, 0, 0, 0], images[:, 0, 1, 0]], -1) / 255.0
+        return feats, probs
+    split = numbered()
+    whole_feats, whole_probs = features(split.images)
+    whole = metrics.FeatureStats(5).update(whole_feats)
+    config = base.get_config()
+    stats, probs = evaluation.reference_stats(config, "toy", features, "train", split, tmp_path, chunk=7)
+    assert stats.count == N
+    np.testing.assert_allclose(stats.mean, whole.mean, rtol=1e-12)
+    np.testing.assert_allclose(stats.cov, whole.cov, rtol=1e-10)
+    np.testing.assert_array_equal(probs, whole_probs)
+    cached, cached_probs = evaluation.reference_stats(config, "toy", None, "train", split, tmp_path)   # read back
+    np.testing.assert_array_equal(cached.outer, stats.outer)
+    np.testing.assert_array_equal(cached_probs, probs)
+    feats, probs = evaluation.split_features(features, split, chunk=7)
+    np.testing.assert_array_equal(feats, whole_feats)
+    np.testing.assert_array_equal(probs, whole_probs)
+
+
+def test_a_tfds_run_evaluates_without_reading_a_split_whole(tmp_path, monkeypatch):
+    """``evaluation.evaluate_run`` on a TFDS run reads the set lazily (``common.training_data``): with
+    the whole-split read made to fail, a run on a mock MNIST (28×28×1, so the project's classifier
+    gives the features) is measured — the reference statistics of its 16 training images and the
+    held-out row of its 16 test images a chunk at a time, the NLL from the first 4 test images."""
+    import tensorflow_datasets as tfds
+    from experiments import evaluation
+
+    def refuse(*args):
+        raise AssertionError("a TFDS split was read whole")
+    monkeypatch.setattr(datasets, "_tfds_split", refuse)
+    c = base.get_config()
+    c.data.source, c.data.holdout_fraction, c.diffusion.num_steps = "tfds:mnist", 0.0, 100
+    c = shrink(c, steps=2)
+    with tfds.testing.mock_data(num_examples=16):
+        trainer.train_and_evaluate(c, tmp_path)
+        rows, nlls = evaluation.evaluate_run(tmp_path, [("ddim", 2, 0.0)], num=16, batch=16, features="classifier",
+                                             nll_examples=4)
+    assert rows[0]["name"] == "held-out split (16 real images)" and rows[0]["num"] == 16
+    assert np.isfinite(rows[0]["fid"]) and np.isfinite(rows[1]["fid"]) and rows[1]["num"] == 16
+    assert nlls["vlb"]["num"] == 4 and np.isfinite(nlls["vlb"]["bits_per_dim"])
+    (stats_file,) = (tmp_path / "eval" / "reference_stats").glob("*_train_classifier_mnist.npz")
+    with np.load(stats_file) as f:
+        assert int(f["count"]) == 16

@@ -79,12 +79,12 @@ class Measured:
 def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured:
     """Measure the plan's (trained) models: each cell, NLL when the study lists it, pictures when it asks."""
     config = plan.data_config
-    train_split, heldout = common.load_data(config)
+    train_split, heldout = common.training_data(config)   # a TFDS set's read lazily
     feature_name, feature_fn = evaluation.make_feature_fn(config, mesh, "auto", plan.classifier_weights,
                                                           inception_weights)
     reference, _ = evaluation.reference_stats(config, feature_name, feature_fn, "train", train_split,
                                               plan.workdir / "reference_stats")
-    heldout_row = evaluation.quality(*feature_fn(heldout.images), reference)
+    heldout_row = evaluation.quality(*evaluation.split_features(feature_fn, heldout), reference)
     load_run = functools.cache(lambda m: sampling.load_run(plan.model_dir(m)))     # each model's, once
     scorer = evaluation.clip_scorer(plan.clip_dir("score_clip"), mesh) if plan.study.score_clip else None
     results = [measure_cell(plan, load_run, mesh, cell, feature_fn, reference, batch, heldout=heldout,
@@ -223,8 +223,9 @@ def pictures(run, mesh, heldout, name: str, images: np.ndarray, setting: str, st
     """(file, caption) of a grid of 64 samples drawn with ``setting`` and of 8 held-out images over
     their DDIM encode-then-decode."""
     n = parallel.padded_count(8, mesh)
-    x0 = datasets.to_model_range(heldout.images[:n])
-    z, decoded = sampling.reconstruct(run, mesh, x0, heldout.labels[:n], steps)    # on every process
+    first = heldout.head(n)   # only these are read (the split may be lazy)
+    x0 = datasets.to_model_range(first.images)
+    z, decoded = sampling.reconstruct(run, mesh, x0, first.labels, steps)    # on every process
     recon = out / f"{name}_reconstruction.png"
     if jax.process_index() == 0:
         rows = np.concatenate([x0, np.clip(z / 3, -1, 1), np.clip(decoded, -1, 1)])
@@ -239,8 +240,9 @@ def forward_pictures(run, mesh, heldout, name: str, images: np.ndarray, setting:
     """(file, caption) of a grid of 64 samples drawn with ``setting`` and of 8 held-out images over
     seed 004's encode-then-decode (``sampling.forward_encode_decode``) through each of ``depths``."""
     n = parallel.padded_count(8, mesh)
-    x0 = datasets.to_model_range(heldout.images[:n])
-    encoded, decoded = sampling.forward_encode_decode(run, mesh, x0, heldout.labels[:n], depths, sampler)
+    first = heldout.head(n)   # only these are read (the split may be lazy)
+    x0 = datasets.to_model_range(first.images)
+    encoded, decoded = sampling.forward_encode_decode(run, mesh, x0, first.labels, depths, sampler)
     recon = out / f"{name}_encode_decode.png"
     if jax.process_index() == 0:
         rows = np.concatenate([x0] + [np.clip(r, -1, 1) for pair in zip(encoded, decoded) for r in pair])
