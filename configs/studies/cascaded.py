@@ -118,29 +118,36 @@ def findings(results) -> list[str]:
     """Where the cascade's error comes from, from the diagnostic cells: each stage on real 14×14
     inputs and bicubic upsampling alone; each sentence follows the figures it quotes (2 s.e.)."""
     f = Figures(results)
+    fid = lambda key: metrics.fid_text(f.cell[key])
     real, generated, single = f.best(REAL), f.best(GAUSSIAN), (SINGLE, 0)
     bare_base, bare_real = (BARE_BASE, 0), (BARE_REAL, 0)
-    limited = f.beats(real, generated)
+    best_real = min((real, (REAL_NONE, 0), (REAL_BLUR, 0)), key=f.fid)
     lines = [
-        f"The same Gaussian-augmented stage reaches {f.show(real)} on real 14×14 inputs and {f.show(generated)} "
-        "after the base model: " + ("the base's samples, not the super-resolution stage, limit the cascade."
-                                    if limited else "no worse after the base than on real inputs beyond 2 s.e."),
-        f"Bicubic upsampling alone gives {f.show(bare_base)} from the base's samples and {f.show(bare_real)} from "
-        f"real 14×14 images: the base's samples are {f.fid(bare_base) - f.fid(bare_real):+.1f} FID from real ones "
-        f"before any super-resolution; the stage moves FID by {f.fid(generated) - f.fid(bare_base):+.1f} on the "
-        f"base's samples and by {f.fid(real) - f.fid(bare_real):+.1f} on real inputs.",
-        (f"On real inputs the cascade's last stage ({f.show(real)}) "
-         + ("beats" if f.beats(real, single) else "does not beat (by 2 s.e.)")
-         + f" the single 28×28 model of equal compute ({f.show(single)}): "
-         + ("with a base as good as the data the cascade would win; its 14×14 base, at this budget, is what loses."
-            if f.beats(real, single) else "the stage itself is no better than one model at this budget.")),
+        f"The Gaussian-augmented stage gives FID {fid(real)} on real 14×14 inputs (its best s, {real[1]}) and "
+        f"{fid(generated)} after the base model (its best s, {generated[1]}): "
+        + ("the base's samples, not the super-resolution stage, limit the cascade." if f.beats(real, generated)
+           else "no worse after the base than on real inputs beyond 2 s.e."),
+        f"Bicubic upsampling alone gives FID {fid(bare_base)} from the base's samples and {fid(bare_real)} from real "
+        f"14×14 images: the base's samples are {f.fid(bare_base) - f.fid(bare_real):+.1f} FID from real ones before "
+        f"any super-resolution, and the Gaussian-augmented stage takes {f.fid(bare_base) - f.fid(generated):.1f} "
+        f"of that off. On real inputs the stages trained on clean or blurred inputs "
+        + ("improve on" if all(f.beats(k, bare_real) for k in ((REAL_NONE, 0), (REAL_BLUR, 0))) else "do not both beat")
+        + f" bare upsampling (no augmentation {fid((REAL_NONE, 0))}, blur {fid((REAL_BLUR, 0))}); the "
+        "Gaussian-augmented one "
+        + ("does too" if f.beats(real, bare_real) else "does not")
+        + f" ({fid(real)}): it was trained on inputs noised to every s in [0, 500].",
+        f"On real inputs the best stage ({best_real[0]}: {fid(best_real)}) "
+        + ("beats" if f.beats(best_real, single) else "does not beat (by 2 s.e.)")
+        + f" the single 28×28 model of equal compute ({fid(single)}): "
+        + ("with a base as good as the data the cascade would win; at this budget its 14×14 base is what loses."
+           if f.beats(best_real, single) else "the super-resolution stage itself is no better than one model here."),
     ]
     gain_generated = f.fid((NONE, 0)) - f.fid(generated)
     gain_real = f.fid((REAL_NONE, 0)) - f.fid(real)
     lines.append(
-        f"Gaussian augmentation's gain (no augmentation minus the best s) is {gain_generated:+.1f} FID after the "
-        f"base ({f.show((NONE, 0))}) and {gain_real:+.1f} on real inputs ({f.show((REAL_NONE, 0))}); blur: "
-        f"{f.show((BLUR, 0))} after the base, {f.show((REAL_BLUR, 0))} on real inputs. "
+        f"Gaussian augmentation's gain (no augmentation's FID minus that at the best s) is {gain_generated:+.1f} "
+        f"after the base and {gain_real:+.1f} on real inputs; blur's is "
+        f"{f.fid((NONE, 0)) - f.fid((BLUR, 0)):+.1f} and {f.fid((REAL_NONE, 0)) - f.fid((REAL_BLUR, 0)):+.1f}. "
         + ("Augmentation pays where the inputs are generated, the train–test mismatch it is for (CDM §3)."
            if gain_generated > gain_real else "At this scale it pays no more on generated inputs than on real ones."))
     return lines

@@ -4,6 +4,7 @@ claims checked on the figures, the study's measured explanations of them (its ``
 pictures, and the commands behind every cell."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -23,7 +24,8 @@ def plot(study, results: list[dict], path: Path):
     """The study's plot: y against x for each series (x and y are cell fields or metrics), with
     error bars where the metric has a standard error (``fid_se``)."""
     spec = study.plot
-    fig = Figure(figsize=(6, 4))
+    count = len(dict.fromkeys(r[spec.series] for r in results))
+    fig = Figure(figsize=(7, 4 + 0.2 * count))     # room below the axes for a legend of every series
     ax = fig.subplots()
     for series in dict.fromkeys(r[spec.series] for r in results):
         rows = [r for r in results if r[spec.series] == series]
@@ -39,10 +41,10 @@ def plot(study, results: list[dict], path: Path):
         ax.set_yscale("log")
     ax.set_xlabel(AXIS_LABELS.get(spec.x, spec.x))
     ax.set_ylabel(AXIS_LABELS.get(spec.y, spec.y))
-    ax.set_title(study.title, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title("\n".join(textwrap.wrap(study.title, 90)), fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncols=2 if count > 6 else 1)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
 def vlb_terms_plot(nll: dict, path: Path):
