@@ -117,17 +117,8 @@ def test_a_tfds_set_is_read_lazily_record_by_record():
     import tensorflow_datasets as tfds
     with tfds.testing.mock_data(num_examples=16):
         source = datasets.TfdsSource("cifar10", "train", image_size=16)
-        reads = []
         real = source.records
-
-        class Counting:
-            def __len__(self):
-                return len(real)
-
-            def __getitem__(self, i):
-                reads.append(int(i))
-                return real[i]
-        source.records = Counting()
+        reads = _count_reads(source)
         [first] = batches(source, 4, 1, shard=(1, 2))
         assert len(reads) == 2 and len(source) == 16
         assert first["image"].shape == (2, 16, 16, 3) and first["image"].dtype == np.uint8
