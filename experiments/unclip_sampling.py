@@ -103,7 +103,7 @@ def sample_prompts(workdirs, prompts: list[str], scales, s: Settings, out=None) 
     the decoder, guided with the second against the null embedding. Writes the grid, each prompt
     above its images, and ``.npz`` with the images, prompts and embeddings; returns the grid's path."""
     check_stages(workdirs)
-    prior_scale, decoder_scale = (float(w) for w in cascade.per_stage(scales, 2, "--scales"))
+    prior_scale, decoder_scale = stage_weights(scales)
     tokens, decoder_tokens = (stage_tokens(w, prompts) for w in workdirs)
     prior, decoder = sampling.load_run(workdirs[0]), sampling.load_run(workdirs[1])
     samplers.check_steps(s.sampler, s.steps, decoder.schedule.num_steps, what="--steps")
@@ -165,18 +165,23 @@ def setting_tag(s: Settings, scales: tuple[float, float]) -> str:
     return f"unclip_{evaluation.setting_tag(s.sampler, s.steps, s.eta, clip=s.clip)}_w{scales[0]:g},{scales[1]:g}"
 
 
-def heldout_samples(workdirs, scales, s: Settings, mesh) -> tuple[np.ndarray, list[str], str]:
+def stage_weights(scales) -> tuple[float, float]:
+    """``--scales`` as the (prior, decoder) guidance weights: one value is both stages'."""
+    return tuple(float(w) for w in cascade.per_stage(scales, 2, "--scales"))
+
+
+def heldout_samples(workdirs, scales, s: Settings, mesh, heldout: datasets.Split) -> tuple[np.ndarray, list[str], str]:
     """(uint8 images [s.num, ...], their prompts, the prompts' caption domain): unCLIP's samples
-    (``through_stages``) for the held-out captions in turn (``evaluation.heldout_prompts`` of the
-    decoder's data, phrased in the prior's caption domain), as a text run is measured; drawn once and
+    (``through_stages``) for the held-out captions in turn (``evaluation.heldout_prompts`` of
+    ``heldout``, the decoder's held-out split, phrased in the prior's caption domain), as a text run is measured; drawn once and
     kept in ``<decoder>/eval/samples_<tag>_seed<s>_step<prior step>,<decoder step>.npz``. Refused from
     the configs (stages, weights, prompts, steps) before a sample is drawn."""
     check_stages(workdirs)
-    weights = tuple(float(w) for w in cascade.per_stage(scales, 2, "--scales"))
-    domain = runs.load_config(workdirs[0]).data.captions
+    weights = stage_weights(scales)
     prior, decoder = sampling.load_run(workdirs[0]), sampling.load_run(workdirs[1])
+    domain = prior.config.data.captions
     samplers.check_steps(s.sampler, s.steps, decoder.schedule.num_steps, what="--samplers")
-    prompts = evaluation.heldout_prompts(decoder, common.load_data(decoder.config)[1], s.num, domain)
+    prompts = evaluation.heldout_prompts(decoder, heldout, s.num, domain)
     tokens, decoder_tokens = (stage_tokens(w, prompts) for w in workdirs)
     path = (Path(workdirs[1]) / "eval" /
             f"samples_{setting_tag(s, weights)}_seed{s.seed}_step{prior.step},{decoder.step}.npz")
@@ -197,12 +202,12 @@ def evaluate(workdirs, scales, s: Settings, *, features: str = "auto", classifie
     config = runs.load_config(workdirs[1])
     out = Path(workdirs[1]) / "eval"
     feature_name, feature_fn = evaluation.make_feature_fn(config, mesh, features, classifier_weights)
-    train_split, _ = common.training_data(config)   # a TFDS set's read lazily
+    train_split, heldout = common.training_data(config)   # a TFDS set's read lazily
     reference, _ = evaluation.reference_stats(config, feature_name, feature_fn, "train", train_split,
                                               Path(stats_dir) if stats_dir else out / "reference_stats")
-    images, prompts, domain = heldout_samples(workdirs, scales, s, mesh)
+    images, prompts, domain = heldout_samples(workdirs, scales, s, mesh, heldout)
     feats, probs = feature_fn(images)
-    weights = tuple(float(w) for w in cascade.per_stage(scales, 2, "--scales"))
+    weights = stage_weights(scales)
     record = dict(evaluation.quality(feats, probs, reference), **evaluation.text_alignment(
         domain, images, probs, prompts, scorer), stages=[str(w) for w in workdirs], features=feature_name,
         sampler=s.sampler, steps=s.steps, eta=s.eta, scales=list(weights))

@@ -113,9 +113,10 @@ def test_two_processes_train_and_resume_as_one(runs):
     ran the steps, and a checkpoint resumes in the other layout to the same place (2 → 1, 1 → 2);
     process 0 alone writes the logs and the sample grid."""
     two, one, moved, spread = runs
+    reference = losses(one)
     for steps in (losses(two), losses(moved), losses(spread)):
         assert sorted(steps) == [1, 2, 3, 4, 5, 6]
-        np.testing.assert_allclose([steps[k] for k in sorted(steps)], [losses(one)[k] for k in sorted(steps)],
+        np.testing.assert_allclose([steps[k] for k in sorted(steps)], [reference[k] for k in sorted(steps)],
                                    rtol=1e-5)
     for run in (two, moved, spread):
         assert_same_parameters(run, one)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from diffusion import parallel
-from diffusion.data import captions
+from diffusion.data import captions, datasets
 from diffusion.models.clip import CLIP
 from experiments import clip_runs, clip_trainer, common, evaluation
 from experiments.studies import plan
@@ -99,8 +99,8 @@ def test_the_clip_score_is_100_times_the_cosine_of_sample_and_prompt(tiny_clip_r
     heldout = common.load_data(config)[1]
     images = heldout.images[:12]
     prompts = captions.captions("mnist", images, heldout.labels[:12], seed=0)
-    scores = evaluation.clip_scorer(tiny_clip_run, parallel.make_mesh())(images, prompts)
-    from diffusion.data import datasets
+    score = evaluation.clip_scorer(tiny_clip_run, parallel.make_mesh())
+    scores = score(images, prompts)
     image_emb = np.asarray(model.apply({"params": params}, datasets.to_model_range(images), method=CLIP.encode_image),
                            np.float64)
     text_emb = np.asarray(model.apply({"params": params}, tokenizer.encode(prompts), method=CLIP.encode_text), np.float64)
@@ -110,7 +110,7 @@ def test_the_clip_score_is_100_times_the_cosine_of_sample_and_prompt(tiny_clip_r
                                        lambda i, p: np.asarray([1.0, 3.0] * 6))
     assert record["clip_score"] == pytest.approx(2.0) and record["clip_score_se"] == pytest.approx(np.sqrt(12 / 11 / 12))
     with pytest.raises(ValueError, match="outside the vocabulary of the CLIP"):
-        evaluation.clip_scorer(tiny_clip_run, parallel.make_mesh())(images[:1], ["a zebra"])
+        score(images[:1], ["a zebra"])
 
 
 def test_a_noised_clip_does_not_score(tiny_clip_run, tmp_path):

@@ -86,8 +86,11 @@ class Figures:
     def no_worse(self, a, b) -> bool:
         return self.fid(a) <= self.fid(b) + self.two_se(a, b)
 
+    def text(self, key) -> str:
+        return metrics.fid_text(self.cell[key])
+
     def show(self, key) -> str:
-        return f"{key[0]}, s = {key[1]}: {metrics.fid_text(self.cell[key])}"
+        return f"{key[0]}, s = {key[1]}: {self.text(key)}"
 
     def best(self, row, levels=LEVELS):
         return row, min(levels, key=lambda s: self.fid((row, s)))
@@ -118,27 +121,26 @@ def findings(results) -> list[str]:
     """Where the cascade's error comes from, from the diagnostic cells: each stage on real 14×14
     inputs and bicubic upsampling alone; each sentence follows the figures it quotes (2 s.e.)."""
     f = Figures(results)
-    fid = lambda key: metrics.fid_text(f.cell[key])
     real, generated, single = f.best(REAL), f.best(GAUSSIAN), (SINGLE, 0)
     bare_base, bare_real = (BARE_BASE, 0), (BARE_REAL, 0)
     best_real = min((real, (REAL_NONE, 0), (REAL_BLUR, 0)), key=f.fid)
     lines = [
-        f"The Gaussian-augmented stage gives FID {fid(real)} on real 14×14 inputs (its best s, {real[1]}) and "
-        f"{fid(generated)} after the base model (its best s, {generated[1]}): "
+        f"The Gaussian-augmented stage gives FID {f.text(real)} on real 14×14 inputs (its best s, {real[1]}) and "
+        f"{f.text(generated)} after the base model (its best s, {generated[1]}): "
         + ("the base's samples, not the super-resolution stage, limit the cascade." if f.beats(real, generated)
            else "no worse after the base than on real inputs beyond 2 s.e."),
-        f"Bicubic upsampling alone gives FID {fid(bare_base)} from the base's samples and {fid(bare_real)} from real "
+        f"Bicubic upsampling alone gives FID {f.text(bare_base)} from the base's samples and {f.text(bare_real)} from real "
         f"14×14 images: the base's samples are {f.fid(bare_base) - f.fid(bare_real):+.1f} FID from real ones before "
         f"any super-resolution, and the Gaussian-augmented stage takes {f.fid(bare_base) - f.fid(generated):.1f} "
         f"of that off. On real inputs the stages trained on clean or blurred inputs "
         + ("improve on" if all(f.beats(k, bare_real) for k in ((REAL_NONE, 0), (REAL_BLUR, 0))) else "do not both beat")
-        + f" bare upsampling (no augmentation {fid((REAL_NONE, 0))}, blur {fid((REAL_BLUR, 0))}); the "
+        + f" bare upsampling (no augmentation {f.text((REAL_NONE, 0))}, blur {f.text((REAL_BLUR, 0))}); the "
         "Gaussian-augmented one "
         + ("does too" if f.beats(real, bare_real) else "does not")
-        + f" ({fid(real)}): it was trained on inputs noised to every s in [0, 500].",
-        f"On real inputs the best stage ({best_real[0]}: {fid(best_real)}) "
+        + f" ({f.text(real)}): it was trained on inputs noised to every s in [0, 500].",
+        f"On real inputs the best stage ({best_real[0]}: {f.text(best_real)}) "
         + ("beats" if f.beats(best_real, single) else "does not beat (by 2 s.e.)")
-        + f" the single 28×28 model of equal compute ({fid(single)}): "
+        + f" the single 28×28 model of equal compute ({f.text(single)}): "
         + ("with a base as good as the data the cascade would win; at this budget its 14×14 base is what loses."
            if f.beats(best_real, single) else "the super-resolution stage itself is no better than one model here."),
     ]

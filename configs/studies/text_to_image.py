@@ -50,13 +50,12 @@ def get_config():
     s.clips = {"clip": "clip_mnist", "clip_noisy": "clip_mnist_noisy"}
     s.guidance_clip, s.score_clip = "clip_noisy", "clip"
     steps = s.budget.train.num_steps
-    joint = own_fields(text_mnist, mnist)
+    joint, prior = own_fields(text_mnist, mnist), own_fields(unclip_prior_mnist, base_config)
     s.models = {
         "joint": joint,
         "joint_large": dict(joint, model=dict(joint["model"], base_channels=LARGE_CHANNELS)),
         "clip_text": own_fields(text_mnist_clip, mnist),
-        "unclip_prior": dict(own_fields(unclip_prior_mnist, base_config),
-                             train=dict(own_fields(unclip_prior_mnist, base_config)["train"], num_steps=steps)),
+        "unclip_prior": dict(prior, train=dict(prior["train"], num_steps=steps)),
         "unclip_decoder": own_fields(unclip_decoder_mnist, mnist),
     }
     guided = lambda w: dict(guidance="classifier_free" if w else "", scale=float(w))

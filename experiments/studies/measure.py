@@ -147,7 +147,8 @@ def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, 
         settings = unclip_sampling.Settings(sampler=cell["sampler"], steps=cell["steps"], eta=cell["eta"],
                                             clip=cell["clip"], num=plan.num, batch=batch, seed=0)
         images, prompts, domain = unclip_sampling.heldout_samples(
-            [plan.model_dir(cell["prior"]), plan.model_dir(m)], [cell["prior_scale"], cell["scale"]], settings, mesh)
+            [plan.model_dir(cell["prior"]), plan.model_dir(m)], [cell["prior_scale"], cell["scale"]], settings, mesh,
+            common.load_data(load_run(m).config)[1])   # the decoder's own held-out captions (its tokenizer's)
     elif cell["cascade"]:   # the final samples of a cascade whose last stage is m (Ho et al. 2021), or its input
         outputs = cascade_outputs(plan, cell, mesh, batch)
         images = cascade.upsampled(outputs[-2], outputs[-1].shape[1]) if cell["upsampled_input"] else outputs[-1]
