@@ -226,13 +226,14 @@ def samples_for(run, mesh, out: Path, sampler: str, steps: int, eta: float, *, n
 
 
 def heldout_prompts(run, heldout: datasets.Split, num: int, domain: str = "") -> list[str]:
-    """``num`` prompts for a text run's samples: the held-out images' captions in turn (as its
-    tokenizer reads them back), so prompts follow the data's classes and attributes; for a run that
-    reads no text (CLIP-guided), their captions in ``domain`` measured as a text run's are. Only the
-    first ``num`` held-out examples are read (``heldout.head``; the split may be lazy)."""
+    """``num`` prompts for a run's samples: the held-out images' captions in turn, phrased in
+    ``domain`` (default: the run's own) with the run's seed as its training captions are
+    (``captions.captions``), so prompts follow the data's classes and attributes. Built from the
+    images and labels, never decoded from a split's token ids (another run's tokenizer may have
+    written those), so every run given the same split and seed is drawn for the same prompts. Only
+    the first ``num`` held-out examples are read (``heldout.head``; the split may be lazy)."""
     first = heldout.head(num)   # the prompts of the first ``num``: the same as of the whole split's captions
-    texts = (run.tokenizer.decode(first.tokens) if run.tokenizer is not None
-             else captions.captions(domain, first.images, first.labels, seed=run.config.seed))
+    texts = captions.captions(domain or run.config.data.captions, first.images, first.labels, seed=run.config.seed)
     return [texts[i % len(texts)] for i in range(num)]
 
 

@@ -239,6 +239,20 @@ def test_evaluate_a_text_run_on_held_out_captions(tiny_text_run):
     assert "prompt's class" in (tiny_text_run / "eval" / "results.md").read_text()
 
 
+def test_held_out_prompts_are_the_captions_whoever_tokenized_the_split(tiny_text_run):
+    """The prompts a run is measured on are its held-out images' captions: the very token ids its
+    own tokenizer wrote into the split it captioned, and the same when the split's ids are another
+    tokenizer's (a study hands every text run one split) or absent."""
+    run = sampling.load_run(tiny_text_run)
+    heldout = common.load_data(run.config)[1]
+    prompts = evaluation.heldout_prompts(run, heldout, 6)
+    np.testing.assert_array_equal(run.tokenizer.encode(prompts, strict=True), heldout.tokens[:6])
+    assert len(set(prompts)) > 1
+    foreign = dataclasses.replace(heldout, tokens=np.roll(heldout.tokens, 1, axis=0))
+    assert evaluation.heldout_prompts(run, foreign, 6) == prompts
+    assert evaluation.heldout_prompts(run, dataclasses.replace(heldout, tokens=None), 6) == prompts
+
+
 # ---- the frozen CLIP text tower ----
 
 def test_clip_text_reads_the_frozen_tower_and_its_tokenizer(tiny_clip_run, tmp_path):

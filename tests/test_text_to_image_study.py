@@ -38,7 +38,11 @@ def test_the_text_to_image_study_plans_valid_models_on_its_clips(tmp_path):
         assert job.config.train.num_steps == study_plan.study.budget.train.num_steps
         reads_clip = name in ("clip_text", "unclip_prior", "unclip_decoder")
         assert job.config.model.clip_run == (str(clips["clip"]) if reads_clip else "")
-    assert study_plan.models["joint_large"].config.model.base_channels == 2 * study_plan.models["joint"].config.model.base_channels
+    assert (study_plan.models["joint_large"].config.model.base_channels
+            == 1.5 * study_plan.models["joint"].config.model.base_channels)
+    unets = [m for m in study_plan.models if m != "unclip_prior"]
+    assert all(study_plan.models[m].config.diffusion.weighting == "min_snr" for m in unets)
+    assert not study_plan.models["unclip_prior"].config.diffusion.weighting   # its objective is unCLIP's
     names = [plan.cell_name(c) for c in study_plan.cells]
     assert len(set(names)) == len(names) == len(study_plan.cells)
     commands = study_plan.commands

@@ -128,7 +128,7 @@ def cost_record(plan: Plan, model: str) -> dict:
     return row
 
 
-def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, batch: int, *, heldout=None,
+def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, batch: int, *, heldout,
                  clip_score: Optional[evaluation.ClipScorer] = None) -> dict:
     """The cell's row (its settings and every metric of its samples), read from
     ``<workdir>/cells/<cell>.json`` when measured with as many samples, else measured and kept there;
@@ -148,7 +148,7 @@ def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, 
                                             clip=cell["clip"], num=plan.num, batch=batch, seed=0)
         images, prompts, domain = unclip_sampling.heldout_samples(
             [plan.model_dir(cell["prior"]), plan.model_dir(m)], [cell["prior_scale"], cell["scale"]], settings, mesh,
-            common.load_data(load_run(m).config)[1])   # the decoder's own held-out captions (its tokenizer's)
+            heldout)
     elif cell["cascade"]:   # the final samples of a cascade whose last stage is m (Ho et al. 2021), or its input
         outputs = cascade_outputs(plan, cell, mesh, batch)
         images = cascade.upsampled(outputs[-2], outputs[-1].shape[1]) if cell["upsampled_input"] else outputs[-1]
@@ -157,8 +157,7 @@ def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, 
         classifier = (sampling.load_noisy_classifier(plan.noisy_classifier.workdir, run.schedule)
                       if cell["guidance"] == "classifier" else None)
         guide = clip_guidance.load(plan.clip_dir("guidance_clip"), run) if cell["guidance"] == "clip" else None
-        prompts, domain, condition = ((None, "", None) if heldout is None
-                                      else evaluation.heldout_condition(run, heldout, plan.num, guide))
+        prompts, domain, condition = evaluation.heldout_condition(run, heldout, plan.num, guide)
         images = evaluation.samples_for(run, mesh, plan.model_dir(m), cell["sampler"], cell["steps"], cell["eta"],
                                         num=plan.num, batch=batch, seed=0, guide=cell["guidance"], scale=cell["scale"],
                                         classifier_log_prob=classifier, clip_guide=guide, clip=cell["clip"],
