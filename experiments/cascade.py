@@ -264,10 +264,9 @@ def evaluate(workdirs, settings: Settings, *, num: int, batch: int, seed: int = 
     mesh = parallel.make_mesh()
     config = runs.load_config(workdirs[-1])
     out = Path(workdirs[-1]) / "eval"
-    train_split, _ = common.training_data(config)   # a TFDS set's read lazily
-    feature_name, feature_fn = evaluation.make_feature_fn(config, mesh, features, classifier_weights, inception_weights)
-    reference, _ = evaluation.reference_stats(config, feature_name, feature_fn, "train", train_split,
-                                              Path(stats_dir) if stats_dir else out / "reference_stats")
+    ref = evaluation.reference_for(config, mesh, stats_dir or out / "reference_stats", features=features,
+                                   classifier_weights=classifier_weights, inception_weights=inception_weights)
+    feature_name, feature_fn, reference = ref.feature_name, ref.feature_fn, ref.stats
     outputs = samples(workdirs, mesh, settings, num=num, batch=batch, seed=seed)
     bare = evaluation.quality(*feature_fn(upsampled(outputs[-2], outputs[-1].shape[1])), reference)
     record = dict(evaluation.quality(*feature_fn(outputs[-1]), reference), stages=[str(w) for w in workdirs],
@@ -275,8 +274,7 @@ def evaluate(workdirs, settings: Settings, *, num: int, batch: int, seed: int = 
     if jax.process_index() == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"cascade_{lower_names(workdirs)}_{settings.tag}.json").write_text(json.dumps(record, indent=2))
-        text = lambda r: ", ".join(f"{m.column.format(features=feature_name)} {m.cell(r)}"
-                                   for m in evaluation.METRICS.values())
-        print(f"cascade {settings.tag}: {text(record)}\n  its last stage's input upsampled alone: {text(bare)}")
+        print(f"cascade {settings.tag}: {evaluation.summary(record, feature_name)}\n"
+              f"  its last stage's input upsampled alone: {evaluation.summary(bare, feature_name)}")
     return record
 

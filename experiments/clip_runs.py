@@ -1,6 +1,7 @@
 """A CLIP run (``experiments.train_clip``) read back: its ``clip`` settings checked, its model built
 and its EMA parameters restored (``load_clip``), or held frozen inside another model as host copies
-(``load_frozen``: the text tower a U-Net reads, unCLIP's towers, CLIP guidance's). It builds on no
+(``load_frozen``: the text tower a U-Net reads, unCLIP's towers, CLIP guidance's); images and
+token ids embedded by it in sharded chunks (``embed_images``, ``embed_texts``). It builds on no
 entry point's glue (``experiments.common`` builds on it)."""
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from diffusion.data import captions
+from diffusion import gaussian, parallel
+from diffusion.data import captions, datasets
 from diffusion.data.tokenizer import TOKENIZER_FILE, Tokenizer
 from diffusion.models.clip import CLIP
 from experiments import runs
@@ -86,3 +89,35 @@ def load_frozen(workdir) -> tuple[CLIP, dict, Tokenizer, ml_collections.ConfigDi
     model that holds them frozen closes over them as constants in every compiled step."""
     model, params, tokenizer, config = load_clip(workdir)
     return model, runs.host_copy(params), tokenizer, config
+
+
+def _in_chunks(fn, rows: np.ndarray, mesh, chunk: int = 256) -> np.ndarray:
+    """``fn(rows sharded over data, offset)`` on ``chunk`` rows at a time, gathered: [N, ...]."""
+    out = []
+    for i in range(0, len(rows), chunk):
+        part = rows[i:i + chunk]
+        out.append(parallel.gather(fn(parallel.pad_to_devices(part, mesh), i))[:len(part)])
+    return np.concatenate(out)
+
+
+def embed_images(model: CLIP, params, images: np.ndarray, mesh, *, schedule=None, timestep=None) -> np.ndarray:
+    """Image embeddings [N, E] of uint8 ``images``; a noise-aware model's of x_t at ``timestep``
+    (noise seeded by the row offset, so every evaluation sees the same x_t)."""
+    rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
+
+    @partial(jax.jit, in_shardings=(rep, dat, rep))
+    def image_fn(params, x, key):
+        if timestep is None:
+            return model.apply({"params": params}, x, method=CLIP.encode_image)
+        t = jnp.full((x.shape[0],), timestep, jnp.int32)
+        x_t = gaussian.q_sample(schedule, x, t, jax.random.normal(key, x.shape))
+        return model.apply({"params": params}, x_t, t, method=CLIP.encode_image)
+
+    return _in_chunks(lambda x, i: image_fn(params, x, jax.random.key(i)), datasets.to_model_range(images), mesh)
+
+
+def embed_texts(model: CLIP, params, tokens: np.ndarray, mesh) -> np.ndarray:
+    """Text embeddings [N, E] of token ids int [N, L]."""
+    rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    text_fn = jax.jit(lambda p, tok: model.apply({"params": p}, tok, method=CLIP.encode_text), in_shardings=(rep, dat))
+    return _in_chunks(lambda tok, i: text_fn(params, tok), tokens, mesh)

@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion import contrastive, gaussian, parallel, training
+from diffusion import contrastive, training
 from diffusion.data import captions, datasets
 from diffusion.data.tokenizer import Tokenizer, build_tokenizer
 from diffusion.models.clip import CLIP
@@ -36,38 +35,6 @@ def run_tokenizer(c: ml_collections.ConfigDict, workdir: Path, train: datasets.S
     return tokenizer, candidates
 
 
-def _in_chunks(fn, rows: np.ndarray, mesh, chunk: int = 256) -> np.ndarray:
-    """``fn(rows sharded over data, offset)`` on ``chunk`` rows at a time, gathered: [N, ...]."""
-    out = []
-    for i in range(0, len(rows), chunk):
-        part = rows[i:i + chunk]
-        out.append(parallel.gather(fn(parallel.pad_to_devices(part, mesh), i))[:len(part)])
-    return np.concatenate(out)
-
-
-def embed_images(model: CLIP, params, images: np.ndarray, mesh, *, schedule=None, timestep=None) -> np.ndarray:
-    """Image embeddings [N, E] of uint8 ``images``; a noise-aware model's of x_t at ``timestep``
-    (noise seeded by the row offset, so every evaluation sees the same x_t)."""
-    rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
-
-    @partial(jax.jit, in_shardings=(rep, dat, rep))
-    def image_fn(params, x, key):
-        if timestep is None:
-            return model.apply({"params": params}, x, method=CLIP.encode_image)
-        t = jnp.full((x.shape[0],), timestep, jnp.int32)
-        x_t = gaussian.q_sample(schedule, x, t, jax.random.normal(key, x.shape))
-        return model.apply({"params": params}, x_t, t, method=CLIP.encode_image)
-
-    return _in_chunks(lambda x, i: image_fn(params, x, jax.random.key(i)), datasets.to_model_range(images), mesh)
-
-
-def embed_texts(model: CLIP, params, tokens: np.ndarray, mesh) -> np.ndarray:
-    """Text embeddings [N, E] of token ids int [N, L]."""
-    rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    text_fn = jax.jit(lambda p, tok: model.apply({"params": p}, tok, method=CLIP.encode_text), in_shardings=(rep, dat))
-    return _in_chunks(lambda tok, i: text_fn(params, tok), tokens, mesh)
-
-
 def evaluate(c: ml_collections.ConfigDict, model: CLIP, params, heldout: datasets.Split, tokenizer: Tokenizer,
              mesh, timestep: Optional[int] = None) -> dict:
     """Zero-shot class accuracy on every held-out image ("the digit k" per class, the most similar
@@ -75,13 +42,13 @@ def evaluate(c: ml_collections.ConfigDict, model: CLIP, params, heldout: dataset
     held-out images and their captions (drawn with ``seed``; identical captions count as one)."""
     domain = c.clip.domain
     schedule = common.make_schedule(c) if timestep is not None else None
-    image_emb = contrastive.normalize(embed_images(model, params, heldout.images, mesh, schedule=schedule,
+    image_emb = contrastive.normalize(clip_runs.embed_images(model, params, heldout.images, mesh, schedule=schedule,
                                                    timestep=timestep))
-    prompts = contrastive.normalize(embed_texts(model, params, tokenizer.encode(captions.class_prompts(domain)), mesh))
+    prompts = contrastive.normalize(clip_runs.embed_texts(model, params, tokenizer.encode(captions.class_prompts(domain)), mesh))
     n = min(len(heldout), c.clip.retrieval_examples)
     texts = captions.captions(domain, heldout.images[:n], heldout.labels[:n], seed=c.seed)
     tokens = tokenizer.encode(texts)
-    text_emb = contrastive.normalize(embed_texts(model, params, tokens, mesh))
+    text_emb = contrastive.normalize(clip_runs.embed_texts(model, params, tokens, mesh))
     similarity = image_emb[:n] @ text_emb.T
     groups = np.unique(tokens, axis=0, return_inverse=True)[1].reshape(-1)
     report = {"timestep": timestep,

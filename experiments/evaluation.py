@@ -261,13 +261,12 @@ def clip_scorer(clip_run, mesh) -> ClipScorer:
     if config.clip.noise_aware:
         raise ValueError(f"{name} is a noise-aware CLIP (its image tower reads x_t and t): the CLIP score compares "
                          "finished samples with their prompts; give a CLIP of clean images (configs/clip_mnist.py)")
-    from experiments import clip_trainer   # its trainer imports this module
     model, params, tokenizer, _ = clip_runs.load_clip(clip_run)
 
     def score(images: np.ndarray, prompts: list) -> np.ndarray:
         tokens = text.check_prompts(tokenizer, prompts, f"the CLIP {clip_run}")
-        return np.asarray(contrastive.clip_score(clip_trainer.embed_images(model, params, images, mesh),
-                                                 clip_trainer.embed_texts(model, params, tokens, mesh)))
+        return np.asarray(contrastive.clip_score(clip_runs.embed_images(model, params, images, mesh),
+                                                 clip_runs.embed_texts(model, params, tokens, mesh)))
     return score
 
 
@@ -471,6 +470,38 @@ def _share(value) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
 
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """What a run's samples are measured against: its data's splits (a TFDS set's read lazily), the
+    feature network and the training split's feature statistics (``reference_stats``)."""
+    train: datasets.Split
+    heldout: datasets.Split
+    feature_name: str
+    feature_fn: FeatureFn
+    stats: metrics.FeatureStats
+
+
+def reference_for(config, mesh, stats_dir, *, features: str = "auto", classifier_weights=None,
+                  inception_weights=None) -> Reference:
+    """The ``Reference`` of ``config``'s data with the feature network ``features``
+    (``make_feature_fn``), its statistics cached in ``stats_dir``."""
+    train_split, heldout = common.training_data(config)
+    feature_name, feature_fn = make_feature_fn(config, mesh, features, classifier_weights, inception_weights)
+    stats, _ = reference_stats(config, feature_name, feature_fn, "train", train_split, Path(stats_dir))
+    return Reference(train_split, heldout, feature_name, feature_fn, stats)
+
+
+def summary(row: dict, feature_name: str) -> str:
+    """One line of a row's metrics (``METRICS``), then its prompt alignment and CLIP score where measured."""
+    parts = [f"{m.column.format(features=feature_name)} {m.cell(row)}" for m in METRICS.values()]
+    if "class_match" in row:
+        parts.append(f"prompt's class {100 * row['class_match']:.1f}%, attributes "
+                     f"{_share(row['attribute_accuracy']['all'])}")
+    if "clip_score" in row:
+        parts.append(f"CLIP score {row['clip_score']:.2f} ± {row['clip_score_se']:.2f}")
+    return ", ".join(parts)
+
+
 def markdown(rows: list[dict], nlls: list[dict], feature_name: str) -> str:
     """results.md's table: a row per record, a column per metric of ``METRICS``; then the NLLs."""
     columns = " | ".join(m.column.format(features=feature_name) for m in METRICS.values())
@@ -526,10 +557,9 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
     scorer = clip_scorer(clip_score_run, mesh) if clip_score_run else None
     out = Path(workdir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    train_split, heldout = common.training_data(config)   # a TFDS set's read lazily
-    feature_name, feature_fn = make_feature_fn(config, mesh, features, classifier_weights, inception_weights)
-    stats_dir = Path(stats_dir) if stats_dir else out / "reference_stats"
-    reference, _ = reference_stats(config, feature_name, feature_fn, "train", train_split, stats_dir)
+    ref = reference_for(config, mesh, stats_dir or out / "reference_stats", features=features,
+                        classifier_weights=classifier_weights, inception_weights=inception_weights)
+    heldout, feature_name, feature_fn, reference = ref.heldout, ref.feature_name, ref.feature_fn, ref.stats
     rows = [dict(name=f"held-out split ({len(heldout)} real images)",
                  **quality(*split_features(feature_fn, heldout), reference))]
     classifier = sampling.load_noisy_classifier(classifier_workdir, run.schedule) if guide == "classifier" else None
@@ -547,10 +577,7 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
         rows.append(row)
         if jax.process_index() == 0:
             (out / f"{tag}.json").write_text(json.dumps(dict(row, step=run.step, features=feature_name), indent=2))
-            print(f"{tag}: " + ", ".join(f"{m.column.format(features=feature_name)} {m.cell(row)}"
-                                         for m in METRICS.values())
-                  + (f", prompt's class {100 * row['class_match']:.1f}%, attributes "
-                     f"{_share(row['attribute_accuracy']['all'])}" if prompts is not None else ""))
+            print(f"{tag}: {summary(row, feature_name)}")
     nlls = {}
     if nll_examples > 0 and has_bound(config):
         nll_data = heldout

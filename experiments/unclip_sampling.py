@@ -201,12 +201,11 @@ def evaluate(workdirs, scales, s: Settings, *, features: str = "auto", classifie
     scorer = evaluation.clip_scorer(clip_score_run, mesh) if clip_score_run else None
     config = runs.load_config(workdirs[1])
     out = Path(workdirs[1]) / "eval"
-    feature_name, feature_fn = evaluation.make_feature_fn(config, mesh, features, classifier_weights)
-    train_split, heldout = common.training_data(config)   # a TFDS set's read lazily
-    reference, _ = evaluation.reference_stats(config, feature_name, feature_fn, "train", train_split,
-                                              Path(stats_dir) if stats_dir else out / "reference_stats")
-    images, prompts, domain = heldout_samples(workdirs, scales, s, mesh, heldout)
-    feats, probs = feature_fn(images)
+    ref = evaluation.reference_for(config, mesh, stats_dir or out / "reference_stats", features=features,
+                                   classifier_weights=classifier_weights)
+    feature_name, reference = ref.feature_name, ref.stats
+    images, prompts, domain = heldout_samples(workdirs, scales, s, mesh, ref.heldout)
+    feats, probs = ref.feature_fn(images)
     weights = stage_weights(scales)
     record = dict(evaluation.quality(feats, probs, reference), **evaluation.text_alignment(
         domain, images, probs, prompts, scorer), stages=[str(w) for w in workdirs], features=feature_name,
@@ -215,8 +214,5 @@ def evaluate(workdirs, scales, s: Settings, *, features: str = "auto", classifie
         out.mkdir(parents=True, exist_ok=True)
         tag = setting_tag(s, weights)
         (out / f"{tag}.json").write_text(json.dumps(record, indent=2))
-        print(f"{tag}: " + ", ".join(f"{m.column.format(features=feature_name)} {m.cell(record)}"
-                                     for m in evaluation.METRICS.values())
-              + f", prompt's class {100 * record['class_match']:.1f}%"
-              + (f", CLIP score {record['clip_score']:.2f} ± {record['clip_score_se']:.2f}" if scorer else ""))
+        print(f"{tag}: {evaluation.summary(record, feature_name)}")
     return record

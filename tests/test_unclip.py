@@ -17,7 +17,7 @@ from diffusion import guidance, parallel, unclip as unclip_lib
 from diffusion.data import datasets
 from diffusion.data.tokenizer import END_ID, PAD_ID, null_caption
 from diffusion.models.unclip_prior import FrozenCLIPText
-from experiments import clip_trainer, common, trainer, unclip
+from experiments import clip_runs, common, trainer, unclip
 from tiny_configs import run_sample_cli, set_fields, tiny_clip_config, tiny_unet, zeroed_params
 
 PROMPTS = ["a thick seven", "the digit 2, thin"]
@@ -64,15 +64,15 @@ def decoder_dir(tiny_clip_run, tmp_path_factory):
 
 def test_the_priors_training_pairs_are_the_clips_embeddings_of_the_same_images_and_captions(tiny_clip_run):
     """Pairs computed once (``prior_training_data``): each image's z_i is CLIP's encode_image of it,
-    scaled to √E·z/‖z‖ (computed here in NumPy from ``clip_trainer.embed_images``); its caption's
+    scaled to √E·z/‖z‖ (computed here in NumPy from ``clip_runs.embed_images``); its caption's
     tokens are kept, and the prior's text side gives CLIP's encode_text of them."""
     c = tiny_prior_config(tiny_clip_run)
     train = common.load_data(c)[0]
     split = datasets.Split(train.images[:40], train.labels[:40], tokens=train.tokens[:40])
     mesh = parallel.make_mesh()
     pairs = unclip.prior_training_data(c, split, mesh)
-    model, params, _, _ = clip_trainer.load_clip(tiny_clip_run)
-    raw = clip_trainer.embed_images(model, params, split.images, mesh).astype(np.float64)
+    model, params, _, _ = clip_runs.load_clip(tiny_clip_run)
+    raw = clip_runs.embed_images(model, params, split.images, mesh).astype(np.float64)
     expected = raw * np.sqrt(raw.shape[1]) / np.linalg.norm(raw, axis=1, keepdims=True)
     assert pairs.images.shape == (40, 16) and pairs.images.dtype == np.float32
     np.testing.assert_allclose(pairs.images, expected, rtol=1e-5, atol=1e-5)
@@ -81,7 +81,7 @@ def test_the_priors_training_pairs_are_the_clips_embeddings_of_the_same_images_a
     np.testing.assert_array_equal(pairs.labels, split.labels)
     prior = common.make_model(c)
     features, text_embedding = prior.text_encoder(jnp.asarray(split.tokens))
-    np.testing.assert_allclose(text_embedding, clip_trainer.embed_texts(model, params, split.tokens, mesh), atol=1e-5)
+    np.testing.assert_allclose(text_embedding, clip_runs.embed_texts(model, params, split.tokens, mesh), atol=1e-5)
     assert features.shape == split.tokens.shape + (16,)
 
 
@@ -91,7 +91,7 @@ def test_the_priors_training_pairs_are_the_clips_embeddings_of_the_same_images_a
 def tiny_prior(tiny_clip_run):
     """(prior network over the tiny CLIP, its parameters, z at t [2, 16], t, two prompts' tokens)."""
     prior = unclip.make_prior(tiny_prior_config(tiny_clip_run), 16)
-    _, _, tokenizer, _ = clip_trainer.load_clip(tiny_clip_run)
+    _, _, tokenizer, _ = clip_runs.load_clip(tiny_clip_run)
     tokens = jnp.asarray(tokenizer.encode(PROMPTS))
     x, t = jax.random.normal(jax.random.key(0), (2, 16)), jnp.asarray([5, 700])
     return prior, prior.init(jax.random.key(1), x, t, tokens=tokens)["params"], x, t, tokens

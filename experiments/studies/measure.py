@@ -17,8 +17,8 @@ import numpy as np
 from diffusion import parallel, visualize
 from diffusion.checkpoints import Checkpointer, config_differences
 from diffusion.data import datasets
-from experiments import (cascade, clip_guidance, clip_trainer, common, evaluation, first_stage_trainer, sampling,
-                         trainer, unclip_sampling)
+from experiments import (cascade, clip_guidance, clip_trainer, evaluation, first_stage_trainer, sampling, trainer,
+                         unclip_sampling)
 from experiments.studies.plan import Plan, Training, cell_name
 
 
@@ -79,11 +79,10 @@ class Measured:
 def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured:
     """Measure the plan's (trained) models: each cell, NLL when the study lists it, pictures when it asks."""
     config = plan.data_config
-    train_split, heldout = common.training_data(config)   # a TFDS set's read lazily
-    feature_name, feature_fn = evaluation.make_feature_fn(config, mesh, "auto", plan.classifier_weights,
-                                                          inception_weights)
-    reference, _ = evaluation.reference_stats(config, feature_name, feature_fn, "train", train_split,
-                                              plan.workdir / "reference_stats")
+    ref = evaluation.reference_for(config, mesh, plan.workdir / "reference_stats",
+                                   classifier_weights=plan.classifier_weights, inception_weights=inception_weights)
+    train_split, heldout, feature_name, feature_fn, reference = (ref.train, ref.heldout, ref.feature_name,
+                                                                 ref.feature_fn, ref.stats)
     heldout_row = evaluation.quality(*evaluation.split_features(feature_fn, heldout), reference)
     load_run = functools.cache(lambda m: sampling.load_run(plan.model_dir(m)))     # each model's, once
     scorer = evaluation.clip_scorer(plan.clip_dir("score_clip"), mesh) if plan.study.score_clip else None
