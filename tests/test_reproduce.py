@@ -96,6 +96,7 @@ def test_latent_diffusion_study_trains_each_autoencoder_first(tmp_path):
         assert job.entry_point == "train_autoencoder" and job.workdir == tmp_path / "autoencoders" / name
         assert job.config_file == f"configs/autoencoder_{name}.py" and job.config.data.autoencoder == ""
         assert study_plan.models[name].config.data.autoencoder == str(job.workdir)
+        assert job.config.train.num_steps == module.AUTOENCODER_STEPS      # the study's, not the config's 5,000
     pixels = (study_plan.models["pixel"], study_plan.feature_classifier)
     assert [t.config.data.autoencoder for t in pixels] == ["", ""]
     assert study_plan.models["kl_f2"].config.model.attention_resolutions == (8,)
@@ -106,7 +107,7 @@ def test_latent_diffusion_study_trains_each_autoencoder_first(tmp_path):
     assert seconds == pytest.approx([module.TRAIN_SECONDS] * 4, abs=1)     # equal wall-clock
     assert [c["f"] for c in study_plan.cells] == [1, 2, 4, 4]
     assert any(c.startswith("python -m experiments.train_autoencoder --config configs/autoencoder_vq_f4.py")
-               for c in study_plan.commands)
+               and f"--config.train.num_steps={module.AUTOENCODER_STEPS}" in c for c in study_plan.commands)
     with pytest.raises(ValueError, match="--scale paper: no paper-scale latent-diffusion configs"):
         plan.make_plan(module, tmp_path, scale="paper")
     study = module.get_config()

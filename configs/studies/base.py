@@ -27,6 +27,7 @@ def get_config():
     s.nll_examples = 128               # held-out images for NLL and the SDDPM objective when "nll" or "sddpm" is a metric
     s.scale_note = ""                  # what the default scale trains, against the paper (default: the DDPM papers' U-Nets)
     s.classifier_steps = 1500          # training steps of the feature and noisy classifiers at the default scale
+    s.autoencoder_steps = 0            # > 0: training steps of the study's autoencoders (0: their configs' own)
     # What brings a paper's models down to a 2-CPU budget ("--scale default"); "--scale paper" drops it.
     # Sized from measured throughput on 2 cores: ~2 train steps/s and ~390 U-Net evaluations/s.
     s.budget = dict(model=dict(base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1, dropout=0.0, norm_groups=8),

@@ -128,12 +128,15 @@ def classifier_config(config_module, model: ml_collections.ConfigDict, study, sc
 def autoencoder_training(study, name: str, model: ml_collections.ConfigDict, workdir: Path) -> Training:
     """The study's autoencoder ``name`` (``configs/<study.autoencoders[name]>.py``, Rombach et al.
     2022's first stage) on ``model``'s data, trained by ``experiments.train_autoencoder`` in
-    ``workdir``; refused before any work if its factor does not fit the data."""
+    ``workdir`` for the study's ``autoencoder_steps`` when set; refused before any work if its
+    factor does not fit the data."""
     config_file = f"configs/{study.autoencoders[name]}.py"
     module = importlib.import_module(f"configs.{study.autoencoders[name]}")
     config = module.get_config()
     config.data = copy.deepcopy(model.data)
     config.data.autoencoder = ""
+    if study.autoencoder_steps:
+        config.train.num_steps = study.autoencoder_steps
     first_stage.validate(config)
     return Training("train_autoencoder", config, config_file, module.get_config(), workdir)
 
