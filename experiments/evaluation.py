@@ -493,13 +493,8 @@ def reference_for(config, mesh, stats_dir, *, features: str = "auto", classifier
 
 def summary(row: dict, feature_name: str) -> str:
     """One line of a row's metrics (``METRICS``), then its prompt alignment and CLIP score where measured."""
-    parts = [f"{m.column.format(features=feature_name)} {m.cell(row)}" for m in METRICS.values()]
-    if "class_match" in row:
-        parts.append(f"prompt's class {100 * row['class_match']:.1f}%, attributes "
-                     f"{_share(row['attribute_accuracy']['all'])}")
-    if "clip_score" in row:
-        parts.append(f"CLIP score {row['clip_score']:.2f} ± {row['clip_score_se']:.2f}")
-    return ", ".join(parts)
+    return ", ".join([f"{m.column.format(features=feature_name)} {m.cell(row)}" for m in METRICS.values()]
+                     + [m.entry(row) for name, m in PROMPT_METRICS.items() if name in row])
 
 
 def markdown(rows: list[dict], nlls: list[dict], feature_name: str) -> str:

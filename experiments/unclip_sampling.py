@@ -173,7 +173,7 @@ def stage_weights(scales) -> tuple[float, float]:
 def heldout_samples(workdirs, scales, s: Settings, mesh, heldout: datasets.Split) -> tuple[np.ndarray, list[str], str]:
     """(uint8 images [s.num, ...], their prompts, the prompts' caption domain): unCLIP's samples
     (``through_stages``) for the held-out captions in turn (``evaluation.heldout_prompts`` of
-    ``heldout``, the decoder's held-out split, phrased in the prior's caption domain), as a text run is measured; drawn once and
+    ``heldout``, a held-out split of the decoder's data, phrased in the prior's caption domain), as a text run is measured; drawn once and
     kept in ``<decoder>/eval/samples_<tag>_seed<s>_step<prior step>,<decoder step>.npz``. Refused from
     the configs (stages, weights, prompts, steps) before a sample is drawn."""
     check_stages(workdirs)

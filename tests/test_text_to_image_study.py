@@ -1,6 +1,7 @@
 """The text-to-image study (configs/studies/text_to_image.py): its plan trains the CLIPs first and
 points every model at them, its configs are valid, its cells and commands are complete, its claims
 read the table they are given; and the CLIP score it lists is 100 · cosine of sample and prompt."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -162,3 +163,17 @@ def test_a_study_cell_of_a_text_run_draws_for_held_out_captions_and_scores_them(
     assert row["num"] == 10 and np.isfinite(row["fid"]) and 0.0 <= row["class_match"] <= 1.0
     assert np.isfinite(row["clip_score"]) and row["clip_score_se"] > 0
     assert json.loads((tmp_path / "cells" / "text_ddim2_eta0_classifier_free2.json").read_text())["clip_score"] == row["clip_score"]
+
+
+def test_a_study_recaptions_its_split_for_each_text_model():
+    """A study measures every model on one held-out split; a text model reads it captioned by its own
+    tokenizer (``measure.split_for``: the ids its own data loading gives), whatever ids the split
+    carried; a model that reads no text gets the split unchanged."""
+    from experiments.studies import measure
+    from tiny_configs import tiny_text_config
+    config = tiny_text_config()
+    own = common.load_data(config)[1]
+    foreign = dataclasses.replace(own, tokens=np.zeros_like(own.tokens))
+    np.testing.assert_array_equal(measure.split_for(config, foreign).tokens, own.tokens)
+    config.model.context_encoder, config.data.captions = "", ""
+    assert measure.split_for(config, foreign) is foreign

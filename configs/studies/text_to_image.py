@@ -21,12 +21,13 @@ GUIDANCE_SCALES = (0, 1, 3, 5)     # classifier-free guidance w (GLIDE §2.3, eq
 CLIP_SCALES = (1, 3, 10)           # CLIP guidance s on the logit (1/τ)·cos (GLIDE §2.4), as classifier guidance's w
 MATCHED_W = 3                      # the w at which the encoder and U-Net pair is compared
 PRIOR_SCALE = 0.0                  # unCLIP's prior draws unguided, P(z_i | y) as trained: w acts on the decoder alone
-LARGE_CHANNELS = 24                # the larger U-Net: 1.5× the budget's 16 base channels (2.2× parameters, 2.1× train time)
-SAMPLER = dict(sampler="ddim", steps=25)
+LARGE_CHANNELS = 24                # the larger U-Net: 1.5× the budget's 16 base channels
+SAMPLER = dict(sampler="euler_ancestral", steps=25)   # recipe.md: 36–59 FID better than DDIM on short-trained models
 # Sized to train and measure in one ~2-hour sitting on 2 CPU cores (at 2.8 main-job steps/s): a shorter run
-# than the other studies', with what docs/main_job/recipe.md measured better for short runs (lr 2e-3 over
-# 1e-3 and min-SNR-5 over uniform weighting, both at 2,000 steps) for the U-Nets; the prior keeps its own.
-TRAIN_STEPS, LR, NUM_SAMPLES = 1500, 2e-3, 300
+# than the other studies', with what docs/main_job/recipe.md's 2,000-step proxies measured better for short runs:
+# a constant rate after the warm-up (cosine decay to the end cost ~60 FID), lr 2e-3 over 1e-3, and for the U-Nets
+# min-SNR-5 weighting (measured with cosine decay); the prior keeps its own objective and rate.
+TRAIN_STEPS, LR, DECAY, NUM_SAMPLES = 1500, 2e-3, "constant", 300
 UNET_RECIPE = {"diffusion": {"weighting": "min_snr"}}
 # the U-Net models' rows, and the unCLIP decoder's (after its prior)
 FAMILIES = {"joint": "joint text encoder (GLIDE)", "clip_text": "frozen CLIP text tower (Imagen-style)",
@@ -61,7 +62,8 @@ def get_config():
     s.dataset = "mnist"
     s.clips = {"clip": "clip_mnist", "clip_noisy": "clip_mnist_noisy"}
     s.guidance_clip, s.score_clip = "clip_noisy", "clip"
-    s.budget.train.num_steps, s.budget.optim.lr, s.num_samples = TRAIN_STEPS, LR, NUM_SAMPLES
+    s.budget.train.num_steps, s.budget.optim.lr, s.budget.optim.decay = TRAIN_STEPS, LR, DECAY
+    s.num_samples = NUM_SAMPLES
     steps = s.budget.train.num_steps
     joint = with_fields(own_fields(text_mnist, mnist), UNET_RECIPE)
     prior = own_fields(unclip_prior_mnist, base_config)
@@ -84,10 +86,12 @@ def get_config():
     s.cells = tuple(cells)
     s.metrics = ("fid", "class_match", "attribute_accuracy", "clip_score")
     s.plot = dict(x="class_match", y="fid", series="row", logx=False, logy=False)   # GLIDE's trade-off curves
+    base_channels = s.budget.model.base_channels
     s.scale_note = (f"every model trains {steps:,} steps at batch 64 (the unCLIP prior at its own batch 256), half "
-                    "the other studies' budget so that the study runs in one ~2-hour sitting, the U-Nets at lr 2e-3 "
-                    f"with min-SNR-5 weighting; U-Nets of 16 base channels (the larger one {LARGE_CHANNELS}) with "
-                    "2-layer, 64-wide text "
+                    "the other studies' budget so that the study runs in one ~2-hour sitting, the U-Nets at a "
+                    f"constant lr {LR:g} after the warm-up with min-SNR-5 weighting (docs/main_job/recipe.md's "
+                    f"short-run findings), sampled by {SAMPLER['steps']} Euler ancestral steps; U-Nets of "
+                    f"{base_channels} base channels (the larger one {LARGE_CHANNELS}) with 2-layer, 64-wide text "
                     "encoders, on the 10k MNIST subset and templated captions; the CLIPs are configs/clip_mnist*.py "
                     "(4,000 steps, batch 128, 64-d). GLIDE trains a 3.5B-parameter model and Imagen 2B–7.6B on "
                     "hundreds of millions of pairs for 2.5M steps, unCLIP a 3.5B decoder, and they measure 30,000 "
@@ -95,8 +99,8 @@ def get_config():
                     "held-out captions, FID on the project's MNIST classifier: only the orderings are checked. The "
                     "'stronger text encoder' is the CLIP's text tower, pretrained contrastively on every caption "
                     "(its zero-shot accuracy and recall are in clips/clip/clip_eval.json) against the equally sized "
-                    "encoder the joint model trains from scratch inside its own budget; the larger U-Net has 1.5× the "
-                    "channels (2.2× the parameters). unCLIP's prior draws unguided (DDIM 64, its config's), w guides the decoder.")
+                    "encoder the joint model trains from scratch inside its own budget; the larger U-Net has "
+                    f"{LARGE_CHANNELS / base_channels:g}× the channels. unCLIP's prior draws unguided (DDIM 64, its config's), w guides the decoder.")
     return s
 
 
@@ -150,7 +154,7 @@ def claims(results, nll):
          "classifier-free FID interpolated at each CLIP-guided cell's), classifier-free guidance has the lower FID",
          bool(matched) and all(f < r["fid"] for r, f in matched), clip_text),
         (f"A stronger text encoder improves alignment more than a larger U-Net: at w = {MATCHED_W}, the frozen CLIP "
-         "text tower raises class match over the joint model by more than widening the U-Net 1.5× does "
+         f"text tower raises class match over the joint model by more than widening the U-Net to {LARGE_CHANNELS} channels does "
          "(and by more than 2 s.e.)", gain(encoder) > gain(unet) and gain(encoder) > two_se_gain(encoder),
          f"class match joint {100 * base_['class_match']:.1f}%, frozen CLIP text tower "
          f"{100 * encoder['class_match']:.1f}% ({100 * gain(encoder):+.1f} points), larger U-Net "

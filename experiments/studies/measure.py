@@ -17,8 +17,8 @@ import numpy as np
 from diffusion import parallel, visualize
 from diffusion.checkpoints import Checkpointer, config_differences
 from diffusion.data import datasets
-from experiments import (cascade, clip_guidance, clip_trainer, evaluation, first_stage_trainer, sampling, trainer,
-                         unclip_sampling)
+from experiments import (cascade, clip_guidance, clip_trainer, evaluation, first_stage_trainer, sampling, text,
+                         trainer, unclip_sampling)
 from experiments.studies.plan import Plan, Training, cell_name
 
 
@@ -93,23 +93,32 @@ def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured
         results = [dict(r, **costs[r["model"]]) for r in results]
     nll = {}
     if "nll" in plan.study.metrics:
-        nll = {m: evaluation.nll_record(load_run(m), mesh, heldout, plan.study.nll_examples, plan.model_dir(m) / "eval")
-               for m in plan.models}
+        nll = {m: evaluation.nll_record(load_run(m), mesh, split_for(load_run(m).config, heldout),
+                                        plan.study.nll_examples, plan.model_dir(m) / "eval") for m in plan.models}
     objective, reference = {}, None
     if "sddpm" in plan.study.metrics:   # also set on each of the model's rows, where the claims read it
-        objective = {m: evaluation.sddpm_objective_record(load_run(m), mesh, heldout, plan.study.nll_examples,
-                                                          plan.model_dir(m) / "eval") for m in plan.models}
-        reference = evaluation.sddpm_objective(load_run(next(iter(plan.models))), mesh, heldout,
-                                               plan.study.nll_examples, identity=True)
+        objective = {m: evaluation.sddpm_objective_record(load_run(m), mesh, split_for(load_run(m).config, heldout),
+                                                          plan.study.nll_examples, plan.model_dir(m) / "eval")
+                     for m in plan.models}
+        first = load_run(next(iter(plan.models)))
+        reference = evaluation.sddpm_objective(first, mesh, split_for(first.config, heldout), plan.study.nll_examples,
+                                               identity=True)
         results = [dict(r, sddpm_objective=objective[r["model"]]["nats_per_dim"],
                         sddpm_objective_se=objective[r["model"]]["stderr"],
                         sddpm_objective_identity=reference["nats_per_dim"]) for r in results]
     pictures = [cascade_picture(plan, cell, mesh, batch) for cell in plan.cells if cell.get("picture")]
     if plan.study.reconstruct_steps or plan.study.encode_depths:
         for m in plan.models:
-            pictures += model_pictures(plan, load_run(m), m, mesh, heldout, batch)
+            pictures += model_pictures(plan, load_run(m), m, mesh, split_for(load_run(m).config, heldout), batch)
     return Measured(results=results, nll=nll, heldout=heldout_row, pictures=pictures, feature_name=feature_name,
                     train_images=len(train_split), objective=objective, objective_reference=reference)
+
+
+def split_for(config, split: datasets.Split) -> datasets.Split:
+    """``split`` as a model of ``config`` reads it: captioned with its own tokenizer when it reads text
+    (``text.captioned``), since a study hands every model one split, whose token ids, if any, another
+    model's tokenizer wrote."""
+    return text.captioned(config, split) if text.is_conditioned(config) else split
 
 
 def cost_record(plan: Plan, model: str) -> dict:
