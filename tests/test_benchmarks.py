@@ -26,6 +26,18 @@ def test_benchmark_script_prints_its_table(tmp_path):
         assert row in text
 
 
+def test_latent_benchmark_prints_its_tables():
+    """benchmarks.latent on tiny networks: the study's autoencoders and U-Nets, pixel beside latent."""
+    cmd = [sys.executable, "-m", "benchmarks.latent", "--tiny", "--batch", "4", "--models", "pixel,kl_f4"]
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"))
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| kl_f4 | 8 × 8 × 3 |" in proc.stdout and "| pixel | " in proc.stdout
+    assert proc.stdout.count("| kl_f4 |") == 2 and "| vq_f4 |" not in proc.stdout   # an autoencoder row, a U-Net row
+    bad = subprocess.run(cmd[:3] + ["--models", "kl_f16"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--models kl_f16: not a latent_diffusion study model" in bad.stderr
+
+
 PROBE = """
 import os, sys
 before = os.environ.get("XLA_FLAGS", "")
