@@ -117,11 +117,11 @@ def check_chain(workdirs, settings: Settings) -> Settings:
     scales = per_stage(settings.scales, len(workdirs), "--scales")
     for k in range(1, len(workdirs)):
         lower, c, w = configs[k - 1], configs[k], workdirs[k]
-        if lower is None and not c.data.low_resolution:
-            raise ValueError(f"cascade stage 1 ({w}) is not a super-resolution stage (data.low_resolution=0): the "
-                             f"held-out images ({HELDOUT}) condition one; put a super-resolution run after them")
-        made = (c.data.low_resolution, c.data.channels) if lower is None else (lower.data.image_size, lower.data.channels)
-        if (c.data.low_resolution, c.data.channels) != made:
+        if lower is None:   # the held-out images, shrunk to whatever resolution stage 1 reads
+            if not c.data.low_resolution:
+                raise ValueError(f"cascade stage 1 ({w}) is not a super-resolution stage (data.low_resolution=0): the "
+                                 f"held-out images ({HELDOUT}) condition one; put a super-resolution run after them")
+        elif (c.data.low_resolution, c.data.channels) != (made := (lower.data.image_size, lower.data.channels)):
             what = ("is not a super-resolution stage (data.low_resolution=0)" if not c.data.low_resolution else
                     f"is conditioned on {c.data.low_resolution}×{c.data.low_resolution}×{c.data.channels} images")
             raise ValueError(f"cascade stage {k} ({w}) {what}, but stage {k - 1} ({workdirs[k - 1]}) makes "
