@@ -92,6 +92,21 @@ def test_the_text_to_image_claims_take_both_branches():
     assert "classifier-free" in claims[1][2]
 
 
+def test_the_text_to_image_findings_follow_the_figures():
+    """The sentences take the branch the figures give: FID lowest at w = 0 (good: guidance raises it
+    from the start) or at w = 5 (it falls throughout), and the frozen tower apart from CLIP guidance."""
+    study, rows = _synthetic_results(good=True)
+    lines = study.findings(rows)
+    assert len(lines) == 5 and lines[0].startswith("joint text encoder (GLIDE): FID is lowest at w = 0")
+    assert "rises by 15.0, more than 2 s.e." in lines[0] and "Below the minimum" not in lines[0]
+    assert "lower by more than 2 s.e. with classifier-free guidance" in lines[3]
+    study, rows = _synthetic_results(good=False)
+    lines = study.findings(rows)
+    assert "FID is lowest at w = 5" in lines[0] and "rises by 0.0, less than 2 s.e." in lines[0]
+    assert "Below the minimum guidance first repairs" in lines[0]
+    assert "lower by more than 2 s.e. with CLIP guidance" in lines[3]
+
+
 def test_cfg_fid_is_interpolated_along_class_match_and_none_outside():
     study, rows = _synthetic_results(good=True)
     assert study.cfg_fid_at(rows, 0.5 + 0.08 * 2) == pytest.approx(16.0)     # halfway between w = 1 and w = 3

@@ -161,3 +161,49 @@ def claims(results, nll):
          f"{100 * unet['class_match']:.1f}% ({100 * gain(unet):+.1f}); CLIP score {encoder['clip_score']:.1f} vs "
          f"{unet['clip_score']:.1f} (joint {base_['clip_score']:.1f})"),
     ]
+
+
+def findings(results) -> list[str]:
+    """What the figures say beyond the claims, each sentence chosen by the figures it quotes (2 s.e.):
+    where FID is lowest along w, CLIP guidance against the same CLIP's text tower under classifier-free
+    guidance, and the unsaturated alignment measures at the encoder-against-U-Net comparison."""
+    by = _by(results)
+    cell = lambda row, col: by[(FAMILIES.get(row, row), col)]
+    apart = lambda a, b, k: abs(a[k] - b[k]) > 2 * (a[f"{k}_se"] ** 2 + b[f"{k}_se"] ** 2) ** 0.5
+    brief = lambda r: f"class {100 * r['class_match']:.1f}%, FID {metrics.fid_text(r)}"
+    lines = []
+    for m in FAMILIES:
+        sweep = [cell(m, f"w = {w}") for w in GUIDANCE_SCALES]
+        best = min(sweep, key=lambda r: r["fid"])
+        low, high = sweep[0], sweep[-1]
+        start = f" ({brief(best)})" if best is low else f" ({brief(best)}; {low['col']}: {brief(low)})"
+        lines.append(
+            f"{FAMILIES[m]}: FID is lowest at {best['col']}{start}; from there to {high['col']} ({brief(high)}) it "
+            f"rises by {high['fid'] - best['fid']:.1f}, " + ("more" if apart(high, best, "fid") else "less")
+            + " than 2 s.e." + (" Below the minimum guidance first repairs samples the conditional model draws off "
+                                "the data (class match rises as FID falls); the trade-off appears past it."
+                                if best is not low else ""))
+    clip_best = min((r for r in results if r["row"] == CLIP_GUIDED), key=lambda r: r["fid"])
+    tower = min((cell("clip_text", f"w = {w}") for w in GUIDANCE_SCALES), key=lambda r: r["fid"])
+    lines.append(
+        f"CLIP guidance lends the joint model the CLIP's text knowledge (unguided, the joint model's own encoder, "
+        f"trained inside its {TRAIN_STEPS:,} steps, gives class match {100 * cell('joint', 'w = 0')['class_match']:.1f}% "
+        f"against the frozen CLIP tower's {100 * cell('clip_text', 'w = 0')['class_match']:.1f}%). CLIP guidance's "
+        f"best cell ({clip_best['col']}: {brief(clip_best)}) against the model "
+        f"that reads the same CLIP's frozen text tower under classifier-free guidance at its best "
+        f"({tower['col']}: {brief(tower)}): FID "
+        + ("lower by more than 2 s.e. with classifier-free guidance." if tower["fid"] < clip_best["fid"]
+           and apart(tower, clip_best, "fid") else
+           "apart by less than 2 s.e." if not apart(tower, clip_best, "fid") else
+           "lower by more than 2 s.e. with CLIP guidance."))
+    at = f"w = {MATCHED_W}"
+    encoder, unet = cell("clip_text", at), cell(LARGE, at)
+    lines.append(
+        f"At {at} class match is near its ceiling for the frozen tower and the larger U-Net "
+        f"({100 * encoder['class_match']:.1f}% and {100 * unet['class_match']:.1f}%, s.e. "
+        f"{100 * _class_match_se(encoder):.1f} and {100 * _class_match_se(unet):.1f}); the unsaturated measures "
+        f"separate them: attribute accuracy {100 * encoder['attribute_accuracy']['all']:.1f}% against "
+        f"{100 * unet['attribute_accuracy']['all']:.1f}%, CLIP score {encoder['clip_score']:.1f} ± "
+        f"{encoder['clip_score_se']:.1f} against {unet['clip_score']:.1f} ± {unet['clip_score_se']:.1f} ("
+        + ("more than" if apart(encoder, unet, "clip_score") else "within") + " 2 s.e.).")
+    return lines
