@@ -85,6 +85,7 @@ def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured
                                                                  ref.feature_fn, ref.stats)
     heldout_row = evaluation.quality(*evaluation.split_features(feature_fn, heldout), reference)
     load_run = functools.cache(lambda m: sampling.load_run(plan.model_dir(m)))     # each model's, once
+    own_heldout = functools.cache(lambda m: split_for(load_run(m).config, heldout))   # captioned once per model
     scorer = evaluation.clip_scorer(plan.clip_dir("score_clip"), mesh) if plan.study.score_clip else None
     results = [measure_cell(plan, load_run, mesh, cell, feature_fn, reference, batch, heldout=heldout,
                             clip_score=scorer) for cell in plan.cells]
@@ -93,15 +94,15 @@ def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured
         results = [dict(r, **costs[r["model"]]) for r in results]
     nll = {}
     if "nll" in plan.study.metrics:
-        nll = {m: evaluation.nll_record(load_run(m), mesh, split_for(load_run(m).config, heldout),
+        nll = {m: evaluation.nll_record(load_run(m), mesh, own_heldout(m),
                                         plan.study.nll_examples, plan.model_dir(m) / "eval") for m in plan.models}
     objective, reference = {}, None
     if "sddpm" in plan.study.metrics:   # also set on each of the model's rows, where the claims read it
-        objective = {m: evaluation.sddpm_objective_record(load_run(m), mesh, split_for(load_run(m).config, heldout),
+        objective = {m: evaluation.sddpm_objective_record(load_run(m), mesh, own_heldout(m),
                                                           plan.study.nll_examples, plan.model_dir(m) / "eval")
                      for m in plan.models}
-        first = load_run(next(iter(plan.models)))
-        reference = evaluation.sddpm_objective(first, mesh, split_for(first.config, heldout), plan.study.nll_examples,
+        first = next(iter(plan.models))
+        reference = evaluation.sddpm_objective(load_run(first), mesh, own_heldout(first), plan.study.nll_examples,
                                                identity=True)
         results = [dict(r, sddpm_objective=objective[r["model"]]["nats_per_dim"],
                         sddpm_objective_se=objective[r["model"]]["stderr"],
@@ -109,7 +110,7 @@ def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured
     pictures = [cascade_picture(plan, cell, mesh, batch) for cell in plan.cells if cell.get("picture")]
     if plan.study.reconstruct_steps or plan.study.encode_depths:
         for m in plan.models:
-            pictures += model_pictures(plan, load_run(m), m, mesh, split_for(load_run(m).config, heldout), batch)
+            pictures += model_pictures(plan, load_run(m), m, mesh, own_heldout(m), batch)
     return Measured(results=results, nll=nll, heldout=heldout_row, pictures=pictures, feature_name=feature_name,
                     train_images=len(train_split), objective=objective, objective_reference=reference)
 
