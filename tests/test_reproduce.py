@@ -114,3 +114,34 @@ def test_latent_diffusion_study_trains_each_autoencoder_first(tmp_path):
     study.models.kl_f4.data.autoencoder = "kl_f8"
     with pytest.raises(ValueError, match="data.autoencoder='kl_f8', which is not one of the study's autoencoders"):
         plan.check_study(study)
+
+
+def _latent_results(latents_win: bool) -> list[dict]:
+    """Synthetic rows of the latent_diffusion study: latent models beating pixel diffusion by far, each
+    above its autoencoder's rFID (``latents_win``), or pixel diffusion better than the f = 4
+    autoencoders' own reconstructions and VQ f = 4 at its floor."""
+    pixel_fid = 60.0 if latents_win else 5.0
+    rows = [dict(model="pixel", fid=pixel_fid, fid_se=1.0, train_steps=1980, sample_images_per_s=9.0)]
+    for m, fid, steps, psnr, rfid in (("kl_f2", 30.0, 5409, 26.7, 2.2), ("kl_f4", 20.0, 21537, 22.0, 11.0),
+                                      ("vq_f4", 14.0 if latents_win else 11.5, 21537, 21.0, 11.0)):
+        rows.append(dict(model=m, fid=fid, fid_se=1.0, train_steps=steps, sample_images_per_s=70.0,
+                         ae_psnr=psnr, ae_psnr_se=0.05, ae_rfid=rfid, ae_rfid_se=0.5))
+    return rows
+
+
+@pytest.mark.parametrize("latents_win", [True, False])
+def test_the_latent_diffusion_claims_and_findings_follow_the_figures(latents_win):
+    module = plan.load_study("latent_diffusion")
+    rows = _latent_results(latents_win)
+    assert [held for _, held, _ in module.claims(rows, {})] == [latents_win, True, True]
+    lines = module.findings(rows)
+    assert len(lines) == 4
+    assert "kl_f2 5,409 (kl_f2, 2.7×)" not in lines[1] and "5,409 (kl_f2, 2.7×)" in lines[1]
+    assert "its samples are better (FID 20.00 ± 1.00 against 30.00 ± 1.00)" in lines[2]
+    assert "VQ better by more than 2 s.e." in lines[3]
+    if latents_win:
+        assert "each is above its floor by more than 2 s.e." in lines[0]
+        assert "beats pixel diffusion (60.00 ± 1.00) by more than 2 s.e." in lines[1]
+    else:
+        assert "vq_f4 samples within 2 s.e. of the floor" in lines[0]     # 11.5 ± 1.0 on 11.0 ± 0.5
+        assert "whose first stage alone is further from the data (rFID 11.00 ± 0.50)" in lines[1]

@@ -68,13 +68,20 @@ def get_config():
     return s
 
 
+LATENTS = ("kl_f2", "kl_f4", "vq_f4")
+
+
+def _two_se(a: dict, b: dict, key: str, key_b: str = "") -> float:
+    """Two standard errors of the difference of ``a[key]`` and ``b[key_b or key]`` (their ``_se``)."""
+    return 2 * (a[f"{key}_se"] ** 2 + b[f"{key_b or key}_se"] ** 2) ** 0.5
+
+
 def claims(results, nll):
     """LDM's claims at this scale, each (text, held, figures); FID and PSNR carry ± their standard errors."""
     by = {r["model"]: r for r in results}
     fid = lambda m: metrics.fid_text(by[m])
-    two_se = lambda a, b, k: 2 * (by[a][f"{k}_se"] ** 2 + by[b][f"{k}_se"] ** 2) ** 0.5
+    two_se = lambda a, b, k: _two_se(by[a], by[b], k)
     moderate = min(("kl_f2", "kl_f4"), key=lambda m: by[m]["fid"])
-    latents = ("kl_f2", "kl_f4", "vq_f4")
     rate = lambda m: f"{m} {by[m]['sample_images_per_s']:.2f}"
     psnr = lambda m: f"{by[m]['ae_psnr']:.2f} ± {by[m]['ae_psnr_se']:.2f} dB"
     return [
@@ -82,8 +89,8 @@ def claims(results, nll):
          "(FID, by more than 2 s.e.)", by[moderate]["fid"] + two_se(moderate, "pixel", "fid") < by["pixel"]["fid"],
          f"{moderate} {fid(moderate)}; pixel {fid('pixel')}"),
         ("Latent diffusion samples faster than pixel diffusion at equal steps (DDIM 50, images/s with the decoder)",
-         all(by[m]["sample_images_per_s"] > by["pixel"]["sample_images_per_s"] for m in latents),
-         ", ".join(map(rate, ("pixel",) + latents))),
+         all(by[m]["sample_images_per_s"] > by["pixel"]["sample_images_per_s"] for m in LATENTS),
+         ", ".join(map(rate, ("pixel",) + LATENTS))),
         ("Too large an f loses detail: the f = 4 autoencoder reconstructs worse than f = 2 (KL-reg; PSNR by more "
          "than 2 s.e., and a higher rFID)",
          by["kl_f4"]["ae_psnr"] + two_se("kl_f4", "kl_f2", "ae_psnr") < by["kl_f2"]["ae_psnr"]
@@ -91,3 +98,48 @@ def claims(results, nll):
          f"PSNR f = 4 {psnr('kl_f4')}, f = 2 {psnr('kl_f2')}; rFID {by['kl_f4']['ae_rfid']:.1f} vs "
          f"{by['kl_f2']['ae_rfid']:.1f}"),
     ]
+
+
+def findings(results) -> list[str]:
+    """Where each model's FID comes from, each sentence chosen by the figures it quotes (2 s.e.): the
+    autoencoder's reconstruction FID as the floor under a latent model's sample FID, the steps the
+    equal wall-clock bought each U-Net, the detail f = 4 gives up, and VQ against KL at f = 4."""
+    by = {r["model"]: r for r in results}
+    fid = lambda m: metrics.fid_text(by[m])
+    rfid = lambda m: f"{by[m]['ae_rfid']:.2f} ± {by[m]['ae_rfid_se']:.2f}"
+    beats = lambda a, b: by[a]["fid"] + _two_se(by[a], by[b], "fid") < by[b]["fid"]
+    at_floor = [m for m in LATENTS if by[m]["fid"] <= by[m]["ae_rfid"] + _two_se(by[m], by[m], "fid", "ae_rfid")]
+    best = min(LATENTS, key=lambda m: by[m]["fid"])
+    lines = [
+        "A latent model's samples are decoded by its autoencoder, so the autoencoder's FID on reconstructed held-out "
+        "images is a floor under the samples' FID: "
+        + "; ".join(f"{m} {fid(m)} on rFID {rfid(m)}" for m in LATENTS) + ". "
+        + ("The diffusion model, not the first stage, sets every latent model's FID here: each is above its floor "
+           "by more than 2 s.e." if not at_floor else
+           f"{', '.join(at_floor)} sample{'s' if len(at_floor) == 1 else ''} within 2 s.e. of the floor: "
+           "there the first stage, not the diffusion model, is the limit."),
+        f"The same {TRAIN_SECONDS:,} s of training bought the pixel U-Net {by['pixel']['train_steps']:,} steps and "
+        "the latent ones " + ", ".join(f"{by[m]['train_steps']:,} ({m}, "
+                                        f"{by[m]['train_steps'] / by['pixel']['train_steps']:.1f}×)" for m in LATENTS)
+        + ", at the same batch. " + (
+            f"The best latent model ({best}, {fid(best)}) beats pixel diffusion ({fid('pixel')}) by more than "
+            "2 s.e.: on this CPU the cheaper steps outweigh the first stage's floor."
+            if beats(best, "pixel") else
+            f"Pixel diffusion ({fid('pixel')}) is not beaten by 2 s.e. by the best latent model ({best}, {fid(best)})"
+            + (f", whose first stage alone is further from the data (rFID {rfid(best)})."
+               if by["pixel"]["fid"] + _two_se(by["pixel"], by[best], "fid", "ae_rfid") < by[best]["ae_rfid"] else
+               ": the extra steps did not close the gap at this budget.")),
+        f"f = 4 reconstructs {by['kl_f2']['ae_psnr'] - by['kl_f4']['ae_psnr']:.2f} dB below f = 2 (KL-reg, rFID "
+        f"{rfid('kl_f4')} against {rfid('kl_f2')}), and its samples are "
+        + ("better" if beats("kl_f4", "kl_f2") else "worse" if beats("kl_f2", "kl_f4") else "no different within 2 s.e.")
+        + f" (FID {fid('kl_f4')} against {fid('kl_f2')}): "
+        + ("the detail lost at f = 4 costs less than its 4× cheaper steps buy at this budget."
+           if beats("kl_f4", "kl_f2") else "the detail lost at f = 4 shows in the samples."
+           if beats("kl_f2", "kl_f4") else "at this budget the lost detail and the cheaper steps balance."),
+        f"At f = 4 the VQ-reg autoencoder reconstructs at {by['vq_f4']['ae_psnr']:.2f} dB, rFID {rfid('vq_f4')}, the "
+        f"KL-reg one at {by['kl_f4']['ae_psnr']:.2f} dB, rFID {rfid('kl_f4')}; their diffusion models' samples: "
+        f"VQ {fid('vq_f4')}, KL {fid('kl_f4')} ("
+        + ("VQ better by more than 2 s.e." if beats("vq_f4", "kl_f4") else "KL better by more than 2 s.e."
+           if beats("kl_f4", "vq_f4") else "within 2 s.e.") + ").",
+    ]
+    return lines
