@@ -130,6 +130,16 @@ def test_checksums_are_saved_and_do_not_depend_on_sharding(tmp_path, x64):
     assert meta["data_position"] == 5
 
 
+def test_cpu_saves_copy_each_replicated_array_whole(tmp_path):
+    """On the CPU backend a Checkpointer makes orbax's array handler copy a replicated array from its
+    first replica, not in a jitted slice per replica (``save_replicated_arrays_whole_on_cpu``); the
+    round trips of the (mostly replicated) ``tiny_state`` in the tests around this one still hold."""
+    Checkpointer(tmp_path)
+    handler = ocp.type_handlers.get_type_handler(jax.Array)
+    assert jax.default_backend() == "cpu" and handler._use_replica_parallel is False
+    assert handler._array_metadata_store is not None       # as orbax's default handler has
+
+
 def test_checksums_see_a_changed_or_moved_word():
     w = jnp.arange(8, dtype=jnp.float32)
     base = checkpoint_checks.checksums(w)["<root>"]

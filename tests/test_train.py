@@ -142,8 +142,6 @@ def test_every_shipped_config_runs_a_step(tmp_path, name):
         if not SHARED.exists():
             pytest.skip("../shared/data is not beside this checkout")
         c.data.source = str(SHARED / "fashion_mnist_70k.npz")
-    if c.model.kind == "unet" and c.data.source.startswith("tfds:"):
-        c.model.base_channels, c.model.norm_groups = 32, 32
     with tfds.testing.mock_data(num_examples=16):
         state = trainer.train_and_evaluate(c, tmp_path)
     assert int(state.step) == 1
