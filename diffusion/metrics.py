@@ -92,6 +92,13 @@ def fid_text(record: dict) -> str:
     return f"{record['fid']:.2f}" + (f" ± {record['fid_se']:.2f}" if "fid_se" in record else "")
 
 
+def two_se(a: dict, b: dict, key: str, key_b: str = "") -> float:
+    """Two standard errors of the difference of two independent measurements, ``a[key]`` and
+    ``b[key_b or key]``, from their ``<key>_se`` entries: 2·√(se_a² + se_b²), the margin by which
+    the studies' claims and findings call one figure better than another."""
+    return 2 * (a[f"{key}_se"] ** 2 + b[f"{key_b or key}_se"] ** 2) ** 0.5
+
+
 def inception_score(probs, splits: int = 10) -> tuple[float, float]:
     """exp(E_x KL(p(y|x) ‖ p(y))) on each of ``splits`` parts; (mean, std) (Salimans et al. 2016)."""
     probs = np.asarray(probs, np.float64)

@@ -320,6 +320,17 @@ def make_train_step(config, model, schedule, tx) -> Callable:
         accum_steps=config.optim.grad_accum_steps, condition=common.make_condition(config, schedule))
 
 
+def run_latent_scale(data, stored) -> float:
+    """A latent run's scale s from its ``data`` config section: its own ``latent_scale`` when > 0,
+    else the one the run ``stored`` (its saved data section, or None) measured for the same
+    autoencoder, else 0 (not measured yet)."""
+    if data["latent_scale"] > 0:
+        return data["latent_scale"]
+    if stored is not None and stored["autoencoder"] == data["autoencoder"] and stored["latent_scale"] > 0:
+        return stored["latent_scale"]
+    return 0.0
+
+
 def latent_training_data(config, workdir: Path, train_split: datasets.Split, mesh
                          ) -> tuple[ml_collections.ConfigDict, first_stage.LatentSpace, datasets.Split]:
     """(config with its ``data.latent_scale``, the latent space, the training split as latents
@@ -341,12 +352,7 @@ def latent_training_data(config, workdir: Path, train_split: datasets.Split, mes
     autoencoder = first_stage.load_autoencoder(config.data.autoencoder)
     latents = evaluation.encoded(autoencoder.encode, train_split, mesh)
     stored = runs.load_config(workdir).data if (workdir / "config.json").exists() else None
-    if config.data.latent_scale > 0:
-        scale = config.data.latent_scale
-    elif stored is not None and stored.autoencoder == config.data.autoencoder and stored.latent_scale > 0:
-        scale = stored.latent_scale
-    else:
-        scale = first_stage_models.scale_factor(latents.images)
+    scale = run_latent_scale(config.data, stored) or first_stage_models.scale_factor(latents.images)
     config = config.copy_and_resolve_references()
     config.data.latent_scale = float(scale)
     space = first_stage.LatentSpace(autoencoder, float(scale))

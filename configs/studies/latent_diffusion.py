@@ -1,11 +1,13 @@
 """Latent diffusion (Rombach et al. 2022) on Fashion-MNIST: pixel diffusion (f = 1,
 configs/fashion_mnist.py) against diffusion in the latents of KL-reg autoencoders at f = 2 and 4 and
 a VQ-reg one at f = 4 (configs/latent_fashion_mnist_*.py), each U-Net given the same training
-wall-clock on the 2-core CPU; FID of DDIM-50 samples, training and sampling images/s, and each
-autoencoder's PSNR and reconstruction FID. The autoencoders (configs/autoencoder_*.py, here 2,500
-steps each, half their configs' 5,000, ~12 min for kl_f4 on the shared CPU) train first, in
-<workdir>/autoencoders. Sized to run in one ~2-hour sitting (a session's trained runs are not kept
-for the next): ~35 min of autoencoders, 4 × 15 min of U-Nets, ~10 min of sampling.
+wall-clock on the 2-core CPU; FID of DDIM-50 samples, training and sampling images/s, each
+autoencoder's PSNR and reconstruction FID, and the FID of its reconstructions of as many held-out
+images as a cell has samples (the floor under its latent model's FID). The autoencoders
+(configs/autoencoder_*.py, here 2,500 steps each, half their configs' 5,000) train first, in
+<workdir>/autoencoders. Sized to run in one sitting (a session's trained runs are not kept for the
+next); on 2026-12-01 it took ~2 h 20 min: 6 min for the feature classifier, 16–22 min per
+autoencoder, 14–19 min per U-Net (test jobs shared the CPU at times), ~10 min of sampling.
 
 python -m experiments.reproduce --study latent_diffusion --workdir runs/studies/latent_diffusion
 (Fashion-MNIST at the default scale only: --scale paper is refused, no GPU-sized LDM configs ship.)
@@ -71,16 +73,11 @@ def get_config():
 LATENTS = ("kl_f2", "kl_f4", "vq_f4")
 
 
-def _two_se(a: dict, b: dict, key: str, key_b: str = "") -> float:
-    """Two standard errors of the difference of ``a[key]`` and ``b[key_b or key]`` (their ``_se``)."""
-    return 2 * (a[f"{key}_se"] ** 2 + b[f"{key_b or key}_se"] ** 2) ** 0.5
-
-
 def claims(results, nll):
     """LDM's claims at this scale, each (text, held, figures); FID and PSNR carry ± their standard errors."""
     by = {r["model"]: r for r in results}
     fid = lambda m: metrics.fid_text(by[m])
-    two_se = lambda a, b, k: _two_se(by[a], by[b], k)
+    two_se = lambda a, b, k: metrics.two_se(by[a], by[b], k)
     moderate = min(("kl_f2", "kl_f4"), key=lambda m: by[m]["fid"])
     rate = lambda m: f"{m} {by[m]['sample_images_per_s']:.2f}"
     psnr = lambda m: f"{by[m]['ae_psnr']:.2f} ± {by[m]['ae_psnr_se']:.2f} dB"
@@ -102,44 +99,63 @@ def claims(results, nll):
 
 def findings(results) -> list[str]:
     """Where each model's FID comes from, each sentence chosen by the figures it quotes (2 s.e.): the
-    autoencoder's reconstruction FID as the floor under a latent model's sample FID, the steps the
-    equal wall-clock bought each U-Net, the detail f = 4 gives up, and VQ against KL at f = 4."""
+    FID of the autoencoder's reconstructions of as many held-out images (``ae_fid``, in the cells'
+    own terms) as the floor under a latent model's sample FID, the steps the equal wall-clock bought
+    each U-Net, what f = 4 gives up against f = 2, and VQ against KL at f = 4."""
     by = {r["model"]: r for r in results}
     fid = lambda m: metrics.fid_text(by[m])
-    rfid = lambda m: f"{by[m]['ae_rfid']:.2f} ± {by[m]['ae_rfid_se']:.2f}"
-    beats = lambda a, b: by[a]["fid"] + _two_se(by[a], by[b], "fid") < by[b]["fid"]
-    at_floor = [m for m in LATENTS if by[m]["fid"] <= by[m]["ae_rfid"] + _two_se(by[m], by[m], "fid", "ae_rfid")]
+    pm = lambda m, k: f"{by[m][k]:.2f} ± {by[m][k + '_se']:.2f}"
+    compare = lambda a, b, k="fid", k_b="": (by[a][k] - by[b][k_b or k], metrics.two_se(by[a], by[b], k, k_b))
+    beats = lambda a, b: compare(a, b)[0] < -compare(a, b)[1]
+
+    gaps = {m: compare(m, m, "fid", "ae_fid") for m in LATENTS}
+    at_floor = [m for m in LATENTS if abs(gaps[m][0]) <= gaps[m][1]]
+    below = [m for m in LATENTS if gaps[m][0] < -gaps[m][1]]
+    possessive = lambda ms: " and ".join(f"{m}'s" for m in ms) + (" FID is" if len(ms) == 1 else " FIDs are")
+    floor = ("A latent model's samples are decoded by its autoencoder, so the FID of the autoencoder's "
+             "reconstructions of as many held-out images is a floor under the samples' FID (the held-out images "
+             f"themselves: {pm(LATENTS[0], 'heldout_fid')}): "
+             + "; ".join(f"{m} {fid(m)} on {pm(m, 'ae_fid')}" for m in LATENTS) + ". ")
+    if not at_floor and not below:
+        floor += ("Every latent model is above its floor by more than 2 s.e.: the diffusion model, not the first "
+                  "stage, sets its FID.")
+    else:
+        if at_floor:
+            floor += f"{possessive(at_floor)} within 2 s.e. of the floor: there the first stage is the limit. "
+        if below:
+            floor += (f"{possessive(below)} below the floor by more than 2 s.e., which samples cannot be but for the "
+                      "noise of both estimates.")
     best = min(LATENTS, key=lambda m: by[m]["fid"])
-    lines = [
-        "A latent model's samples are decoded by its autoencoder, so the autoencoder's FID on reconstructed held-out "
-        "images is a floor under the samples' FID: "
-        + "; ".join(f"{m} {fid(m)} on rFID {rfid(m)}" for m in LATENTS) + ". "
-        + ("The diffusion model, not the first stage, sets every latent model's FID here: each is above its floor "
-           "by more than 2 s.e." if not at_floor else
-           f"{', '.join(at_floor)} sample{'s' if len(at_floor) == 1 else ''} within 2 s.e. of the floor: "
-           "there the first stage, not the diffusion model, is the limit."),
-        f"The same {TRAIN_SECONDS:,} s of training bought the pixel U-Net {by['pixel']['train_steps']:,} steps and "
-        "the latent ones " + ", ".join(f"{by[m]['train_steps']:,} ({m}, "
-                                        f"{by[m]['train_steps'] / by['pixel']['train_steps']:.1f}×)" for m in LATENTS)
-        + ", at the same batch. " + (
-            f"The best latent model ({best}, {fid(best)}) beats pixel diffusion ({fid('pixel')}) by more than "
-            "2 s.e.: on this CPU the cheaper steps outweigh the first stage's floor."
-            if beats(best, "pixel") else
-            f"Pixel diffusion ({fid('pixel')}) is not beaten by 2 s.e. by the best latent model ({best}, {fid(best)})"
-            + (f", whose first stage alone is further from the data (rFID {rfid(best)})."
-               if by["pixel"]["fid"] + _two_se(by["pixel"], by[best], "fid", "ae_rfid") < by[best]["ae_rfid"] else
-               ": the extra steps did not close the gap at this budget.")),
-        f"f = 4 reconstructs {by['kl_f2']['ae_psnr'] - by['kl_f4']['ae_psnr']:.2f} dB below f = 2 (KL-reg, rFID "
-        f"{rfid('kl_f4')} against {rfid('kl_f2')}), and its samples are "
-        + ("better" if beats("kl_f4", "kl_f2") else "worse" if beats("kl_f2", "kl_f4") else "no different within 2 s.e.")
-        + f" (FID {fid('kl_f4')} against {fid('kl_f2')}): "
-        + ("the detail lost at f = 4 costs less than its 4× cheaper steps buy at this budget."
-           if beats("kl_f4", "kl_f2") else "the detail lost at f = 4 shows in the samples."
-           if beats("kl_f2", "kl_f4") else "at this budget the lost detail and the cheaper steps balance."),
-        f"At f = 4 the VQ-reg autoencoder reconstructs at {by['vq_f4']['ae_psnr']:.2f} dB, rFID {rfid('vq_f4')}, the "
-        f"KL-reg one at {by['kl_f4']['ae_psnr']:.2f} dB, rFID {rfid('kl_f4')}; their diffusion models' samples: "
-        f"VQ {fid('vq_f4')}, KL {fid('kl_f4')} ("
-        + ("VQ better by more than 2 s.e." if beats("vq_f4", "kl_f4") else "KL better by more than 2 s.e."
-           if beats("kl_f4", "vq_f4") else "within 2 s.e.") + ").",
-    ]
-    return lines
+    ratio = lambda m: by[m]["train_steps"] / by["pixel"]["train_steps"]
+    steps = (f"The same {TRAIN_SECONDS:,} s of training bought the pixel U-Net {by['pixel']['train_steps']:,} "
+             "steps and the latent ones " + ", ".join(f"{by[m]['train_steps']:,} ({m}, {ratio(m):.1f}×)" for m in LATENTS)
+             + ", at the same batch. ")
+    if beats(best, "pixel"):
+        steps += (f"The best latent model ({best}, {fid(best)}) beats pixel diffusion ({fid('pixel')}) by more than "
+                  "2 s.e.: on this CPU the cheaper steps outweigh the first stage's floor.")
+    elif beats("pixel", best):
+        under_floor = compare("pixel", best, "fid", "ae_fid")
+        steps += (f"Pixel diffusion ({fid('pixel')}) beats the best latent model ({best}, {fid(best)}) by more than "
+                  "2 s.e." + (f", and even that model's floor ({pm(best, 'ae_fid')})."
+                              if under_floor[0] < -under_floor[1] else
+                              ": the extra steps did not close the gap at this budget."))
+    else:
+        steps += f"Pixel diffusion ({fid('pixel')}) and the best latent model ({best}, {fid(best)}) are within 2 s.e."
+    psnr_drop, psnr_margin = compare("kl_f2", "kl_f4", "ae_psnr")
+    lost = psnr_drop > psnr_margin
+    samples = ("better" if beats("kl_f4", "kl_f2") else "worse" if beats("kl_f2", "kl_f4")
+               else "no different within 2 s.e.")
+    detail = (f"KL-reg f = 4 reconstructs at {pm('kl_f4', 'ae_psnr')} dB against f = 2's {pm('kl_f2', 'ae_psnr')} "
+              f"(reconstruction FID {pm('kl_f4', 'ae_fid')} against {pm('kl_f2', 'ae_fid')}): "
+              + ("detail is lost, by more than 2 s.e. of PSNR" if lost else "no loss of detail beyond 2 s.e. of PSNR")
+              + f". Its samples are {samples} (FID {fid('kl_f4')} against {fid('kl_f2')}) for "
+              f"{by['kl_f4']['train_steps'] / by['kl_f2']['train_steps']:.1f}× the steps"
+              + ("." if not lost else ": the lost detail costs less than the extra steps buy at this budget."
+                 if samples == "better" else ": the lost detail shows in the samples." if samples == "worse"
+                 else ": at this budget the lost detail and the extra steps balance."))
+    vq = (f"At f = 4 the VQ-reg autoencoder reconstructs at {pm('vq_f4', 'ae_psnr')} dB, FID {pm('vq_f4', 'ae_fid')}, "
+          f"the KL-reg one at {pm('kl_f4', 'ae_psnr')} dB, FID {pm('kl_f4', 'ae_fid')}; their diffusion models' "
+          f"samples: VQ {fid('vq_f4')}, KL {fid('kl_f4')} ("
+          + ("VQ better by more than 2 s.e." if beats("vq_f4", "kl_f4") else "KL better by more than 2 s.e."
+             if beats("kl_f4", "vq_f4") else "within 2 s.e.") + ").")
+    return [floor, steps, detail, vq]

@@ -108,11 +108,6 @@ def _by(results):
     return {(r["row"], r["col"]): r for r in results}
 
 
-def _two_se(a, b, key: str) -> float:
-    """Two standard errors of the difference of two cells' ``key`` (their ``<key>_se``)."""
-    return 2 * (a[f"{key}_se"] ** 2 + b[f"{key}_se"] ** 2) ** 0.5
-
-
 def _class_match_se(r) -> float:
     return (r["class_match"] * (1 - r["class_match"]) / r["num"]) ** 0.5
 
@@ -135,7 +130,7 @@ def claims(results, nll):
     cell = lambda row, col: by[(FAMILIES.get(row, row), col)]
     low, high = f"w = {GUIDANCE_SCALES[0]}", f"w = {GUIDANCE_SCALES[-1]}"
     trade = {m: (cell(m, high)["class_match"] > cell(m, low)["class_match"],
-                 cell(m, high)["fid"] > cell(m, low)["fid"] + _two_se(cell(m, high), cell(m, low), "fid"))
+                 cell(m, high)["fid"] > cell(m, low)["fid"] + metrics.two_se(cell(m, high), cell(m, low), "fid"))
              for m in FAMILIES}
     trade_text = "; ".join(f"{m}: class match {100 * cell(m, low)['class_match']:.1f}% → "
                            f"{100 * cell(m, high)['class_match']:.1f}%, FID {metrics.fid_text(cell(m, low))} → "
@@ -173,7 +168,7 @@ def findings(results) -> list[str]:
     guidance, and the unsaturated alignment measures at the encoder-against-U-Net comparison."""
     by = _by(results)
     cell = lambda row, col: by[(FAMILIES.get(row, row), col)]
-    apart = lambda a, b, k: abs(a[k] - b[k]) > _two_se(a, b, k)
+    apart = lambda a, b, k: abs(a[k] - b[k]) > metrics.two_se(a, b, k)
     brief = lambda r: f"class {100 * r['class_match']:.1f}%, FID {metrics.fid_text(r)}"
     lines = []
     for m in FAMILIES:

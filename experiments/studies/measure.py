@@ -17,19 +17,25 @@ import numpy as np
 from diffusion import parallel, visualize
 from diffusion.checkpoints import Checkpointer, config_differences
 from diffusion.data import datasets
-from experiments import (cascade, clip_guidance, clip_trainer, evaluation, first_stage_trainer, sampling, text,
-                         trainer, unclip_sampling)
+from experiments import (cascade, clip_guidance, clip_trainer, evaluation, first_stage, first_stage_trainer, sampling,
+                         text, trainer, unclip_sampling)
 from experiments.studies.plan import Plan, Training, cell_name
 
 
 def trained(config, workdir: Path) -> bool:
     """Whether ``workdir``'s last checkpoint is at ``train.num_steps``; a run there made with another
-    model or schedule (a study file edited since) is an error, not a reason to reuse its results."""
+    model or schedule (a study file edited since) is an error, not a reason to reuse its results. A
+    latent run's measured ``data.latent_scale`` is its own (``trainer.run_latent_scale``)."""
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
                         keep_period=config.train.keep_period)
     try:
         step = ckpt.latest_step()
-        diffs = [] if step is None else config_differences(ckpt.read_meta(step)["config"], config.to_dict())
+        diffs = []
+        if step is not None:
+            saved, mine = ckpt.read_meta(step)["config"], config.to_dict()
+            if config.data.autoencoder:     # the scale a latent run measured at its start is its own
+                mine["data"]["latent_scale"] = trainer.run_latent_scale(config.data, saved["data"])
+            diffs = config_differences(saved, mine)
     finally:
         ckpt.close()
     if diffs:
@@ -91,7 +97,9 @@ def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured
                             clip_score=scorer) for cell in plan.cells]
     if plan.autoencoders:   # latent diffusion: each row's first stage and throughput (Rombach et al. 2022)
         costs = {m: cost_record(plan, m) for m in {r["model"] for r in results}}   # each model's log read once
-        results = [dict(r, **costs[r["model"]]) for r in results]
+        floors = first_stage_floors(plan, mesh, heldout, feature_fn, reference)
+        results = [dict(r, **costs[r["model"]], **floors[plan.models[r["model"]].config.data.autoencoder])
+                   for r in results]
     nll = {}
     if "nll" in plan.study.metrics:
         nll = {m: evaluation.nll_record(load_run(m), mesh, own_heldout(m),
@@ -135,6 +143,38 @@ def cost_record(plan: Plan, model: str) -> dict:
         last = records[max(records, key=int)]
         row.update({f"ae_{k}": last[k] for k in ("psnr", "psnr_se", "rfid", "rfid_se") if k in last})
     return row
+
+
+def first_stage_floors(plan: Plan, mesh, heldout, feature_fn, reference) -> dict:
+    """``{data.autoencoder: fields}`` for each of the study's autoencoders (and ``""``, pixels): FID ±
+    s.e. of its reconstructions 𝒟(ℰ(x)) (the KL mean; VQ z_e quantised) of the first ``plan.num``
+    held-out images as ``ae_fid``, in the cells' own terms (as many images, the samples' features
+    and reference, unlike the autoencoder run's rFID against its own originals), a floor under a
+    latent model's sample FID; and for every row the same images unreconstructed as
+    ``heldout_fid``, the data's own floor at that count (FID is biased upwards at few samples).
+    Each kept in ``<workdir>/cells/floor_<name>.json``."""
+    images = heldout.head(plan.num).images
+    sources = {"": ("heldout", None),
+               **{str(job.workdir): (name, job.workdir) for name, job in plan.autoencoders.items()}}
+    measured = {}
+    for key, (name, workdir) in sources.items():
+        path = plan.workdir / "cells" / f"floor_{name}.json"
+        if path.exists() and (row := json.loads(path.read_text()))["num"] == plan.num:
+            measured[key] = row
+            continue
+        shown = images
+        if workdir is not None:
+            autoencoder = first_stage.load_autoencoder(workdir)
+            reconstruct = jax.jit(lambda x: (autoencoder.decode(autoencoder.encode(x)),),
+                                  in_shardings=parallel.data_sharded(mesh))
+            shown = datasets.to_uint8(evaluation.batched(reconstruct, mesh)(images)[0])
+        measured[key] = evaluation.quality(*feature_fn(shown), reference)
+        if jax.process_index() == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(measured[key], indent=2))
+    data = dict(heldout_fid=measured[""]["fid"], heldout_fid_se=measured[""]["fid_se"])
+    return {key: dict(data, **({} if not key else dict(ae_fid=row["fid"], ae_fid_se=row["fid_se"])))
+            for key, row in measured.items()}
 
 
 def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, batch: int, *, heldout,

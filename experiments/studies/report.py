@@ -82,14 +82,20 @@ def cell_table(study, results: list[dict]) -> list[str]:
 
 
 def cost_table(results: list[dict]) -> list[str]:
-    """Per cell, what it cost and its first stage (``measure.cost_record``): training steps and
-    images/s, sampling images/s, the autoencoder's PSNR and rFID (– for pixel diffusion)."""
+    """Per cell, what it cost and its first stage (``measure.cost_record``, ``measure.first_stage_floors``):
+    training steps and images/s, sampling images/s, the autoencoder's PSNR and rFID from its run,
+    and the FID of its reconstructions of as many held-out images as the cell has samples (– for
+    pixel diffusion), under which the held-out images' own FID at that count."""
     lines = ["", "| cell | training steps | training images/s | sampling images/s | autoencoder PSNR (dB) | "
-             "autoencoder rFID |", "| --- | --- | --- | --- | --- | --- |"]
+             "autoencoder rFID | FID of reconstructions (as many as samples) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     pm = lambda r, k: f"{r[k]:.2f} ± {r[k + '_se']:.2f}" if k in r else "–"
     for r in results:
         lines.append(f"| {r['row']}, {r['col']} | {r['train_steps']:,} | {r['train_images_per_s']:.1f} | "
-                     f"{r['sample_images_per_s']:.2f} | {pm(r, 'ae_psnr')} | {pm(r, 'ae_rfid')} |")
+                     f"{r['sample_images_per_s']:.2f} | {pm(r, 'ae_psnr')} | {pm(r, 'ae_rfid')} | {pm(r, 'ae_fid')} |")
+    if results and "heldout_fid" in results[0]:
+        lines += ["", f"The held-out images themselves, as many: FID {pm(results[0], 'heldout_fid')} (the data's floor "
+                  "at this count)."]
     return lines
 
 
