@@ -6,8 +6,8 @@ autoencoder's PSNR and reconstruction FID, and the FID of its reconstructions of
 images as a cell has samples (the floor under its latent model's FID). The autoencoders
 (configs/autoencoder_*.py, here 2,500 steps each, half their configs' 5,000) train first, in
 <workdir>/autoencoders. Sized to run in one sitting (a session's trained runs are not kept for the
-next); on 2026-12-01 it took ~2 h 20 min: 6 min for the feature classifier, 16–22 min per
-autoencoder, 14–19 min per U-Net (test jobs shared the CPU at times), ~10 min of sampling.
+next); on 2026-12-01 it took ~2 h 10 min: 6 min for the feature classifier, 16–22 min per
+autoencoder, 14–19 min per U-Net (test jobs shared the CPU at times), 2 min to sample and measure.
 
 python -m experiments.reproduce --study latent_diffusion --workdir runs/studies/latent_diffusion
 (Fashion-MNIST at the default scale only: --scale paper is refused, no GPU-sized LDM configs ship.)
@@ -121,10 +121,9 @@ def findings(results) -> list[str]:
                   "stage, sets its FID.")
     else:
         if at_floor:
-            floor += f"{possessive(at_floor)} within 2 s.e. of the floor: there the first stage is the limit. "
+            floor += f"{possessive(at_floor)} within 2 s.e. of the floor: there the first stage may be the limit. "
         if below:
-            floor += (f"{possessive(below)} below the floor by more than 2 s.e., which samples cannot be but for the "
-                      "noise of both estimates.")
+            floor += f"{possessive(below)} below the floor by more than 2 s.e.: for it the floor is no bound."
     best = min(LATENTS, key=lambda m: by[m]["fid"])
     ratio = lambda m: by[m]["train_steps"] / by["pixel"]["train_steps"]
     steps = (f"The same {TRAIN_SECONDS:,} s of training bought the pixel U-Net {by['pixel']['train_steps']:,} "
@@ -158,4 +157,4 @@ def findings(results) -> list[str]:
           f"samples: VQ {fid('vq_f4')}, KL {fid('kl_f4')} ("
           + ("VQ better by more than 2 s.e." if beats("vq_f4", "kl_f4") else "KL better by more than 2 s.e."
              if beats("kl_f4", "vq_f4") else "within 2 s.e.") + ").")
-    return [floor, steps, detail, vq]
+    return [floor.rstrip(), steps, detail, vq]

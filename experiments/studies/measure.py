@@ -152,29 +152,19 @@ def first_stage_floors(plan: Plan, mesh, heldout, feature_fn, reference) -> dict
     and reference, unlike the autoencoder run's rFID against its own originals), a floor under a
     latent model's sample FID; and for every row the same images unreconstructed as
     ``heldout_fid``, the data's own floor at that count (FID is biased upwards at few samples).
-    Each kept in ``<workdir>/cells/floor_<name>.json``."""
+    Measured afresh each time (seconds), so they always belong to the autoencoders on disk."""
     images = heldout.head(plan.num).images
-    sources = {"": ("heldout", None),
-               **{str(job.workdir): (name, job.workdir) for name, job in plan.autoencoders.items()}}
-    measured = {}
-    for key, (name, workdir) in sources.items():
-        path = plan.workdir / "cells" / f"floor_{name}.json"
-        if path.exists() and (row := json.loads(path.read_text()))["num"] == plan.num:
-            measured[key] = row
-            continue
-        shown = images
-        if workdir is not None:
-            autoencoder = first_stage.load_autoencoder(workdir)
-            reconstruct = jax.jit(lambda x: (autoencoder.decode(autoencoder.encode(x)),),
-                                  in_shardings=parallel.data_sharded(mesh))
-            shown = datasets.to_uint8(evaluation.batched(reconstruct, mesh)(images)[0])
-        measured[key] = evaluation.quality(*feature_fn(shown), reference)
-        if jax.process_index() == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(measured[key], indent=2))
-    data = dict(heldout_fid=measured[""]["fid"], heldout_fid_se=measured[""]["fid_se"])
-    return {key: dict(data, **({} if not key else dict(ae_fid=row["fid"], ae_fid_se=row["fid_se"])))
-            for key, row in measured.items()}
+    own = evaluation.quality(*feature_fn(images), reference)
+    data = dict(heldout_fid=own["fid"], heldout_fid_se=own["fid_se"])
+    floors = {"": data}
+    for job in plan.autoencoders.values():
+        autoencoder = first_stage.load_autoencoder(job.workdir)
+        reconstruct = jax.jit(lambda x: (autoencoder.decode(autoencoder.encode(x)),),
+                              in_shardings=parallel.data_sharded(mesh))
+        shown = datasets.to_uint8(evaluation.batched(reconstruct, mesh)(images)[0])
+        row = evaluation.quality(*feature_fn(shown), reference)
+        floors[str(job.workdir)] = dict(data, ae_fid=row["fid"], ae_fid_se=row["fid_se"])
+    return floors
 
 
 def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, batch: int, *, heldout,
