@@ -70,7 +70,7 @@ def get_config():
     return s
 
 
-LATENTS = ("kl_f2", "kl_f4", "vq_f4")
+LATENTS = tuple(name for name, (module, _, _, _) in MODELS.items() if module)   # kl_f2, kl_f4, vq_f4
 
 
 def claims(results, nll):
@@ -127,8 +127,8 @@ def findings(results) -> list[str]:
     best = min(LATENTS, key=lambda m: by[m]["fid"])
     ratio = lambda m: by[m]["train_steps"] / by["pixel"]["train_steps"]
     steps = (f"The same {TRAIN_SECONDS:,} s of training bought the pixel U-Net {by['pixel']['train_steps']:,} "
-             "steps and the latent ones " + ", ".join(f"{by[m]['train_steps']:,} ({m}, {ratio(m):.1f}×)" for m in LATENTS)
-             + ", at the same batch. ")
+             "steps and the latent ones "
+             + ", ".join(f"{by[m]['train_steps']:,} ({m}, {ratio(m):.1f}×)" for m in LATENTS) + ", at the same batch. ")
     if beats(best, "pixel"):
         steps += (f"The best latent model ({best}, {fid(best)}) beats pixel diffusion ({fid('pixel')}) by more than "
                   "2 s.e.: on this CPU the cheaper steps outweigh the first stage's floor.")

@@ -104,8 +104,10 @@ def get_config():
     return s
 
 
-def _by(results):
-    return {(r["row"], r["col"]): r for r in results}
+def _cells(results):
+    """``cell(row, col)``: the result row of a model (a ``FAMILIES`` key or its row label) and a column."""
+    by = {(r["row"], r["col"]): r for r in results}
+    return lambda row, col: by[(FAMILIES.get(row, row), col)]
 
 
 def _class_match_se(r) -> float:
@@ -115,8 +117,8 @@ def _class_match_se(r) -> float:
 def cfg_fid_at(results, class_match: float):
     """The joint model's classifier-free FID interpolated (piecewise linearly in class match along
     w = 0 … 5) at ``class_match``; None outside the range its w sweep covers."""
-    by = _by(results)
-    curve = sorted((by[(FAMILIES["joint"], f"w = {w}")]["class_match"], by[(FAMILIES["joint"], f"w = {w}")]["fid"])
+    cell = _cells(results)
+    curve = sorted((cell("joint", f"w = {w}")["class_match"], cell("joint", f"w = {w}")["fid"])
                    for w in GUIDANCE_SCALES)
     for (a, fa), (b, fb) in zip(curve, curve[1:]):
         if a <= class_match <= b:
@@ -126,8 +128,7 @@ def cfg_fid_at(results, class_match: float):
 
 def claims(results, nll):
     """GLIDE's, Imagen's and unCLIP's claims at this scale, each (text, held, figures)."""
-    by = _by(results)
-    cell = lambda row, col: by[(FAMILIES.get(row, row), col)]
+    cell = _cells(results)
     low, high = f"w = {GUIDANCE_SCALES[0]}", f"w = {GUIDANCE_SCALES[-1]}"
     trade = {m: (cell(m, high)["class_match"] > cell(m, low)["class_match"],
                  cell(m, high)["fid"] > cell(m, low)["fid"] + metrics.two_se(cell(m, high), cell(m, low), "fid"))
@@ -166,8 +167,7 @@ def findings(results) -> list[str]:
     """What the figures say beyond the claims, each sentence chosen by the figures it quotes (2 s.e.):
     where FID is lowest along w, CLIP guidance against the same CLIP's text tower under classifier-free
     guidance, and the unsaturated alignment measures at the encoder-against-U-Net comparison."""
-    by = _by(results)
-    cell = lambda row, col: by[(FAMILIES.get(row, row), col)]
+    cell = _cells(results)
     apart = lambda a, b, k: abs(a[k] - b[k]) > metrics.two_se(a, b, k)
     brief = lambda r: f"class {100 * r['class_match']:.1f}%, FID {metrics.fid_text(r)}"
     lines = []
