@@ -81,7 +81,8 @@ def get_config():
     c.optim.eps = 1e-8
     c.optim.weight_decay = 0.0
     c.optim.warmup_steps = 200
-    c.optim.decay = "constant"         # "constant" or "cosine" (to 0 at train.num_steps)
+    c.optim.decay = "constant"         # "constant", "cosine" (to 0 at train.num_steps) or "cooldown" (constant, then linear to 0 over the last optim.cooldown_steps)
+    c.optim.cooldown_steps = 0
     c.optim.grad_clip = 1.0            # global-norm clipping; 0 disables
     c.optim.grad_accum_steps = 1       # k > 1: each step's train.batch_size rows run as k micro-batches whose mean gradient is applied once (optax.MultiSteps)
 

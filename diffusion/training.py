@@ -28,14 +28,15 @@ class TrainState:
 
 
 def make_optimizer(*, lr: float, warmup_steps: int = 0, decay: str = "constant", total_steps: int = 1,
-                   optimizer: str = "adam", b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   cooldown_steps: int = 0, optimizer: str = "adam", b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                    weight_decay: float = 0.0, grad_clip: float = 0.0,
                    accum_steps: int = 1) -> optax.GradientTransformation:
-    """Global-norm clipping → Adam/AdamW with linear warm-up and a constant or cosine schedule;
+    """Global-norm clipping → Adam/AdamW with linear warm-up and a constant, cosine or cool-down schedule;
     ``accum_steps`` > 1 wraps it in ``optax.MultiSteps``: the mean gradient of that many calls is
     clipped and applied on the last of them (zero updates before), and the schedules count applied
     updates, so ``warmup_steps`` and ``total_steps`` are optimizer steps."""
-    schedule = learning_rate_schedule(lr=lr, warmup_steps=warmup_steps, decay=decay, total_steps=total_steps)
+    schedule = learning_rate_schedule(lr=lr, warmup_steps=warmup_steps, decay=decay, total_steps=total_steps,
+                                      cooldown_steps=cooldown_steps)
     if optimizer == "adam":
         opt = optax.adam(schedule, b1=b1, b2=b2, eps=eps)
     elif optimizer == "adamw":
@@ -47,14 +48,31 @@ def make_optimizer(*, lr: float, warmup_steps: int = 0, decay: str = "constant",
 
 
 def learning_rate_schedule(*, lr: float, warmup_steps: int = 0, decay: str = "constant",
-                           total_steps: int = 1) -> optax.Schedule:
-    """Optimizer step → learning rate: linear warm-up from 0, then constant or cosine to 0 at ``total_steps``."""
+                           total_steps: int = 1, cooldown_steps: int = 0) -> optax.Schedule:
+    """Optimizer step → learning rate: linear warm-up from 0, then one of
+    - ``"constant"``: lr to the end (Ho et al.: lr·min(step/warmup, 1));
+    - ``"cosine"``: cosine to 0 at ``total_steps``;
+    - ``"cooldown"``: lr until the last ``cooldown_steps``, then linearly to 0 at ``total_steps``
+      (warm-up–stable–decay: Hu et al. 2024, Hägele et al. 2024, who find a short final decay matches
+      a cosine schedule fitted to the run's length)."""
+    warmup = optax.linear_schedule(0.0, lr, warmup_steps) if warmup_steps else optax.constant_schedule(lr)
     if decay == "constant":
-        # Ho et al.: lr·min(step/warmup, 1).
-        return optax.linear_schedule(0.0, lr, warmup_steps) if warmup_steps else optax.constant_schedule(lr)
+        return warmup
     if decay == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, max(total_steps, warmup_steps + 1))
-    raise ValueError(f"unknown learning-rate decay {decay!r}; choose 'constant' or 'cosine'")
+    if decay == "cooldown":
+        check_cooldown(warmup_steps=warmup_steps, total_steps=total_steps, cooldown_steps=cooldown_steps)
+        start = total_steps - cooldown_steps
+        return optax.join_schedules([warmup, optax.linear_schedule(lr, 0.0, cooldown_steps)], [start])
+    raise ValueError(f"unknown learning-rate decay {decay!r}; choose 'constant', 'cosine' or 'cooldown'")
+
+
+def check_cooldown(*, warmup_steps: int, total_steps: int, cooldown_steps: int, prefix: str = "") -> None:
+    """The cool-down must be a positive number of steps that starts after the warm-up ends."""
+    if not 0 < cooldown_steps <= total_steps - warmup_steps:
+        raise ValueError(f"{prefix}cooldown_steps={cooldown_steps} with decay 'cooldown': the final decay needs "
+                         f"1 to {total_steps - warmup_steps} steps ({total_steps} steps less a warm-up of "
+                         f"{warmup_steps}); set it in that range or choose another decay")
 
 
 def ema_decay_at(step, decay: float, warmup: bool):

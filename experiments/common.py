@@ -79,7 +79,10 @@ def validate(c: ml_collections.ConfigDict):
         raise ValueError(f"sample.clip_max={c.sample.clip_max!r} bounds the dynamic threshold s >= 1: it needs "
                          "sample.clip='dynamic' and a value >= 1 (0 leaves s unbounded)")
     _choice("optim.optimizer", c.optim.optimizer, ("adam", "adamw"))
-    _choice("optim.decay", c.optim.decay, ("constant", "cosine"))
+    _choice("optim.decay", c.optim.decay, ("constant", "cosine", "cooldown"))
+    if c.optim.decay == "cooldown":
+        training.check_cooldown(warmup_steps=c.optim.warmup_steps, total_steps=c.train.num_steps,
+                                cooldown_steps=c.optim.cooldown_steps, prefix="config: optim.")
     _choice("classifier.kind", c.classifier.kind, ("cnn", "noisy"))
     losses.check_loss_variance(d.loss, d.variance, field_prefix="diffusion.")
     sddpm.check_prediction(d.loss, d.prediction, loss_field="diffusion.loss",
@@ -433,7 +436,8 @@ def make_denoiser(model, params, train: bool = False):
 
 def _schedule_settings(config: ml_collections.ConfigDict) -> dict:
     o = config.optim
-    return dict(lr=o.lr, warmup_steps=o.warmup_steps, decay=o.decay, total_steps=config.train.num_steps)
+    return dict(lr=o.lr, warmup_steps=o.warmup_steps, decay=o.decay, total_steps=config.train.num_steps,
+                cooldown_steps=o.cooldown_steps)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict):

@@ -110,6 +110,17 @@ def test_an_update_that_overflows_the_parameters_is_not_applied_or_saved(tmp_pat
     assert Checkpointer(tmp_path / "checkpoints").latest_step() == 2
 
 
+def test_cooldown_is_warmup_then_constant_then_linear_to_zero():
+    lr = training.learning_rate_schedule(lr=3e-3, warmup_steps=200, decay="cooldown", total_steps=7000,
+                                         cooldown_steps=1400)
+    step = np.arange(7001)
+    closed_form = 3e-3 * np.minimum(step / 200, 1) * np.clip((7000 - step) / 1400, 0, 1)
+    np.testing.assert_allclose(np.asarray(lr(step)), closed_form, rtol=1e-5, atol=1e-9)   # float32
+    with pytest.raises(ValueError, match="cooldown_steps=6801 .* needs 1 to 6800 steps"):
+        training.learning_rate_schedule(lr=3e-3, warmup_steps=200, decay="cooldown", total_steps=7000,
+                                        cooldown_steps=6801)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("diffusion.schedule", "cosin", "diffusion.schedule='cosin'"),
     ("diffusion.loss", "hybrid", "needs diffusion.variance"),
