@@ -99,6 +99,12 @@ def quadratic_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) ->
     return np.linspace(math.sqrt(scale * beta_start), math.sqrt(scale * beta_end), T) ** 2
 
 
+def ldm_betas(T: int) -> np.ndarray:
+    """Latent diffusion's schedule (Rombach et al. 2022; CompVis/latent-diffusion's ``linear``, with
+    ``linear_start=0.0015, linear_end=0.0195``): linear in √β from 0.0015 to 0.0195, rescaled by 1000/T."""
+    return quadratic_betas(T, beta_start=0.0015, beta_end=0.0195)
+
+
 def sigmoid_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
     """Sigmoid over [-6, 6] between β_start and β_end (Ho et al.'s code), rescaled by 1000/T."""
     scale = 1000.0 / T
@@ -127,6 +133,7 @@ BETA_SCHEDULES = {
     "linear": linear_betas,
     "cosine": cosine_betas,
     "quadratic": quadratic_betas,
+    "ldm": ldm_betas,
     "sigmoid": sigmoid_betas,
     "jsd": jsd_betas,
     "constant": constant_betas,

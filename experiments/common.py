@@ -57,8 +57,10 @@ def check_flags_at_least(minimum: int, **flags):
             raise ValueError(f"--{name}={value!r} must be an integer >= {minimum}")
 
 
-def validate(c: ml_collections.ConfigDict):
-    """Raise ValueError naming the first unknown name or impossible combination."""
+def validate(c: ml_collections.ConfigDict, autoencoder: Optional[ml_collections.ConfigDict] = None):
+    """Raise ValueError naming the first unknown name or impossible combination; a latent config is
+    checked against ``autoencoder``, its first stage's config, when that is not trained yet (a
+    study's plan), else against the run at ``data.autoencoder``."""
     d, m = c.diffusion, c.model
     _choice("diffusion.schedule", d.schedule, schedules.BETA_SCHEDULES)
     _choice("diffusion.prediction", d.prediction, gaussian.PREDICTIONS + (sddpm.RESIDUAL,))
@@ -141,23 +143,24 @@ def validate(c: ml_collections.ConfigDict):
     samplers.check_steps(c.sample.sampler, c.sample.steps, d.num_steps, what="config field sample.steps")
     check_sampler_reads_model(c, c.sample.sampler, c.sample.steps, d.num_steps, what="config field sample.")
     if c.data.autoencoder:
-        check_latent(c)
+        check_latent(c, autoencoder)
     check_clip(c, c.sample.clip, "config field sample.clip")
     check_super_resolution(c)
-    if not is_toy:   # the U-Net and the convolutional autoencoder check that the image size fits their levels
-        make_model(c, load_frozen=False)
+    if not is_toy and autoencoder is None:   # the U-Net and the convolutional autoencoder check that the image
+        make_model(c, load_frozen=False)    # size fits their levels (a planned latent run's: check_latent above)
 
 
-def check_latent(c: ml_collections.ConfigDict):
+def check_latent(c: ml_collections.ConfigDict, autoencoder: Optional[ml_collections.ConfigDict] = None):
     """Refuse a latent-diffusion config (``data.autoencoder``) that cannot run: no autoencoder run
-    there, one trained on other images, latents the U-Net cannot halve at each level, settings for
-    pixels (the discretised decoder, image flips)."""
+    there (unless its config is given as ``autoencoder``, to be trained), one trained on other
+    images, latents the U-Net cannot halve at each level, settings for pixels (the discretised
+    decoder, image flips)."""
     where = c.data.autoencoder
-    if not (Path(where) / "config.json").exists():
+    if autoencoder is None and not (Path(where) / "config.json").exists():
         raise ValueError(f"config field data.autoencoder={where!r} is not an autoencoder run (no {Path(where) / 'config.json'}): "
                          f"train one first with python -m experiments.train_autoencoder --config "
                          f"configs/autoencoder_kl_f4.py --workdir {where}")
-    a = runs.load_config(where)
+    a = autoencoder if autoencoder is not None else runs.load_config(where)
     if (a.data.image_size, a.data.channels) != (c.data.image_size, c.data.channels):
         raise ValueError(f"config: the autoencoder in {where} encodes {a.data.image_size}×{a.data.image_size}×"
                          f"{a.data.channels} images, not data.image_size={c.data.image_size} × data.channels="

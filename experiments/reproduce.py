@@ -7,8 +7,9 @@ embedded MNIST, measures every cell once (``<workdir>/cells/<cell>.json``; a rer
 cells) and writes ``<workdir>/report.md`` with the table, a PNG plot, the paper's claims checked
 on the figures, and the commands behind each cell. ``--scale paper`` drops the study's CPU
 budget and uses the papers' models, steps and 50,000 samples; ``--dataset cifar10`` switches data
-(Inception features, ``--inception_weights``). The work is ``experiments.studies``: plan,
-measure, report.
+(Inception features, ``--inception_weights``); ``--plan_only`` prints every training and measuring
+command the study would run, and runs none. The work is ``experiments.studies``: plan, measure,
+report.
 """
 from absl import flags, logging
 
@@ -22,12 +23,18 @@ flags.DEFINE_string("data", None, "Path to the dataset's .npz (default: the data
 flags.DEFINE_enum("scale", "default", ["default", "paper"], "The study's CPU budget, or the papers' settings.")
 flags.DEFINE_integer("batch", 250, "Samples per compiled batch (a multiple of the device count).")
 flags.DEFINE_string("inception_weights", None, "pytorch-fid's pt_inception-2015-12-05 weights (non-28×28 data).")
+flags.DEFINE_bool("plan_only", False, "Print the commands behind every training and cell, in order, and stop.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
+    if FLAGS.plan_only:
+        study_plan = plan.make_plan(plan.load_study(FLAGS.study), FLAGS.workdir, dataset=FLAGS.dataset,
+                                    data=FLAGS.data, scale=FLAGS.scale)
+        print("\n".join(study_plan.commands))
+        return
     studies.run_study(plan.load_study(FLAGS.study), FLAGS.workdir, dataset=FLAGS.dataset, data=FLAGS.data,
                       scale=FLAGS.scale, batch=FLAGS.batch, inception_weights=FLAGS.inception_weights)
 

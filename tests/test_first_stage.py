@@ -279,11 +279,12 @@ def test_impossible_settings_are_refused_before_any_work(tmp_path, fields, messa
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("name", ["autoencoder_kl_f2", "autoencoder_kl_f4", "autoencoder_kl_f8", "autoencoder_vq_f4"])
+@pytest.mark.parametrize("name", ["autoencoder_kl_f2", "autoencoder_kl_f4", "autoencoder_kl_f8", "autoencoder_vq_f4",
+                                  "autoencoder_ldm_kl_f2", "autoencoder_ldm_kl_f4", "autoencoder_ldm_vq_f4"])
 def test_shipped_autoencoder_configs_are_valid(name):
     import importlib
     c = importlib.import_module(f"configs.{name}").get_config()
     first_stage.validate(c)
-    kind, f = name.split("_")[1], int(name[-1])
+    kind, f = name.split("_")[-2], int(name[-1])
     assert c.first_stage.kind == kind and c.first_stage.factor == f
     assert common.latent_shape(c)[:2] == (32 // f, 32 // f)

@@ -1,13 +1,20 @@
 """experiments.reproduce on a tiny study: models trained once, cells measured once, a report with
 its table, plot, claims, pictures and commands; and every shipped study builds valid configs."""
 import json
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from experiments import common, studies
 from experiments.studies import plan
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_STUDY = textwrap.dedent('''
     from configs.studies import base
@@ -108,12 +115,70 @@ def test_latent_diffusion_study_trains_each_autoencoder_first(tmp_path):
     assert [c["f"] for c in study_plan.cells] == [1, 2, 4, 4]
     assert any(c.startswith("python -m experiments.train_autoencoder --config configs/autoencoder_vq_f4.py")
                and f"--config.train.num_steps={module.AUTOENCODER_STEPS}" in c for c in study_plan.commands)
-    with pytest.raises(ValueError, match="--scale paper: no paper-scale latent-diffusion configs"):
+    with pytest.raises(ValueError, match="--scale paper --dataset fashion_mnist: the study's paper-size models need "
+                                         r"one of \['cifar10', 'celeba64', 'imagenet64'\]; add --dataset cifar10"):
         plan.make_plan(module, tmp_path, scale="paper")
     study = module.get_config()
     study.models.kl_f4.data.autoencoder = "kl_f8"
     with pytest.raises(ValueError, match="data.autoencoder='kl_f8', which is not one of the study's autoencoders"):
         plan.check_study(study)
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "celeba64", "imagenet64"])
+def test_latent_diffusion_study_at_paper_scale_trains_ldm_models(tmp_path, dataset):
+    module = plan.load_study("latent_diffusion")
+    study_plan = plan.make_plan(module, tmp_path, dataset=dataset, scale="paper")    # every config validated
+    pixel = study_plan.models["pixel"]
+    assert pixel.config.to_dict() == plan.DATASETS[dataset][0].get_config().to_dict()    # the dataset's paper model
+    assert study_plan.num == 50_000 and pixel.command.endswith(f"--workdir {pixel.workdir} ")
+    for name, job in study_plan.autoencoders.items():
+        assert job.config_file == f"configs/autoencoder_ldm_{name}.py" and job.config.train.num_steps == 100_000
+        assert job.config.data.source == pixel.config.data.source and job.config.first_stage.base_channels == 128
+    for name in ("kl_f2", "kl_f4", "vq_f4"):
+        c = study_plan.models[name].config
+        latent = common.latent_shape(study_plan.autoencoders[name].config)
+        assert latent == (c.data.image_size // int(name[-1]),) * 2 + (3,)
+        assert (c.model.base_channels, c.model.channel_mult, c.model.num_head_channels) == (224, (1, 2, 3, 4), 32)
+        assert c.model.attention_resolutions == tuple(latent[0] // d for d in (2, 4, 8))
+        assert (c.diffusion.schedule, c.diffusion.loss, c.diffusion.variance) == ("ldm", "simple", "fixed_small")
+        assert c.model.context_encoder == ("class_tokens" if dataset == "imagenet64" else "")
+        for field in ("batch_size", "num_steps"):     # equal steps and batch: the pixel model's
+            assert c.train[field] == pixel.config.train[field]
+    assert [c.split(" --")[0] for c in study_plan.commands].count("python -m experiments.evaluate") == 4
+
+
+def test_latent_diffusion_papers_unet_has_ldm4s_parameter_count():
+    """LDM-4's U-Net on 64×64×3 latents has 274M parameters (Rombach et al. 2022's hyperparameter table
+    for its CelebA-HQ LDM-4); counted from shapes alone (jax.eval_shape, nothing compiled)."""
+    module = plan.load_study("latent_diffusion")
+    c = plan.DATASETS["celeba64"][0].get_config()
+    c.update(module.paper_overrides("kl_f4", c))
+    c.data.autoencoder, c.data.image_size = "", 64     # 256² images at f = 4
+    c.model.attention_resolutions = module.ldm4_unet(64)["attention_resolutions"]
+    model = common.make_model(c)
+    x, t = jnp.zeros((1, 64, 64, 3)), jnp.zeros((1,), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, t, train=False))
+    assert sum(a.size for a in jax.tree.leaves(shapes)) / 1e6 == pytest.approx(274.06, abs=0.01)
+
+
+def test_a_planned_latent_unet_that_cannot_halve_its_latents_is_refused(tmp_path, monkeypatch):
+    module = plan.load_study("latent_diffusion")
+    ldm4_unet = module.ldm4_unet
+    five_levels = lambda size: dict(ldm4_unet(size), channel_mult=(1, 2, 3, 4, 4))
+    monkeypatch.setattr(module, "ldm4_unet", five_levels)
+    with pytest.raises(ValueError, match=r"the 8×8×3 latents .* cannot be halved 4 times"):
+        plan.make_plan(module, tmp_path, dataset="cifar10", scale="paper")
+    assert not any(tmp_path.iterdir())
+
+
+def test_plan_only_prints_the_commands_and_runs_none(tmp_path):
+    workdir = tmp_path / "study"
+    proc = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--study", "latent_diffusion", "--scale",
+                           "paper", "--dataset", "cifar10", "--workdir", str(workdir), "--plan_only"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    expected = plan.make_plan(plan.load_study("latent_diffusion"), workdir, dataset="cifar10", scale="paper").commands
+    assert proc.stdout.splitlines() == expected and not workdir.exists()
 
 
 def _latent_results(case: str) -> list[dict]:
@@ -162,3 +227,17 @@ def test_the_latent_diffusion_claims_and_findings_follow_the_figures(case):
         assert "no loss of detail beyond 2 s.e. of PSNR" in detail and "no different within 2 s.e." in detail
         assert detail.endswith("the steps.")
         assert "(within 2 s.e.)" in vq
+
+
+def test_the_latent_diffusion_findings_at_paper_scale_speak_of_equal_steps():
+    """At --scale paper every U-Net trains the pixel model's steps: the claims and findings say so and
+    no longer speak of seconds or a ratio of steps."""
+    module = plan.load_study("latent_diffusion")
+    rows = [dict(r, train_steps=800_000) for r in _latent_results("latents win")]
+    (first, held, _), *_ = module.claims(rows, {})
+    assert first.startswith("At equal training steps and batch a moderate f") and held
+    floor, steps, detail, vq = module.findings(rows)
+    assert steps == ("Every U-Net trained the same 800,000 steps at the same batch. The best latent model (vq_f4, "
+                     "14.00 ± 1.00) beats pixel diffusion (60.00 ± 1.00) by more than 2 s.e. at equal steps.")
+    assert "at the same steps: the lost detail costs less than the smaller latent gains." in detail
+    assert module.claims(_latent_results("latents win"), {})[0][0].startswith("At equal training wall-clock")

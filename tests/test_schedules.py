@@ -31,6 +31,8 @@ def test_jsd_constant_quadratic_sigmoid(x64):
     np.testing.assert_allclose(c.alphas_cumprod[-1], 0.8 ** 50, rtol=1e-12)
     q = np.asarray(schedules.make_schedule("quadratic", 1000).betas)
     np.testing.assert_allclose(np.sqrt(q), np.linspace(1e-2, np.sqrt(0.02), 1000), rtol=1e-12)
+    ldm = np.asarray(schedules.make_schedule("ldm", 1000).betas)     # CompVis make_beta_schedule("linear", 1000, 0.0015, 0.0195)
+    np.testing.assert_allclose(ldm, np.linspace(0.0015 ** 0.5, 0.0195 ** 0.5, 1000) ** 2, rtol=1e-12)
     sg = np.asarray(schedules.make_schedule("sigmoid", 1000).betas)
     assert np.all(np.diff(sg) > 0) and 1e-4 < sg[0] < sg[-1] < 0.02
 

@@ -11,7 +11,7 @@ def get_config():
     s = ml_collections.ConfigDict()
     s.title = ""
     s.paper = ""                       # what is reproduced: paper, table or figure
-    s.dataset = "fashion_mnist"        # "fashion_mnist", "mnist" or "cifar10" (experiments.studies.plan.DATASETS)
+    s.dataset = "fashion_mnist"        # "fashion_mnist", "mnist", "cifar10", "celeba64" or "imagenet64" (experiments.studies.plan.DATASETS)
     s.models = {}                      # model name -> nested overrides of the dataset's config
     s.cells = ()                       # dicts: model, sampler, steps, eta, guidance, scale, clip, row, col (an unCLIP decoder's: prior, prior_scale)
     s.metrics = ("fid",)               # table entries per cell (experiments.evaluation.METRICS): "fid", "is", "confident"; "nll" and "sddpm" (seed 004's held-out objective) add per-model tables; evaluation.PROMPT_METRICS for cells drawn for prompts
@@ -27,7 +27,12 @@ def get_config():
     s.nll_examples = 128               # held-out images for NLL and the SDDPM objective when "nll" or "sddpm" is a metric
     s.scale_note = ""                  # what the default scale trains, against the paper (default: the DDPM papers' U-Nets)
     s.classifier_steps = 1500          # training steps of the feature and noisy classifiers at the default scale
-    s.autoencoder_steps = 0            # > 0: training steps of the study's autoencoders (0: their configs' own)
+    s.autoencoder_steps = 0            # > 0: training steps of the study's autoencoders at the default scale (0: their configs' own)
+    # --scale paper: the study module's paper_overrides(name, config), if it defines one, replaces
+    # models[name] over the dataset's paper config (a model's paper size may depend on the data).
+    s.paper_autoencoders = {}          # name -> a configs/ autoencoder file used instead of autoencoders[name] at --scale paper
+    s.paper_datasets = ()              # the datasets --scale paper accepts (empty: any)
+    s.paper_scale_note = ""            # what --scale paper trains (default: "at the papers' settings.")
     # What brings a paper's models down to a 2-CPU budget ("--scale default"); "--scale paper" drops it.
     # Sized from measured throughput on 2 cores: ~2 train steps/s and ~390 U-Net evaluations/s.
     s.budget = dict(model=dict(base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1, dropout=0.0, norm_groups=8),

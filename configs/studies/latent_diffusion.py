@@ -10,7 +10,11 @@ next); on 2026-12-01 it took ~2 h 10 min: 6 min for the feature classifier, 16�
 autoencoder, 14–19 min per U-Net (test jobs shared the CPU at times), 2 min to sample and measure.
 
 python -m experiments.reproduce --study latent_diffusion --workdir runs/studies/latent_diffusion
-(Fashion-MNIST at the default scale only: --scale paper is refused, no GPU-sized LDM configs ship.)
+
+On a GPU, ``--scale paper --dataset cifar10`` (or ``celeba64``, ``imagenet64``; TFDS) trains the
+paper-size models instead (``paper_overrides``): LDM's first stages (configs/autoencoder_ldm_*.py)
+and LDM-4's U-Net on their latents against the dataset's pixel model, every U-Net with the pixel
+model's recipe, so at equal steps and batch; ``--plan_only`` prints every command first.
 """
 from flax import traverse_util
 
@@ -36,6 +40,9 @@ MODELS = {
     "kl_f4": (latent_fashion_mnist_kl_f4, 4, "KL-reg", "autoencoder_kl_f4"),
     "vq_f4": (latent_fashion_mnist_vq_f4, 4, "VQ-reg", "autoencoder_vq_f4"),
 }
+# --scale paper: LDM's first stages at the paper's settings in place of the CPU-sized ones.
+PAPER_AUTOENCODERS = {"kl_f2": "autoencoder_ldm_kl_f2", "kl_f4": "autoencoder_ldm_kl_f4", "vq_f4": "autoencoder_ldm_vq_f4"}
+PAPER_DATASETS = ("cifar10", "celeba64", "imagenet64")
 
 
 def latent_overrides(module, autoencoder: str) -> dict:
@@ -48,14 +55,47 @@ def latent_overrides(module, autoencoder: str) -> dict:
     return nested
 
 
+def ldm4_unet(latent_size: int) -> dict:
+    """LDM-4's U-Net (latent-diffusion configs/latent-diffusion/celebahq-ldm-vq-4.yaml): 224 base
+    channels, multipliers 1, 2, 3, 4, two ResBlocks per level, GroupNorm(32), no dropout, plain
+    up/downsampling and norms, and self-attention with 32 channels per head where the latent has
+    been halved 2, 4 and 8 times (its ``attention_resolutions`` are those factors), here at a latent
+    of side ``latent_size``."""
+    return dict(base_channels=224, channel_mult=(1, 2, 3, 4), num_res_blocks=2, norm_groups=32, dropout=0.0,
+                attention_resolutions=tuple(latent_size // d for d in (2, 4, 8)), num_head_channels=32,
+                resblock_updown=False, scale_shift_norm=False)
+
+
+def paper_overrides(name: str, config) -> dict:
+    """At ``--scale paper``: model ``name``'s overrides of its dataset's paper config ``config``. The
+    pixel model is that config as it stands (Ho et al.'s CIFAR-10 U-Net, DDIM's CelebA-64 one, ADM's
+    ImageNet-64 one). A latent model swaps in LDM-4's U-Net at its latent size and LDM's diffusion
+    (its √β-linear schedule from 0.0015 to 0.0195, ε-prediction with L_simple, the posterior variance
+    β̃, no clipping of the unit-variance latents); a class-conditional dataset's labels reach it, as in
+    LDM's ImageNet model, through cross-attention to a learned 512-wide token per class. Batch, rate,
+    EMA and steps stay the pixel model's: the U-Nets compare at equal steps and batch (LDM's Fig. 6
+    compares f at equal steps)."""
+    module, factor, _, _ = MODELS[name]
+    if module is None:
+        return {}
+    model = ldm4_unet(config.data.image_size // factor)
+    if config.model.num_classes:
+        model.update(context_encoder="class_tokens", context_tokens=1, context_dim=512)
+    return dict(data=dict(autoencoder=name, random_flip=False), model=model,   # latents are encoded once, unflipped
+                diffusion=dict(schedule="ldm", prediction="eps", loss="simple", variance="fixed_small",
+                               decoder="gaussian"),
+                sample=dict(clip="none"))
+
+
 def get_config():
     s = base.get_config()
-    s.title = "Latent diffusion: pixel (f = 1) against KL-reg f = 2, 4 and VQ-reg f = 4 at equal training wall-clock"
+    s.title = "Latent diffusion: pixel (f = 1) against KL-reg f = 2, 4 and VQ-reg f = 4 at an equal training budget"
     s.paper = ("Rombach, Blattmann, Lorenz, Esser & Ommer (2022), High-Resolution Image Synthesis with Latent "
                "Diffusion Models, §4.1 (perceptual compression trade-offs, Fig. 6–7)")
     s.dataset = "fashion_mnist"
     s.autoencoders = {name: file for name, (_, _, _, file) in MODELS.items() if file}
     s.autoencoder_steps = AUTOENCODER_STEPS
+    s.paper_autoencoders, s.paper_datasets = PAPER_AUTOENCODERS, PAPER_DATASETS
     s.models = {name: dict(latent_overrides(module, name) if module else {},
                            train=dict(num_steps=round(TRAIN_SECONDS * STEPS_PER_S[name])))
                 for name, (module, _, _, _) in MODELS.items()}
@@ -67,10 +107,20 @@ def get_config():
                     f"logged); the autoencoders are the shipped 16-channel configs at {AUTOENCODER_STEPS:,} steps, no perceptual or "
                     "adversarial loss. LDM trains 274M–395M-parameter U-Nets on 256² images with LPIPS autoencoders "
                     "and computes FID from 50,000 samples with Inception features: only the orderings are checked.")
+    s.paper_scale_note = ("the paper-size models (`--scale paper`): LDM's first stages (configs/autoencoder_ldm_*.py, no "
+                          "LPIPS term) and LDM-4's U-Net on their latents against the dataset's pixel model, every "
+                          "U-Net with the pixel model's batch, rate, EMA and steps (equal steps, as LDM's Fig. 6 "
+                          "compares f); FID of 50,000 DDIM-50 samples with Inception features.")
     return s
 
 
 LATENTS = tuple(name for name, (module, _, _, _) in MODELS.items() if module)   # kl_f2, kl_f4, vq_f4
+
+
+def equal_steps(by: dict) -> bool:
+    """Whether every U-Net trained as many steps as the pixel one (``--scale paper``'s equal budget),
+    not as many seconds; ``by``: the rows by model."""
+    return all(by[m]["train_steps"] == by["pixel"]["train_steps"] for m in LATENTS)
 
 
 def claims(results, nll):
@@ -81,8 +131,9 @@ def claims(results, nll):
     moderate = min(("kl_f2", "kl_f4"), key=lambda m: by[m]["fid"])
     rate = lambda m: f"{m} {by[m]['sample_images_per_s']:.2f}"
     psnr = lambda m: f"{by[m]['ae_psnr']:.2f} ± {by[m]['ae_psnr_se']:.2f} dB"
+    budget = "steps and batch" if equal_steps(by) else "wall-clock"
     return [
-        ("At equal training wall-clock a moderate f (the better of KL-reg f = 2, 4) beats pixel diffusion "
+        (f"At equal training {budget} a moderate f (the better of KL-reg f = 2, 4) beats pixel diffusion "
          "(FID, by more than 2 s.e.)", by[moderate]["fid"] + two_se(moderate, "pixel", "fid") < by["pixel"]["fid"],
          f"{moderate} {fid(moderate)}; pixel {fid('pixel')}"),
         ("Latent diffusion samples faster than pixel diffusion at equal steps (DDIM 50, images/s with the decoder)",
@@ -126,17 +177,22 @@ def findings(results) -> list[str]:
             floor += f"{possessive(below)} below the floor by more than 2 s.e.: for it the floor is no bound."
     best = min(LATENTS, key=lambda m: by[m]["fid"])
     ratio = lambda m: by[m]["train_steps"] / by["pixel"]["train_steps"]
-    steps = (f"The same {TRAIN_SECONDS:,} s of training bought the pixel U-Net {by['pixel']['train_steps']:,} "
-             "steps and the latent ones "
-             + ", ".join(f"{by[m]['train_steps']:,} ({m}, {ratio(m):.1f}×)" for m in LATENTS) + ", at the same batch. ")
+    equal = equal_steps(by)
+    if equal:
+        steps = f"Every U-Net trained the same {by['pixel']['train_steps']:,} steps at the same batch. "
+    else:
+        steps = (f"The same {TRAIN_SECONDS:,} s of training bought the pixel U-Net {by['pixel']['train_steps']:,} "
+                 "steps and the latent ones "
+                 + ", ".join(f"{by[m]['train_steps']:,} ({m}, {ratio(m):.1f}×)" for m in LATENTS) + ", at the same batch. ")
     if beats(best, "pixel"):
         steps += (f"The best latent model ({best}, {fid(best)}) beats pixel diffusion ({fid('pixel')}) by more than "
-                  "2 s.e.: on this CPU the cheaper steps outweigh the first stage's floor.")
+                  "2 s.e." + (" at equal steps." if equal else ": on this CPU the cheaper steps outweigh the first stage's floor."))
     elif beats("pixel", best):
         under_floor = compare("pixel", best, "fid", "ae_fid")
         steps += (f"Pixel diffusion ({fid('pixel')}) beats the best latent model ({best}, {fid(best)}) by more than "
                   "2 s.e." + (f", and even that model's floor ({pm(best, 'ae_fid')})."
                               if under_floor[0] < -under_floor[1] else
+                              ": at equal steps the latent model does not catch up." if equal else
                               ": the extra steps did not close the gap at this budget."))
     else:
         steps += f"Pixel diffusion ({fid('pixel')}) and the best latent model ({best}, {fid(best)}) are within 2 s.e."
@@ -147,11 +203,12 @@ def findings(results) -> list[str]:
     detail = (f"KL-reg f = 4 reconstructs at {pm('kl_f4', 'ae_psnr')} dB against f = 2's {pm('kl_f2', 'ae_psnr')} "
               f"(reconstruction FID {pm('kl_f4', 'ae_fid')} against {pm('kl_f2', 'ae_fid')}): "
               + ("detail is lost, by more than 2 s.e. of PSNR" if lost else "no loss of detail beyond 2 s.e. of PSNR")
-              + f". Its samples are {samples} (FID {fid('kl_f4')} against {fid('kl_f2')}) for "
-              f"{by['kl_f4']['train_steps'] / by['kl_f2']['train_steps']:.1f}× the steps"
-              + ("." if not lost else ": the lost detail costs less than the extra steps buy at this budget."
+              + f". Its samples are {samples} (FID {fid('kl_f4')} against {fid('kl_f2')}) "
+              + ("at the same steps" if equal else f"for {by['kl_f4']['train_steps'] / by['kl_f2']['train_steps']:.1f}× the steps")
+              + ("." if not lost else ": the lost detail costs less than the "
+                 + ("smaller latent gains." if equal else "extra steps buy at this budget.")
                  if samples == "better" else ": the lost detail shows in the samples." if samples == "worse"
-                 else ": at this budget the lost detail and the extra steps balance."))
+                 else ": the lost detail and the " + ("smaller latent" if equal else "extra steps") + " balance."))
     vq = (f"At f = 4 the VQ-reg autoencoder reconstructs at {pm('vq_f4', 'ae_psnr')} dB, FID {pm('vq_f4', 'ae_fid')}, "
           f"the KL-reg one at {pm('kl_f4', 'ae_psnr')} dB, FID {pm('kl_f4', 'ae_fid')}; their diffusion models' "
           f"samples: VQ {fid('vq_f4')}, KL {fid('kl_f4')} ("

@@ -16,7 +16,7 @@ def run_study(study_module, workdir, *, dataset=None, data=None, scale: str = "d
               inception_weights=None) -> Path:
     """Train what the study needs, measure its cells and write ``<workdir>/report.md``; returns its path."""
     study_plan = plan.make_plan(study_module, workdir, dataset=dataset, data=data, scale=scale)
-    measure.train(study_plan)
+    measure.train(study_plan, inception_weights)
     measured = measure.measure(study_plan, parallel.make_mesh(), batch=batch, inception_weights=inception_weights)
     path = study_plan.workdir / "report.md"
     if jax.process_index() == 0:

@@ -45,16 +45,18 @@ def trained(config, workdir: Path) -> bool:
     return step == config.train.num_steps
 
 
-def ensure_trained(job: Training, classifier_weights: Optional[str] = None):
+def ensure_trained(job: Training, classifier_weights: Optional[str] = None, inception_weights: Optional[str] = None):
     """Train (or resume) ``job`` unless its last checkpoint is at its last step (and, for a
     classifier, its ``classifier.msgpack`` is written); an autoencoder's rFID uses the feature
-    classifier ``classifier_weights`` (default: the embedded MNIST one)."""
+    classifier ``classifier_weights`` (default: the embedded MNIST one) or, for data other than
+    28×28×1, Inception-v3 (``inception_weights``)."""
     if job.entry_point == "train":
         if not trained(job.config, job.workdir):
             trainer.train_and_evaluate(job.config, job.workdir)
     elif job.entry_point == "train_autoencoder":
         if not trained(job.config, job.workdir):
-            first_stage_trainer.train_autoencoder(job.config, job.workdir, classifier_weights=classifier_weights)
+            first_stage_trainer.train_autoencoder(job.config, job.workdir, classifier_weights=classifier_weights,
+                                                  inception_weights=inception_weights)
     elif job.entry_point == "train_clip":
         if not trained(job.config, job.workdir) or not (job.workdir / clip_trainer.REPORT_FILE).exists():
             clip_trainer.train_clip(job.config, job.workdir)
@@ -62,10 +64,10 @@ def ensure_trained(job: Training, classifier_weights: Optional[str] = None):
         trainer.train_classifier(job.config, job.workdir)
 
 
-def train(plan: Plan):
+def train(plan: Plan, inception_weights: Optional[str] = None):
     """Everything the plan trains, in ``Plan.trainings``' order."""
     for job in plan.trainings:
-        ensure_trained(job, plan.classifier_weights)
+        ensure_trained(job, plan.classifier_weights, inception_weights)
 
 
 @dataclasses.dataclass(frozen=True)

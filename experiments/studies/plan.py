@@ -15,7 +15,8 @@ from typing import Callable, Optional
 import ml_collections
 from flax import traverse_util
 
-from configs import base, cifar10_ddpm, classifier_fashion_mnist, fashion_mnist, noisy_classifier_mnist
+from configs import (base, celeba64_ddim, cifar10_ddpm, classifier_fashion_mnist, fashion_mnist, imagenet64_adm,
+                     noisy_classifier_mnist)
 from experiments import cascade, clip_runs, common, evaluation, first_stage
 
 # Per dataset: the config its models derive from (and its file, for the printed commands), and the
@@ -26,6 +27,8 @@ DATASETS = {
     "fashion_mnist": (fashion_mnist, "configs/fashion_mnist.py", classifier_fashion_mnist),
     "mnist": (base, "configs/base.py", None),
     "cifar10": (cifar10_ddpm, "configs/cifar10_ddpm.py", None),
+    "celeba64": (celeba64_ddim, "configs/celeba64_ddim.py", None),
+    "imagenet64": (imagenet64_adm, "configs/imagenet64_adm.py", None),
 }
 PAPER_SAMPLES = 50_000
 CELL_DEFAULTS = dict(eta=0.0, guidance="", scale=0.0, clip=None, cascade=(), aug_level=0, truncated=False,
@@ -97,14 +100,20 @@ def check_study(study: ml_collections.ConfigDict):
         raise ValueError("study metric 'clip_score' needs score_clip: one of its clips, of clean images")
 
 
-def model_config(study, name: str, dataset: str, scale: str, data=None) -> ml_collections.ConfigDict:
-    """The dataset's config, brought to the study's budget (default scale), with the model's overrides."""
+def model_config(study, name: str, dataset: str, scale: str, data=None,
+                 paper_overrides: Optional[Callable] = None) -> ml_collections.ConfigDict:
+    """The dataset's config, brought to the study's budget (default scale), with the model's overrides:
+    at ``scale="paper"`` those of ``paper_overrides(name, config)`` when the study has them (its
+    models at the papers' size), else the study's own."""
     config = DATASETS[dataset][0].get_config()
     if data:
         config.data.source = data
     if scale == "default":
         config.update(study.budget.to_dict())
-    config.update(study.models[name].to_dict())
+    if scale == "paper" and paper_overrides is not None:
+        config.update(paper_overrides(name, config))
+    else:
+        config.update(study.models[name].to_dict())
     return config
 
 
@@ -125,17 +134,20 @@ def classifier_config(config_module, model: ml_collections.ConfigDict, study, sc
     return c
 
 
-def autoencoder_training(study, name: str, model: ml_collections.ConfigDict, workdir: Path) -> Training:
+def autoencoder_training(study, name: str, model: ml_collections.ConfigDict, workdir: Path,
+                         scale: str = "default") -> Training:
     """The study's autoencoder ``name`` (``configs/<study.autoencoders[name]>.py``, Rombach et al.
-    2022's first stage) on ``model``'s data, trained by ``experiments.train_autoencoder`` in
-    ``workdir`` for the study's ``autoencoder_steps`` when set; refused before any work if its
-    factor does not fit the data."""
-    config_file = f"configs/{study.autoencoders[name]}.py"
-    module = importlib.import_module(f"configs.{study.autoencoders[name]}")
+    2022's first stage; at ``scale="paper"`` ``study.paper_autoencoders[name]`` when it has them) on
+    ``model``'s data, trained by ``experiments.train_autoencoder`` in ``workdir`` for the study's
+    ``autoencoder_steps`` when set (default scale); refused before any work if its factor does not
+    fit the data."""
+    files = study.paper_autoencoders if scale == "paper" and study.paper_autoencoders else study.autoencoders
+    config_file = f"configs/{files[name]}.py"
+    module = importlib.import_module(f"configs.{files[name]}")
     config = module.get_config()
     config.data = copy.deepcopy(model.data)
     config.data.autoencoder = ""
-    if study.autoencoder_steps:
+    if study.autoencoder_steps and scale == "default":
         config.train.num_steps = study.autoencoder_steps
     first_stage.validate(config)
     return Training("train_autoencoder", config, config_file, module.get_config(), workdir)
@@ -289,22 +301,24 @@ def make_plan(study_module, workdir, *, dataset=None, data=None, scale: str = "d
     if study.clips and (scale == "paper" or dataset != study.dataset):
         raise ValueError(f"--scale {scale} --dataset {dataset}: the study's CLIP runs and captions are configs/clip_*.py's "
                          f"({study.dataset}, sized for a CPU); run it on {study.dataset} at its default scale")
-    if study.autoencoders and scale == "paper":
-        raise ValueError("--scale paper: no paper-scale latent-diffusion configs ship (the autoencoders in "
-                         "configs/autoencoder_*.py are sized for 28×28 data on a CPU); Rombach et al. 2022's GPU "
-                         "settings for CIFAR-10-sized data are not written yet, so run the study at its default scale")
+    if scale == "paper" and study.paper_datasets and dataset not in study.paper_datasets:
+        raise ValueError(f"--scale paper --dataset {dataset}: the study's paper-size models need one of "
+                         f"{list(study.paper_datasets)}; add --dataset {study.paper_datasets[0]}, or drop --scale paper")
+    paper_overrides = getattr(study_module, "paper_overrides", None)
     workdir = Path(workdir)
     base_module, base_file, classifier_module = DATASETS[dataset]
     reference = base_module.get_config()
-    models = {m: Training("train", model_config(study, m, dataset, scale, data), base_file, reference,
-                          workdir / "models" / m) for m in study.models}
+    models = {m: Training("train", model_config(study, m, dataset, scale, data, paper_overrides), base_file,
+                          reference, workdir / "models" / m) for m in study.models}
     autoencoders = {}
     for m, job in models.items():
         name = job.config.data.autoencoder
         if name:
             if name not in autoencoders:
-                autoencoders[name] = autoencoder_training(study, name, job.config, workdir / "autoencoders" / name)
+                autoencoders[name] = autoencoder_training(study, name, job.config, workdir / "autoencoders" / name,
+                                                          scale)
             job.config.data.autoencoder = str(autoencoders[name].workdir)
+            common.validate(job.config, autoencoder=autoencoders[name].config)   # before anything trains
     clips = {name: clip_training(study, name, largest(models), workdir / "clips" / name) for name in study.clips}
     for job in models.values():   # a study's CLIP names become its runs' workdirs
         if job.config.model.clip_run in clips:

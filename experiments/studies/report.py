@@ -147,7 +147,7 @@ def objective_plot(objective: dict, reference: dict, path: Path):
 def scale_note(plan: Plan, measured: Measured) -> str:
     """How far the study's models and sample counts are from the papers'."""
     if plan.scale == "paper":
-        return "at the papers' settings."
+        return plan.study.paper_scale_note or "at the papers' settings."
     if plan.study.scale_note:
         return plan.study.scale_note
     config = plan.data_config
