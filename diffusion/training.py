@@ -47,6 +47,9 @@ def make_optimizer(*, lr: float, warmup_steps: int = 0, decay: str = "constant",
     return optax.MultiSteps(opt, every_k_schedule=accum_steps).gradient_transformation() if accum_steps > 1 else opt
 
 
+DECAYS = ("constant", "cosine", "cooldown")
+
+
 def learning_rate_schedule(*, lr: float, warmup_steps: int = 0, decay: str = "constant",
                            total_steps: int = 1, cooldown_steps: int = 0) -> optax.Schedule:
     """Optimizer step → learning rate: linear warm-up from 0, then one of
@@ -56,6 +59,9 @@ def learning_rate_schedule(*, lr: float, warmup_steps: int = 0, decay: str = "co
       (warm-up–stable–decay: Hu et al. 2024, Hägele et al. 2024, who find a short final decay matches
       a cosine schedule fitted to the run's length)."""
     warmup = optax.linear_schedule(0.0, lr, warmup_steps) if warmup_steps else optax.constant_schedule(lr)
+    if cooldown_steps and decay != "cooldown":
+        raise ValueError(f"cooldown_steps={cooldown_steps} is read only with decay 'cooldown' (decay is {decay!r}): "
+                         "set decay='cooldown', or cooldown_steps=0")
     if decay == "constant":
         return warmup
     if decay == "cosine":
@@ -64,7 +70,7 @@ def learning_rate_schedule(*, lr: float, warmup_steps: int = 0, decay: str = "co
         check_cooldown(warmup_steps=warmup_steps, total_steps=total_steps, cooldown_steps=cooldown_steps)
         start = total_steps - cooldown_steps
         return optax.join_schedules([warmup, optax.linear_schedule(lr, 0.0, cooldown_steps)], [start])
-    raise ValueError(f"unknown learning-rate decay {decay!r}; choose 'constant', 'cosine' or 'cooldown'")
+    raise ValueError(f"unknown learning-rate decay {decay!r}; choose one of {DECAYS}")
 
 
 def check_cooldown(*, warmup_steps: int, total_steps: int, cooldown_steps: int, prefix: str = "") -> None:

@@ -81,10 +81,13 @@ def validate(c: ml_collections.ConfigDict, autoencoder: Optional[ml_collections.
         raise ValueError(f"sample.clip_max={c.sample.clip_max!r} bounds the dynamic threshold s >= 1: it needs "
                          "sample.clip='dynamic' and a value >= 1 (0 leaves s unbounded)")
     _choice("optim.optimizer", c.optim.optimizer, ("adam", "adamw"))
-    _choice("optim.decay", c.optim.decay, ("constant", "cosine", "cooldown"))
+    _choice("optim.decay", c.optim.decay, training.DECAYS)
     if c.optim.decay == "cooldown":
         training.check_cooldown(warmup_steps=c.optim.warmup_steps, total_steps=c.train.num_steps,
                                 cooldown_steps=c.optim.cooldown_steps, prefix="config: optim.")
+    elif c.optim.cooldown_steps:
+        raise ValueError(f"config: optim.cooldown_steps={c.optim.cooldown_steps} is read only with optim.decay="
+                         f"'cooldown' (it is {c.optim.decay!r}): set optim.decay=cooldown, or optim.cooldown_steps=0")
     _choice("classifier.kind", c.classifier.kind, ("cnn", "noisy"))
     losses.check_loss_variance(d.loss, d.variance, field_prefix="diffusion.")
     sddpm.check_prediction(d.loss, d.prediction, loss_field="diffusion.loss",
@@ -146,15 +149,15 @@ def validate(c: ml_collections.ConfigDict, autoencoder: Optional[ml_collections.
         check_latent(c, autoencoder)
     check_clip(c, c.sample.clip, "config field sample.clip")
     check_super_resolution(c)
-    if not is_toy and autoencoder is None:   # the U-Net and the convolutional autoencoder check that the image
-        make_model(c, load_frozen=False)    # size fits their levels (a planned latent run's: check_latent above)
+    if not is_toy:   # the U-Net and the convolutional autoencoder check that the image size fits their levels
+        make_model(c, load_frozen=False, autoencoder=autoencoder)
 
 
 def check_latent(c: ml_collections.ConfigDict, autoencoder: Optional[ml_collections.ConfigDict] = None):
     """Refuse a latent-diffusion config (``data.autoencoder``) that cannot run: no autoencoder run
     there (unless its config is given as ``autoencoder``, to be trained), one trained on other
-    images, latents the U-Net cannot halve at each level, settings for pixels (the discretised
-    decoder, image flips)."""
+    images, latents the U-Net cannot halve at each level, attention at a side no level has,
+    settings for pixels (the discretised decoder, image flips)."""
     where = c.data.autoencoder
     if autoencoder is None and not (Path(where) / "config.json").exists():
         raise ValueError(f"config field data.autoencoder={where!r} is not an autoencoder run (no {Path(where) / 'config.json'}): "
@@ -175,6 +178,12 @@ def check_latent(c: ml_collections.ConfigDict, autoencoder: Optional[ml_collecti
                          f"{a.first_stage.factor}) cannot be halved {levels - 1} times by model.channel_mult="
                          f"{tuple(c.model.channel_mult)}: give it at most {(h & -h).bit_length()} levels, or use an "
                          f"autoencoder whose latent side {2 ** (levels - 1)} divides")
+    sides = [h // 2 ** i for i in range(levels)]
+    unused = [r for r in c.model.attention_resolutions if r not in sides]
+    if unused:
+        raise ValueError(f"config: model.attention_resolutions={tuple(c.model.attention_resolutions)} names "
+                         f"{unused}, which no level of the U-Net on the {h}×{h} latents has (its sides: {sides}): "
+                         "attention there would silently be absent; choose among those sides")
     if c.diffusion.decoder != "gaussian":
         raise ValueError(f"config: diffusion.decoder={c.diffusion.decoder!r} reads 8-bit pixels; latents are "
                          "continuous: set diffusion.decoder='gaussian'")
@@ -264,11 +273,13 @@ def check_sampler_reads_model(c: ml_collections.ConfigDict, sampler: str, steps:
         sddpm.check_steps(steps, num_steps, field=f"{what}steps")
 
 
-def make_model(c: ml_collections.ConfigDict, *, load_frozen: bool = True):
+def make_model(c: ml_collections.ConfigDict, *, load_frozen: bool = True,
+               autoencoder: Optional[ml_collections.ConfigDict] = None):
     """The denoiser ``c`` describes. A 'clip_text' U-Net's frozen text tower (an unCLIP prior's frozen
     CLIP) is read from the CLIP run's checkpoint, unless ``load_frozen`` is False (the network built
-    only to check its shapes)."""
-    out = reverse.output_channels(data_shape(c)[-1], c.diffusion.variance)
+    only to check its shapes); ``autoencoder``: as for ``data_shape``."""
+    shape = data_shape(c, autoencoder)
+    out = reverse.output_channels(shape[-1], c.diffusion.variance)
     m = c.model
     if m.kind == unclip.PRIOR:
         return unclip.make_prior(c, out, load_frozen)
@@ -282,13 +293,13 @@ def make_model(c: ml_collections.ConfigDict, *, load_frozen: bool = True):
             return ConvAutoencoder(image_size=c.data.image_size, features=tuple(m.autoencoder_features), **kw)
         if m.kind == "dense_autoencoder":
             kw["width"] = m.autoencoder_width
-        return AUTOENCODERS[m.kind](image_shape=data_shape(c), **kw)
+        return AUTOENCODERS[m.kind](image_shape=shape, **kw)
     if m.context_encoder == "class_tokens":   # the labels reach the U-Net through τθ, not a class embedding
         tau = ClassTokens(num_classes=m.num_classes, num_tokens=m.context_tokens, dim=m.context_dim)
-        return UNet(out_channels=out, context_encoder=tau, **dict(_unet_fields(c), num_classes=0))
+        return UNet(out_channels=out, context_encoder=tau, **dict(_unet_fields(c, shape), num_classes=0))
     if text.is_conditioned(c):
-        return UNet(out_channels=out, context_encoder=text.make_encoder(c, load_frozen), **_unet_fields(c))
-    return UNet(out_channels=out, **_unet_fields(c))
+        return UNet(out_channels=out, context_encoder=text.make_encoder(c, load_frozen), **_unet_fields(c, shape))
+    return UNet(out_channels=out, **_unet_fields(c, shape))
 
 
 def check_text(c: ml_collections.ConfigDict):
@@ -334,14 +345,15 @@ def check_text(c: ml_collections.ConfigDict):
                          f"model.context_dim={clip.clip.text_width} (got {m.context_dim})")
 
 
-def _unet_fields(c: ml_collections.ConfigDict) -> dict:
+def _unet_fields(c: ml_collections.ConfigDict, shape: tuple) -> dict:
+    """The U-Net's constructor arguments for ``c``'s model on x_0 of ``shape`` (``data_shape``)."""
     fields = {k: c.model[k] for k in UNET_FIELDS}
     fields["channel_mult"] = tuple(fields["channel_mult"])
     fields["attention_resolutions"] = tuple(fields["attention_resolutions"])
     if not isinstance(fields["num_res_blocks"], int):
         fields["num_res_blocks"] = tuple(fields["num_res_blocks"])
     vector_tokens = c.unclip.embedding_tokens if c.model.kind == unclip.DECODER else 0
-    return dict(fields, image_size=data_shape(c)[0], dtype=DTYPES[c.train.compute_dtype], vector_tokens=vector_tokens)
+    return dict(fields, image_size=shape[0], dtype=DTYPES[c.train.compute_dtype], vector_tokens=vector_tokens)
 
 
 def make_classifier(c: ml_collections.ConfigDict):
@@ -350,19 +362,20 @@ def make_classifier(c: ml_collections.ConfigDict):
     if c.classifier.kind == "cnn":
         return ImageClassifier(num_classes=c.data.num_classes, features=c.classifier.features,
                                dropout=c.classifier.dropout)
-    return NoisyClassifier(num_labels=c.data.num_classes, **dict(_unet_fields(c), num_classes=0))
+    return NoisyClassifier(num_labels=c.data.num_classes, **dict(_unet_fields(c, data_shape(c)), num_classes=0))
 
 
-def data_shape(c: ml_collections.ConfigDict) -> tuple:
+def data_shape(c: ml_collections.ConfigDict, autoencoder: Optional[ml_collections.ConfigDict] = None) -> tuple:
     """The shape of one x_0 the model diffuses: a 2-D point, an unCLIP prior's CLIP image embedding,
     an image, or the latent z = ℰ(x) of the autoencoder ``data.autoencoder`` names (latent
-    diffusion, Rombach et al. 2022)."""
+    diffusion, Rombach et al. 2022), whose config is ``autoencoder`` when given (a study's plan,
+    before it is trained)."""
     if c.model.kind == "mlp":
         return (2,)
     if c.model.kind == unclip.PRIOR:   # a CLIP image embedding (unCLIP §2.2)
         return (unclip.embed_dim(c),)
     if c.data.autoencoder:
-        return latent_shape(runs.load_config(c.data.autoencoder))
+        return latent_shape(autoencoder if autoencoder is not None else runs.load_config(c.data.autoencoder))
     return (c.data.image_size, c.data.image_size, c.data.channels)
 
 

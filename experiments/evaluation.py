@@ -70,9 +70,14 @@ def inception_features(mesh, weights) -> FeatureFn:
     return batched(jax.jit(fn, in_shardings=parallel.data_sharded(mesh)), mesh, batch=100)
 
 
+def uses_inception(config) -> bool:
+    """Whether ``config``'s data is measured with Inception-v3 features (all but 28×28×1 images)."""
+    return (config.data.image_size, config.data.channels) != (28, 1)
+
+
 def make_feature_fn(config, mesh, kind: str, classifier_weights=None, inception_weights=None) -> tuple[str, FeatureFn]:
     if kind == "auto":
-        kind = "classifier" if (config.data.image_size, config.data.channels) == (28, 1) else "inception"
+        kind = "inception" if uses_inception(config) else "classifier"
     if kind == "classifier":
         if (config.data.image_size, config.data.channels) != (28, 1):
             raise ValueError("the classifier features are for 28×28 single-channel data; use --features inception")

@@ -30,13 +30,9 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    if FLAGS.plan_only:
-        study_plan = plan.make_plan(plan.load_study(FLAGS.study), FLAGS.workdir, dataset=FLAGS.dataset,
-                                    data=FLAGS.data, scale=FLAGS.scale)
-        print("\n".join(study_plan.commands))
-        return
     studies.run_study(plan.load_study(FLAGS.study), FLAGS.workdir, dataset=FLAGS.dataset, data=FLAGS.data,
-                      scale=FLAGS.scale, batch=FLAGS.batch, inception_weights=FLAGS.inception_weights)
+                      scale=FLAGS.scale, batch=FLAGS.batch, inception_weights=FLAGS.inception_weights,
+                      plan_only=FLAGS.plan_only)
 
 
 if __name__ == "__main__":

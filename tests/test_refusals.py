@@ -36,6 +36,7 @@ def cli(*args):
     ("optim.lr", -1e-3, r"optim.lr=-0.001 must be"),
     ("optim.lr", float("nan"), r"optim.lr=nan must be"),
     ("optim.decay", "cooldown", r"optim.cooldown_steps=0 with decay 'cooldown': the final decay needs 1 to \d+ steps"),
+    ("optim.cooldown_steps", 2, r"optim.cooldown_steps=2 is read only with optim.decay='cooldown' \(it is 'constant'\)"),
     ("sample.steps", 0, r"sample.steps=0 for 'ddim' must be an integer >= 1"),
     ("sample.steps", 1001, r"sample.steps=1001 for 'ddim' exceeds the schedule's T = 1000"),
     ("sample.num", 0, "sample.num=0"),

@@ -127,7 +127,7 @@ def test_latent_diffusion_study_trains_each_autoencoder_first(tmp_path):
 @pytest.mark.parametrize("dataset", ["cifar10", "celeba64", "imagenet64"])
 def test_latent_diffusion_study_at_paper_scale_trains_ldm_models(tmp_path, dataset):
     module = plan.load_study("latent_diffusion")
-    study_plan = plan.make_plan(module, tmp_path, dataset=dataset, scale="paper")    # every config validated
+    study_plan = plan.make_plan(module, tmp_path, dataset=dataset, scale="paper")    # every model's config validated
     pixel = study_plan.models["pixel"]
     assert pixel.config.to_dict() == plan.DATASETS[dataset][0].get_config().to_dict()    # the dataset's paper model
     assert study_plan.num == 50_000 and pixel.command.endswith(f"--workdir {pixel.workdir} ")
@@ -139,13 +139,27 @@ def test_latent_diffusion_study_at_paper_scale_trains_ldm_models(tmp_path, datas
         latent = common.latent_shape(study_plan.autoencoders[name].config)
         assert latent == (c.data.image_size // int(name[-1]),) * 2 + (3,)
         assert (c.model.base_channels, c.model.channel_mult, c.model.num_head_channels) == (224, (1, 2, 3, 4), 32)
-        assert c.model.attention_resolutions == tuple(latent[0] // d for d in (2, 4, 8))
+        assert c.model.attention_resolutions == {8: (4, 2, 1), 16: (8, 4, 2), 32: (16, 8, 4)}[latent[0]]
         assert (c.diffusion.schedule, c.diffusion.loss, c.diffusion.variance) == ("ldm", "simple", "fixed_small")
         assert c.model.context_encoder == ("class_tokens" if dataset == "imagenet64" else "")
         for field in ("batch_size", "num_steps"):     # equal steps and batch: the pixel model's
             assert c.train[field] == pixel.config.train[field]
     assert [c.split(" --")[0] for c in study_plan.commands].count("python -m experiments.evaluate") == 4
+    measuring = [c for c in study_plan.commands if "experiments.evaluate" in c or "train_autoencoder" in c]
+    assert len(measuring) == 7 and all(c.endswith(f"--inception_weights {plan.INCEPTION_FILE}") for c in measuring)
 
+
+def test_ldm_first_stage_configs_keep_ldms_settings():
+    """The rates follow LDM's main.py (base rate × batch) and the losses its released configs."""
+    from configs import autoencoder_ldm_kl_f4, autoencoder_ldm_vq_f4
+    kl, vq = autoencoder_ldm_kl_f4.get_config(), autoencoder_ldm_vq_f4.get_config()
+    assert kl.optim.lr == pytest.approx(4.5e-6 * 12 * 2) and vq.optim.lr == pytest.approx(4.5e-6 * 8)  # batch 12 × 2 accumulated; 8
+    t = kl.first_stage_train
+    assert (t.kl_weight, t.disc_start, t.disc_weight, kl.first_stage.disc_layers) == (1e-6, 50_001, 0.5, 3)
+    t = vq.first_stage_train
+    assert (vq.first_stage.codebook_size, t.disc_start, t.disc_weight) == (8192, 0, 0.75)
+    commitment, codebook = t.codebook_weight * t.commitment, t.codebook_weight    # taming's legacy β on the codebook
+    assert (commitment, codebook) == (1.0, 0.25)
 
 def test_latent_diffusion_papers_unet_has_ldm4s_parameter_count():
     """LDM-4's U-Net on 64×64×3 latents has 274M parameters (Rombach et al. 2022's hyperparameter table
@@ -168,16 +182,26 @@ def test_a_planned_latent_unet_that_cannot_halve_its_latents_is_refused(tmp_path
     monkeypatch.setattr(module, "ldm4_unet", five_levels)
     with pytest.raises(ValueError, match=r"the 8×8×3 latents .* cannot be halved 4 times"):
         plan.make_plan(module, tmp_path, dataset="cifar10", scale="paper")
+    monkeypatch.setattr(module, "ldm4_unet", lambda size: dict(ldm4_unet(size), attention_resolutions=(size * 2,)))
+    with pytest.raises(ValueError, match=r"attention_resolutions=\(32,\) names \[32\], which no level .* 16×16 latents .* \[16, 8, 4, 2\]"):
+        plan.make_plan(module, tmp_path, dataset="cifar10", scale="paper")
+
+
+def test_a_study_on_inception_data_without_its_weights_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="cifar10 is measured with Inception-v3 features .* give --inception_weights"):
+        studies.run_study(plan.load_study("latent_diffusion"), tmp_path, dataset="cifar10", scale="paper")
     assert not any(tmp_path.iterdir())
 
 
 def test_plan_only_prints_the_commands_and_runs_none(tmp_path):
     workdir = tmp_path / "study"
     proc = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--study", "latent_diffusion", "--scale",
-                           "paper", "--dataset", "cifar10", "--workdir", str(workdir), "--plan_only"],
-                          cwd=REPO, capture_output=True, text=True)
+                           "paper", "--dataset", "cifar10", "--workdir", str(workdir), "--plan_only",
+                           "--inception_weights", "w.pth"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    expected = plan.make_plan(plan.load_study("latent_diffusion"), workdir, dataset="cifar10", scale="paper").commands
+    expected = plan.make_plan(plan.load_study("latent_diffusion"), workdir, dataset="cifar10", scale="paper",
+                              inception_weights="w.pth").commands
+    assert sum(c.endswith(" --inception_weights w.pth") for c in expected) == 7
     assert proc.stdout.splitlines() == expected and not workdir.exists()
 
 
@@ -241,3 +265,15 @@ def test_the_latent_diffusion_findings_at_paper_scale_speak_of_equal_steps():
                      "14.00 ± 1.00) beats pixel diffusion (60.00 ± 1.00) by more than 2 s.e. at equal steps.")
     assert "at the same steps: the lost detail costs less than the smaller latent gains." in detail
     assert module.claims(_latent_results("latents win"), {})[0][0].startswith("At equal training wall-clock")
+    _, steps, detail, _ = module.findings([dict(r, train_steps=800_000) for r in _latent_results("pixel wins")])
+    assert steps.endswith(": at equal steps the latent model does not catch up.")
+    _, steps, detail, _ = module.findings([dict(r, train_steps=800_000) for r in _latent_results("even")])
+    assert steps.endswith("are within 2 s.e.") and detail.endswith("at the same steps.")
+
+
+def test_the_latent_diffusion_floor_says_when_the_heldout_split_is_smaller_than_the_cells():
+    module = plan.load_study("latent_diffusion")
+    floor, *_ = module.findings([dict(r, floor_images=10_000, num=50_000) for r in _latent_results("latents win")])
+    assert "reconstructions of the 10,000 held-out images there are (fewer than the 50,000 samples" in floor
+    floor, *_ = module.findings([dict(r, floor_images=500, num=500) for r in _latent_results("latents win")])
+    assert "reconstructions of as many held-out images is a floor" in floor

@@ -153,11 +153,13 @@ def first_stage_floors(plan: Plan, mesh, heldout, feature_fn, reference) -> dict
     held-out images as ``ae_fid``, in the cells' own terms (as many images, the samples' features
     and reference, unlike the autoencoder run's rFID against its own originals), a floor under a
     latent model's sample FID; and for every row the same images unreconstructed as
-    ``heldout_fid``, the data's own floor at that count (FID is biased upwards at few samples).
+    ``heldout_fid``, the data's own floor at that count (FID is biased upwards at few samples), and
+    that count as ``floor_images`` (below ``plan.num`` when the held-out split is smaller: CIFAR-10's
+    10,000 test images against 50,000 samples at ``--scale paper``).
     Measured afresh each time (seconds), so they always belong to the autoencoders on disk."""
-    images = heldout.head(plan.num).images
+    images = heldout.head(plan.num).images      # fewer where the held-out split is smaller (floor_images)
     own = evaluation.quality(*feature_fn(images), reference)
-    data = dict(heldout_fid=own["fid"], heldout_fid_se=own["fid_se"])
+    data = dict(heldout_fid=own["fid"], heldout_fid_se=own["fid_se"], floor_images=len(images))
     floors = {"": data}
     for job in plan.autoencoders.values():
         autoencoder = first_stage.load_autoencoder(job.workdir)

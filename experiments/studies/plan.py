@@ -31,6 +31,7 @@ DATASETS = {
     "imagenet64": (imagenet64_adm, "configs/imagenet64_adm.py", None),
 }
 PAPER_SAMPLES = 50_000
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"   # pytorch-fid's weights, as the commands name them by default
 CELL_DEFAULTS = dict(eta=0.0, guidance="", scale=0.0, clip=None, cascade=(), aug_level=0, truncated=False,
                      upsampled_input=False,   # a cascade cell measuring its last stage's input resized alone
                      prior="", prior_scale=0.0)   # an unCLIP decoder's cell: its prior (a model) and that one's weight
@@ -223,6 +224,7 @@ class Plan:
     autoencoders: dict[str, Training] = dataclasses.field(default_factory=dict)   # trained before the models
     findings: Optional[Callable] = None  # the study module's findings(results): the figures explained, measured
     clips: dict[str, Training] = dataclasses.field(default_factory=dict)          # trained before the models
+    inception_weights: str = INCEPTION_FILE   # what the printed commands name for data measured with Inception
 
     @property
     def cells(self) -> list[dict]:
@@ -261,6 +263,7 @@ class Plan:
         guided += f" --classifier_workdir {self.noisy_classifier.workdir}" if cell["guidance"] == "classifier" else ""
         guided += f" --clip_run {self.clip_dir('guidance_clip')}" if cell["guidance"] == "clip" else ""
         weights = f" --classifier_weights {self.classifier_weights}" if self.classifier_weights else ""
+        weights += self.inception_flag
         weights += f" --clip_score_run {self.clip_dir('score_clip')}" if self.study.score_clip else ""
         if cell["prior"]:
             return (f"python -m experiments.evaluate --unclip {self.model_dir(cell['prior'])},"
@@ -278,7 +281,13 @@ class Plan:
 
     @property
     def commands(self) -> list[str]:
-        return [t.command for t in self.trainings] + [self.evaluate_command(c) for c in self.cells]
+        return ([t.command + (self.inception_flag if t.entry_point == "train_autoencoder" else "") for t in self.trainings]
+                + [self.evaluate_command(c) for c in self.cells])
+
+    @property
+    def inception_flag(self) -> str:
+        """``--inception_weights`` for the commands that measure FID, where the data needs Inception."""
+        return f" --inception_weights {self.inception_weights}" if evaluation.uses_inception(self.data_config) else ""
 
 
 def largest(models: dict[str, Training]) -> ml_collections.ConfigDict:
@@ -287,7 +296,8 @@ def largest(models: dict[str, Training]) -> ml_collections.ConfigDict:
     return max((t.config for t in models.values()), key=lambda c: c.data.image_size)
 
 
-def make_plan(study_module, workdir, *, dataset=None, data=None, scale: str = "default") -> Plan:
+def make_plan(study_module, workdir, *, dataset=None, data=None, scale: str = "default",
+              inception_weights: Optional[str] = None) -> Plan:
     """The plan of ``study_module`` (a ``configs/studies`` file) in ``workdir``: ``dataset`` (default:
     the study's) read from ``data`` (default: the dataset config's), at the study's budget or, with
     ``scale="paper"``, the dataset's paper config and ``PAPER_SAMPLES`` per cell. A model whose
@@ -318,11 +328,17 @@ def make_plan(study_module, workdir, *, dataset=None, data=None, scale: str = "d
                 autoencoders[name] = autoencoder_training(study, name, job.config, workdir / "autoencoders" / name,
                                                           scale)
             job.config.data.autoencoder = str(autoencoders[name].workdir)
-            common.validate(job.config, autoencoder=autoencoders[name].config)   # before anything trains
     clips = {name: clip_training(study, name, largest(models), workdir / "clips" / name) for name in study.clips}
     for job in models.values():   # a study's CLIP names become its runs' workdirs
         if job.config.model.clip_run in clips:
             job.config.model.clip_run = str(clips[job.config.model.clip_run].workdir)
+    planned_clips = {str(job.workdir) for job in clips.values()}
+    for job in models.values():     # refused before anything trains; a latent model against its planned
+        if job.config.model.clip_run in planned_clips:     # autoencoder's config (a CLIP's text tower is
+            continue                                        # read from its trained run: checked then)
+        autoencoder = next((a.config for a in autoencoders.values() if str(a.workdir) == job.config.data.autoencoder),
+                           None)
+        common.validate(job.config, autoencoder=autoencoder)
     first = largest(models)
     feature = noisy = None
     if classifier_module is not None:
@@ -335,4 +351,5 @@ def make_plan(study_module, workdir, *, dataset=None, data=None, scale: str = "d
     return Plan(study=study, claims=getattr(study_module, "claims", None),
                 findings=getattr(study_module, "findings", None), dataset=dataset, scale=scale,
                 workdir=workdir, num=PAPER_SAMPLES if scale == "paper" else study.num_samples, models=models,
-                feature_classifier=feature, noisy_classifier=noisy, autoencoders=autoencoders, clips=clips)
+                feature_classifier=feature, noisy_classifier=noisy, autoencoders=autoencoders, clips=clips,
+                inception_weights=inception_weights or INCEPTION_FILE)

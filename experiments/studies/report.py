@@ -96,6 +96,11 @@ def cost_table(results: list[dict]) -> list[str]:
     if results and "heldout_fid" in results[0]:
         lines += ["", f"The held-out images themselves, as many: FID {pm(results[0], 'heldout_fid')} (the data's floor "
                   "at this count)."]
+        n, num = results[0].get("floor_images"), results[0].get("num")
+        if n is not None and num is not None and n < num:
+            lines += ["", f"Only {n:,} held-out images exist, fewer than the cells' {num:,} samples: the "
+                      "reconstructions' and held-out FIDs are measured on those, and FID is biased upwards at "
+                      "fewer images, so they overstate the floor."]
     return lines
 
 
