@@ -11,6 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow     # ~115 s cold: the script end to end
 def test_benchmark_script_prints_its_table(tmp_path):
     peer = importlib.util.find_spec("diffusers") is not None and importlib.util.find_spec("torch") is not None
     out = tmp_path / "RESULTS.md"
@@ -26,6 +27,7 @@ def test_benchmark_script_prints_its_table(tmp_path):
         assert row in text
 
 
+@pytest.mark.slow     # ~110 s cold
 def test_latent_benchmark_prints_its_tables():
     """benchmarks.latent on tiny networks: the study's autoencoders and U-Nets, pixel beside latent."""
     cmd = [sys.executable, "-m", "benchmarks.latent", "--tiny", "--batch", "4", "--models", "pixel,kl_f4"]

@@ -63,6 +63,7 @@ def test_fsdp_spec_splits_the_largest_divisible_dimension():
     assert parallel.fsdp_spec((3, 5), 4) == P() == parallel.fsdp_spec((), 4) == parallel.fsdp_spec((64,), 1)
 
 
+@pytest.mark.slow     # ~120 s cold
 def test_sharded_and_accumulated_steps_equal_the_replicated_large_batch():
     """Two optimizer steps at batch 32 with the state replicated (fsdp 1) and sharded over 2, 4 and
     8 devices, the last two as k = 2 and 4 accumulated micro-batches of 32/k rows: the parameters,
@@ -94,6 +95,7 @@ def test_sharded_and_accumulated_steps_equal_the_replicated_large_batch():
     assert runs[8].params["conv_in"]["kernel"].sharding.spec == P(None, None, None, "fsdp")
 
 
+@pytest.mark.slow     # ~190 s cold
 def test_checkpoints_move_between_meshes_and_the_loop_accumulates(tmp_path):
     """Written with fsdp 4, resumed with fsdp 1, then with 4 again, the run equals the uninterrupted
     replicated one; so does the loop with two micro-batches per step on a state sharded over 2.

@@ -133,7 +133,10 @@ def test_a_studys_first_stage_floor_is_the_fid_of_its_reconstructions_in_the_cel
     autoencoder = first_stage.load_autoencoder(ldm / "ae")
     recs = datasets.to_uint8(np.asarray(autoencoder.decode(autoencoder.encode(datasets.to_model_range(images)))))
     own, rec = (evaluation.quality(*feature_fn(x), reference) for x in (images, recs))
-    assert floors[""] == dict(heldout_fid=own["fid"], heldout_fid_se=own["fid_se"])
+    assert floors[""] == dict(heldout_fid=own["fid"], heldout_fid_se=own["fid_se"], floor_images=10)
+    fewer = measure.first_stage_floors(SimpleNamespace(num=10 ** 6, autoencoders={}), mesh, heldout, feature_fn,
+                                       reference)
+    assert fewer[""]["floor_images"] == len(heldout.images) < 10 ** 6     # the split, when smaller than the cells
     assert floors[str(ldm / "ae")] == dict(floors[""], ae_fid=pytest.approx(rec["fid"], rel=1e-4),
                                            ae_fid_se=pytest.approx(rec["fid_se"], rel=1e-3))
     assert rec["fid"] != own["fid"]

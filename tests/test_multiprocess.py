@@ -23,7 +23,7 @@ from experiments import sampling
 from experiments.studies.plan import overrides
 from tiny_configs import shrink
 
-pytestmark = pytest.mark.multiprocess
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]   # ~220 s of one worker, cold
 REPO = Path(__file__).resolve().parents[1]
 TINY = overrides(shrink(base.get_config()), base.get_config())
 

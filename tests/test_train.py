@@ -144,8 +144,9 @@ def test_unknown_config_field_is_named():
         c.optim.lrr = 1.0
 
 
-@pytest.mark.parametrize("name", ["swissroll", "mnist", "fashion_mnist", "mnist_cfg",
-                                  "cifar10_ddpm", "cifar10_iddpm", "celeba64_ddim"])
+@pytest.mark.parametrize("name", ["swissroll", "mnist", "fashion_mnist", "mnist_cfg", "cifar10_ddpm",
+                                  pytest.param("cifar10_iddpm", marks=pytest.mark.slow),     # ~80 s cold
+                                  pytest.param("celeba64_ddim", marks=pytest.mark.slow)])
 def test_every_shipped_config_runs_a_step(tmp_path, name):
     import tensorflow_datasets as tfds
     c = shrink(importlib.import_module(f"configs.{name}").get_config(), steps=1)
