@@ -1,10 +1,7 @@
 """Test set-up: 8 virtual CPU devices (so sharding is exercised) and a float64 switch."""
 import os
 
-# LLVM's optimisation of the compiled CPU code off: a test runs tiny programs a few times, so compiling
-# is most of its time (test_fsdp's accumulation test, cold: 76.5 s -> 63.8 s); XLA's HLO passes still run.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
-                      "--xla_llvm_disable_expensive_passes=true")
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 from diffusion import xla_flags  # noqa: E402
 

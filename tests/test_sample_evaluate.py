@@ -100,6 +100,7 @@ def test_evaluate_reports_fid_is_and_an_nll_that_adds_up(run_dir):
     assert table.count("\n|") == 5 and "| ddpm3 |" in table and f"{nll['bits_per_dim']:.3f}" in table
 
 
+@pytest.mark.slow     # ~75 s cold: hundreds of ODE steps with the divergence estimate (tests/test_likelihood.py checks the likelihood itself)
 def test_evaluate_reports_the_ode_likelihood_beside_the_bound(run_dir):
     """``--nll vlb,ode``: the probability-flow NLL of the trained model is finite, costs network
     evaluations, is recorded in eval/nll_ode.json and stated in results.md after the bound; on
