@@ -115,7 +115,6 @@ def get_config():
     return s
 
 
-
 def equal_steps(by: dict) -> bool:
     """Whether every U-Net trained as many steps as the pixel one (``--scale paper``'s equal budget),
     not as many seconds; ``by``: the rows by model."""
