@@ -79,7 +79,7 @@ def make_feature_fn(config, mesh, kind: str, classifier_weights=None, inception_
     if kind == "auto":
         kind = "inception" if uses_inception(config) else "classifier"
     if kind == "classifier":
-        if (config.data.image_size, config.data.channels) != (28, 1):
+        if uses_inception(config):
             raise ValueError("the classifier features are for 28×28 single-channel data; use --features inception")
         name = "classifier-" + (re.sub(r"\W+", "_", str(classifier_weights)) if classifier_weights else "mnist")
         return name, classifier_features(mesh, classifier_weights)

@@ -33,7 +33,7 @@ GRID_COLUMNS = 8
 def feature_network(config, mesh, classifier_weights: Optional[str], inception_weights: Optional[str]):
     """(name, feature fn) for the rFID, or None with the reason printed when there is none: 28×28
     single-channel data use the project's classifier, others Inception-v3, which needs its weights."""
-    if (config.data.image_size, config.data.channels) != (28, 1) and not inception_weights:
+    if evaluation.uses_inception(config) and not inception_weights:
         print("reconstruction FID skipped: data other than 28×28×1 need Inception-v3 (--inception_weights)")
         return None
     return evaluation.make_feature_fn(config, mesh, "auto", classifier_weights, inception_weights)
