@@ -320,23 +320,23 @@ def make_plan(study_module, workdir, *, dataset=None, data=None, scale: str = "d
     reference = base_module.get_config()
     models = {m: Training("train", model_config(study, m, dataset, scale, data, paper_overrides), base_file,
                           reference, workdir / "models" / m) for m in study.models}
-    autoencoders, first_stage_of = {}, {}     # the study's autoencoders by name; each latent model's config of its one
-    for m, job in models.items():
-        name = job.config.data.autoencoder
+    autoencoders = {}     # the study's autoencoders by name
+    for job in models.values():
+        name, first_stage = job.config.data.autoencoder, None
         if name:
             if name not in autoencoders:
                 autoencoders[name] = autoencoder_training(study, name, job.config, workdir / "autoencoders" / name,
                                                           scale)
             job.config.data.autoencoder = str(autoencoders[name].workdir)
-            first_stage_of[m] = autoencoders[name].config
+            first_stage = autoencoders[name].config
+        # Refused before anything trains, a latent model against its planned autoencoder's config; a model
+        # reading a planned CLIP's text tower is checked when it trains (the tower comes from that run).
+        if job.config.model.clip_run not in study.clips:
+            common.validate(job.config, autoencoder=first_stage)
     clips = {name: clip_training(study, name, largest(models), workdir / "clips" / name) for name in study.clips}
     for job in models.values():   # a study's CLIP names become its runs' workdirs
         if job.config.model.clip_run in clips:
             job.config.model.clip_run = str(clips[job.config.model.clip_run].workdir)
-    planned_clips = {str(job.workdir) for job in clips.values()}
-    for m, job in models.items():   # refused before anything trains; a latent model against its planned
-        if job.config.model.clip_run not in planned_clips:     # autoencoder's config (a CLIP's text tower is
-            common.validate(job.config, autoencoder=first_stage_of.get(m))   # read from its trained run: checked then)
     first = largest(models)
     feature = noisy = None
     if classifier_module is not None:
