@@ -28,6 +28,9 @@ images shrunk to its low resolution by its training's resize.
 decoder's samples of the prior's embeddings for the held-out captions, with the prompt alignment of a
 text run, in ``<decoder>/eval/unclip_<tag>.json``. ``--clip_score_run runs/clip_mnist`` adds the CLIP
 score (100 · cosine of sample and prompt) to every measurement drawn for prompts.
+
+``--step 6000`` measures an earlier kept checkpoint (``train.keep_period`` keeps milestones) and
+``--weights raw`` its trained parameters instead of their EMA, in ``<workdir>/eval/step<n>_<weights>/``.
 """
 from pathlib import Path
 
@@ -40,6 +43,10 @@ flags.DEFINE_string("samplers", "ddim:50", "Comma-separated sampler settings nam
 flags.DEFINE_integer("num", 1000, "Samples per sampler setting.")
 flags.DEFINE_integer("batch", 250, "Samples per compiled batch (a multiple of the device count).")
 flags.DEFINE_integer("seed", 0, "Noise seed.")
+flags.DEFINE_integer("step", None, "--workdir: the kept checkpoint to measure (default: the latest); its records go "
+                     "to <workdir>/eval/step<n>_<weights>/.")
+flags.DEFINE_enum("weights", "ema", list(sampling.WEIGHTS), "--workdir: the checkpoint's EMA parameters (the "
+                  "default) or its raw ones (TrainState.params, no average; records in <workdir>/eval/step<n>_raw/).")
 flags.DEFINE_enum("features", "auto", ["auto", "classifier", "inception"], "Feature network for FID/IS.")
 flags.DEFINE_string("classifier_weights", None, "A trained classifier.msgpack (default: the embedded MNIST one).")
 flags.DEFINE_string("inception_weights", None, "pytorch-fid's pt_inception-2015-12-05 weights file.")
@@ -70,6 +77,9 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     settings = [evaluation.parse_setting(s) for s in FLAGS.samplers.split(",") if s]
+    if (FLAGS.cascade or FLAGS.unclip) and (FLAGS.step is not None or FLAGS.weights != "ema"):
+        raise ValueError("--step and --weights choose the checkpoint of one --workdir; --cascade and --unclip "
+                         "measure each stage's latest EMA: drop them, or measure a stage alone with --workdir")
     if FLAGS.cascade:
         if len(settings) != 1:
             raise ValueError(f"--cascade measures one sampler setting (every stage's); --samplers={FLAGS.samplers!r} "
@@ -96,7 +106,7 @@ def main(argv):
                             stats_dir=FLAGS.stats_dir, guide=FLAGS.guidance, scale=FLAGS.scale,
                             classifier_workdir=FLAGS.classifier_workdir, clip_run=FLAGS.clip_run, nll_methods=FLAGS.nll,
                             ode_ignores_learned_variance=FLAGS.ode_ignores_learned_variance,
-                            clip_score_run=FLAGS.clip_score_run)
+                            clip_score_run=FLAGS.clip_score_run, step=FLAGS.step, weights=FLAGS.weights)
 
 
 if __name__ == "__main__":

@@ -531,22 +531,36 @@ def recorded(out: Path, step: int, feature_name: str) -> tuple[list[dict], list[
     return rows, nlls
 
 
+def eval_dir(workdir, step: Optional[int] = None, weights: str = "ema") -> Path:
+    """Where ``evaluate_run`` keeps a checkpoint's samples and records: ``<workdir>/eval`` for the
+    latest checkpoint's EMA (``step`` None), ``<workdir>/eval/step<n>_<weights>`` for checkpoint n's
+    EMA or raw weights, so that measuring an older checkpoint never overwrites the latest's records."""
+    if step is None and weights != "ema":
+        raise ValueError(f"{weights!r} weights are kept apart under the checkpoint's step: name the step")
+    out = Path(workdir) / "eval"
+    return out if step is None else out / f"step{step}_{weights}"
+
+
 def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, batch: int, seed: int = 0,
                  features: str = "auto", classifier_weights: Optional[str] = None,
                  inception_weights: Optional[str] = None, nll_examples: int = 0, stats_dir=None,
                  guide: str = "", scale: float = 0.0, classifier_workdir: Optional[str] = None,
                  clip_run: Optional[str] = None, nll_methods=("vlb",), ode_ignores_learned_variance: bool = False,
-                 clip_score_run: Optional[str] = None) -> tuple[list, dict]:
+                 clip_score_run: Optional[str] = None, step: Optional[int] = None,
+                 weights: str = "ema") -> tuple[list, dict]:
     """Rows of every metric (the held-out split first, then each setting; a latent run's samples
     decoded to images) and the NLL by each of ``nll_methods`` ({method: record}; a latent run's in
     bits per latent dimension, of its scaled held-out latents), also written to ``<workdir>/eval/*.json`` (with the
     checkpoint's step; each NLL measured once per step and count, ``nll_record``);
     ``<workdir>/eval/results.md`` tables everything measured at that step, this call's settings
     and earlier calls' alike. Samples drawn for prompts are also scored by the CLIP run
-    ``clip_score_run`` (``clip_scorer``), when given."""
+    ``clip_score_run`` (``clip_scorer``), when given. ``step`` (a kept checkpoint's; default the
+    latest) and ``weights`` ("raw": ``TrainState.params`` instead of their EMA; ``sampling.load_run``)
+    measure another checkpoint: its records go to ``<workdir>/eval/step<n>_<weights>/``
+    (``eval_dir``), leaving the latest EMA's in ``<workdir>/eval/``."""
     common.check_flags_at_least(1, num=num, batch=batch)
     common.check_flags_at_least(0, nll_examples=nll_examples)
-    run = sampling.load_run(workdir)
+    run = sampling.load_run(workdir, step, weights)
     config = run.config
     sampling.check_draws_alone(config)
     for method in nll_methods if nll_examples > 0 else ():
@@ -555,9 +569,9 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
         samplers.check_steps(sampler, steps, run.schedule.num_steps, what=f"{sampler}:{steps} steps")
     mesh = parallel.make_mesh()
     scorer = clip_scorer(clip_score_run, mesh) if clip_score_run else None
-    out = Path(workdir) / "eval"
+    out = eval_dir(workdir, None if step is None and weights == "ema" else run.step, weights)
     out.mkdir(parents=True, exist_ok=True)
-    ref = reference_for(config, mesh, stats_dir or out / "reference_stats", features=features,
+    ref = reference_for(config, mesh, stats_dir or Path(workdir) / "eval" / "reference_stats", features=features,
                         classifier_weights=classifier_weights, inception_weights=inception_weights)
     heldout, feature_name, feature_fn, reference = ref.heldout, ref.feature_name, ref.feature_fn, ref.stats
     rows = [dict(name=f"held-out split ({len(heldout)} real images)",
@@ -576,7 +590,8 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
             row.update(text_alignment(domain, images, probs, prompts, scorer))
         rows.append(row)
         if jax.process_index() == 0:
-            (out / f"{tag}.json").write_text(json.dumps(dict(row, step=run.step, features=feature_name), indent=2))
+            record = dict(row, step=run.step, weights=weights, features=feature_name)
+            (out / f"{tag}.json").write_text(json.dumps(record, indent=2))
             print(f"{tag}: {summary(row, feature_name)}")
     nlls = {}
     if nll_examples > 0 and has_bound(config):
@@ -588,6 +603,7 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
     if jax.process_index() == 0:
         measured, measured_nlls = recorded(out, run.step, feature_name)
         table = markdown(rows[:1] + measured, measured_nlls, feature_name)
-        (out / "results.md").write_text(f"# {workdir} at step {run.step}\n\n" + table)
+        raw = " (raw weights, no EMA)" if weights == "raw" else ""
+        (out / "results.md").write_text(f"# {workdir} at step {run.step}{raw}\n\n" + table)
         print(table)
     return rows, nlls

@@ -25,7 +25,8 @@ GUIDANCE = ("", "classifier_free", "classifier", "clip")
 
 @dataclass
 class Run:
-    """A trained diffusion model: its config, network, schedule and EMA parameters, for latent
+    """A trained diffusion model: its config, network, schedule and parameters (the EMA's unless
+    ``load_run`` was asked for the raw ones), for latent
     diffusion the latent space its samples are decoded from (None: pixels), and for a
     text-conditioned run the tokenizer it was trained with (None: it reads no text)."""
     config: ml_collections.ConfigDict
@@ -37,16 +38,23 @@ class Run:
     tokenizer: Optional[Tokenizer] = None
 
 
-def load_run(workdir, step: Optional[int] = None) -> Run:
+WEIGHTS = {"ema": "ema_params", "raw": "params"}   # a diffusion checkpoint's parameter sets, by name
+
+
+def load_run(workdir, step: Optional[int] = None, weights: str = "ema") -> Run:
     """The EMA parameters of ``workdir``'s latest (or ``step``'s) checkpoint, with its config; only
-    they are read (no optimizer is built and no optimizer state is restored)."""
+    they are read (no optimizer is built and no optimizer state is restored). ``weights="raw"``
+    reads the trained parameters themselves (``TrainState.params``) in their place."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r}: a checkpoint holds {' or '.join(map(repr, WEIGHTS))} parameters")
     config = runs.load_config(workdir)
     common.validate(config)
     model, schedule = common.make_model(config), common.make_schedule(config)
     abstract = jax.eval_shape(lambda k: common.init_params(model, config, k), jax.random.key(0))
-    state, meta = runs.restore_partial(workdir, {"ema_params": runs.replicated_like(abstract)}, config, step, "train")
+    entry = WEIGHTS[weights]
+    state, meta = runs.restore_partial(workdir, {entry: runs.replicated_like(abstract)}, config, step, "train")
     tokenizer = text.read_tokenizer(config, workdir) if text.is_conditioned(config) else None
-    return Run(config, model, schedule, state["ema_params"], int(meta["data_position"]),
+    return Run(config, model, schedule, state[entry], int(meta["data_position"]),
                first_stage.latent_space(config), tokenizer)
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -19,10 +20,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def trained(tmp_path_factory):
+    """A 4-step class-conditional run (checkpoints at steps 2 and 4) and its final TrainState."""
     workdir = tmp_path_factory.mktemp("cfg_run")
-    trainer.train_and_evaluate(shrink(mnist_cfg.get_config()), workdir)
-    return workdir
+    return workdir, trainer.train_and_evaluate(shrink(mnist_cfg.get_config()), workdir)
+
+
+@pytest.fixture(scope="module")
+def run_dir(trained):
+    return trained[0]
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +125,31 @@ def test_evaluate_reports_the_ode_likelihood_beside_the_bound(run_dir):
     evaluation.check_nll_method("ode", config, ode_ignores_learned_variance=True)
     with pytest.raises(ValueError, match="unknown NLL method 'elbo'"):
         evaluation.check_nll_method("elbo", config)
+
+
+def test_evaluate_measures_a_kept_checkpoint_by_its_ema_or_its_raw_weights(trained):
+    """``step`` and ``weights``: the raw parameters are the trained ones (``TrainState.params``), not
+    their EMA; an older checkpoint's records go to eval/step<n>_<weights>/ and leave the latest EMA's
+    records in eval/ as they were; a step the run did not keep is refused, naming the kept ones."""
+    run_dir, state = trained
+    equal = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert equal(sampling.load_run(run_dir, weights="raw").params, state.params)
+    assert equal(sampling.load_run(run_dir).params, state.ema_params)
+    assert not equal(state.params, state.ema_params)
+    older = sampling.load_run(run_dir, step=2, weights="raw")
+    assert older.step == 2 and not equal(older.params, state.params)
+    latest_records = {p.name: p.read_bytes() for p in (run_dir / "eval").glob("*.json")}
+    rows, _ = evaluation.evaluate_run(run_dir, [("ddim", 2, 0.0)], num=8, batch=8, step=2, weights="raw")
+    out = run_dir / "eval" / "step2_raw"
+    assert json.loads((out / "ddim2_eta0.json").read_text())["fid"] == rows[1]["fid"]
+    assert json.loads((out / "ddim2_eta0.json").read_text())["step"] == 2
+    assert (out / "results.md").read_text().startswith(f"# {run_dir} at step 2 (raw weights, no EMA)")
+    assert len(list(out.glob("samples_ddim2_eta0_seed0_step2.npz"))) == 1
+    assert {p.name: p.read_bytes() for p in (run_dir / "eval").glob("*.json")} == latest_records
+    with pytest.raises(ValueError, match=r"no checkpoint of step 3 .* keeps steps \[2, 4\].*train.keep_period"):
+        sampling.load_run(run_dir, step=3)
+    with pytest.raises(ValueError, match="weights='ema_params': a checkpoint holds 'ema' or 'raw'"):
+        sampling.load_run(run_dir, weights="ema_params")
 
 
 def test_a_larger_num_extends_the_cached_samples_exactly(run_dir, tmp_path):
