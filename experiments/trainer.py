@@ -406,8 +406,8 @@ def heldout_accuracy(config, model, params, split, mesh, timestep: Optional[int]
     schedule = common.make_schedule(config)
     rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
 
-    @partial(jax.jit, in_shardings=(rep, dat, rep))
-    def noisy_logits(params, x, key):
+    @partial(jax.jit, in_shardings=(rep, dat, rep, rep))
+    def noisy_logits(params, x, key, timestep):   # the step traced, not baked in: one program for every t
         t = jnp.full((x.shape[0],), timestep, jnp.int32)
         return logits_fn(params, gaussian.q_sample(schedule, x, t, jax.random.normal(key, x.shape)), t)
 
@@ -415,7 +415,7 @@ def heldout_accuracy(config, model, params, split, mesh, timestep: Optional[int]
     for i in range(0, len(split), batch):
         rows = split.rows(i, i + batch)
         x = parallel.pad_to_devices(datasets.to_model_range(rows.images), mesh)
-        logits = logits_fn(params, x) if timestep is None else noisy_logits(params, x, jax.random.key(i))
+        logits = logits_fn(params, x) if timestep is None else noisy_logits(params, x, jax.random.key(i), jnp.int32(timestep))
         correct += int(np.sum(np.argmax(parallel.gather(logits)[:len(rows)], -1) == rows.labels))
     return correct / len(split)
 

@@ -375,10 +375,9 @@ def test_train_on_a_full_disk_ends_with_one_message(small_disk):
     """The entry point's whole output on a full disk: the progress bar, then one line (once ~4,500
     lines of orbax's abandoned-write tracebacks)."""
     repo = Path(__file__).resolve().parents[1]
-    tiny = ["--config.model.base_channels=8", "--config.model.channel_mult=(1,2)", "--config.model.norm_groups=4",
-            "--config.model.attention_resolutions=(14,)", "--config.train.batch_size=16",
-            "--config.train.num_steps=2", "--config.train.checkpoint_every=2", "--config.sample.steps=2"]
-    proc = subprocess.run([sys.executable, "-m", "experiments.train", "--config", "configs/mnist.py",
+    tiny = ["--config.train.batch_size=16", "--config.train.num_steps=2", "--config.train.checkpoint_every=2",
+            "--config.sample.num=16", "--config.sample.steps=2"]     # the MLP's ~4 MB state overflows the 256 KiB disk
+    proc = subprocess.run([sys.executable, "-m", "experiments.train", "--config", "configs/swissroll.py",
                            "--workdir", str(small_disk / "run"), *tiny], cwd=repo, capture_output=True, text=True,
                           env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(repo / ".jax_cache")))
     lines = [l for l in proc.stderr.replace("\r", "\n").splitlines() if l.strip() and not l.startswith("train:")]
