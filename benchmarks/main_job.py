@@ -23,6 +23,7 @@ VARIANTS = {   # name: the model's config fields that differ from configs/mnist.
     "w32_mult122": {"base_channels": 32, "channel_mult": (1, 2, 2)},
     "w16_2blocks": {"num_res_blocks": 2},
     "w32_2blocks": {"base_channels": 32, "num_res_blocks": 2},
+    "w16_scale_shift": {"scale_shift_norm": True},   # ADM's adaptive group norm: the step scales and shifts each norm
 }
 
 
