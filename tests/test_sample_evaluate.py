@@ -139,7 +139,7 @@ def test_evaluate_measures_a_kept_checkpoint_by_its_ema_or_its_raw_weights(train
     older = sampling.load_run(run_dir, step=2, weights="raw")
     assert older.step == 2 and not equal(older.params, state.params)
     latest_records = {p.name: p.read_bytes() for p in (run_dir / "eval").glob("*.json")}
-    rows, _ = evaluation.evaluate_run(run_dir, [("ddim", 2, 0.0)], num=8, batch=8, step=2, weights="raw")
+    rows, _ = evaluation.evaluate_run(run_dir, [("ddim", 2, 0.0)], num=16, batch=8, step=2, weights="raw")
     out = run_dir / "eval" / "step2_raw"
     assert json.loads((out / "ddim2_eta0.json").read_text())["fid"] == rows[1]["fid"]
     assert json.loads((out / "ddim2_eta0.json").read_text())["step"] == 2
