@@ -571,7 +571,7 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
     scorer = clip_scorer(clip_score_run, mesh) if clip_score_run else None
     out = eval_dir(workdir, None if step is None and weights == "ema" else run.step, weights)
     out.mkdir(parents=True, exist_ok=True)
-    ref = reference_for(config, mesh, stats_dir or Path(workdir) / "eval" / "reference_stats", features=features,
+    ref = reference_for(config, mesh, stats_dir or eval_dir(workdir) / "reference_stats", features=features,
                         classifier_weights=classifier_weights, inception_weights=inception_weights)
     heldout, feature_name, feature_fn, reference = ref.heldout, ref.feature_name, ref.feature_fn, ref.stats
     rows = [dict(name=f"held-out split ({len(heldout)} real images)",

@@ -415,7 +415,8 @@ def heldout_accuracy(config, model, params, split, mesh, timestep: Optional[int]
     for i in range(0, len(split), batch):
         rows = split.rows(i, i + batch)
         x = parallel.pad_to_devices(datasets.to_model_range(rows.images), mesh)
-        logits = logits_fn(params, x) if timestep is None else noisy_logits(params, x, jax.random.key(i), jnp.int32(timestep))
+        logits = (logits_fn(params, x) if timestep is None
+                  else noisy_logits(params, x, jax.random.key(i), jnp.int32(timestep)))
         correct += int(np.sum(np.argmax(parallel.gather(logits)[:len(rows)], -1) == rows.labels))
     return correct / len(split)
 

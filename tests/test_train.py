@@ -102,7 +102,7 @@ def test_an_update_that_overflows_the_parameters_is_not_applied_or_saved(tmp_pat
     real = common.make_optimizer
     overflow_at_3 = optax.scale_by_schedule(lambda count: jnp.where(count == 3, jnp.inf, 1.0))
     monkeypatch.setattr(common, "make_optimizer", lambda config: optax.chain(real(config), overflow_at_3))
-    c = shrink(swissroll.get_config(), steps=6)     # the guard is the model's: a small MLP compiles in seconds
+    c = shrink(swissroll.get_config(), steps=6)     # the guard is the loop's, whatever the model: an MLP compiles in seconds
     with pytest.raises(trainer.NonFiniteStepError,
                        match=r"parameters or EMA after the update at step 3.*last finite checkpoint \(step 2\)"):
         trainer.train_and_evaluate(c, tmp_path)
