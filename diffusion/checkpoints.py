@@ -319,9 +319,10 @@ class Checkpointer:
         (``CorruptCheckpointError``). ``partial``: ``template`` is a part of the saved state (say
         ``{"ema_params": …}`` to sample), and only that part is read."""
         self.wait()
-        if step is not None and step not in self.manager.all_steps():
+        kept = self.manager.all_steps()
+        if step is not None and step not in kept:
             raise ValueError(f"no checkpoint of step {step} in {self.directory}: it keeps steps "
-                             f"{sorted(self.manager.all_steps())}; pick one of them (a run keeps every multiple "
+                             f"{sorted(kept)}; pick one of them (a run keeps every multiple "
                              "of train.keep_period besides its newest train.keep_checkpoints)")
         step = self.manager.latest_step() if step is None else step
         path = self.directory / str(step)

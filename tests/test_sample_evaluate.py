@@ -5,8 +5,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,7 +14,7 @@ from PIL import Image
 from configs import classifier_fashion_mnist, classifier_mnist, mnist_cfg, noisy_classifier_mnist
 from diffusion import parallel
 from experiments import evaluation, sampling, trainer
-from tiny_configs import shrink
+from tiny_configs import assert_same_params, param_leaves, shrink
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,12 +132,13 @@ def test_evaluate_measures_a_kept_checkpoint_by_its_ema_or_its_raw_weights(train
     their EMA; an older checkpoint's records go to eval/step<n>_<weights>/ and leave the latest EMA's
     records in eval/ as they were; a step the run did not keep is refused, naming the kept ones."""
     run_dir, state = trained
-    equal = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-    assert equal(sampling.load_run(run_dir, weights="raw").params, state.params)
-    assert equal(sampling.load_run(run_dir).params, state.ema_params)
-    assert not equal(state.params, state.ema_params)
+    raw, ema = sampling.load_run(run_dir, weights="raw"), sampling.load_run(run_dir)
+    assert_same_params(raw, state)                                       # TrainState.params
+    assert_same_params(ema, SimpleNamespace(params=state.ema_params))
+    differ = lambda a, b: any(not np.array_equal(x, y) for x, y in zip(param_leaves(a), param_leaves(b), strict=True))
+    assert differ(raw, ema)
     older = sampling.load_run(run_dir, step=2, weights="raw")
-    assert older.step == 2 and not equal(older.params, state.params)
+    assert older.step == 2 and differ(older, raw)
     latest_records = {p.name: p.read_bytes() for p in (run_dir / "eval").glob("*.json")}
     rows, _ = evaluation.evaluate_run(run_dir, [("ddim", 2, 0.0)], num=16, batch=8, step=2, weights="raw")
     out = run_dir / "eval" / "step2_raw"
