@@ -70,7 +70,7 @@ def get_config():
     c.diffusion.min_snr_gamma = 5.0
     c.diffusion.p2_gamma = 1.0
     c.diffusion.p2_k = 1.0
-    c.diffusion.timestep_sampler = "uniform"   # or "importance"
+    c.diffusion.timestep_sampler = "uniform"   # or "stratified" (VDM's low-discrepancy batch) or "importance" (L_VLB)
     c.diffusion.decoder = "discretized"        # "gaussian" for continuous (toy) data
 
     c.optim = ml_collections.ConfigDict()

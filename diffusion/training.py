@@ -137,9 +137,9 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.
     """One optimisation step on ``batch`` ({'image' [B, ...] in [−1, 1], 'label' int[B], and for a
     text-conditioned model 'tokens' int[B, L]}).
 
-    Samples t (uniformly or by importance), ε (and the SDDPM's second draw z) and dropout from
-    ``fold_in(rng, step)``. The metrics' ``update_finite`` is False when the step was skipped as
-    non-finite (``apply_gradients``).
+    Samples t (uniformly, stratified over the batch or by importance), ε (and the SDDPM's second
+    draw z) and dropout from ``fold_in(rng, step)``. The metrics' ``update_finite`` is False when
+    the step was skipped as non-finite (``apply_gradients``).
 
     ``accum_steps`` = k > 1 (with ``make_optimizer(accum_steps=k)``): ``batch`` is micro-batch
     step % k of optimizer step step // k, whose whole batch is k·B rows. The draws are made for those
@@ -173,7 +173,8 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.
     if timestep_sampler == "importance":
         t, weights = map(mine, timestep_sampling.importance_sample(state.loss_history, k_t, rows))
     else:
-        t, weights = map(mine, timestep_sampling.uniform(k_t, rows, schedule.num_steps))
+        draw = timestep_sampling.stratified if timestep_sampler == "stratified" else timestep_sampling.uniform
+        t, weights = map(mine, draw(k_t, rows, schedule.num_steps))
     cond = {}
     if num_classes > 0:
         drop = mine(jax.random.bernoulli(k_label, class_dropout, (rows,)))

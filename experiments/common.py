@@ -14,7 +14,7 @@ from typing import Optional
 import jax.numpy as jnp
 import ml_collections
 
-from diffusion import cascade, gaussian, losses, reverse, samplers, schedules, sddpm, training
+from diffusion import cascade, gaussian, losses, reverse, samplers, schedules, sddpm, timestep_sampling, training
 from diffusion.data import captions, datasets
 from diffusion.models import first_stage as first_stage_models
 from diffusion.models.conditioning import ClassTokens
@@ -67,7 +67,7 @@ def validate(c: ml_collections.ConfigDict, autoencoder: Optional[ml_collections.
     _choice("diffusion.variance", d.variance, reverse.VARIANCES)
     _choice("diffusion.loss", d.loss, losses.LOSSES)
     _choice("diffusion.weighting", d.weighting, ("", "min_snr", "p2"))
-    _choice("diffusion.timestep_sampler", d.timestep_sampler, ("uniform", "importance"))
+    _choice("diffusion.timestep_sampler", d.timestep_sampler, timestep_sampling.SAMPLERS)
     _choice("diffusion.decoder", d.decoder, losses.DECODERS)
     _choice("model.kind", m.kind, ("unet", "mlp") + unclip.KINDS + tuple(AUTOENCODERS))
     _choice("model.context_encoder", m.context_encoder, CONTEXT_ENCODERS)

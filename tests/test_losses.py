@@ -142,3 +142,24 @@ def test_importance_sampler_is_uniform_until_full_then_unbiased():
     t, w = timestep_sampling.importance_sample(state, jax.random.key(0), 200_000)
     est = np.mean(np.asarray(w) * np.asarray(scale)[np.asarray(t)])
     np.testing.assert_allclose(est, np.mean(np.asarray(scale)), rtol=1e-2)
+
+
+def test_stratified_timesteps_are_each_uniform_and_cover_the_chain_evenly():
+    """VDM's low-discrepancy draw: every row's t is U{0..T−1} (χ² over 20,000 batches) and each batch
+    has one row per stratum [jT/B, (j+1)T/B). The batch's mean of v = (u + i/B) mod 1 is
+    (u mod 1/B) + (B − 1)/(2B), so Var(mean t) ≈ T²/(12B²): B times less than i.i.d. draws'
+    (T² − 1)/(12B)."""
+    draw = lambda T, B, n: map(np.asarray, jax.jit(jax.vmap(lambda k: timestep_sampling.stratified(k, B, T)))(
+        jax.random.split(jax.random.key(0), n)))
+    T, B = 10, 4
+    t, w = draw(T, B, 20_000)
+    assert t.shape == (20_000, B) and t.dtype == np.int32 and np.all(w == 1.0)
+    for row in t.T:
+        counts = np.bincount(row, minlength=T)
+        assert stats.chisquare(counts).pvalue > 1e-3, counts
+    lower, upper = np.floor(np.arange(B) * T / B), np.ceil((np.arange(B) + 1) * T / B)
+    assert np.all((np.sort(t, 1) >= lower) & (np.sort(t, 1) < upper))
+    T, B = 1000, 64
+    t, _ = draw(T, B, 4_000)
+    assert np.all(np.diff(np.sort(t, 1), axis=1) >= 15)   # one row per 15.6-wide stratum
+    np.testing.assert_allclose(np.var(t.mean(1)), T ** 2 / (12 * B ** 2), rtol=0.1)

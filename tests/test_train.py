@@ -64,8 +64,10 @@ def test_eight_devices_match_one(tmp_path):
     for devices in (jax.devices()[:1], jax.devices()[:8]):
         assert len(devices) in (1, 8)
         mesh = parallel.make_mesh(devices)
+        # Stratified t (every other training test draws it i.i.d.): the batch's strata are drawn
+        # for the global batch, then sharded with its rows.
         step = jax.jit(partial(training.train_step, apply_fn=model.apply, tx=tx, schedule=schedule,
-                               loss_kwargs=common.loss_kwargs(c)),
+                               loss_kwargs=common.loss_kwargs(c), timestep_sampler="stratified"),
                        in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)))
         s = jax.device_put(state, parallel.replicated(mesh))
         for _ in range(2):
