@@ -43,10 +43,9 @@ flags.DEFINE_string("samplers", "ddim:50", "Comma-separated sampler settings nam
 flags.DEFINE_integer("num", 1000, "Samples per sampler setting.")
 flags.DEFINE_integer("batch", 250, "Samples per compiled batch (a multiple of the device count).")
 flags.DEFINE_integer("seed", 0, "Noise seed.")
-flags.DEFINE_integer("step", None, "--workdir: the kept checkpoint to measure (default: the latest); its records go "
-                     "to <workdir>/eval/step<n>_<weights>/.")
+flags.DEFINE_integer("step", None, "--workdir: the kept checkpoint to measure (default: the latest).")
 flags.DEFINE_enum("weights", "ema", list(sampling.WEIGHTS), "--workdir: the checkpoint's EMA parameters (the "
-                  "default) or its raw ones (TrainState.params, no average; records in <workdir>/eval/step<n>_raw/).")
+                  "default) or its raw ones (TrainState.params, no average).")
 flags.DEFINE_enum("features", "auto", ["auto", "classifier", "inception"], "Feature network for FID/IS.")
 flags.DEFINE_string("classifier_weights", None, "A trained classifier.msgpack (default: the embedded MNIST one).")
 flags.DEFINE_string("inception_weights", None, "pytorch-fid's pt_inception-2015-12-05 weights file.")

@@ -11,7 +11,7 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import flax
 import grain
@@ -399,9 +399,11 @@ def classifier_logits_fn(config, model, mesh):
     return jax.jit(lambda p, x: model.apply({"params": p}, x)[0], in_shardings=(rep, dat))
 
 
-def heldout_accuracy(config, model, params, split, mesh, timestep: Optional[int] = None) -> float:
-    """Accuracy on a whole split, in memory or read lazily (``datasets.RecordSplit``), read 256 examples
-    at a time (the noisy classifier at one fixed ``timestep`` on seeded x_t)."""
+def heldout_accuracy(config, model, params, split, mesh, timesteps: Sequence[Optional[int]] = (None,)
+                     ) -> list[float]:
+    """Accuracy on a whole split at each of ``timesteps`` (None: the clean images; t: the noisy
+    classifier on seeded x_t at that fixed step), the split (in memory or a lazy
+    ``datasets.RecordSplit``) read once, 256 examples at a time."""
     logits_fn = classifier_logits_fn(config, model, mesh)
     schedule = common.make_schedule(config)
     rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
@@ -411,14 +413,15 @@ def heldout_accuracy(config, model, params, split, mesh, timestep: Optional[int]
         t = jnp.full((x.shape[0],), timestep, jnp.int32)
         return logits_fn(params, gaussian.q_sample(schedule, x, t, jax.random.normal(key, x.shape)), t)
 
-    correct, batch = 0, 256
+    correct, batch = np.zeros(len(timesteps), np.int64), 256
     for i in range(0, len(split), batch):
         rows = split.rows(i, i + batch)
         x = parallel.pad_to_devices(datasets.to_model_range(rows.images), mesh)
-        logits = (logits_fn(params, x) if timestep is None
-                  else noisy_logits(params, x, jax.random.key(i), jnp.int32(timestep)))
-        correct += int(np.sum(np.argmax(parallel.gather(logits)[:len(rows)], -1) == rows.labels))
-    return correct / len(split)
+        for k, timestep in enumerate(timesteps):
+            logits = (logits_fn(params, x) if timestep is None
+                      else noisy_logits(params, x, jax.random.key(i), jnp.int32(timestep)))
+            correct[k] += np.sum(np.argmax(parallel.gather(logits)[:len(rows)], -1) == rows.labels)
+    return [int(c) / len(split) for c in correct]
 
 
 def train_classifier(config: ml_collections.ConfigDict, workdir, *, fall_back: bool = False
@@ -444,10 +447,9 @@ def train_classifier(config: ml_collections.ConfigDict, workdir, *, fall_back: b
                                schedule=schedule, accum_steps=config.optim.grad_accum_steps), state, mesh)
     state = run_loop(config, workdir, state, start, ckpt, step_fn, batches, mesh, desc="classifier")
     timesteps = (0, config.diffusion.num_steps // 4, config.diffusion.num_steps // 2) if noisy else (None,)
-    report = {"heldout_examples": len(heldout)}
-    for t in timesteps:
-        name = "accuracy" if t is None else f"accuracy_t{t}"
-        report[name] = heldout_accuracy(config, model, state.ema_params, heldout, mesh, timestep=t)
+    accuracies = heldout_accuracy(config, model, state.ema_params, heldout, mesh, timesteps)
+    report = {"heldout_examples": len(heldout)} | {
+        "accuracy" if t is None else f"accuracy_t{t}": a for t, a in zip(timesteps, accuracies, strict=True)}
     if jax.process_index() == 0:
         (workdir / "accuracy.json").write_text(json.dumps(report, indent=2))
         (workdir / "classifier.msgpack").write_bytes(flax.serialization.to_bytes(state.ema_params))

@@ -13,7 +13,8 @@ from PIL import Image
 
 from configs import classifier_fashion_mnist, classifier_mnist, mnist_cfg, noisy_classifier_mnist
 from diffusion import parallel
-from experiments import evaluation, sampling, trainer
+from diffusion.data import datasets
+from experiments import common, evaluation, sampling, trainer
 from tiny_configs import assert_same_params, param_leaves, shrink
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +56,11 @@ def test_feature_classifier_trains_resumes_and_reports(tmp_path, config, heldout
     state, report = trainer.train_classifier(c, tmp_path)
     assert int(state.step) == 3 and 0.0 <= report["accuracy"] <= 1.0
     assert json.loads((tmp_path / "accuracy.json").read_text())["heldout_examples"] == heldout
+    if heldout <= 1000:   # the accuracy again, from one unsharded pass over the whole split
+        split = common.training_data(c, labels_used=True)[1]
+        rows = split.rows(0, len(split))
+        logits = common.make_classifier(c).apply({"params": state.ema_params}, datasets.to_model_range(rows.images))[0]
+        assert report["accuracy"] == np.sum(np.argmax(np.asarray(logits), -1) == rows.labels) / len(rows)
     assert (tmp_path / "classifier.msgpack").stat().st_size > 0
     again, _ = trainer.train_classifier(c, tmp_path)        # resumes at the end: no more steps
     assert int(again.step) == 3
