@@ -16,13 +16,15 @@ LOSS_BATCHES = 4      # held-out batches of train.batch_size rows for eval/loss
 BOUND_EXAMPLES = 8    # held-out images for eval/bpd: the full bound costs T network passes per image
 
 
-def loss_batches(config, heldout: datasets.Split | datasets.RecordSplit, num_steps: int) -> list[dict]:
-    """The first ``LOSS_BATCHES`` (fewer when the split is short) held-out batches of
+def loss_batches(config, heldout: datasets.Split | datasets.RecordSplit, num_steps: int,
+                 batches: int = LOSS_BATCHES) -> list[dict]:
+    """The first ``batches`` (fewer when the split is short) held-out batches of
     ``train.batch_size`` rows (only their examples read), each with its draws fixed from ``seed + 2``:
     timesteps ``t``, ``noise``, the SDDPM's ``step_noise`` and one key per row (raw data) for a
-    super-resolution stage's conditioning (``cond_key``). Host arrays, the same on every process."""
+    super-resolution stage's conditioning (``cond_key``). Host arrays, the same on every process.
+    Batch i's draws do not depend on the split, so two splits' losses compare pairwise."""
     B = config.train.batch_size
-    count = min(LOSS_BATCHES, len(heldout) // B)
+    count = min(batches, len(heldout) // B)
     if count == 0:
         raise ValueError(f"config field train.eval_every={config.train.eval_every} measures the held-out loss on "
                          f"batches of train.batch_size={B}, but the held-out split has {len(heldout)} examples: "

@@ -1,8 +1,10 @@
 """A run's logs through clu's metric writers (metrics.jsonl, TensorBoard events) and the held-out
 evaluation every train.eval_every steps."""
+import importlib.util
 import io
 import json
 import struct
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -11,9 +13,11 @@ from tensorboardX.proto import event_pb2
 
 from configs import base
 from diffusion import likelihood, losses
+from diffusion.data import datasets
 from experiments import common, heldout, trainer
 from tiny_configs import shrink
 
+REPO = Path(__file__).resolve().parents[1]
 TRAIN_KEYS = {"step", "loss", "mse", "grad_norm", "lr", "steps_per_sec", "images_per_sec"}
 
 
@@ -86,3 +90,25 @@ def test_eval_every_logs_the_heldout_loss_of_the_ema_at_fixed_noise(tmp_path):
                                                            decoder=c.diffusion.decoder, **common.output_kwargs(c)))(x)
     assert np.isfinite(logged[-1]["eval/bpd"]) and logged[-1]["eval/bpd"] > 0
     np.testing.assert_allclose(logged[-1]["eval/bpd"], np.mean(bound["total"]), rtol=1e-5)
+
+
+def test_the_recipe_generalization_gap_pairs_training_and_heldout_rows(tiny_run):
+    """docs/main_job/generalization_gap.py (recipe stage 9): each split's loss at the run's EMA is the
+    mean training loss of its first examples under the same timesteps and noise (loss_batches' draws
+    do not depend on the split), computed here in one unsharded call per split."""
+    spec = importlib.util.spec_from_file_location("gap", REPO / "docs" / "main_job" / "generalization_gap.py")
+    gap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gap)
+    workdir, state = tiny_run
+    c = shrink(base.get_config())
+    result = gap.generalization_gap(workdir, batches=3)
+    assert result["examples"] == 3 * c.train.batch_size
+    model, schedule = common.make_model(c), common.make_schedule(c)
+    draws = heldout.loss_batches(c, common.load_data(c)[1], schedule.num_steps, 3)
+    t, noise = (np.concatenate([b[k] for b in draws]) for k in ("t", "noise"))
+    for name, split in zip(("train", "heldout"), common.load_data(c)):
+        x = datasets.to_model_range(split.images[:result["examples"]])
+        loss = losses.training_losses(common.make_denoiser(model, state.ema_params), schedule, x, t, noise,
+                                      **common.loss_kwargs(c))["loss"]
+        np.testing.assert_allclose(result[name], np.mean(loss), rtol=1e-5)
+    assert result["train"] != result["heldout"]

@@ -1,0 +1,39 @@
+"""Issue 26's overfitting check (docs/main_job/recipe.md, stage 9): a run's training loss on the first
+examples of its training split against the same loss on as many held-out examples, with the same
+timesteps and noise per row (``experiments.heldout.loss_batches``), at each kept checkpoint's EMA.
+
+    PYTHONPATH=. python docs/main_job/generalization_gap.py runs/recipe/M_scaleshift 1000,3000,5000,7000
+
+A held-out loss that pulls away above the training loss as the run goes on is memorisation, which data
+augmentation (random shifts) would address; a gap that stays at the noise level says it would not.
+"""
+import sys
+
+import jax
+import numpy as np
+
+from diffusion import xla_flags
+from experiments import common, heldout, sampling
+
+
+def generalization_gap(workdir, step=None, batches: int = 16) -> dict:
+    """{"train": mean loss, "heldout": mean loss, "examples": per split} of ``workdir``'s checkpoint
+    ``step`` (None: the latest), on ``batches`` batches of train.batch_size rows of each split."""
+    run = sampling.load_run(workdir, step)
+    splits = dict(zip(("train", "heldout"), common.training_data(run.config)))
+    per_row = jax.jit(heldout.loss_fn(run.config, run.model, run.schedule))
+    count = min(batches, *(len(s) // run.config.train.batch_size for s in splits.values()))
+    result = {"examples": count * run.config.train.batch_size}
+    for name, split in splits.items():
+        rows = heldout.loss_batches(run.config, split, run.schedule.num_steps, count)
+        result[name] = float(np.mean([per_row(run.params, b) for b in rows]))
+    return result
+
+
+if __name__ == "__main__":
+    xla_flags.use_xla_cpu_convolutions()
+    workdir, steps = sys.argv[1], [int(s) for s in sys.argv[2].split(",")] if len(sys.argv) > 2 else [None]
+    for step in steps:
+        r = generalization_gap(workdir, step)
+        print(f"step {step or 'latest'}: training loss {r['train']:.5f}, held-out {r['heldout']:.5f} "
+              f"({100 * (r['heldout'] / r['train'] - 1):+.1f}%) on {r['examples']} examples each", flush=True)
