@@ -1,6 +1,6 @@
 """Which steps t a training batch sees: uniform, stratified, or importance sampling of L_VLB.
 
-Stratified ("low-discrepancy") sampling follows Kingma et al. 2021 (VDM, §3.5 and App. F):
+Stratified sampling is the low-discrepancy sampler of t of Kingma et al. 2021 (VDM):
 one uniform offset shared by the batch, row i at (u + i/B) mod 1, so every row is still
 uniform on {0..T−1} (the loss stays unbiased) while the batch covers [0, 1) evenly.
 Importance sampling follows Nichol & Dhariwal 2021, eq. 18: p_t ∝ √E[L_t²] from a
