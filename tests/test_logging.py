@@ -103,10 +103,10 @@ def test_the_recipe_generalization_gap_pairs_training_and_heldout_rows(tiny_run)
     c = shrink(base.get_config())
     result = gap.generalization_gap(workdir, batches=3)
     assert result["examples"] == 3 * c.train.batch_size
-    model, schedule = common.make_model(c), common.make_schedule(c)
-    draws = heldout.loss_batches(c, common.load_data(c)[1], schedule.num_steps, 3)
+    model, schedule, splits = common.make_model(c), common.make_schedule(c), common.load_data(c)
+    draws = heldout.loss_batches(c, splits[1], schedule.num_steps, 3)
     t, noise = (np.concatenate([b[k] for b in draws]) for k in ("t", "noise"))
-    for name, split in zip(("train", "heldout"), common.load_data(c)):
+    for name, split in zip(("train", "heldout"), splits):
         x = datasets.to_model_range(split.images[:result["examples"]])
         loss = losses.training_losses(common.make_denoiser(model, state.ema_params), schedule, x, t, noise,
                                       **common.loss_kwargs(c))["loss"]
