@@ -13,9 +13,6 @@ import jax
 import jax.numpy as jnp
 
 
-SAMPLERS = ("uniform", "stratified", "importance")
-
-
 def uniform(key, batch_size: int, num_steps: int):
     """t ~ U{0..T−1} i.i.d. and unit importance weights."""
     t = jax.random.randint(key, (batch_size,), 0, num_steps)
@@ -32,6 +29,11 @@ def stratified(key, batch_size: int, num_steps: int):
     v = jnp.mod(u + jnp.arange(batch_size, dtype=jnp.float32) / batch_size, 1.0)
     t = jnp.minimum(jnp.floor(v * num_steps).astype(jnp.int32), num_steps - 1)   # float rounding at v → 1
     return t, jnp.ones((batch_size,), jnp.float32)
+
+
+# The draws that need no state, by diffusion.timestep_sampler; "importance" reads the loss history.
+DRAWS = {"uniform": uniform, "stratified": stratified}
+SAMPLERS = tuple(DRAWS) + ("importance",)
 
 
 @flax.struct.dataclass

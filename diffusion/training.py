@@ -173,8 +173,7 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.
     if timestep_sampler == "importance":
         t, weights = map(mine, timestep_sampling.importance_sample(state.loss_history, k_t, rows))
     else:
-        draw = timestep_sampling.stratified if timestep_sampler == "stratified" else timestep_sampling.uniform
-        t, weights = map(mine, draw(k_t, rows, schedule.num_steps))
+        t, weights = map(mine, timestep_sampling.DRAWS[timestep_sampler](k_t, rows, schedule.num_steps))
     cond = {}
     if num_classes > 0:
         drop = mine(jax.random.bernoulli(k_label, class_dropout, (rows,)))

@@ -101,7 +101,7 @@ def test_the_recipe_generalization_gap_pairs_training_and_heldout_rows(tiny_run)
     spec.loader.exec_module(gap)
     workdir, state = tiny_run
     c = shrink(base.get_config())
-    result = gap.generalization_gap(workdir, batches=3)
+    (result,) = gap.generalization_gap(workdir, batches=3)
     assert result["examples"] == 3 * c.train.batch_size
     model, schedule, splits = common.make_model(c), common.make_schedule(c), common.load_data(c)
     draws = heldout.loss_batches(c, splits[1], schedule.num_steps, 3)

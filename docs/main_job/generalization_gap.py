@@ -16,24 +16,28 @@ from diffusion import xla_flags
 from experiments import common, heldout, sampling
 
 
-def generalization_gap(workdir, step=None, batches: int = 16) -> dict:
-    """{"train": mean loss, "heldout": mean loss, "examples": per split} of ``workdir``'s checkpoint
-    ``step`` (None: the latest), on ``batches`` batches of train.batch_size rows of each split."""
-    run = sampling.load_run(workdir, step)
+def generalization_gap(workdir, steps=(None,), batches: int = 16) -> list[dict]:
+    """{"train": mean loss, "heldout": mean loss, "examples": per split} of ``workdir``'s checkpoints
+    ``steps`` (None: the latest), on ``batches`` batches of train.batch_size rows of each split; the
+    data, their draws and the compiled loss are made once for every step."""
+    run = sampling.load_run(workdir, steps[0])
+    B = run.config.train.batch_size
     splits = dict(zip(("train", "heldout"), common.training_data(run.config)))
+    count = min(batches, *(len(s) // B for s in splits.values()))
+    rows = {name: heldout.loss_batches(run.config, split, run.schedule.num_steps, count)
+            for name, split in splits.items()}
     per_row = jax.jit(heldout.loss_fn(run.config, run.model, run.schedule))
-    count = min(batches, *(len(s) // run.config.train.batch_size for s in splits.values()))
-    result = {"examples": count * run.config.train.batch_size}
-    for name, split in splits.items():
-        rows = heldout.loss_batches(run.config, split, run.schedule.num_steps, count)
-        result[name] = float(np.mean([per_row(run.params, b) for b in rows]))
-    return result
+    results = []
+    for i, step in enumerate(steps):
+        params = run.params if i == 0 else sampling.load_run(workdir, step).params
+        results.append({"examples": count * B} | {name: float(np.mean([per_row(params, b) for b in draws]))
+                                                  for name, draws in rows.items()})
+    return results
 
 
 if __name__ == "__main__":
     xla_flags.use_xla_cpu_convolutions()
     workdir, steps = sys.argv[1], [int(s) for s in sys.argv[2].split(",")] if len(sys.argv) > 2 else [None]
-    for step in steps:
-        r = generalization_gap(workdir, step)
+    for step, r in zip(steps, generalization_gap(workdir, steps)):
         print(f"step {step or 'latest'}: training loss {r['train']:.5f}, held-out {r['heldout']:.5f} "
               f"({100 * (r['heldout'] / r['train'] - 1):+.1f}%) on {r['examples']} examples each", flush=True)
