@@ -30,16 +30,21 @@ text run, in ``<decoder>/eval/unclip_<tag>.json``. ``--clip_score_run runs/clip_
 score (100 · cosine of sample and prompt) to every measurement drawn for prompts.
 
 ``--step 6000`` measures an earlier kept checkpoint (``train.keep_period`` keeps milestones) and
-``--weights raw`` its trained parameters instead of their EMA, in ``<workdir>/eval/step<n>_<weights>/``.
+``--weights raw`` its trained parameters instead of their EMA, in ``<workdir>/eval/step<n>_<weights>/``;
+``--spacing trailing`` draws every setting on other kept steps than the run's (``euler_ancestral50_trailing``).
 """
 from pathlib import Path
 
 from absl import flags, logging
 
+from diffusion import schedules
 from experiments import cascade, cli, evaluation, sampling, unclip_sampling
 
 flags.DEFINE_string("workdir", None, "A training run's workdir.")
 flags.DEFINE_string("samplers", "ddim:50", "Comma-separated sampler settings name:steps[:eta].")
+flags.DEFINE_enum("spacing", None, list(schedules.SPACING_NAMES), "--workdir: which steps every setting keeps: "
+                  "leading (DDIM's), trailing (from T − 1), linspace or quad (default: the run's sample.spacing, else "
+                  "each sampler's own); named in the setting's tag.")
 flags.DEFINE_integer("num", 1000, "Samples per sampler setting.")
 flags.DEFINE_integer("batch", 250, "Samples per compiled batch (a multiple of the device count).")
 flags.DEFINE_integer("seed", 0, "Noise seed.")
@@ -76,9 +81,11 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     settings = [evaluation.parse_setting(s) for s in FLAGS.samplers.split(",") if s]
-    if (FLAGS.cascade or FLAGS.unclip) and (FLAGS.step is not None or FLAGS.weights != "ema"):
-        raise ValueError("--step and --weights choose the checkpoint of one --workdir; --cascade and --unclip "
-                         "measure each stage's latest EMA: drop them, or measure a stage alone with --workdir")
+    if (FLAGS.cascade or FLAGS.unclip) and (FLAGS.step is not None or FLAGS.weights != "ema"
+                                            or FLAGS.spacing is not None):
+        raise ValueError("--step, --weights and --spacing apply to one --workdir; --cascade and --unclip measure "
+                         "each stage's latest EMA with its own sample.spacing: drop them, or measure a stage alone "
+                         "with --workdir")
     if FLAGS.cascade:
         if len(settings) != 1:
             raise ValueError(f"--cascade measures one sampler setting (every stage's); --samplers={FLAGS.samplers!r} "
@@ -105,7 +112,8 @@ def main(argv):
                             stats_dir=FLAGS.stats_dir, guide=FLAGS.guidance, scale=FLAGS.scale,
                             classifier_workdir=FLAGS.classifier_workdir, clip_run=FLAGS.clip_run, nll_methods=FLAGS.nll,
                             ode_ignores_learned_variance=FLAGS.ode_ignores_learned_variance,
-                            clip_score_run=FLAGS.clip_score_run, step=FLAGS.step, weights=FLAGS.weights)
+                            clip_score_run=FLAGS.clip_score_run, step=FLAGS.step, weights=FLAGS.weights,
+                            spacing=FLAGS.spacing)
 
 
 if __name__ == "__main__":

@@ -207,22 +207,25 @@ def parse_setting(text: str) -> tuple[str, int, float]:
 
 
 def setting_tag(sampler: str, steps: int, eta: float, guide: str = "", scale: float = 0.0,
-                clip: Optional[str] = None) -> str:
-    tag = f"{sampler}{steps}" + (f"_eta{eta:g}" if sampler == "ddim" else "")
+                clip: Optional[str] = None, spacing: Optional[str] = None) -> str:
+    """A setting's name in file names and tables: ``ddim50_eta0``, ``euler_ancestral50_trailing``; a
+    clip or spacing other than the run's own (None) is named, so their samples are cached apart."""
+    tag = f"{sampler}{steps}" + (f"_{spacing}" if spacing else "") + (f"_eta{eta:g}" if sampler == "ddim" else "")
     return tag + (f"_{guide}{scale:g}" if guide else "") + (f"_clip{clip or 'none'}" if clip is not None else "")
 
 
 def samples_for(run, mesh, out: Path, sampler: str, steps: int, eta: float, *, num: int, batch: int, seed: int,
                 guide: str = "", scale: float = 0.0, classifier_log_prob=None, clip_guide=None,
-                clip: Optional[str] = None, condition=None) -> np.ndarray:
+                clip: Optional[str] = None, condition=None, spacing: Optional[str] = None) -> np.ndarray:
     """``num`` samples of one setting from the run's checkpoint, drawn once and kept in
-    ``out/samples_<tag>_seed<seed>_step<step>.npz`` (``cached_draws``); ``clip`` (None: the
-    config's) thresholds x̂_0; ``condition``: each sample's (a text run's prompts as token ids,
-    ``heldout_prompts``; CLIP guidance's dict, ``clip_guidance.prompt_condition``)."""
-    tag = setting_tag(sampler, steps, eta, guide, scale, clip)
+    ``out/samples_<tag>_seed<seed>_step<step>.npz`` (``cached_draws``); ``clip`` and ``spacing``
+    (None: the config's) threshold x̂_0 and choose the kept steps; ``condition``: each sample's (a
+    text run's prompts as token ids, ``heldout_prompts``; CLIP guidance's dict,
+    ``clip_guidance.prompt_condition``)."""
+    tag = setting_tag(sampler, steps, eta, guide, scale, clip, spacing)
 
     def draw_from(first: int) -> dict:
-        draw = sampling.build_draw_fn(run, mesh, sampler=sampler, steps=steps, eta=eta,
+        draw = sampling.build_draw_fn(run, mesh, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                                       clip=run.config.sample.clip if clip is None else clip,
                                       guide=guide, classifier_log_prob=classifier_log_prob, clip_guide=clip_guide)
         return {"image": sampling.draw_samples(run, draw, mesh, num=num, batch=batch, seed=seed, scale=scale,
@@ -547,7 +550,7 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
                  guide: str = "", scale: float = 0.0, classifier_workdir: Optional[str] = None,
                  clip_run: Optional[str] = None, nll_methods=("vlb",), ode_ignores_learned_variance: bool = False,
                  clip_score_run: Optional[str] = None, step: Optional[int] = None,
-                 weights: str = "ema") -> tuple[list, dict]:
+                 weights: str = "ema", spacing: Optional[str] = None) -> tuple[list, dict]:
     """Rows of every metric (the held-out split first, then each setting; a latent run's samples
     decoded to images) and the NLL by each of ``nll_methods`` ({method: record}; a latent run's in
     bits per latent dimension, of its scaled held-out latents), also written to ``<workdir>/eval/*.json`` (with the
@@ -557,7 +560,9 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
     ``clip_score_run`` (``clip_scorer``), when given. ``step`` (a kept checkpoint's; default the
     latest) and ``weights`` ("raw": ``TrainState.params`` instead of their EMA; ``sampling.load_run``)
     measure another checkpoint: its records go to ``<workdir>/eval/step<n>_<weights>/``
-    (``eval_dir``), leaving the latest EMA's in ``<workdir>/eval/``."""
+    (``eval_dir``), leaving the latest EMA's in ``<workdir>/eval/``. ``spacing`` (one of
+    ``schedules.SPACING_NAMES``; None: the config's ``sample.spacing``) chooses every setting's kept
+    steps, and is named in its tag."""
     common.check_flags_at_least(1, num=num, batch=batch)
     common.check_flags_at_least(0, nll_examples=nll_examples)
     run = sampling.load_run(workdir, step, weights)
@@ -581,10 +586,12 @@ def evaluate_run(workdir, settings: list[tuple[str, int, float]], *, num: int, b
     prompts, domain, condition = heldout_condition(run, heldout, num, clip_guide)
     for sampler, steps, eta in settings:
         images = samples_for(run, mesh, out, sampler, steps, eta, num=num, batch=batch, seed=seed, guide=guide,
-                             scale=scale, classifier_log_prob=classifier, clip_guide=clip_guide, condition=condition)
-        tag = setting_tag(sampler, steps, eta, guide, scale)
+                             scale=scale, classifier_log_prob=classifier, clip_guide=clip_guide, condition=condition,
+                             spacing=spacing)
+        tag = setting_tag(sampler, steps, eta, guide, scale, spacing=spacing)
         feats, probs = feature_fn(images)
-        row = dict(name=tag, sampler=sampler, steps=steps, eta=eta, guidance=guide, scale=scale,
+        row = dict(name=tag, sampler=sampler, steps=steps, eta=eta, spacing=spacing or config.sample.spacing,
+                   guidance=guide, scale=scale,
                    **quality(feats, probs, reference))
         if prompts is not None:
             row.update(text_alignment(domain, images, probs, prompts, scorer))

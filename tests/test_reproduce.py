@@ -33,7 +33,7 @@ TINY_STUDY = textwrap.dedent('''
         s.budget = dict(model=dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                                    attention_resolutions=(14,), norm_groups=4),
                         train=dict(batch_size=16, num_steps=4, log_every=1, checkpoint_every=2, sample_every=1000),
-                        sample=dict(num=8, steps=2), optim=dict(warmup_steps=2))
+                        sample=dict(num=8, steps=2), optim=dict(warmup_steps=2), diffusion=dict(num_steps=100))
         return s
 
     def claims(results, nll):

@@ -1,7 +1,9 @@
 """Sampling and evaluation entry points on a tiny class-conditional run: files, shapes, caching,
 the NLL decomposition, classifier training and classifier guidance end to end."""
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +112,27 @@ def test_evaluate_reports_fid_is_and_an_nll_that_adds_up(run_dir):
     assert cached.stat().st_mtime_ns == stamp and again[1]["fid"] == pytest.approx(samples[0]["fid"])
     table = (run_dir / "eval" / "results.md").read_text()       # still every setting measured at this step
     assert table.count("\n|") == 5 and "| ddpm3 |" in table and f"{nll['bits_per_dim']:.3f}" in table
+
+
+def test_evaluate_on_another_spacing_draws_what_the_run_configured_with_it_would(run_dir, tmp_path):
+    """``spacing`` stands for the config's ``sample.spacing``: the samples equal those of the run with
+    that field changed, named apart from (and unlike) the run's own spacing's."""
+    workdir = tmp_path / "run"
+    shutil.copytree(run_dir, workdir, ignore=shutil.ignore_patterns("eval"))
+    rows, _ = evaluation.evaluate_run(workdir, [("ddim", 2, 0.0)], num=16, batch=8, spacing="trailing",
+                                      stats_dir=run_dir / "eval" / "reference_stats")
+    assert rows[1]["name"] == "ddim2_trailing_eta0" and rows[1]["spacing"] == "trailing"
+    assert json.loads((workdir / "eval" / "ddim2_trailing_eta0.json").read_text())["spacing"] == "trailing"
+    [cached] = (workdir / "eval").glob("samples_ddim2_trailing_eta0_seed0_step*.npz")
+    run, mesh = sampling.load_run(workdir), parallel.make_mesh()
+    config = run.config.copy_and_resolve_references()
+    config.sample.spacing = "trailing"
+    configured = evaluation.samples_for(dataclasses.replace(run, config=config), mesh, tmp_path, "ddim", 2, 0.0,
+                                        num=16, batch=8, seed=0)
+    np.testing.assert_array_equal(np.load(cached)["image"], configured)
+    (tmp_path / "own").mkdir()
+    own = evaluation.samples_for(run, mesh, tmp_path / "own", "ddim", 2, 0.0, num=16, batch=8, seed=0)
+    assert run.config.sample.spacing == "" and not np.array_equal(own, configured)
 
 
 @pytest.mark.slow     # ~75 s cold: hundreds of ODE steps with the divergence estimate (tests/test_likelihood.py checks the likelihood itself)
