@@ -23,6 +23,8 @@ VARIANTS = {   # name: the model's config fields that differ from configs/mnist.
     "w32_mult122": {"base_channels": 32, "channel_mult": (1, 2, 2)},
     "w16_2blocks": {"num_res_blocks": 2},
     "w32_2blocks": {"base_channels": 32, "num_res_blocks": 2},
+    "w16_mult122": {"channel_mult": (1, 2, 2)},        # 32 channels at 7×7 in place of 64: a smaller, faster U-Net
+    "w16_no_attention": {"attention_resolutions": ()},
     "w16_scale_shift": {"scale_shift_norm": True},   # ADM's adaptive group norm: the step scales and shifts each norm
 }
 

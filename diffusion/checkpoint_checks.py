@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion import xla_flags
+
 
 def named_leaves(tree: Any) -> dict[str, Any]:
     """``{"params/conv_in/kernel": leaf, ...}`` in pytree order."""
@@ -22,7 +24,7 @@ def named_leaves(tree: Any) -> dict[str, Any]:
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-@jax.jit
+@xla_flags.one_shot_jit
 def _finite_flags(leaves: list) -> jax.Array:
     """One bool per leaf: all its elements are finite."""
     return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
@@ -67,7 +69,7 @@ def _checksum(x: jax.Array) -> jax.Array:
     return jnp.stack([jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * weights, dtype=jnp.uint32)])
 
 
-@jax.jit
+@xla_flags.one_shot_jit
 def _checksum_rows(leaves: list) -> jax.Array:
     return jnp.stack([_checksum(x) for x in leaves])
 

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from diffusion import cascade, gaussian, parallel, samplers, training, visualize
+from diffusion import cascade, gaussian, parallel, samplers, training, visualize, xla_flags
 from diffusion.checkpoints import Checkpointer
 from diffusion.data import datasets, pipeline
 from diffusion.models import first_stage as first_stage_models
@@ -147,7 +147,8 @@ def restore_or_init(config, workdir: Path, init_fn, mesh, *, fall_back: bool = F
     ``fall_back``, which moves it aside and resumes from the newest one that verifies.
     """
     key = jax.random.key(config.seed)
-    state = jax.jit(init_fn, out_shardings=parallel.fsdp_shardings(jax.eval_shape(init_fn, key), mesh))(key)
+    layout = parallel.fsdp_shardings(jax.eval_shape(init_fn, key), mesh)
+    state = xla_flags.one_shot_jit(init_fn, out_shardings=layout)(key)   # compiled cheaply: it runs once
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
                         keep_period=config.train.keep_period)
     start = 0

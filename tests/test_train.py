@@ -50,6 +50,19 @@ def test_resume_is_bitwise_identical(tmp_path, tiny_run):
     assert sorted(int(p.name) for p in (straight_dir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
 
 
+def test_a_fresh_state_is_the_eager_initialisation_bit_for_bit(tmp_path):
+    """``restore_or_init`` compiles the initialisation at LLVM level 1 (``xla_flags.one_shot_jit``):
+    every leaf, the key's data included, is what the initialisers give run eagerly."""
+    config = swissroll.get_config()
+    model, schedule, tx = common.make_model(config), common.make_schedule(config), common.make_optimizer(config)
+    init_fn = partial(trainer.init_state, config, model, schedule, tx)
+    state, start, _ = trainer.restore_or_init(config, tmp_path, init_fn, parallel.make_mesh())
+    eager = init_fn(jax.random.key(config.seed))
+    assert start == 0
+    for ours, theirs in zip(jax.tree.leaves(state), jax.tree.leaves(eager), strict=True):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+
+
 def test_eight_devices_match_one(tmp_path):
     c = tiny()
     model, schedule = common.make_model(c), common.make_schedule(c)
