@@ -209,7 +209,7 @@ def parse_setting(text: str) -> tuple[str, int, float]:
 def setting_tag(sampler: str, steps: int, eta: float, guide: str = "", scale: float = 0.0,
                 clip: Optional[str] = None, spacing: Optional[str] = None) -> str:
     """A setting's name in file names and tables: ``ddim50_eta0``, ``euler_ancestral50_trailing``; a
-    clip or spacing other than the run's own (None) is named, so their samples are cached apart."""
+    clip or spacing given (None: the run's own) is named, so their samples are cached apart."""
     tag = f"{sampler}{steps}" + (f"_{spacing}" if spacing else "") + (f"_eta{eta:g}" if sampler == "ddim" else "")
     return tag + (f"_{guide}{scale:g}" if guide else "") + (f"_clip{clip or 'none'}" if clip is not None else "")
 
