@@ -45,13 +45,13 @@ def one_shot_jit(fn, **jit_kwargs):
     (tests/test_train.py checks it against the eager initialisation); a train step at level 2 ran 8%
     slower and not bitwise the same, so steps keep the default. Other backends compile as
     ``jax.jit`` does; the backend is read at the first call, after the entry points' XLA_FLAGS."""
-    jitted = {}
+    @functools.cache
+    def jitted():
+        cpu = jax.default_backend() == "cpu"
+        return jax.jit(fn, compiler_options={"xla_backend_optimization_level": ONE_SHOT_LEVEL} if cpu else None,
+                       **jit_kwargs)
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        backend = jax.default_backend()
-        if backend not in jitted:
-            options = {"xla_backend_optimization_level": ONE_SHOT_LEVEL} if backend == "cpu" else None
-            jitted[backend] = jax.jit(fn, compiler_options=options, **jit_kwargs)
-        return jitted[backend](*args, **kwargs)
+        return jitted()(*args, **kwargs)
     return call
