@@ -171,9 +171,11 @@ def test_evaluate_refuses_a_setting_beyond_T_before_sampling(trained):
         evaluation.evaluate_run(trained, [("ddim", 2, 0.0)], num=0, batch=8)
     with pytest.raises(ValueError, match=r"no checkpoint of step 3 .* keeps steps \[2, 4\]"):
         evaluation.evaluate_run(trained, [("ddim", 2, 0.0)], num=8, batch=8, step=3)
-    proc = cli("experiments.evaluate", "--cascade", f"heldout,{trained}", "--weights", "raw")
-    assert proc.returncode != 0 and "--cascade and --unclip measure each stage's latest EMA" in proc.stderr, \
-        proc.stderr[-2000:]
+    for args in [("--cascade", f"heldout,{trained}", "--weights", "raw"),
+                 ("--unclip", f"{trained},{trained}", "--spacing", "trailing")]:
+        proc = cli("experiments.evaluate", *args)
+        assert proc.returncode != 0 and "--cascade and --unclip measure each stage's latest EMA" in proc.stderr, \
+            (args, proc.stderr[-2000:])
     assert not (trained / "eval").exists()
 
 
