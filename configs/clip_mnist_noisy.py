@@ -1,6 +1,6 @@
 """GLIDE's noised CLIP on captioned MNIST (Nichol et al. 2022, §3.4): the image tower reads x_t
-from q_sample at uniform t of the main job's linear schedule, and t; for CLIP guidance. Evaluated
-at t = 0, T/4 and T/2.
+from q_sample at uniform t of configs/base.py's linear schedule (which the text models keep), and t;
+for CLIP guidance. Evaluated at t = 0, T/4 and T/2.
 
 python -m experiments.train_clip --config configs/clip_mnist_noisy.py --workdir runs/clip_mnist_noisy
 """

@@ -15,6 +15,9 @@ from configs import mnist
 
 def get_config():
     c = mnist.get_config()
+    # the linear schedule and Karras steps its measurements (and the noised CLIP's guidance) were made on,
+    # not the main job's cosine schedule, which was measured on the unconditional model alone (recipe stage 11)
+    c.diffusion.schedule, c.sample.spacing = "linear", ""
     c.model.kind, c.model.clip_run = "unclip_decoder", "runs/clip_mnist"
     c.model.context_dim = 64
     c.unclip.embedding_tokens, c.unclip.embedding_dropout = 4, 0.1
