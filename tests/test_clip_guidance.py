@@ -234,3 +234,16 @@ def test_refusals(unconditional_run, noisy_clip, tmp_path):
         clip_guidance.load(noisy_clip, dataclasses.replace(run, latent=object()))
     with pytest.raises(ValueError, match="CLIP guidance needs a noised CLIP"):
         sampling.build_draw_fn(run, parallel.make_mesh(), sampler="ddim", steps=2, guide="clip")
+
+
+def test_the_text_configs_share_the_noised_clips_schedule_the_main_job_does_not():
+    """configs/text_mnist.py (and text_mnist_clip through it) set back the linear schedule that
+    configs/clip_mnist_noisy.py trains on, so CLIP guidance of them is not refused; the main job's
+    cosine schedule (docs/main_job/recipe.md stage 11) would be."""
+    from configs import clip_mnist_noisy, text_mnist, text_mnist_clip
+    from experiments import common
+    clip_config = clip_mnist_noisy.get_config()
+    for module in (text_mnist, text_mnist_clip):
+        sampling.check_schedule("runs/clip_mnist_noisy", clip_config, common.make_schedule(module.get_config()), "CLIP")
+    with pytest.raises(ValueError, match=r"another noise schedule \(linear, T=1000\)"):
+        sampling.check_schedule("runs/clip_mnist_noisy", clip_config, common.make_schedule(mnist.get_config()), "CLIP")
