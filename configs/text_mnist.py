@@ -13,10 +13,7 @@ from configs import mnist
 
 
 def get_config():
-    c = mnist.get_config()
-    # the linear schedule and Karras steps its measurements (and the noised CLIP's guidance) were made on,
-    # not the main job's cosine schedule, which was measured on the unconditional model alone (recipe stage 11)
-    c.diffusion.schedule, c.sample.spacing = "linear", ""
+    c = mnist.recipe_on_the_linear_schedule()
     c.data.captions = "mnist"
     c.model.context_encoder, c.model.context_dim = "text", 64
     c.model.text_layers, c.model.text_heads = 2, 4

@@ -237,9 +237,9 @@ def test_refusals(unconditional_run, noisy_clip, tmp_path):
 
 
 def test_the_text_configs_share_the_noised_clips_schedule_the_main_job_does_not():
-    """configs/text_mnist.py (and text_mnist_clip through it) set back the linear schedule that
-    configs/clip_mnist_noisy.py trains on, so CLIP guidance of them is not refused; the main job's
-    cosine schedule (docs/main_job/recipe.md stage 11) would be."""
+    """configs/text_mnist.py (and text_mnist_clip through it) take the main job's recipe on the linear
+    schedule configs/clip_mnist_noisy.py trains on, so CLIP guidance of them is not refused; the main
+    job's cosine schedule (docs/main_job/recipe.md stage 11) would be."""
     from configs import clip_mnist_noisy, text_mnist, text_mnist_clip
     from experiments import common
     clip_config = clip_mnist_noisy.get_config()

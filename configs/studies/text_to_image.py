@@ -35,11 +35,11 @@ FAMILIES = {"joint": "joint text encoder (GLIDE)", "clip_text": "frozen CLIP tex
 CLIP_GUIDED, LARGE = "joint, CLIP guidance", "joint, larger U-Net"
 
 
-def own_fields(module, parent) -> dict:
-    """The nested fields where ``module``'s config differs from ``parent``'s (its text or unCLIP settings
-    alone, not the recipe it inherits), its CLIP run named by the study's CLIP ``clip``."""
-    mine = traverse_util.flatten_dict(module.get_config().to_dict())
-    theirs = traverse_util.flatten_dict(parent.get_config().to_dict())
+def own_fields(config, parent) -> dict:
+    """The nested fields where ``config`` differs from the ``parent`` config it derives from (its text or
+    unCLIP settings alone, not the recipe it inherits), its CLIP run named by the study's CLIP ``clip``."""
+    mine = traverse_util.flatten_dict(config.to_dict())
+    theirs = traverse_util.flatten_dict(parent.to_dict())
     nested = traverse_util.unflatten_dict({k: v for k, v in mine.items() if theirs.get(k) != v})
     if "clip_run" in nested.get("model", {}):
         nested["model"]["clip_run"] = "clip"
@@ -65,14 +65,15 @@ def get_config():
     s.budget.train.num_steps, s.budget.optim.lr, s.budget.optim.decay = TRAIN_STEPS, LR, DECAY
     s.num_samples = NUM_SAMPLES
     steps = s.budget.train.num_steps
-    joint = with_fields(own_fields(text_mnist, mnist), UNET_RECIPE)
-    prior = own_fields(unclip_prior_mnist, base_config)
+    recipe = mnist.recipe_on_the_linear_schedule()   # the text and unCLIP configs' parent
+    joint = with_fields(own_fields(text_mnist.get_config(), recipe), UNET_RECIPE)
+    prior = own_fields(unclip_prior_mnist.get_config(), base_config.get_config())
     s.models = {
         "joint": joint,
         "joint_large": with_fields(joint, {"model": {"base_channels": LARGE_CHANNELS}}),
-        "clip_text": with_fields(own_fields(text_mnist_clip, mnist), UNET_RECIPE),
+        "clip_text": with_fields(own_fields(text_mnist_clip.get_config(), recipe), UNET_RECIPE),
         "unclip_prior": with_fields(prior, {"train": {"num_steps": steps}}),
-        "unclip_decoder": with_fields(own_fields(unclip_decoder_mnist, mnist), UNET_RECIPE),
+        "unclip_decoder": with_fields(own_fields(unclip_decoder_mnist.get_config(), recipe), UNET_RECIPE),
     }
     guided = lambda w: dict(guidance="classifier_free" if w else "", scale=float(w))
     cells = [dict(model=m, **SAMPLER, **guided(w), row=row, col=f"w = {w}", w=w)
