@@ -125,9 +125,8 @@ def noisy_clip(tmp_path_factory):
 @pytest.fixture(scope="module")
 def unconditional_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("unconditional")
-    config = shrink(mnist.get_config())
-    config.diffusion.schedule = "linear"   # the noised CLIP's (the main job's cosine would be refused)
-    trainer.train_and_evaluate(config, workdir)
+    # on the noised CLIP's linear schedule, as the text configs are (the main job's cosine would be refused)
+    trainer.train_and_evaluate(shrink(mnist.recipe_on_the_linear_schedule()), workdir)
     return workdir
 
 
