@@ -27,6 +27,6 @@ def recipe_on_the_linear_schedule():
 
 def get_config():
     c = recipe_on_the_linear_schedule()
-    c.diffusion.schedule = "cosine"    # recipe stage 11: FID 15.9 vs 26.1 for linear at 7,000 steps, 90.3% vs 89.9% confident
+    c.diffusion.schedule = "cosine"    # stages 11–12: FID 15.9 and 17.4 (two seeds) vs 26.1 for linear, 90.3% and 90.9% confident
     c.sample.spacing = "trailing"      # Karras' σ grid on the cosine schedule puts 37 of 50 steps at SNR < 0.01 (stage 11)
     return c
