@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import mnist, mnist_cfg
+from configs import clip_mnist_noisy, mnist, mnist_cfg, text_mnist, text_mnist_clip
 from diffusion import contrastive, guidance, parallel, samplers, schedules
 from diffusion.data.tokenizer import build_tokenizer
 from diffusion.models.clip import CLIP
-from experiments import clip_guidance, clip_trainer, evaluation, sampling, trainer
+from experiments import clip_guidance, clip_trainer, common, evaluation, sampling, trainer
 from tiny_configs import run_sample_cli, set_fields, shrink, tiny_clip_config
 
 PROMPTS = ["a thick seven", "the digit 2, thin", "a small one"]
@@ -239,8 +239,6 @@ def test_the_text_configs_share_the_noised_clips_schedule_the_main_job_does_not(
     """configs/text_mnist.py (and text_mnist_clip through it) take the main job's recipe on the linear
     schedule configs/clip_mnist_noisy.py trains on, so CLIP guidance of them is not refused; the main
     job's cosine schedule (docs/main_job/recipe.md stage 11) would be."""
-    from configs import clip_mnist_noisy, text_mnist, text_mnist_clip
-    from experiments import common
     clip_config = clip_mnist_noisy.get_config()
     for module in (text_mnist, text_mnist_clip):
         sampling.check_schedule("runs/clip_mnist_noisy", clip_config, common.make_schedule(module.get_config()), "CLIP")
