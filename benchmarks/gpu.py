@@ -1,5 +1,4 @@
-"""The GPU suite: ``python -m benchmarks.gpu [--budget 520] [--json results.json]`` (also reached as
-``python -m benchmarks.run --suite gpu``), and ``--report results.json`` to render a saved run.
+"""The GPU suite: ``python -m benchmarks.gpu [--budget 520] [--json results.json]``, and ``--report results.json`` to render a saved run.
 
 For Ho et al.'s CIFAR-10 U-Net (35.7M parameters, 32×32) and ADM's ImageNet-64 U-Net (296M, 64×64),
 in bfloat16 and float32 compute (parameters, optimizer state and EMA float32 either way): train
@@ -41,7 +40,7 @@ from benchmarks.run import (Peer, compiled_train_step, forward_flops, median_rat
                             train_rate, trajectory)
 from configs import mnist
 from diffusion.data import datasets, pipeline
-from experiments import common
+from experiments import build
 
 # Batches: Ho et al.'s 128 for the CIFAR-10 train step (the issue's MFU goal is stated at it); ADM's
 # per-GPU share of its 2048 over 32 GPUs, 64; sampling batches large enough to fill the chip.
@@ -114,11 +113,11 @@ def ours(name: str, dtype: str, batches: dict, tiny: bool, attention: str = "xla
     out["train_img_s"], state = train_rate(compiled, state, batch, windows, seconds)
     if profile_dir is not None:
         out["profile"], state = profile_train_step(compiled, state, batch, profile_dir)
-    model, schedule = common.make_model(config), common.make_schedule(config)
+    model, schedule = build.make_model(config), build.make_schedule(config)
     out["fwd_flops_per_img"] = forward_flops(config, model, state.ema_params)
     if sample:
         params, S = state.ema_params, batches["ddim"]
-        x_T = jax.random.normal(jax.random.key(0), (S,) + common.data_shape(config))
+        x_T = jax.random.normal(jax.random.key(0), (S,) + build.data_shape(config))
         start = time.perf_counter()
         draw = trajectory(config, model, schedule, "ddim", 50).lower(params, x_T).compile()
         out.update(ddim_batch=S, ddim_compile_s=time.perf_counter() - start,
@@ -128,9 +127,9 @@ def ours(name: str, dtype: str, batches: dict, tiny: bool, attention: str = "xla
 
 def ours_ddpm(name: str, dtype: str, batch: int, tiny: bool) -> dict:
     config = config_for(name, dtype, tiny)
-    model, schedule = common.make_model(config), common.make_schedule(config)
-    params = common.init_params(model, config, jax.random.key(0))
-    x_T = jax.random.normal(jax.random.key(0), (batch,) + common.data_shape(config))
+    model, schedule = build.make_model(config), build.make_schedule(config)
+    params = build.init_params(model, config, jax.random.key(0))
+    x_T = jax.random.normal(jax.random.key(0), (batch,) + build.data_shape(config))
     draw = trajectory(config, model, schedule, "ddpm", schedule.num_steps).lower(params, x_T).compile()
     return {"ddpm_batch": batch, "ddpm_img_s": once_rate(lambda: draw(params, x_T).block_until_ready(), batch)}
 
@@ -140,11 +139,11 @@ def attention_agreement(name: str, tiny: bool) -> dict:
     outs = []
     for attention in ("xla", "cudnn"):
         config = config_for(name, "bfloat16", tiny, attention)
-        model = common.make_model(config)
-        params = common.init_params(model, config, jax.random.key(0))
-        x = jax.random.normal(jax.random.key(1), (8,) + common.data_shape(config))
+        model = build.make_model(config)
+        params = build.init_params(model, config, jax.random.key(0))
+        x = jax.random.normal(jax.random.key(1), (8,) + build.data_shape(config))
         t = jnp.full((8,), 500, jnp.int32)
-        cond = common.conditioning(config, jnp.zeros((8,), jnp.int32)) or {}
+        cond = build.conditioning(config, jnp.zeros((8,), jnp.int32)) or {}
         outs.append(np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x, t, **cond))(params, x), np.float64))
     return {"cudnn_vs_xla_rel": float(np.linalg.norm(outs[1] - outs[0]) / np.linalg.norm(outs[0]))}
 
@@ -217,7 +216,7 @@ def kernel_kind(name: str) -> str:
 def bf16_training_check(steps: int, batch: int, tiny: bool) -> dict:
     """MNIST losses of float32 (seeds 0 and 1) and bfloat16 (seed 0) runs over the same batches, and
     DDIM-50 samples of the float32 seed-0 model drawn with float32 and with bfloat16 compute."""
-    train, _ = common.load_data(mnist.get_config())
+    train, _ = build.load_data(mnist.get_config())
     stream = pipeline.step_batches(pipeline.ArraySource.from_split(train), global_batch=batch, seed=0,
                                    shard=grain.sharding.NoSharding())
     losses, trained = {}, {}
@@ -250,8 +249,8 @@ def bf16_training_check(steps: int, batch: int, tiny: bool) -> dict:
     for dtype in ("float32", "bfloat16"):
         run_config = config.copy_and_resolve_references()
         run_config.train.compute_dtype = dtype
-        model, schedule = common.make_model(run_config), common.make_schedule(run_config)
-        x_T = jax.random.normal(jax.random.key(7), (256,) + common.data_shape(run_config))
+        model, schedule = build.make_model(run_config), build.make_schedule(run_config)
+        x_T = jax.random.normal(jax.random.key(7), (256,) + build.data_shape(run_config))
         samples[dtype] = np.asarray(trajectory(run_config, model, schedule, "ddim", 50)(params, x_T), np.float64)
         eps = model.apply({"params": params}, x_T, jnp.full((256,), 500, jnp.int32))
         samples[dtype + "_eps"] = np.asarray(eps, np.float64)

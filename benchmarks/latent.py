@@ -24,7 +24,8 @@ import numpy as np
 from benchmarks.run import compiled_train_step, median_rate, train_rate, trajectory
 from configs.studies import latent_diffusion
 from diffusion import xla_flags
-from experiments import common, first_stage
+from experiments import build
+from experiments.latent import autoencoder_runs
 from experiments.studies import plan
 
 SAMPLER, SAMPLE_STEPS = "ddim", 50
@@ -54,15 +55,15 @@ def study_configs(workdir: Path, tiny: bool) -> tuple[dict, dict]:
 
 def random_autoencoder(config):
     """(module, randomly initialised variables) of ``config``'s autoencoder."""
-    params, model_state = first_stage.init_variables(config, jax.random.key(0))
-    return first_stage.make_autoencoder(config), {"params": params["autoencoder"], **model_state}
+    params, model_state = autoencoder_runs.init_variables(config, jax.random.key(0))
+    return autoencoder_runs.make_autoencoder(config), {"params": params["autoencoder"], **model_state}
 
 
 def autoencoder_rates(config, batch: int, seconds: float) -> dict:
     """Encode and decode images/s of ``config``'s autoencoder (the KL model's mean; the VQ model
     quantising in its decoder) on random images."""
     model, variables = random_autoencoder(config)
-    x = jax.random.uniform(jax.random.key(1), (batch,) + common.data_shape(config), minval=-1, maxval=1)
+    x = jax.random.uniform(jax.random.key(1), (batch,) + build.data_shape(config), minval=-1, maxval=1)
     encode = jax.jit(lambda v, x: model.apply(v, x, None, method="encode"))
     decode = jax.jit(lambda v, z: model.apply(v, z, method="decode"))
     z = encode(variables, x)
@@ -76,13 +77,13 @@ def diffusion_rates(config, autoencoder, batch: int, seconds: float) -> dict:
     trajectory followed, for a latent model, by its autoencoder's decode (``autoencoder``'s config)."""
     compiled, state, data, _, _ = compiled_train_step(config, batch)
     rate, state = train_rate(compiled, state, data, windows=3, seconds=seconds)
-    model, schedule = common.make_model(config), common.make_schedule(config)
+    model, schedule = build.make_model(config), build.make_schedule(config)
     draw = trajectory(config, model, schedule, SAMPLER, SAMPLE_STEPS)
     if autoencoder is not None:
         ae, variables = random_autoencoder(autoencoder)
         latent_draw = draw
         draw = jax.jit(lambda p, x_T: ae.apply(variables, latent_draw(p, x_T), method="decode"))
-    x_T = jax.random.normal(jax.random.key(0), (batch,) + common.data_shape(config))
+    x_T = jax.random.normal(jax.random.key(0), (batch,) + build.data_shape(config))
     sample = median_rate(lambda: draw(state.ema_params, x_T).block_until_ready(), batch, 3, seconds)
     return {"train_img_s": rate, "train_steps_s": rate / batch, "sample_img_s": sample,
             "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))}

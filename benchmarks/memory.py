@@ -21,21 +21,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion import parallel, xla_flags
-from experiments import common, trainer
+from experiments import build, loop
 
 GIB = 2 ** 30
 
 
 def abstract_run(config, mesh, per_device_batch: int):
     """(train step compiled for ``mesh``, abstract sharded state, parameter count) for ``config``."""
-    model, schedule, tx = common.make_model(config), common.make_schedule(config), common.make_optimizer(config)
-    state = jax.eval_shape(partial(trainer.init_state, config, model, schedule, tx), jax.random.key(0))
+    model, schedule, tx = build.make_model(config), build.make_schedule(config), build.make_optimizer(config)
+    state = jax.eval_shape(partial(loop.init_state, config, model, schedule, tx), jax.random.key(0))
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                          state, parallel.fsdp_shardings(state, mesh))
     rows, data = per_device_batch * mesh.devices.size, parallel.data_sharded(mesh)
-    batch = {"image": jax.ShapeDtypeStruct((rows,) + common.data_shape(config), jnp.float32, sharding=data),
+    batch = {"image": jax.ShapeDtypeStruct((rows,) + build.data_shape(config), jnp.float32, sharding=data),
              "label": jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=data)}
-    step = trainer.jit_step(trainer.make_train_step(config, model, schedule, tx), state, mesh)
+    step = loop.jit_step(loop.make_train_step(config, model, schedule, tx), state, mesh)
     count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state.params))
     return step.lower(state, batch).compile(), state, count
 

@@ -1,6 +1,6 @@
 """Training and sampling throughput, ours against the PyTorch peer, with "% of limit":
 ``python -m benchmarks.run --suite cpu|tiny [--models mnist,cifar10] [--out benchmarks/RESULTS.md]``;
-``--suite gpu`` runs ``benchmarks.gpu`` (its own plan of models, precisions and checks).
+the GPU suite is ``python -m benchmarks.gpu`` (its own plan of models, precisions and checks).
 
 Ours: the compiled ``train_step`` (Adam, clipping, EMA) and whole compiled trajectories (DDIM 50, DDPM
 1000; the tiny suite's DDPM runs 50 respaced steps) of the Flax U-Net. The peer: diffusers
@@ -19,7 +19,6 @@ import platform
 import statistics
 import time
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +27,7 @@ import numpy as np
 from configs import cifar10_ddpm, imagenet64_adm, mnist
 from diffusion import reverse, samplers, training, xla_flags
 from diffusion.models.cost import hlo_flops
-from experiments import common
+from experiments import build
 
 SUITES = {
     # Batch sizes and timed windows per suite. On CPU, DDPM 1000 runs on a small batch of the MNIST
@@ -81,14 +80,14 @@ def compiled_train_step(config, batch_size: int, key=jax.random.key(0)):
     (Adam, clipping, EMA; the state donated) for ``config``'s model on a random batch. Compiled once
     ahead of time: the same executable gives the memory analysis and the timings; the FLOPs are the
     program's HLO count (``hlo_flops``)."""
-    model, schedule = common.make_model(config), common.make_schedule(config)
-    tx = common.make_optimizer(config)
-    state = training.create_train_state(key, common.init_params(model, config, key), tx, schedule.num_steps)
-    shape = common.data_shape(config)
+    model, schedule = build.make_model(config), build.make_schedule(config)
+    tx = build.make_optimizer(config)
+    state = training.create_train_state(key, build.init_params(model, config, key), tx, schedule.num_steps)
+    shape = build.data_shape(config)
     batch = {"image": jax.random.uniform(key, (batch_size,) + shape, minval=-1, maxval=1),
              "label": jnp.zeros((batch_size,), jnp.int32)}
     step = partial(training.train_step, apply_fn=model.apply, tx=tx, schedule=schedule,
-                   loss_kwargs=common.loss_kwargs(config), ema_decay=config.ema.decay,
+                   loss_kwargs=build.loss_kwargs(config), ema_decay=config.ema.decay,
                    num_classes=config.model.num_classes)
     compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
     return compiled, state, batch, hlo_flops(step, state, batch), executable_bytes(compiled)
@@ -113,20 +112,20 @@ def train_rate(compiled, state, batch, windows: int, seconds: float) -> tuple[fl
 
 def trajectory(config, model, schedule, sampler: str, steps: int):
     """``draw(params, x_T) -> x_0``: a whole sampling trajectory, jitted (not yet compiled)."""
-    step_fn, run_schedule, timesteps = common.make_sampler(config, schedule, sampler=sampler, steps=steps)
-    labels = common.conditioning(config, jnp.zeros((1,), jnp.int32))
+    step_fn, run_schedule, timesteps = build.make_sampler(config, schedule, sampler=sampler, steps=steps)
+    labels = build.conditioning(config, jnp.zeros((1,), jnp.int32))
 
     def draw(params, x_T):
         cond = None if labels is None else {"labels": jnp.zeros((x_T.shape[0],), jnp.int32)}
-        return samplers.sample(step_fn, common.make_denoiser(model, params), run_schedule, x_T, jax.random.key(1),
+        return samplers.sample(step_fn, build.make_denoiser(model, params), run_schedule, x_T, jax.random.key(1),
                                timesteps=timesteps, cond=cond)
     return jax.jit(draw)
 
 
 def forward_flops(config, model, params) -> float:
     """XLA's FLOPs of one network evaluation per image (batch 8; counted without compiling)."""
-    x = jnp.zeros((8,) + common.data_shape(config))
-    cond = common.conditioning(config, jnp.zeros((8,), jnp.int32)) or {}
+    x = jnp.zeros((8,) + build.data_shape(config))
+    cond = build.conditioning(config, jnp.zeros((8,), jnp.int32)) or {}
     return hlo_flops(lambda p, x, t: model.apply({"params": p}, x, t, **cond), params, x,
                      jnp.zeros((8,), jnp.int32)) / 8
 
@@ -139,9 +138,9 @@ def ours(name: str, suite_name: str) -> dict:
     compiled, state, batch, flops, _ = compiled_train_step(config, B)
     rate, state = train_rate(compiled, state, batch, suite["windows"], suite["seconds"])
     out = {"train_img_s": rate, "train_flops_per_img": flops / B}
-    model, schedule = common.make_model(config), common.make_schedule(config)
+    model, schedule = build.make_model(config), build.make_schedule(config)
     params = state.ema_params
-    shape = common.data_shape(config)
+    shape = build.data_shape(config)
     runs = {"ddim": ("ddim", 50, suite["sample_batch"][name])}
     if name in suite["ddpm_batch"]:
         runs["ddpm"] = ("ddpm", suite["ddpm_steps"], suite["ddpm_batch"][name])
@@ -197,7 +196,7 @@ class Peer:
         self.opt = torch.optim.Adam(self.params, lr=2e-4, fused=gpu)
         self.autocast = lambda: torch.autocast(self.device, dtype=torch.bfloat16, enabled=gpu)
         self.sync = torch.cuda.synchronize if gpu else (lambda: None)
-        self.alphas = torch.tensor(np.asarray(common.make_schedule(config).alphas_cumprod), device=self.device)
+        self.alphas = torch.tensor(np.asarray(build.make_schedule(config).alphas_cumprod), device=self.device)
         self.C, self.H = config.data.channels, config.data.image_size
 
     def _labels(self, n: int):
@@ -285,7 +284,7 @@ SOLVERS = ("ddim", "dpmpp_2m", "dpm_solver_2", "dpm_solver_3", "heun", "euler_an
 def solver_rates(config, model, schedule, params, batch: int, suite: dict) -> dict:
     """Per sampler of ``SOLVERS``, at most ``SOLVER_NFE`` network evaluations: (NFE, images/s) of the
     whole compiled trajectory, so the solvers' own arithmetic shows beside the network's cost."""
-    x_T = jax.random.normal(jax.random.key(0), (batch,) + common.data_shape(config))
+    x_T = jax.random.normal(jax.random.key(0), (batch,) + build.data_shape(config))
     rates = {}
     for name in SOLVERS:
         steps = samplers.steps_within(name, schedule, SOLVER_NFE)
@@ -330,21 +329,11 @@ def table(rows: list[dict], peak: float, ddpm_steps: int) -> str:
 def main():
     xla_flags.use_xla_cpu_convolutions()   # before jax.default_backend() starts the backend
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=sorted(SUITES) + ["gpu"],
-                        default="gpu" if jax.default_backend() == "gpu" else "cpu")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="cpu")
     parser.add_argument("--models", default="mnist,cifar10")
     parser.add_argument("--no-peer", action="store_true", help="time ours only (no PyTorch installed)")
     parser.add_argument("--out", default=None, help="append the table to this markdown file")
     args = parser.parse_args()
-    if args.suite == "gpu":
-        from benchmarks import gpu as gpu_suite
-        text = gpu_suite.report(gpu_suite.run_suite(gpu_suite.DEFAULT_BUDGET_S, Path("gpu_results.json"),
-                                                    with_peer=not args.no_peer))
-        print(text)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write("\n" + text)
-        return
     suite = SUITES[args.suite]
     peak = peak_flops(suite["peak"], jnp.float32)
     if not args.no_peer:

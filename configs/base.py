@@ -24,7 +24,7 @@ def get_config():
     c.data.class_dropout = 0.0         # labels replaced by the null label (classifier-free guidance)
     c.data.autoencoder = ""            # latent diffusion: an experiments.train_autoencoder workdir whose latents are diffused; "" = pixels
     c.data.latent_scale = 0.0          # LDM's scale_factor 1/std(z); 0: measured on the training latents at the start of the run, stored in its config.json
-    c.data.captions = ""               # a caption domain ("mnist", "fashion_mnist"; diffusion.data.captions): each image carries its caption's token ids, for a text-conditioned model
+    c.data.captions = ""               # a caption domain ("mnist", "fashion_mnist"; diffusion.text.captions): each image carries its caption's token ids, for a text-conditioned model
     c.data.low_resolution = 0          # > 0: a cascade's super-resolution stage, conditioned on each image shrunk to this size and upsampled back (cascade section)
 
     c.model = ml_collections.ConfigDict()

@@ -14,7 +14,7 @@ from configs import base
 def recipe_on_the_linear_schedule():
     """The recipe of stages 1–10, on base's linear schedule and the sampler's own steps: the text and
     unCLIP configs derive from it, since their measurements and the noised CLIP that guides them
-    (configs/clip_mnist_noisy.py) are on that schedule, and the cosine schedule was measured on the
+    (configs/text/clip_mnist_noisy.py) are on that schedule, and the cosine schedule was measured on the
     unconditional model alone."""
     c = base.get_config()
     c.optim.lr = 3e-3                  # recipe: 2e-3 beat 1e-3 at 2,000 steps (FID 123 vs 175), 3e-3 2e-3 at 6,000 (34 vs 37)

@@ -11,8 +11,9 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from diffusion import contrastive, gaussian, reverse
+from diffusion import gaussian, reverse
 from diffusion.schedules import Schedule
+from diffusion.text import contrastive
 
 
 def classifier_free(model_fn: Callable, null_label: Optional[int] = None, variance: str = "fixed_small", *,

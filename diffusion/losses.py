@@ -12,10 +12,11 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.special
 
-from diffusion import gaussian, reverse, sddpm
+from diffusion import gaussian, reverse
 from diffusion.schedules import Schedule
+from diffusion.sddpm import process
 
-LOSSES = ("simple", "vlb", "hybrid", sddpm.LOSS)
+LOSSES = ("simple", "vlb", "hybrid", process.LOSS)
 WEIGHTINGS = (None, "min_snr", "p2")
 DECODERS = ("discretized", "gaussian")
 LN2 = math.log(2.0)
@@ -109,8 +110,8 @@ def check_loss_variance(loss: str, variance: str, field_prefix: str = ""):
     loss_field, variance_field = f"{field_prefix}loss", f"{field_prefix}variance"
     if loss not in LOSSES:
         raise ValueError(f"unknown {loss_field} {loss!r}; choose one of {LOSSES}")
-    if loss == sddpm.LOSS:
-        sddpm.check_variance(variance, field=variance_field, loss_field=loss_field)
+    if loss == process.LOSS:
+        process.check_variance(variance, field=variance_field, loss_field=loss_field)
         return
     learned = variance.startswith("learned")
     if loss == "simple" and learned:
@@ -121,21 +122,21 @@ def check_loss_variance(loss: str, variance: str, field_prefix: str = ""):
                          f"'learned' or 'learned_range', not {variance!r}; or use loss 'simple'")
 
 
-def sddpm_losses(model_fn: Callable, schedule: Schedule, x0, t, noise, step_noise, *, prediction=sddpm.RESIDUAL,
+def sddpm_losses(model_fn: Callable, schedule: Schedule, x0, t, noise, step_noise, *, prediction=process.RESIDUAL,
                  variance="fixed_large", cond=None):
     """Seed 004's loss per example [B]: −log q_r(x_{t−1} | x_t) in nats/dim on the forward pair
     (x_{t−1}, x_t) = ``sddpm.forward_pair(x0, t, ε, z)``, q_r's mean read from the network by
     ``sddpm.reverse_step`` (the seed's x_t + ε_r for ``prediction="residual"``). For a fixed σ_t it is
     the seed's regression ‖x_t + ε_r − x_{t−1}‖²/2σ_t² plus a constant; uniform t makes it an unbiased
     estimate of Σ_t E[−log q_r]/T. Returns ``loss`` and ``mse`` (‖x_{t−1} − μ_r‖² per dimension)."""
-    x_prev, x_t = sddpm.forward_pair(schedule, x0, t, noise, step_noise)
+    x_prev, x_t = process.forward_pair(schedule, x0, t, noise, step_noise)
     output = model_fn(x_t, schedule.timesteps[t], **(cond or {}))
-    mean, log_var = sddpm.reverse_step(schedule, output, x_t, t, prediction=prediction, variance=variance)
+    mean, log_var = process.reverse_step(schedule, output, x_t, t, prediction=prediction, variance=variance)
     return {"loss": mean_flat(-gaussian_log_likelihood(x_prev, mean, log_var)),
             "mse": mean_flat((x_prev - mean) ** 2)}
 
 
-def sddpm_objective(model_fn: Callable, schedule: Schedule, x0, key, *, prediction=sddpm.RESIDUAL,
+def sddpm_objective(model_fn: Callable, schedule: Schedule, x0, key, *, prediction=process.RESIDUAL,
                     variance="fixed_large", cond=None):
     """Seed 004's objective −L − c = Σ_t E[−log q_r(x_{t−1} | x_t)] (nats/dim) of any Gaussian reverse
     model (``sddpm.reverse_step``: a residual, or Ho et al.'s p_θ) on x0 [B, ...]: one forward pair
@@ -170,8 +171,8 @@ def training_losses(model_fn: Callable, schedule: Schedule, x0, t, noise, *, pre
     prediction "residual".
     """
     check_loss_variance(loss, variance)
-    sddpm.check_prediction(loss, prediction)
-    if loss == sddpm.LOSS:
+    process.check_prediction(loss, prediction)
+    if loss == process.LOSS:
         if step_noise is None:
             raise ValueError("loss 'sddpm' trains on a forward pair (x_{t−1}, x_t): pass step_noise, the z of "
                              "the step between them")

@@ -3,6 +3,7 @@ over every device, the training state replicated or, FSDP-style (ZeRO-3, Rajbhan
 each array split along ``fsdp``; jit inserts the all-gathers and reduce-scatters."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Optional, Sequence
 
@@ -10,6 +11,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from diffusion.data import datasets
 
 
 AXES = ("data", "fsdp")
@@ -116,3 +119,23 @@ def gather(x) -> np.ndarray:
     as the computation that made ``x`` may have compiled longer on one of them."""
     barrier("gather")
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def map_images(fn, mesh: Mesh, batch: int = 500):
+    """Apply a jitted ``fn(x) -> (a, b)`` over uint8 images in padded, device-sharded batches."""
+    batch -= batch % mesh.devices.size
+
+    def apply(images: np.ndarray):
+        outs = []
+        for i in range(0, len(images), batch):
+            x = datasets.to_model_range(images[i:i + batch])
+            outs.append([gather(o)[:len(x)] for o in fn(pad_to_devices(x, mesh))])
+        return tuple(np.concatenate(parts) for parts in zip(*outs))
+    return apply
+
+
+def encode_split(encode, split: datasets.Split, mesh: Mesh) -> datasets.Split:
+    """``split`` with its uint8 images replaced by ``encode``'s latents (float32 [N, h, w, c]), encoded in
+    padded, device-sharded batches: a latent-diffusion run's data."""
+    fn = jax.jit(lambda x: (encode(x),), in_shardings=data_sharded(mesh))
+    return dataclasses.replace(split, images=map_images(fn, mesh)(split.images)[0])

@@ -18,10 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion import gaussian, reverse
-from diffusion import ode_solvers
-from diffusion import sddpm
-from diffusion.schedules import SPACING_NAMES, Schedule, alpha_bar_with_clean, respace, space_timesteps
+from diffusion import gaussian, ode_solvers, reverse
+from diffusion.schedules import alpha_bar_with_clean, respace, Schedule, space_timesteps, SPACING_NAMES
+from diffusion.sddpm import process
 
 
 def ddpm_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, prediction="eps",
@@ -229,7 +228,7 @@ SAMPLERS = {
     "dpmpp_2m": Sampler(ode_solvers.dpm_solver_pp_2m_step, respaced=False, spacing="logsnr"),
     "heun": Sampler(ode_solvers.heun_step, respaced=False, spacing="karras", stages=2),
     "euler_ancestral": Sampler(ode_solvers.euler_ancestral_step, respaced=False, spacing="karras"),
-    "sddpm": Sampler(sddpm.sddpm_step, respaced=True),
+    "sddpm": Sampler(process.sddpm_step, respaced=True),
     **{f"dpm_solver_{k}": Sampler(_dpm_solver(k), respaced=False, spacing="logsnr", stages=k)
        for k in ode_solvers.DPM_SOLVER_ORDERS},
 }

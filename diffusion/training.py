@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import optax
 
 from diffusion import gaussian, losses, timestep_sampling
-from diffusion.data.tokenizer import null_caption
 from diffusion.schedules import Schedule
+from diffusion.text.tokenizer import null_caption
 
 
 @flax.struct.dataclass

@@ -38,7 +38,9 @@ from pathlib import Path
 from absl import flags, logging
 
 from diffusion import schedules
-from experiments import cascade, cli, evaluation, sampling, unclip_sampling
+from experiments import cli, inference, scoring
+from experiments.cascade import chain
+from experiments.unclip import generation
 
 flags.DEFINE_string("workdir", None, "A training run's workdir.")
 flags.DEFINE_string("samplers", "ddim:50", "Comma-separated sampler settings name:steps[:eta].")
@@ -49,7 +51,7 @@ flags.DEFINE_integer("num", 1000, "Samples per sampler setting.")
 flags.DEFINE_integer("batch", 250, "Samples per compiled batch (a multiple of the device count).")
 flags.DEFINE_integer("seed", 0, "Noise seed.")
 flags.DEFINE_integer("step", None, "--workdir: the kept checkpoint to measure (default: the latest).")
-flags.DEFINE_enum("weights", "ema", list(sampling.WEIGHTS), "--workdir: the checkpoint's EMA parameters (the "
+flags.DEFINE_enum("weights", "ema", list(inference.WEIGHTS), "--workdir: the checkpoint's EMA parameters (the "
                   "default) or its raw ones (TrainState.params, no average).")
 flags.DEFINE_enum("features", "auto", ["auto", "classifier", "inception"], "Feature network for FID/IS.")
 flags.DEFINE_string("classifier_weights", None, "A trained classifier.msgpack (default: the embedded MNIST one).")
@@ -61,11 +63,11 @@ flags.DEFINE_bool("ode_ignores_learned_variance", False,
                   "Allow --nll ode on a learned-variance model (the ODE uses its ε̂ channels only).")
 flags.DEFINE_string("stats_dir", str(Path.home() / ".cache" / "diffusion" / "fid_stats"),
                     "Where reference feature statistics are cached per dataset and split.")
-flags.DEFINE_enum("guidance", "", list(sampling.GUIDANCE), "Guidance kind.")
+flags.DEFINE_enum("guidance", "", list(inference.GUIDANCE), "Guidance kind.")
 flags.DEFINE_float("scale", 0.0, "Guidance weight w.")
 flags.DEFINE_string("classifier_workdir", None, "A noisy classifier's workdir, for --guidance classifier.")
 flags.DEFINE_string("clip_run", None, "A noise-aware CLIP's workdir, for --guidance clip.")
-flags.DEFINE_string("clip_score_run", None, "A CLIP run of clean images (configs/clip_mnist.py): also report the CLIP "
+flags.DEFINE_string("clip_score_run", None, "A CLIP run of clean images (configs/text/clip_mnist.py): also report the CLIP "
                     "score of samples drawn for prompts.")
 flags.DEFINE_list("unclip", None, "Workdirs of an unCLIP prior and decoder: measure prompt → prior → decoder samples "
                   "for the held-out captions (replaces --workdir; --scales: the prior's and decoder's weights).")
@@ -80,7 +82,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    settings = [evaluation.parse_setting(s) for s in FLAGS.samplers.split(",") if s]
+    settings = [scoring.parse_setting(s) for s in FLAGS.samplers.split(",") if s]
     if (FLAGS.cascade or FLAGS.unclip) and (FLAGS.step is not None or FLAGS.weights != "ema"
                                             or FLAGS.spacing is not None):
         raise ValueError("--step, --weights and --spacing apply to one --workdir; --cascade and --unclip measure "
@@ -91,7 +93,7 @@ def main(argv):
             raise ValueError(f"--cascade measures one sampler setting (every stage's); --samplers={FLAGS.samplers!r} "
                              "gives several: run one evaluate per setting")
         (sampler, steps, eta), = settings
-        cascade.evaluate(FLAGS.cascade, cascade.settings_from_flags(
+        chain.evaluate(FLAGS.cascade, chain.settings_from_flags(
             FLAGS.cascade, FLAGS.aug_level, FLAGS.truncated, FLAGS.scales, sampler, steps, eta), num=FLAGS.num,
             batch=FLAGS.batch, seed=FLAGS.seed, features=FLAGS.features, classifier_weights=FLAGS.classifier_weights,
             inception_weights=FLAGS.inception_weights, stats_dir=FLAGS.stats_dir)
@@ -101,12 +103,12 @@ def main(argv):
             raise ValueError(f"--unclip measures one decoder sampler setting; --samplers={FLAGS.samplers!r} gives "
                              "several: run one evaluate per setting")
         (sampler, steps, eta), = settings
-        unclip_sampling.evaluate(FLAGS.unclip, FLAGS.scales, unclip_sampling.Settings(
+        generation.evaluate(FLAGS.unclip, FLAGS.scales, generation.Settings(
             sampler=sampler, steps=steps, eta=eta, clip=None, num=FLAGS.num, batch=FLAGS.batch, seed=FLAGS.seed),
             features=FLAGS.features, classifier_weights=FLAGS.classifier_weights, stats_dir=FLAGS.stats_dir,
             clip_score_run=FLAGS.clip_score_run)
         return
-    evaluation.evaluate_run(FLAGS.workdir, settings, num=FLAGS.num, batch=FLAGS.batch, seed=FLAGS.seed,
+    scoring.evaluate_run(FLAGS.workdir, settings, num=FLAGS.num, batch=FLAGS.batch, seed=FLAGS.seed,
                             features=FLAGS.features, classifier_weights=FLAGS.classifier_weights,
                             inception_weights=FLAGS.inception_weights, nll_examples=FLAGS.nll_examples,
                             stats_dir=FLAGS.stats_dir, guide=FLAGS.guidance, scale=FLAGS.scale,

@@ -10,7 +10,7 @@ import numpy as np
 
 from diffusion import losses, parallel
 from diffusion.data import datasets
-from experiments import common, evaluation
+from experiments import build, scoring
 
 LOSS_BATCHES = 4      # held-out batches of train.batch_size rows for eval/loss
 BOUND_EXAMPLES = 8    # held-out images for eval/bpd: the full bound costs T network passes per image
@@ -43,17 +43,17 @@ def loss_batches(config, heldout: datasets.Split | datasets.RecordSplit, num_ste
 
 
 def loss_fn(config, model, schedule) -> Callable:
-    """``fn(params, batch) -> loss [B]``: the training loss (``common.loss_kwargs``) of each row of a
+    """``fn(params, batch) -> loss [B]``: the training loss (``build.loss_kwargs``) of each row of a
     ``loss_batches`` batch at its own draws, the network in inference mode (no dropout, labels kept)."""
-    condition = common.make_condition(config, schedule)
+    condition = build.make_condition(config, schedule)
 
     def fn(params, batch):
-        cond = dict(common.conditioning(config, batch["label"]) or {})
+        cond = dict(build.conditioning(config, batch["label"]) or {})
         if condition is not None:
             cond.update(condition(jax.random.wrap_key_data(batch["cond_key"]), batch["image"]))
-        return losses.training_losses(common.make_denoiser(model, params), schedule, batch["image"], batch["t"],
+        return losses.training_losses(build.make_denoiser(model, params), schedule, batch["image"], batch["t"],
                                       batch["noise"], cond=cond, step_noise=batch["step_noise"],
-                                      **common.loss_kwargs(config))["loss"]
+                                      **build.loss_kwargs(config))["loss"]
     return fn
 
 
@@ -61,7 +61,7 @@ def make_evaluator(config, model, schedule, heldout: datasets.Split | datasets.R
                    encode: Optional[Callable] = None) -> Callable[[object], dict]:
     """``fn(params) -> {"eval/loss": …, "eval/bpd": …}`` (floats, on every process; every process must
     call it): the mean held-out loss over ``loss_batches`` and, where the model has one
-    (``evaluation.has_bound``), the variational bound in bits/dim of the first ``BOUND_EXAMPLES``
+    (``scoring.has_bound``), the variational bound in bits/dim of the first ``BOUND_EXAMPLES``
     held-out images (noise from ``seed + 3``). Both programs are compiled here, once, for ``params``'
     layout (replicated or FSDP-sharded) and batches split over every device; the data are placed on
     the devices once; only the first examples these need are read from the split. ``encode``: a latent
@@ -69,7 +69,7 @@ def make_evaluator(config, model, schedule, heldout: datasets.Split | datasets.R
     needed = max(LOSS_BATCHES * config.train.batch_size, BOUND_EXAMPLES)
     heldout = heldout.head(needed)
     if encode is not None:
-        heldout = evaluation.encoded(encode, heldout, mesh)
+        heldout = parallel.encode_split(encode, heldout, mesh)
     rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
     per_row = loss_fn(config, model, schedule)
     batches = [jax.tree.map(lambda a: parallel.pad_to_devices(a, mesh), b)
@@ -77,11 +77,11 @@ def make_evaluator(config, model, schedule, heldout: datasets.Split | datasets.R
     batch_loss = parallel.compiled_together(
         jax.jit(lambda p, b: jnp.mean(per_row(p, b)), in_shardings=(None, dat), out_shardings=rep), params, batches[0])
     bound = None
-    if evaluation.has_bound(config):
+    if scoring.has_bound(config):
         n = min(BOUND_EXAMPLES, len(heldout))
         x = parallel.pad_to_devices(datasets.to_model_range(heldout.images[:n]), mesh)
         labels = parallel.pad_to_devices(heldout.labels[:n], mesh)
-        total = evaluation.bound_fn(config, model, schedule)
+        total = scoring.bound_fn(config, model, schedule)
         bound_key = jax.device_put(jax.random.key(config.seed + 3), rep)
         mean_bound = parallel.compiled_together(
             jax.jit(lambda p, x, y, k: jnp.mean(total(p, x, y, k)["total"][:n]), in_shardings=(None, dat, dat, rep),

@@ -1,5 +1,5 @@
 """A run's saved config and checkpoint entries read back for inference: the helpers below every
-loader (``sampling.load_run``, ``first_stage.load_autoencoder``, a latent run's decoder)."""
+loader (``inference.load_run``, ``first_stage.load_autoencoder``, a latent run's decoder)."""
 from __future__ import annotations
 
 import json

@@ -8,9 +8,9 @@ diffusion run's samples, trajectory and interpolations are decoded to images by 
 An official DDPM checkpoint in diffusers' layout loads with ``--config configs/cifar10_ddpm.py
 --diffusers_weights <file>`` in place of ``--workdir``'s checkpoint. A cascade (Ho et al. 2021):
 ``--cascade runs/base14,runs/sr14to28 --aug_level 100 [--truncated] [--scales 2,1]`` writes each
-stage's grid and base | upsampled | final side by side (``experiments.cascade``).
+stage's grid and base | upsampled | final side by side (``experiments.cascade.chain``).
 
-A text-conditioned run (configs/text_mnist.py) draws ``--num`` samples of each ``--prompt "a thick
+A text-conditioned run (configs/text/text_mnist.py) draws ``--num`` samples of each ``--prompt "a thick
 seven"`` (repeatable) or each line of ``--prompts FILE`` (blank lines skipped), guided with
 ``--guidance classifier_free --scale w``; the grid shows each prompt above its samples and
 ``<tag>.npz`` holds each sample's prompt. Refused before any work: no prompt for such a run, a
@@ -20,13 +20,13 @@ caption dropout trained (refused for a run trained without it).
 
 ``--guidance clip --clip_run runs/clip_mnist_noisy --scale w --prompt "a thick seven"`` is GLIDE's
 CLIP guidance (``guidance.clip``), for a text-conditioned run (given the prompt too) or an
-unconditional one (``experiments.clip_guidance`` refuses a CLIP that cannot guide the run).
+unconditional one (``experiments.text.clip_guidance`` refuses a CLIP that cannot guide the run).
 
 unCLIP (Ramesh et al. 2022): ``--unclip runs/unclip_prior,runs/unclip_decoder --prompt "a thick seven"
 [--scales 1,3]`` draws each prompt's CLIP image embedding with the prior, then ``--num`` images of it
 with the decoder (``--scales``: each stage's classifier-free guidance weight); ``--workdir
 runs/unclip_decoder --variations <image.png or held-out index> [--scale 3]`` decodes an image's own
-CLIP embedding ``--num`` times (``experiments.unclip_sampling``). A stage sampled alone is refused.
+CLIP embedding ``--num`` times (``experiments.unclip.generation``). A stage sampled alone is refused.
 """
 import dataclasses
 from pathlib import Path
@@ -40,7 +40,11 @@ from ml_collections import config_flags
 from diffusion import parallel, samplers, schedules, visualize
 from diffusion.data import datasets
 from diffusion.models.convert import load_diffusers_unet
-from experiments import cascade, cli, clip_guidance, common, first_stage, sampling, unclip, unclip_sampling
+from experiments import build, cli, inference
+from experiments.cascade import chain
+from experiments.latent import autoencoder_runs
+from experiments.text import clip_guidance
+from experiments.unclip import generation, stage_runs
 
 flags.DEFINE_string("workdir", None, "A training run's workdir (its config and latest EMA checkpoint).")
 config_flags.DEFINE_config_file("config", None, "With --diffusers_weights: the config the weights fit.")
@@ -51,19 +55,19 @@ flags.DEFINE_integer("steps", 50, "Number of sampling steps (respaced for ddpm/p
 flags.DEFINE_enum("spacing", None, list(schedules.SPACING_NAMES), "Which steps to keep: leading (DDIM's), "
                   "trailing (from T − 1), linspace or quad (default: the run's sample.spacing, else the sampler's own).")
 flags.DEFINE_float("eta", 0.0, "DDIM η (0 deterministic, 1 DDPM-like).")
-flags.DEFINE_enum("clip", None, list(common.CLIPS), "Thresholding of the predicted x_0 "
+flags.DEFINE_enum("clip", None, list(build.CLIPS), "Thresholding of the predicted x_0 "
                   "(default: the run's sample.clip).")
 flags.DEFINE_integer("num", 64, "Number of samples.")
 flags.DEFINE_integer("batch", 64, "Samples per compiled batch (a multiple of the device count).")
 flags.DEFINE_integer("seed", 0, "Noise seed.")
-flags.DEFINE_enum("guidance", "", list(sampling.GUIDANCE), "Guidance kind.")
+flags.DEFINE_enum("guidance", "", list(inference.GUIDANCE), "Guidance kind.")
 flags.DEFINE_float("scale", 0.0, "Guidance weight w.")
 flags.DEFINE_integer("label", -1, "Class to draw (−1: classes in turn).")
 flags.DEFINE_multi_string("prompt", None, "A text-conditioned run: a prompt to draw --num samples of (repeatable); "
                           "'' is the null caption (the unconditional model).")
 flags.DEFINE_string("prompts", None, "A text-conditioned run: a file of prompts, one per line (blank lines skipped).")
 flags.DEFINE_string("classifier_workdir", None, "A noisy classifier's workdir, for --guidance classifier.")
-flags.DEFINE_string("clip_run", None, "A noise-aware CLIP's workdir (configs/clip_mnist_noisy.py), for --guidance clip.")
+flags.DEFINE_string("clip_run", None, "A noise-aware CLIP's workdir (configs/text/clip_mnist_noisy.py), for --guidance clip.")
 flags.DEFINE_bool("trajectory", False, "Also write the reverse process of 8 samples as a strip.")
 flags.DEFINE_bool("interpolate", False, "Write spherical interpolations between pairs of DDIM latents.")
 flags.DEFINE_bool("reconstruct", False, "Invert held-out images with DDIM and decode them back.")
@@ -89,7 +93,7 @@ class Request:
     sampler: str
     steps: int
     eta: float
-    clip: str            # common.CLIPS: "none", "static" or "dynamic"
+    clip: str            # build.CLIPS: "none", "static" or "dynamic"
     spacing: str         # schedules.SPACING_NAMES, or "" for the sampler's own
     num: int
     batch: int
@@ -99,18 +103,18 @@ class Request:
     label: int
 
 
-def load(workdir, config, diffusers_weights) -> sampling.Run:
+def load(workdir, config, diffusers_weights) -> inference.Run:
     """The run to draw from: a training workdir's EMA weights, or diffusers weights with ``config``."""
     if diffusers_weights:
         if config is None:
             raise ValueError("--diffusers_weights needs --config: the config whose U-Net the weights fit")
-        common.validate(config)
-        model = common.make_model(config)
+        build.validate(config)
+        model = build.make_model(config)
         params = load_diffusers_unet(diffusers_weights, model, image_channels=config.data.channels)
-        return sampling.Run(config, model, common.make_schedule(config), params, step=0)
+        return inference.Run(config, model, build.make_schedule(config), params, step=0)
     if not workdir:
         raise ValueError("give --workdir (a training run) or --config with --diffusers_weights")
-    return sampling.load_run(workdir)
+    return inference.load_run(workdir)
 
 
 def write(out: Path, tag: str, pictures: np.ndarray, samples: np.ndarray, ncols=None, **extra):
@@ -125,9 +129,9 @@ def write_trajectory(run, mesh, r: Request, out: Path, tag: str, guides: dict, c
     (of the first 8 of ``condition``'s rows, e.g. prompts' token ids; default the classes in turn);
     ``guides``: ``build_draw_fn``'s guide arguments."""
     n = parallel.padded_count(8, mesh)
-    draw = sampling.build_draw_fn(run, mesh, sampler=r.sampler, steps=r.steps, eta=r.eta, clip=r.clip, spacing=r.spacing,
+    draw = inference.build_draw_fn(run, mesh, sampler=r.sampler, steps=r.steps, eta=r.eta, clip=r.clip, spacing=r.spacing,
                                   guide=r.guidance, keep_every=max(r.steps // 10, 1), **guides)
-    rows = (sampling.class_labels(run.config, n, r.label) if condition is None
+    rows = (inference.class_labels(run.config, n, r.label) if condition is None
             else jax.tree.map(lambda a: np.resize(a, (n,) + a.shape[1:]), condition))
     _, frames = draw(run.params, jax.random.key(r.seed), rows, np.float32(r.scale))
     x_t, x0 = parallel.gather(frames["x_t"]), parallel.gather(frames["x0"])     # [F, n, H, W, C]
@@ -140,18 +144,18 @@ def write_trajectory(run, mesh, r: Request, out: Path, tag: str, guides: dict, c
 def write_interpolation(run, mesh, r: Request, out: Path, tag: str, pairs: int = 4, points: int = 9):
     """DDIM (η = 0) decodes of slerp(z0, z1, α) for ``pairs`` pairs of latents, α in [0, 1]."""
     config = run.config
-    step, schedule, timesteps = common.make_sampler(config, run.schedule, sampler="ddim", steps=r.steps,
+    step, schedule, timesteps = build.make_sampler(config, run.schedule, sampler="ddim", steps=r.steps,
                                                     eta=0.0, clip=r.clip)
-    shape = common.data_shape(config)
+    shape = build.data_shape(config)
     k0, k1 = jax.random.split(jax.random.key(r.seed))
     z0, z1 = jax.random.normal(k0, (pairs,) + shape), jax.random.normal(k1, (pairs,) + shape)
     alphas = jnp.linspace(0.0, 1.0, points)
     z = jax.vmap(lambda a: samplers.slerp(z0, z1, a))(alphas).transpose(1, 0, 2, 3, 4).reshape((-1,) + shape)
     z = parallel.pad_to_devices(np.asarray(z), mesh)
-    labels = np.resize(np.repeat(sampling.class_labels(config, pairs, r.label), points), len(z))
-    cond = common.conditioning(config, jnp.asarray(labels))
-    fn = jax.jit(lambda p, x: first_stage.decoded(run.latent, samplers.sample(
-                     step, common.make_denoiser(run.model, p), schedule, x, jax.random.key(0), timesteps=timesteps,
+    labels = np.resize(np.repeat(inference.class_labels(config, pairs, r.label), points), len(z))
+    cond = build.conditioning(config, jnp.asarray(labels))
+    fn = jax.jit(lambda p, x: autoencoder_runs.decoded(run.latent, samplers.sample(
+                     step, build.make_denoiser(run.model, p), schedule, x, jax.random.key(0), timesteps=timesteps,
                      cond=cond)), in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)))
     images = datasets.to_uint8(parallel.gather(fn(run.params, z))[:pairs * points])
     write(out, f"{tag}_interpolation", images, images, ncols=points, alpha=np.asarray(alphas))
@@ -159,10 +163,10 @@ def write_interpolation(run, mesh, r: Request, out: Path, tag: str, pairs: int =
 
 def write_reconstruction(run, mesh, r: Request, out: Path, tag: str, num: int = 16):
     """Held-out images → DDIM latents (fixed-point inversion) → DDIM decodes; rows: real, latent, decoded."""
-    _, heldout = common.load_data(run.config)
+    _, heldout = build.load_data(run.config)
     num = parallel.padded_count(num, mesh)
     x0 = datasets.to_model_range(heldout.images[:num])
-    z, decoded = sampling.reconstruct(run, mesh, x0, heldout.labels[:num], r.steps)
+    z, decoded = inference.reconstruct(run, mesh, x0, heldout.labels[:num], r.steps)
     mse = float(np.mean((decoded - x0) ** 2))
     latent_view = np.clip(z / 3, -1, 1)
     rows = np.concatenate([x0, latent_view, np.clip(decoded, -1, 1)])
@@ -174,12 +178,12 @@ def write_reconstruction(run, mesh, r: Request, out: Path, tag: str, num: int = 
 
 def write_toy_figure(run, mesh, r: Request, out: Path, tag: str):
     """A 2-D toy run: the data | samples | reverse-trajectory figure and the points as ``<tag>.npz``."""
-    draw = sampling.build_draw_fn(run, mesh, sampler=r.sampler, steps=r.steps, eta=r.eta, clip=r.clip, spacing=r.spacing,
+    draw = inference.build_draw_fn(run, mesh, sampler=r.sampler, steps=r.steps, eta=r.eta, clip=r.clip, spacing=r.spacing,
                                   keep_every=max(r.steps // 20, 1))
     n = parallel.padded_count(r.num, mesh)
-    final, frames = draw(run.params, jax.random.key(r.seed), sampling.class_labels(run.config, n), np.float32(0))
+    final, frames = draw(run.params, jax.random.key(r.seed), inference.class_labels(run.config, n), np.float32(0))
     final, frames = parallel.gather(final)[:r.num], parallel.gather(frames["x_t"])[:, :r.num]
-    train_split, _ = common.load_data(run.config)
+    train_split, _ = build.load_data(run.config)
     if jax.process_index() == 0:
         np.savez(out / f"{tag}.npz", points=final)
         path = visualize.toy_figure(train_split.images[:r.num], final, frames, out / f"{tag}.png",
@@ -203,19 +207,19 @@ def write_prompt_grid(run, draw, mesh, r: Request, out: Path, tag: str, prompts:
     takes, ``r.num`` rows a prompt):
     ``<tag>.png``, each prompt written above its samples, and ``<tag>.npz`` with the samples and
     each one's prompt."""
-    images = sampling.draw_samples(run, draw, mesh, num=len(prompts) * r.num, batch=r.batch, seed=r.seed, scale=r.scale,
+    images = inference.draw_samples(run, draw, mesh, num=len(prompts) * r.num, batch=r.batch, seed=r.seed, scale=r.scale,
                                    condition=condition)
-    sampling.write_prompt_grid(out, tag, prompts, images)
+    inference.write_prompt_grid(out, tag, prompts, images)
 
 
-def sample_cascade(workdirs, settings: cascade.Settings, *, num: int, batch: int, seed: int, label: int, out):
+def sample_cascade(workdirs, settings: chain.Settings, *, num: int, batch: int, seed: int, label: int, out):
     """Draw ``num`` samples through the cascade and write its pictures (``cascade.write``)."""
-    stages, settings = cascade.load(workdirs, settings)
-    sampling.check_label(stages[-1].config, label, "classifier_free" if any(settings.scales) else "")
+    stages, settings = chain.load(workdirs, settings)
+    inference.check_label(stages[-1].config, label, "classifier_free" if any(settings.scales) else "")
     mesh = parallel.make_mesh()
-    fns = cascade.build_draw_fns(stages, mesh, settings)
-    outputs = cascade.draw(stages, fns, mesh, settings, num=num, batch=batch, seed=seed, label=label)
-    cascade.write(Path(out or Path(workdirs[-1]) / "sample"), f"{settings.tag}_seed{seed}", outputs)
+    fns = chain.build_draw_fns(stages, mesh, settings)
+    outputs = chain.draw(stages, fns, mesh, settings, num=num, batch=batch, seed=seed, label=label)
+    chain.write(Path(out or Path(workdirs[-1]) / "sample"), f"{settings.tag}_seed{seed}", outputs)
 
 
 def sample_unclip(prompts: list[str]):
@@ -231,23 +235,23 @@ def sample_unclip(prompts: list[str]):
     if unused:
         raise ValueError(f"--unclip / --variations do not read {', '.join(unused)}: drop them (guidance is "
                          "--scales for --unclip, --scale for --variations)")
-    s = unclip_sampling.Settings(sampler=FLAGS.sampler, steps=FLAGS.steps, eta=FLAGS.eta, clip=FLAGS.clip,
+    s = generation.Settings(sampler=FLAGS.sampler, steps=FLAGS.steps, eta=FLAGS.eta, clip=FLAGS.clip,
                                  num=FLAGS.num, batch=FLAGS.batch, seed=FLAGS.seed)
     if FLAGS.unclip:
-        unclip_sampling.sample_prompts(FLAGS.unclip, prompts, FLAGS.scales, s, out=FLAGS.out)
+        generation.sample_prompts(FLAGS.unclip, prompts, FLAGS.scales, s, out=FLAGS.out)
         return
     if not FLAGS.workdir:
         raise ValueError("--variations needs --workdir, an unCLIP decoder's")
-    unclip_sampling.sample_variations(sampling.load_run(FLAGS.workdir), FLAGS.workdir, FLAGS.variations, FLAGS.scale,
+    generation.sample_variations(inference.load_run(FLAGS.workdir), FLAGS.workdir, FLAGS.variations, FLAGS.scale,
                                       s, out=FLAGS.out)
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    common.check_flags_at_least(1, num=FLAGS.num, batch=FLAGS.batch, steps=FLAGS.steps)
+    build.check_flags_at_least(1, num=FLAGS.num, batch=FLAGS.batch, steps=FLAGS.steps)
     if FLAGS.cascade:
-        settings = cascade.settings_from_flags(FLAGS.cascade, FLAGS.aug_level, FLAGS.truncated, FLAGS.scales, FLAGS.sampler,
+        settings = chain.settings_from_flags(FLAGS.cascade, FLAGS.aug_level, FLAGS.truncated, FLAGS.scales, FLAGS.sampler,
                                     FLAGS.steps, FLAGS.eta)
         return sample_cascade(FLAGS.cascade, settings, num=FLAGS.num, batch=FLAGS.batch, seed=FLAGS.seed,
                               label=FLAGS.label, out=FLAGS.out)
@@ -255,7 +259,7 @@ def main(argv):
     if FLAGS.unclip or FLAGS.variations is not None:
         return sample_unclip(prompts)
     run = load(FLAGS.workdir, FLAGS.config, FLAGS.diffusers_weights)
-    unclip.check_sampled_alone(run.config, FLAGS.workdir)
+    stage_runs.check_sampled_alone(run.config, FLAGS.workdir)
     if FLAGS.clip_run and FLAGS.guidance != "clip":
         raise ValueError(f"--clip_run={FLAGS.clip_run} is the CLIP of --guidance clip; add --guidance clip or drop it")
     if run.tokenizer is not None and (FLAGS.interpolate or FLAGS.reconstruct):
@@ -264,7 +268,7 @@ def main(argv):
     samplers.check_steps(FLAGS.sampler, FLAGS.steps, run.schedule.num_steps, what="--steps")
     if FLAGS.eta and not samplers.takes(FLAGS.sampler, "eta"):
         raise ValueError(f"--eta={FLAGS.eta:g}: the {FLAGS.sampler} sampler has no η; drop --eta")
-    sampling.check_label(run.config, FLAGS.label, FLAGS.guidance)
+    inference.check_label(run.config, FLAGS.label, FLAGS.guidance)
     toy = run.config.model.kind == "mlp"
     if toy and (FLAGS.interpolate or FLAGS.reconstruct or FLAGS.guidance):
         raise ValueError(f"{FLAGS.workdir} is a 2-D toy run: --interpolate, --reconstruct and --guidance are "
@@ -285,18 +289,18 @@ def main(argv):
            + f"_eta{r.eta:g}_{r.guidance or 'unguided'}{r.scale:g}_seed{r.seed}")
     if toy:
         return write_toy_figure(run, mesh, r, out, tag)
-    guides = dict(classifier_log_prob=sampling.load_noisy_classifier(FLAGS.classifier_workdir, run.schedule)
+    guides = dict(classifier_log_prob=inference.load_noisy_classifier(FLAGS.classifier_workdir, run.schedule)
                   if r.guidance == "classifier" else None, clip_guide=clip_guide)
-    draw = sampling.build_draw_fn(run, mesh, sampler=r.sampler, steps=r.steps, eta=r.eta, clip=r.clip, spacing=r.spacing,
+    draw = inference.build_draw_fn(run, mesh, sampler=r.sampler, steps=r.steps, eta=r.eta, clip=r.clip, spacing=r.spacing,
                                   guide=r.guidance, **guides)
     condition = None
     if prompts:
         condition = jax.tree.map(lambda a: np.repeat(a, r.num, axis=0), per_prompt)
         write_prompt_grid(run, draw, mesh, r, out, tag, prompts, condition)
     else:
-        images = sampling.draw_samples(run, draw, mesh, num=r.num, batch=r.batch, seed=r.seed, label=r.label,
+        images = inference.draw_samples(run, draw, mesh, num=r.num, batch=r.batch, seed=r.seed, label=r.label,
                                        scale=r.scale)
-        write(out, tag, images, images, label=sampling.class_labels(run.config, r.num, r.label))
+        write(out, tag, images, images, label=inference.class_labels(run.config, r.num, r.label))
     if FLAGS.trajectory:
         write_trajectory(run, mesh, r, out, tag, guides, condition)
     if FLAGS.interpolate:

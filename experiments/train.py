@@ -15,9 +15,9 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
     import jax
-    from experiments import trainer
+    from experiments import loop
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, hosts: {jax.process_count()}")
-    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, fall_back=FLAGS.fall_back_to_good_checkpoint)
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir, fall_back=FLAGS.fall_back_to_good_checkpoint)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Train a latent-diffusion autoencoder: ``python -m experiments.train_autoencoder --config configs/autoencoder_kl_f4.py --workdir runs/ae_kl_f4``.
+"""Train a latent-diffusion autoencoder: ``python -m experiments.train_autoencoder --config configs/latent/autoencoder_kl_f4.py --workdir runs/ae_kl_f4``.
 
 KL-reg or VQ-reg (``first_stage.kind``) with downsampling f (``first_stage.factor``), as Rombach et
 al. 2022's first stage; no perceptual loss (LPIPS weights cannot be downloaded here). It writes
@@ -23,9 +23,9 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
     import jax
-    from experiments import first_stage_trainer
+    from experiments.latent import autoencoder_loop
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, hosts: {jax.process_count()}")
-    first_stage_trainer.train_autoencoder(FLAGS.config, FLAGS.workdir, fall_back=FLAGS.fall_back_to_good_checkpoint,
+    autoencoder_loop.train_autoencoder(FLAGS.config, FLAGS.workdir, fall_back=FLAGS.fall_back_to_good_checkpoint,
                                           classifier_weights=FLAGS.classifier_weights,
                                           inception_weights=FLAGS.inception_weights)
 

@@ -1,6 +1,6 @@
-"""Train a CLIP on captioned images: ``python -m experiments.train_clip --config configs/clip_mnist.py --workdir runs/clip_mnist``.
+"""Train a CLIP on captioned images: ``python -m experiments.train_clip --config configs/text/clip_mnist.py --workdir runs/clip_mnist``.
 
-Captions come from each image's class and measured attributes (``diffusion.data.captions``); the
+Captions come from each image's class and measured attributes (``diffusion.text.captions``); the
 run writes its tokenizer (``tokenizer.json``), checkpoints and logs, and the held-out zero-shot
 class accuracy and retrieval recall@1/@5 (``clip_eval.json``). A rerun resumes.
 """
@@ -15,8 +15,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    from experiments import clip_trainer
-    clip_trainer.train_clip(FLAGS.config, FLAGS.workdir, fall_back=FLAGS.fall_back_to_good_checkpoint)
+    from experiments.text import clip_training
+    clip_training.train_clip(FLAGS.config, FLAGS.workdir, fall_back=FLAGS.fall_back_to_good_checkpoint)
 
 
 if __name__ == "__main__":

@@ -19,20 +19,20 @@ def tiny_run(tmp_path_factory):
     step, checkpoints at 2 and 4, a sample grid at 4): trained once for every test that reads such a
     run; tests read it and never write in it."""
     from configs import base
-    from experiments import trainer
+    from experiments import loop
     from tiny_configs import shrink
     workdir = tmp_path_factory.mktemp("tiny_run")
-    return workdir, trainer.train_and_evaluate(shrink(base.get_config()), workdir)
+    return workdir, loop.train_and_evaluate(shrink(base.get_config()), workdir)
 
 
 @pytest.fixture(scope="session")
 def tiny_clip_run(tmp_path_factory):
     """A CLIP run of ``tiny_configs.tiny_clip_config(False)`` (2 steps), shared by the text-to-image
     and unCLIP tests; read, never written in."""
-    from experiments import clip_trainer
+    from experiments.text import clip_training
     from tiny_configs import tiny_clip_config
     workdir = tmp_path_factory.mktemp("tiny_clip_run")
-    clip_trainer.train_clip(tiny_clip_config(False), workdir)
+    clip_training.train_clip(tiny_clip_config(False), workdir)
     return workdir
 
 
@@ -40,10 +40,10 @@ def tiny_clip_run(tmp_path_factory):
 def tiny_text_run(tmp_path_factory):
     """A text-to-image run of ``tiny_configs.tiny_text_config()`` (4 steps), shared by the
     text-to-image and CLIP-guidance tests; read (evaluating it writes its eval/ folder), never trained further."""
-    from experiments import trainer
+    from experiments import loop
     from tiny_configs import tiny_text_config
     workdir = tmp_path_factory.mktemp("tiny_text_run")
-    trainer.train_and_evaluate(tiny_text_config(), workdir)
+    loop.train_and_evaluate(tiny_text_config(), workdir)
     return workdir
 
 

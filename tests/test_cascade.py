@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from configs import base
-from diffusion import cascade, parallel, samplers, schedules
+from diffusion import parallel, samplers, schedules
+from diffusion.cascade import augmentation
 from diffusion.data import datasets
 from diffusion.models.unet import UNet
-from experiments import cascade as cascade_runs
-from experiments import common, evaluation, sample, sampling, trainer
+from experiments import build, inference, loop, sample, scoring
+from experiments.cascade import chain
 from experiments.studies import plan
 from tiny_configs import shrink, step_batch
 
@@ -25,18 +26,18 @@ def test_gaussian_augmentation_at_level_s_is_q_of_z_s_given_z_0():
     """Monte Carlo moments of z_s over 20,000 draws against N(√ᾱ_s z_0, (1 − ᾱ_s) I), within 5 s.e."""
     n, s = 20_000, 37
     z0 = jnp.broadcast_to(jnp.array([-0.8, 0.1, 0.6, 1.0]).reshape(1, 2, 2, 1), (n, 2, 2, 1))
-    z, levels = cascade.gaussian_augment(jax.random.split(jax.random.key(0), n), SCHEDULE, z0, (s, s))
+    z, levels = augmentation.gaussian_augment(jax.random.split(jax.random.key(0), n), SCHEDULE, z0, (s, s))
     a = float(SCHEDULE.alphas_cumprod[s])
     assert bool(jnp.all(levels == s))
     mean, var = np.asarray(z.mean(0)), np.asarray(z.var(0))
     np.testing.assert_allclose(mean, np.sqrt(a) * np.asarray(z0[0]), atol=5 * np.sqrt((1 - a) / n))
     np.testing.assert_allclose(var, np.full_like(var, 1 - a), atol=5 * (1 - a) * np.sqrt(2 / n))
-    corrupted = cascade.corrupt(SCHEDULE, z0, s, jax.random.key(1))     # the non-truncated form: the same law
+    corrupted = augmentation.corrupt(SCHEDULE, z0, s, jax.random.key(1))     # the non-truncated form: the same law
     np.testing.assert_allclose(np.asarray(corrupted.mean(0)), np.sqrt(a) * np.asarray(z0[0]), atol=5 * np.sqrt((1 - a) / n))
 
 
 def test_training_levels_cover_the_range_and_no_more():
-    _, levels = cascade.gaussian_augment(jax.random.split(jax.random.key(2), 4000), SCHEDULE,
+    _, levels = augmentation.gaussian_augment(jax.random.split(jax.random.key(2), 4000), SCHEDULE,
                                          jnp.zeros((4000, 2, 2, 1)), (10, 20))
     assert set(np.asarray(levels).tolist()) == set(range(10, 21))
 
@@ -48,7 +49,7 @@ def test_truncated_sampling_stops_at_s_exactly(sampler, steps):
     sampler's chain gets s among its kept steps, with ᾱ_s there."""
     s = 41
     step, run_schedule, timesteps = samplers.plan(sampler, SCHEDULE, steps, prediction="x0")
-    run_schedule, timesteps, t_end = cascade.truncate(SCHEDULE, run_schedule, timesteps, s,
+    run_schedule, timesteps, t_end = augmentation.truncate(SCHEDULE, run_schedule, timesteps, s,
                                                       samplers.SAMPLERS[sampler].respaced)
     assert float(run_schedule.alphas_cumprod[t_end]) == pytest.approx(float(SCHEDULE.alphas_cumprod[s]), rel=1e-6)
     assert int(run_schedule.timesteps[t_end]) == s and bool(jnp.all(timesteps > t_end))
@@ -66,24 +67,24 @@ def test_truncated_sampling_stops_at_s_exactly(sampler, steps):
 def test_blur_kernel_sums_to_one_and_sigma_stays_in_its_range():
     for sigma in (0.3, 0.5, 1.0, 2.0):
         for size in (3, 5):
-            assert float(cascade.blur_kernel(sigma, size).sum()) == pytest.approx(1.0, abs=1e-6)
+            assert float(augmentation.blur_kernel(sigma, size).sum()) == pytest.approx(1.0, abs=1e-6)
     z0 = jax.random.normal(jax.random.key(5), (2000, 6, 6, 2))
-    blurred, sigma = cascade.blur_augment(jax.random.split(jax.random.key(6), 2000), z0, (0.4, 0.6), 3)
+    blurred, sigma = augmentation.blur_augment(jax.random.split(jax.random.key(6), 2000), z0, (0.4, 0.6), 3)
     assert 0.4 <= float(sigma.min()) < 0.41 and 0.59 < float(sigma.max()) <= 0.6
-    np.testing.assert_allclose(cascade.blur(jnp.full((5, 5, 1), 0.7), 0.5, 3), 0.7, rtol=1e-6)  # a constant stays
+    np.testing.assert_allclose(augmentation.blur(jnp.full((5, 5, 1), 0.7), 0.5, 3), 0.7, rtol=1e-6)  # a constant stays
     assert float(blurred.var()) < float(z0.var())
-    wider = jax.vmap(lambda z: cascade.blur(z, 1.5, 3))(z0)
+    wider = jax.vmap(lambda z: augmentation.blur(z, 1.5, 3))(z0)
     assert float(wider.var()) < float(blurred.var())
 
 
 def test_blur_augmentation_blurs_the_chosen_share_of_examples_and_leaves_the_rest_sharp():
     z0 = jax.random.normal(jax.random.key(5), (4000, 6, 6, 1))
     keys = jax.random.split(jax.random.key(7), 4000)
-    out, sigma = cascade.blur_augment(keys, z0, (0.4, 0.6), 3, fraction=0.5)
+    out, sigma = augmentation.blur_augment(keys, z0, (0.4, 0.6), 3, fraction=0.5)
     sharp = np.asarray(sigma) == 0
     assert abs(sharp.mean() - 0.5) < 4 * (0.25 / 4000) ** 0.5                # Bernoulli(0.5): within 4 s.e.
     np.testing.assert_array_equal(np.asarray(out)[sharp], np.asarray(z0)[sharp])
-    expected = jax.vmap(lambda z, s: cascade.blur(z, s, 3))(z0[~sharp], sigma[~sharp])
+    expected = jax.vmap(lambda z, s: augmentation.blur(z, s, 3))(z0[~sharp], sigma[~sharp])
     np.testing.assert_allclose(np.asarray(out)[~sharp], expected, rtol=1e-6)
     assert float(sigma[~sharp].min()) >= 0.4
 
@@ -92,9 +93,9 @@ def test_low_resolution_is_the_datasets_area_resize():
     """The super-resolution stage's input is the image a base stage trained at that size sees."""
     split, _ = datasets.load_splits("mnist", image_size=28, holdout_fraction=0.1)
     images = split.images[:16]
-    ours = datasets.to_uint8(np.asarray(cascade.low_resolution(datasets.to_model_range(images), 14)))
+    ours = datasets.to_uint8(np.asarray(augmentation.low_resolution(datasets.to_model_range(images), 14)))
     assert np.abs(ours.astype(int) - datasets.resize_images(images, 14).astype(int)).max() <= 1
-    assert cascade.upsample(jnp.zeros((2, 14, 14, 1)), 28).shape == (2, 28, 28, 1)
+    assert augmentation.upsample(jnp.zeros((2, 14, 14, 1)), 28).shape == (2, 28, 28, 1)
 
 
 def test_the_conditioning_image_and_the_level_change_the_output():
@@ -102,12 +103,12 @@ def test_the_conditioning_image_and_the_level_change_the_output():
                  dropout=0.0, norm_groups=4)
     x, t = jax.random.normal(jax.random.key(7), (2, 8, 8, 1)), jnp.array([5, 50])
     low = jax.random.normal(jax.random.key(8), (2, 4, 4, 1))
-    cond = cascade.conditioning(low, 8, 10)
+    cond = augmentation.conditioning(low, 8, 10)
     params = model.init(jax.random.key(0), x, t, **cond)["params"]
     assert params["conv_in"]["kernel"].shape[2] == 2 and "aug_level_embedding" in params
     out = model.apply({"params": params}, x, t, **cond)
-    other_image = model.apply({"params": params}, x, t, **cascade.conditioning(-low, 8, 10))
-    other_level = model.apply({"params": params}, x, t, **cascade.conditioning(low, 8, 90))
+    other_image = model.apply({"params": params}, x, t, **augmentation.conditioning(-low, 8, 10))
+    other_level = model.apply({"params": params}, x, t, **augmentation.conditioning(low, 8, 90))
     assert float(jnp.abs(out - other_image).max()) > 1e-3 and float(jnp.abs(out - other_level).max()) > 1e-3
 
 
@@ -126,12 +127,12 @@ def tiny_stage(data, low_resolution=0, augmentation="none"):
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory):
     """A 14×14 base run and a 14 → 28 super-resolution run (Gaussian augmentation), two steps each
-    through trainer.train_and_evaluate (which also draws the SR run's conditioned grid)."""
+    through loop.train_and_evaluate (which also draws the SR run's conditioned grid)."""
     root = tmp_path_factory.mktemp("cascade")
     split, _ = datasets.load_splits("mnist", image_size=28, holdout_fraction=0.1)
     np.savez(root / "data.npz", image=split.images[:160], label=split.labels[:160])
-    trainer.train_and_evaluate(tiny_stage(str(root / "data.npz")), root / "base")
-    trainer.train_and_evaluate(tiny_stage(str(root / "data.npz"), 14, "gaussian"), root / "sr")
+    loop.train_and_evaluate(tiny_stage(str(root / "data.npz")), root / "base")
+    loop.train_and_evaluate(tiny_stage(str(root / "data.npz"), 14, "gaussian"), root / "sr")
     return root
 
 
@@ -139,46 +140,46 @@ def test_a_two_stage_cascade_trains_samples_and_is_measured(stages):
     assert list((stages / "sr" / "samples").glob("*.png"))
     workdirs = [str(stages / "base"), str(stages / "sr")]
     for truncated in (False, True):
-        settings = cascade_runs.Settings(sampler="ddim", steps=4, aug_levels=(10,), truncated=truncated)
+        settings = chain.Settings(sampler="ddim", steps=4, aug_levels=(10,), truncated=truncated)
         sample.sample_cascade(workdirs, settings, num=8, batch=8, seed=0, label=-1, out=stages / "out")
-        tag = f"{cascade_runs.check_chain(workdirs, settings).tag}_seed0"
+        tag = f"{chain.check_chain(workdirs, settings).tag}_seed0"
         with np.load(stages / "out" / f"{tag}.npz") as f:
             assert f["stage0"].shape == (8, 14, 14, 1) and f["stage1"].shape == (8, 28, 28, 1)
         assert (stages / "out" / f"{tag}_cascade.png").exists() and (stages / "out" / f"{tag}_stage1.png").exists()
-    settings = cascade_runs.Settings(sampler="ddim", steps=4, aug_levels=(10,))   # the programs drawn above
-    record = cascade_runs.evaluate(workdirs, settings, num=16, batch=8, features="classifier")
+    settings = chain.Settings(sampler="ddim", steps=4, aug_levels=(10,))   # the programs drawn above
+    record = chain.evaluate(workdirs, settings, num=16, batch=8, features="classifier")
     assert np.isfinite(record["fid"]) and record["num"] == 16
-    assert (stages / "sr" / "eval" / f"cascade_base_{cascade_runs.check_chain(workdirs, settings).tag}.json").exists()
+    assert (stages / "sr" / "eval" / f"cascade_base_{chain.check_chain(workdirs, settings).tag}.json").exists()
     assert np.isfinite(record["upsampled_input"]["fid"]) and record["upsampled_input"]["num"] == 16
 
 
 def test_a_cascade_on_held_out_images_conditions_on_them_shrunk_by_the_data_resize(stages):
     """``heldout`` first: stage 0 is the held-out split at 14×14 (the data loader's area resize of the
     same images, to uint8 rounding) in order, and the stage draws from it and is measured."""
-    workdirs = [cascade_runs.HELDOUT, str(stages / "sr")]
-    settings = cascade_runs.Settings(sampler="ddim", steps=4, aug_levels=(10,))
-    runs, checked = cascade_runs.load(workdirs, settings)
-    outputs = cascade_runs.draw(runs, cascade_runs.build_draw_fns(runs, parallel.make_mesh(), checked),
+    workdirs = [chain.HELDOUT, str(stages / "sr")]
+    settings = chain.Settings(sampler="ddim", steps=4, aug_levels=(10,))
+    runs, checked = chain.load(workdirs, settings)
+    outputs = chain.draw(runs, chain.build_draw_fns(runs, parallel.make_mesh(), checked),
                                 parallel.make_mesh(), checked, num=8, batch=8, seed=0)
-    _, heldout = common.load_data(runs[1].config)
+    _, heldout = build.load_data(runs[1].config)
     by_loader = datasets.resize_images(heldout.images[:8], 14)
     assert outputs[0].shape == (8, 14, 14, 1) and outputs[1].shape == (8, 28, 28, 1)
     assert np.abs(outputs[0].astype(int) - by_loader.astype(int)).max() <= 1
-    record = cascade_runs.evaluate(workdirs, settings, num=16, batch=8, features="classifier")
-    assert np.isfinite(record["fid"]) and record["stages"][0] == cascade_runs.HELDOUT
+    record = chain.evaluate(workdirs, settings, num=16, batch=8, features="classifier")
+    assert np.isfinite(record["fid"]) and record["stages"][0] == chain.HELDOUT
     assert (stages / "sr" / "eval" / f"cascade_heldout_{checked.tag}.json").exists()
     with pytest.raises(ValueError, match="carry their own labels"):
-        cascade_runs.draw(runs, [None, None], parallel.make_mesh(), checked, num=8, batch=8, seed=0, label=3)
+        chain.draw(runs, [None, None], parallel.make_mesh(), checked, num=8, batch=8, seed=0, label=3)
     with pytest.raises(ValueError, match="held-out split has"):
-        cascade_runs.draw(runs, [None, None], parallel.make_mesh(), checked, num=10 ** 6, batch=8, seed=0)
+        chain.draw(runs, [None, None], parallel.make_mesh(), checked, num=10 ** 6, batch=8, seed=0)
 
 
 def test_a_super_resolution_run_refuses_to_sample_without_a_conditioning_image(stages):
-    run = sampling.load_run(stages / "sr")
+    run = inference.load_run(stages / "sr")
     with pytest.raises(ValueError, match="super-resolution stage .* --cascade"):
-        sampling.build_draw_fn(run, None, sampler="ddim", steps=2)
+        inference.build_draw_fn(run, None, sampler="ddim", steps=2)
     with pytest.raises(ValueError, match="super-resolution stage .* --cascade"):
-        evaluation.evaluate_run(stages / "sr", [("ddim", 2, 0.0)], num=8, batch=8)
+        scoring.evaluate_run(stages / "sr", [("ddim", 2, 0.0)], num=8, batch=8)
 
 
 def test_accumulated_micro_batches_augment_as_the_whole_batch_does():
@@ -188,14 +189,14 @@ def test_accumulated_micro_batches_augment_as_the_whole_batch_does():
     for k in (1, 2):
         c = tiny_stage("mnist", 14, "gaussian")
         c.optim.eps, c.optim.grad_accum_steps, c.optim.warmup_steps = 1e-3, k, 0   # the first update is lr, not 0
-        model, schedule, tx = common.make_model(c), common.make_schedule(c), common.make_optimizer(c)
+        model, schedule, tx = build.make_model(c), build.make_schedule(c), build.make_optimizer(c)
         mesh = parallel.make_mesh()
-        state = trainer.init_state(c, model, schedule, tx, jax.random.key(0))
+        state = loop.init_state(c, model, schedule, tx, jax.random.key(0))
         initial = jax.tree.map(np.asarray, state.params)
         state = jax.device_put(state, parallel.fsdp_shardings(state, mesh))
-        step = trainer.jit_step(trainer.make_train_step(c, model, schedule, tx), state, mesh)
-        split, _ = common.load_data(c)
-        for micro in trainer.micro_batches(step_batch(split, 16, 0, c.seed), k):
+        step = loop.jit_step(loop.make_train_step(c, model, schedule, tx), state, mesh)
+        split, _ = build.load_data(c)
+        for micro in loop.micro_batches(step_batch(split, 16, 0, c.seed), k):
             state, _ = step(state, parallel.global_batch(micro, mesh))
         states.append(jax.tree.map(np.asarray, state.params))
         assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(states[-1]), jax.tree.leaves(initial)))
@@ -205,7 +206,7 @@ def test_accumulated_micro_batches_augment_as_the_whole_batch_does():
 
 def test_a_stage_resumed_with_another_conditioning_is_refused(stages):
     with pytest.raises(ValueError, match="(?s)different model.*cascade.augmentation: checkpoint 'gaussian' vs config 'blur'"):
-        trainer.train_and_evaluate(tiny_stage(str(stages / "data.npz"), 14, "blur"), stages / "sr")
+        loop.train_and_evaluate(tiny_stage(str(stages / "data.npz"), 14, "blur"), stages / "sr")
 
 
 def fake_run(root, name, **fields):
@@ -234,10 +235,10 @@ def fake_run(root, name, **fields):
 def test_a_cascade_that_does_not_chain_is_refused(tmp_path, stages_, settings, message):
     made = {"base": {}, "sr_g": dict(low_resolution=14, augmentation="gaussian"),
             "sr7": dict(low_resolution=7, augmentation="gaussian"), "sr_none": dict(low_resolution=14)}
-    workdirs = [name if name == cascade_runs.HELDOUT else fake_run(tmp_path, f"{i}_{name}", **made[name])
+    workdirs = [name if name == chain.HELDOUT else fake_run(tmp_path, f"{i}_{name}", **made[name])
                 for i, name in enumerate(stages_)]
     with pytest.raises(ValueError, match=message):
-        cascade_runs.check_chain(workdirs, cascade_runs.Settings(**settings))
+        chain.check_chain(workdirs, chain.Settings(**settings))
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -258,7 +259,7 @@ def test_a_super_resolution_config_that_cannot_run_is_refused(fields, message):
     for section, values in fields.items():
         c[section].update(values)
     with pytest.raises(ValueError, match=message):
-        common.validate(c)
+        build.validate(c)
 
 
 def test_the_cascaded_study_plans_valid_stages_and_reads_its_table():
@@ -266,7 +267,7 @@ def test_the_cascaded_study_plans_valid_stages_and_reads_its_table():
     for scale in ("default", "paper"):
         study_plan = plan.make_plan(module, "runs/studies/cascaded", scale=scale)
         for job in study_plan.models.values():
-            common.validate(job.config)
+            build.validate(job.config)
         assert study_plan.data_config.data.image_size == 28
     names = [plan.cell_name(c) for c in study_plan.cells]
     assert len(set(names)) == len(names)
@@ -292,9 +293,9 @@ def test_the_cascaded_studys_single_model_trains_on_the_cascades_compute():
     flops = {}
     for name in ("base", "sr_gaussian", "single"):
         c = study_plan.models[name].config
-        model = common.make_model(c)
-        params = jax.eval_shape(lambda k: common.init_params(model, c, k), jax.random.key(0))
-        call = (cascade.conditioning(jnp.zeros((8, 14, 14, 1)), 28, 0) if c.data.low_resolution else {})
+        model = build.make_model(c)
+        params = jax.eval_shape(lambda k: build.init_params(model, c, k), jax.random.key(0))
+        call = (augmentation.conditioning(jnp.zeros((8, 14, 14, 1)), 28, 0) if c.data.low_resolution else {})
         flops[name] = model_cost(model, params, (c.data.image_size,) * 2 + (1,), **call)["flops_per_example"]
     assert (flops["base"] + flops["sr_gaussian"]) / flops["single"] == pytest.approx(cascaded.CASCADE_FLOPS, rel=0.01)
     single, stage = study_plan.models["single"].config.train, study_plan.models["sr_gaussian"].config.train

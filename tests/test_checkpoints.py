@@ -399,11 +399,11 @@ def test_milestones_at_the_keep_period_survive_pruning(tmp_path):
     """keep=2, keep_period=3 over steps 1…7: the newest two (6, 7) and the milestone 3 remain; a
     negative period is refused by the config check."""
     from configs import mnist
-    from experiments import common
+    from experiments import build
     ckpt = saved(tmp_path, range(1, 8), keep=2, keep_period=3)
     assert sorted(ckpt.manager.all_steps()) == [3, 6, 7]
     assert sorted(int(p.name) for p in tmp_path.iterdir()) == [3, 6, 7]
     config = mnist.get_config()
     config.train.keep_period = -1
     with pytest.raises(ValueError, match="train.keep_period=-1 must be an integer >= 0"):
-        common.validate(config)
+        build.validate(config)

@@ -11,7 +11,7 @@ from benchmarks import memory
 from configs import base
 from diffusion import parallel, training
 from diffusion.data import datasets
-from experiments import common, trainer
+from experiments import build, loop
 from tiny_configs import shrink, step_batch
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -33,17 +33,17 @@ def tiny(**fields):
 def initial_params():
     """The tiny U-Net's initial parameters as host arrays (a donated step cannot consume them)."""
     c = tiny()
-    params = jax.jit(lambda key: common.init_params(common.make_model(c), c, key))(jax.random.key(c.seed))
+    params = jax.jit(lambda key: build.init_params(build.make_model(c), c, key))(jax.random.key(c.seed))
     return jax.tree.map(np.asarray, params)
 
 
 def run_steps(c, mesh, batches):
     """(state, [(params, EMA) as host arrays after each call]): one jitted ``train_step`` call per
     batch on a state laid out by ``fsdp_shardings``."""
-    model, schedule, tx = common.make_model(c), common.make_schedule(c), common.make_optimizer(c)
+    model, schedule, tx = build.make_model(c), build.make_schedule(c), build.make_optimizer(c)
     state = training.create_train_state(jax.random.key(c.seed), initial_params(), tx, schedule.num_steps)
     state = jax.device_put(state, parallel.fsdp_shardings(state, mesh))
-    step = trainer.jit_step(trainer.make_train_step(c, model, schedule, tx), state, mesh)
+    step = loop.jit_step(loop.make_train_step(c, model, schedule, tx), state, mesh)
     seen = []
     for batch in batches:
         state, _ = step(state, parallel.global_batch(batch, mesh))
@@ -74,7 +74,7 @@ def test_sharded_and_accumulated_steps_equal_the_replicated_large_batch():
     runs = {}
     for fsdp, k in ((1, 1), (2, 1), (4, 2), (8, 4)):
         c = tiny(train__batch_size=32, optim__grad_accum_steps=k, optim__warmup_steps=0)
-        micro = [m for b in batches for m in trainer.micro_batches(b, k)]
+        micro = [m for b in batches for m in loop.micro_batches(b, k)]
         state, seen = run_steps(c, parallel.make_mesh(fsdp=fsdp), micro)
         assert int(state.step) == 2 * k
         runs[fsdp] = state
@@ -100,7 +100,7 @@ def test_checkpoints_move_between_meshes_and_the_loop_accumulates(tmp_path):
     """Written with fsdp 4, resumed with fsdp 1, then with 4 again, the run equals the uninterrupted
     replicated one; so does the loop with two micro-batches per step on a state sharded over 2.
     (Each run checkpoints only at its end: orbax takes seconds per save of the sharded state.)"""
-    run = lambda workdir, **fields: trainer.train_and_evaluate(tiny(train__checkpoint_every=1000, **fields),
+    run = lambda workdir, **fields: loop.train_and_evaluate(tiny(train__checkpoint_every=1000, **fields),
                                                                tmp_path / workdir)
     straight = run("straight")
     for steps, fsdp in ((2, 4), (3, 1), (4, 4)):
@@ -134,4 +134,4 @@ def test_memory_benchmark_reports_the_sharded_state():
 ])
 def test_bad_mesh_or_accumulation_fails_before_any_work(tmp_path, fields, message):
     with pytest.raises(ValueError, match=message):
-        trainer.prepare_run(tiny(**fields), tmp_path / "run")
+        loop.prepare_run(tiny(**fields), tmp_path / "run")

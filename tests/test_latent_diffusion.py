@@ -14,10 +14,11 @@ from PIL import Image
 from configs import base
 from diffusion import guidance, parallel, samplers, schedules
 from diffusion.data import datasets
-from diffusion.models import first_stage as first_stage_models
+from diffusion.latent import networks
 from diffusion.models.conditioning import ClassTokens
 from diffusion.models.unet import UNet
-from experiments import common, evaluation, first_stage_trainer, sampling, trainer
+from experiments import build, inference, loop, scoring
+from experiments.latent import autoencoder_loop
 from tiny_configs import shrink
 
 
@@ -51,18 +52,18 @@ def ldm(tmp_path_factory):
     root = tmp_path_factory.mktemp("ldm")
     split, _ = datasets.load_splits("mnist", image_size=28, holdout_fraction=0.1)
     np.savez(root / "data.npz", image=split.images[:320], label=split.labels[:320])
-    first_stage_trainer.train_autoencoder(tiny_autoencoder(str(root / "data.npz")), root / "ae")
-    trainer.train_and_evaluate(tiny_latent(root), root / "ldm")
+    autoencoder_loop.train_autoencoder(tiny_autoencoder(str(root / "data.npz")), root / "ae")
+    loop.train_and_evaluate(tiny_latent(root), root / "ldm")
     return root
 
 
 def test_the_scale_factor_makes_the_training_latents_unit_variance(ldm, monkeypatch):
     """s = 1/std(ℰ(x)) over the training split, checked in numpy; it is stored in config.json, and a
     resumed run reuses it rather than measuring again."""
-    run = sampling.load_run(ldm / "ldm")
+    run = inference.load_run(ldm / "ldm")
     config = run.config
-    train_split, _ = common.load_data(config)
-    z = evaluation.encoded(run.latent.autoencoder.encode, train_split, parallel.make_mesh()).images
+    train_split, _ = build.load_data(config)
+    z = parallel.encode_split(run.latent.autoencoder.encode, train_split, parallel.make_mesh()).images
     assert z.shape == (len(train_split), 8, 8, 3)
     scale = json.loads((ldm / "ldm" / "config.json").read_text())["data"]["latent_scale"]
     assert scale == config.data.latent_scale == run.latent.scale
@@ -72,8 +73,8 @@ def test_the_scale_factor_makes_the_training_latents_unit_variance(ldm, monkeypa
 
     def measure_again(_):
         raise AssertionError("a resumed run measured the scale again")
-    monkeypatch.setattr(first_stage_models, "scale_factor", measure_again)
-    resumed, space, latents = trainer.latent_training_data(tiny_latent(ldm), ldm / "ldm", train_split,
+    monkeypatch.setattr(networks, "scale_factor", measure_again)
+    resumed, space, latents = loop.latent_training_data(tiny_latent(ldm), ldm / "ldm", train_split,
                                                            parallel.make_mesh())
     assert resumed.data.latent_scale == space.scale == scale
     np.testing.assert_allclose(latents.images, scale * z, rtol=1e-6)
@@ -82,17 +83,17 @@ def test_the_scale_factor_makes_the_training_latents_unit_variance(ldm, monkeypa
 def test_a_latent_run_trains_samples_and_evaluates_decoded_images(ldm):
     """The training grid, the drawn samples (classifier-free guided through the null tokens) and the
     evaluated samples are decoded 28×28 images; FID on them, NLL in the latent space."""
-    run = sampling.load_run(ldm / "ldm")
-    assert common.data_shape(run.config) == (8, 8, 3) and run.model.image_size == 8
+    run = inference.load_run(ldm / "ldm")
+    assert build.data_shape(run.config) == (8, 8, 3) and run.model.image_size == 8
     assert "context_encoder" in run.params and "class_embedding" not in run.params
     grid = np.asarray(Image.open(ldm / "ldm" / "samples" / "step_0000002.png"))
     assert grid.shape[:2] == (2 * (3 * 30 + 2),) * 2    # 8 decoded 28×28 samples (not 8×8 latents) in 3 × 3 cells
     mesh = parallel.make_mesh()
-    draw = sampling.build_draw_fn(run, mesh, sampler="ddim", steps=2, guide="classifier_free", keep_every=1)
+    draw = inference.build_draw_fn(run, mesh, sampler="ddim", steps=2, guide="classifier_free", keep_every=1)
     images, frames = draw(run.params, jax.random.key(0), jnp.arange(8, dtype=jnp.int32), np.float32(2.0))
     assert images.shape == (8, 28, 28, 1) and frames["x0"].shape[1:] == frames["x_t"].shape[1:] == (8, 28, 28, 1)
     assert np.all(np.isfinite(np.asarray(images)))
-    rows, nlls = evaluation.evaluate_run(ldm / "ldm", [("ddim", 2, 0.0)], num=16, batch=8, nll_examples=8)
+    rows, nlls = scoring.evaluate_run(ldm / "ldm", [("ddim", 2, 0.0)], num=16, batch=8, nll_examples=8)
     assert rows[1]["num"] == 16 and np.isfinite(rows[1]["fid"])
     with np.load(ldm / "ldm" / "eval" / f"samples_ddim2_eta0_seed0_step{run.step}.npz") as f:
         assert f["image"].shape == (16, 28, 28, 1) and f["image"].dtype == np.uint8
@@ -100,13 +101,13 @@ def test_a_latent_run_trains_samples_and_evaluates_decoded_images(ldm):
 
 
 def test_latent_samples_are_the_same_on_one_and_eight_devices(ldm):
-    run = sampling.load_run(ldm / "ldm")
+    run = inference.load_run(ldm / "ldm")
     out = []
     for devices in (jax.devices()[:1], jax.devices()[:8]):
         mesh = parallel.make_mesh(devices)
         placed = dataclasses.replace(run, params=jax.device_put(run.params, parallel.replicated(mesh)))
-        draw = sampling.build_draw_fn(placed, mesh, sampler="ddim", steps=2)
-        out.append(sampling.draw_samples(placed, draw, mesh, num=8, batch=8, seed=3))
+        draw = inference.build_draw_fn(placed, mesh, sampler="ddim", steps=2)
+        out.append(inference.draw_samples(placed, draw, mesh, num=8, batch=8, seed=3))
     assert out[0].shape == (8, 28, 28, 1)
     np.testing.assert_allclose(out[0].astype(int), out[1].astype(int), atol=1)   # uint8: float noise may round ±1
 
@@ -119,10 +120,10 @@ def test_a_studys_first_stage_floor_is_the_fid_of_its_reconstructions_in_the_cel
     from types import SimpleNamespace
 
     from diffusion import metrics
-    from experiments import first_stage
+    from experiments.latent import autoencoder_runs
     from experiments.studies import measure
     mesh = parallel.make_mesh()
-    train_split, heldout = common.load_data(tiny_latent(ldm))
+    train_split, heldout = build.load_data(tiny_latent(ldm))
     feature_fn = lambda images: (images.reshape(len(images), -1)[:, ::49].astype(np.float64) / 255,
                                  np.full((len(images), 2), 0.5))     # 16 pixels as features
     reference = metrics.FeatureStats(16).update(feature_fn(train_split.images)[0])
@@ -130,9 +131,9 @@ def test_a_studys_first_stage_floor_is_the_fid_of_its_reconstructions_in_the_cel
     floors = measure.first_stage_floors(study, mesh, heldout, feature_fn, reference)
     assert set(floors) == {"", str(ldm / "ae")}
     images = heldout.images[:10]
-    autoencoder = first_stage.load_autoencoder(ldm / "ae")
+    autoencoder = autoencoder_runs.load_autoencoder(ldm / "ae")
     recs = datasets.to_uint8(np.asarray(autoencoder.decode(autoencoder.encode(datasets.to_model_range(images)))))
-    own, rec = (evaluation.quality(*feature_fn(x), reference) for x in (images, recs))
+    own, rec = (scoring.quality(*feature_fn(x), reference) for x in (images, recs))
     assert floors[""] == dict(heldout_fid=own["fid"], heldout_fid_se=own["fid_se"], floor_images=10)
     fewer = measure.first_stage_floors(SimpleNamespace(num=10 ** 6, autoencoders={}), mesh, heldout, feature_fn,
                                        reference)
@@ -220,23 +221,23 @@ def test_a_latent_run_that_cannot_work_is_refused_before_any_work(ldm, tmp_path,
         c.model.channel_mult = (1, 2, 2, 2, 2)
     elif case == "unlabelled_data":
         c.data.source = _unlabelled_npz(tmp_path)
-        monkeypatch.setattr(trainer, "latent_training_data", None)   # refused before any encoding
+        monkeypatch.setattr(loop, "latent_training_data", None)   # refused before any encoding
     elif case == "discretized_decoder":
         c.diffusion.decoder = "discretized"
     else:
         c.sample.clip = "static"
     with pytest.raises(ValueError, match=message):
-        trainer.train_and_evaluate(c, tmp_path / "run")
+        loop.train_and_evaluate(c, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("name", ["latent_fashion_mnist_kl_f4", "latent_fashion_mnist_kl_f2",
-                                  "latent_fashion_mnist_vq_f4", "latent_fashion_mnist_kl_f4_classes"])
+@pytest.mark.parametrize("name", ["kl_f4", "kl_f2",
+                                  "vq_f4", "kl_f4_classes"])
 def test_shipped_latent_configs_are_valid(ldm, name):
     """Each names its autoencoder's run and is valid once one exists there (the tiny one stands in:
     its 8×8 latents fit each U-Net)."""
     import importlib
-    c = importlib.import_module(f"configs.{name}").get_config()
+    c = importlib.import_module(f"configs.latent.{name}").get_config()
     assert c.data.autoencoder == "runs/ae_" + "_".join(name.split("_")[3:5])
     c.data.autoencoder = str(ldm / "ae")
-    common.validate(c)
+    build.validate(c)

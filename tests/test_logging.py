@@ -14,7 +14,7 @@ from tensorboardX.proto import event_pb2
 from configs import base
 from diffusion import likelihood, losses
 from diffusion.data import datasets
-from experiments import common, heldout, trainer
+from experiments import build, heldout, loop
 from tiny_configs import shrink
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def test_scalars_and_the_sample_grid_reach_jsonl_and_tensorboard(tiny_run):
     # The metrics.jsonl format is unchanged: one flat row of floats per logged step.
     assert [r["step"] for r in logged] == [1, 2, 3, 4] and all(set(r) == TRAIN_KEYS for r in logged)
     assert all(isinstance(v, float) for r in logged for k, v in r.items() if k != "step")
-    lr = common.learning_rate_schedule(c)
+    lr = build.learning_rate_schedule(c)
     assert [r["lr"] for r in logged] == [float(lr(s)) for s in range(4)]    # the update's own step, from 0
     np.testing.assert_allclose([r["lr"] for r in logged], [0.0, 5e-4, 1e-3, 1e-3], rtol=1e-6)   # warm-up 2
     assert all(r["images_per_sec"] == r["steps_per_sec"] * c.train.batch_size for r in logged)
@@ -70,24 +70,24 @@ def test_eval_every_logs_the_heldout_loss_of_the_ema_at_fixed_noise(tmp_path):
     c = shrink(base.get_config())
     c.train.log_every, c.train.eval_every = 3, 2
     c.diffusion.num_steps = 40      # the bound is T network passes per image
-    state = trainer.train_and_evaluate(c, tmp_path)
+    state = loop.train_and_evaluate(c, tmp_path)
     logged = rows(tmp_path)
     assert [r["step"] for r in logged] == [2, 3, 4]
     assert [set(r) - TRAIN_KEYS for r in logged] == [{"eval/loss", "eval/bpd"}, set(), {"eval/loss", "eval/bpd"}]
-    model, schedule = common.make_model(c), common.make_schedule(c)
-    model_fn = common.make_denoiser(model, state.ema_params)
-    _, split = common.load_data(c)
+    model, schedule = build.make_model(c), build.make_schedule(c)
+    model_fn = build.make_denoiser(model, state.ema_params)
+    _, split = build.load_data(c)
     batches = heldout.loss_batches(c, split, schedule.num_steps)
     assert len(batches) == heldout.LOSS_BATCHES
     every = {k: np.concatenate([b[k] for b in batches]) for k in ("image", "t", "noise")}   # one device, one call
     loss = jax.jit(lambda x, t, noise: losses.training_losses(model_fn, schedule, x, t, noise,
-                                                              **common.loss_kwargs(c))["loss"])(**{
+                                                              **build.loss_kwargs(c))["loss"])(**{
         "x": every["image"], "t": every["t"], "noise": every["noise"]})
     np.testing.assert_allclose(logged[-1]["eval/loss"], np.mean(loss), rtol=1e-5)
     assert logged[0]["eval/loss"] != logged[-1]["eval/loss"]
     x = every["image"][:heldout.BOUND_EXAMPLES]
     bound = jax.jit(lambda x: likelihood.variational_bound(model_fn, schedule, x, jax.random.key(c.seed + 3),
-                                                           decoder=c.diffusion.decoder, **common.output_kwargs(c)))(x)
+                                                           decoder=c.diffusion.decoder, **build.output_kwargs(c)))(x)
     assert np.isfinite(logged[-1]["eval/bpd"]) and logged[-1]["eval/bpd"] > 0
     np.testing.assert_allclose(logged[-1]["eval/bpd"], np.mean(bound["total"]), rtol=1e-5)
 
@@ -103,12 +103,12 @@ def test_the_recipe_generalization_gap_pairs_training_and_heldout_rows(tiny_run)
     c = shrink(base.get_config())
     (result,) = gap.generalization_gap(workdir, batches=3)
     assert result["examples"] == 3 * c.train.batch_size
-    model, schedule, splits = common.make_model(c), common.make_schedule(c), common.load_data(c)
+    model, schedule, splits = build.make_model(c), build.make_schedule(c), build.load_data(c)
     draws = heldout.loss_batches(c, splits[1], schedule.num_steps, 3)
     t, noise = (np.concatenate([b[k] for b in draws]) for k in ("t", "noise"))
     for name, split in zip(("train", "heldout"), splits):
         x = datasets.to_model_range(split.images[:result["examples"]])
-        loss = losses.training_losses(common.make_denoiser(model, state.ema_params), schedule, x, t, noise,
-                                      **common.loss_kwargs(c))["loss"]
+        loss = losses.training_losses(build.make_denoiser(model, state.ema_params), schedule, x, t, noise,
+                                      **build.loss_kwargs(c))["loss"]
         np.testing.assert_allclose(result[name], np.mean(loss), rtol=1e-5)
     assert result["train"] != result["heldout"]

@@ -6,7 +6,7 @@ import scipy.linalg
 from configs import mnist
 from diffusion import metrics, parallel
 from diffusion.data import datasets
-from experiments import evaluation
+from experiments import scoring
 
 
 def random_cov(rng, d):
@@ -55,7 +55,7 @@ def test_inception_score_limits():
 @pytest.fixture(scope="module")
 def mnist_features():
     mesh = parallel.make_mesh()
-    _, feature_fn = evaluation.make_feature_fn(mnist.get_config(), mesh, "classifier")
+    _, feature_fn = scoring.make_feature_fn(mnist.get_config(), mesh, "classifier")
     train, heldout = datasets.load_splits("mnist", image_size=28, holdout_fraction=0.1)
     return feature_fn, train, heldout
 

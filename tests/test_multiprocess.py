@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from experiments import sampling
+from experiments import inference
 from experiments.studies.plan import overrides
 from tiny_configs import shrink
 
@@ -87,7 +87,7 @@ def losses(workdir: Path) -> dict:
 def assert_same_parameters(a: Path, b: Path):
     """The EMA parameters of two runs agree within 1e-5."""
     flat = lambda p: np.concatenate([np.ravel(x) for x in jax.tree.leaves(p)])
-    np.testing.assert_allclose(flat(sampling.load_run(a).params), flat(sampling.load_run(b).params), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(flat(inference.load_run(a).params), flat(inference.load_run(b).params), rtol=0, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from configs import base
 from diffusion.checkpoints import Checkpointer
 from diffusion.data import datasets, pipeline
-from experiments import trainer
+from experiments import loop
 from tiny_configs import shrink
 
 N = 20
@@ -183,15 +183,15 @@ def test_a_run_resumed_mid_epoch_continues_the_exact_stream(tmp_path):
     def run(workdir, steps):
         c = shrink(base.get_config())
         c.train.num_steps, c.train.checkpoint_every, c.train.batch_size = steps, 3, 8
-        workdir, mesh = trainer.prepare_run(c, workdir)
+        workdir, mesh = loop.prepare_run(c, workdir)
         init = lambda key: {"step": jnp.zeros((), jnp.int32), "labels": jnp.full((6, 8), -1, jnp.int32)}
-        state, start, ckpt = trainer.restore_or_init(c, workdir, init, mesh)
+        state, start, ckpt = loop.restore_or_init(c, workdir, init, mesh)
 
         def record(s, batch):
             seen = {"step": s["step"] + 1, "labels": s["labels"].at[s["step"]].set(batch["label"])}
             return seen, {"loss": jnp.zeros(()), "update_finite": jnp.asarray(True)}
-        return trainer.run_loop(c, workdir, state, start, ckpt, trainer.jit_step(record, state, mesh),
-                                trainer.training_batches(c, numbered()), mesh)
+        return loop.run_loop(c, workdir, state, start, ckpt, loop.jit_step(record, state, mesh),
+                                loop.training_batches(c, numbered()), mesh)
 
     straight = np.asarray(run(tmp_path / "straight", 6)["labels"])
     run(tmp_path / "resumed", 3)
@@ -278,7 +278,7 @@ def test_head_reads_only_its_records_and_the_class_count_is_checked_unread():
 
 
 def test_a_tfds_run_trains_and_evaluates_without_reading_a_split_whole(tmp_path, monkeypatch):
-    """``train_and_evaluate`` on a TFDS set reads its records lazily (``common.training_data``): with
+    """``train_and_evaluate`` on a TFDS set reads its records lazily (``build.training_data``): with
     the whole-split read made to fail, a run trains, measures the held-out loss and bound from the
     test split's first records and writes its checkpoint."""
     import tensorflow_datasets as tfds
@@ -292,19 +292,19 @@ def test_a_tfds_run_trains_and_evaluates_without_reading_a_split_whole(tmp_path,
     c = shrink(c, steps=2)
     c.train.eval_every = 2
     with tfds.testing.mock_data(num_examples=16):
-        state = trainer.train_and_evaluate(c, tmp_path)
+        state = loop.train_and_evaluate(c, tmp_path)
     assert int(state.step) == 2
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/loss" in row and "eval/bpd" in row for row in rows)
 
 
 def test_reference_statistics_measured_in_chunks_equal_the_whole_split(tmp_path):
-    """``evaluation.reference_stats`` and ``split_features`` read a split a chunk at a time
+    """``scoring.reference_stats`` and ``split_features`` read a split a chunk at a time
     (``split.rows``, 7 of 20 examples here): the running sums of ``metrics.FeatureStats`` give the
     mean and covariance of the whole split's features, and the class probabilities are the whole
     split's, in order."""
-    from experiments import evaluation
     from diffusion import metrics
+    from experiments import scoring
     projection = np.random.default_rng(0).normal(size=(2 * 2, 5))
 
     def features(images):   # a deterministic per-example feature network: [N, 5] features, [N, 2] probabilities
@@ -315,26 +315,26 @@ def test_reference_statistics_measured_in_chunks_equal_the_whole_split(tmp_path)
     whole_feats, whole_probs = features(split.images)
     whole = metrics.FeatureStats(5).update(whole_feats)
     config = base.get_config()
-    stats, probs = evaluation.reference_stats(config, "toy", features, "train", split, tmp_path, chunk=7)
+    stats, probs = scoring.reference_stats(config, "toy", features, "train", split, tmp_path, chunk=7)
     assert stats.count == N
     np.testing.assert_allclose(stats.mean, whole.mean, rtol=1e-12)
     np.testing.assert_allclose(stats.cov, whole.cov, rtol=1e-10)
     np.testing.assert_array_equal(probs, whole_probs)
-    cached, cached_probs = evaluation.reference_stats(config, "toy", None, "train", split, tmp_path)   # read back
+    cached, cached_probs = scoring.reference_stats(config, "toy", None, "train", split, tmp_path)   # read back
     np.testing.assert_array_equal(cached.outer, stats.outer)
     np.testing.assert_array_equal(cached_probs, probs)
-    feats, probs = evaluation.split_features(features, split, chunk=7)
+    feats, probs = scoring.split_features(features, split, chunk=7)
     np.testing.assert_array_equal(feats, whole_feats)
     np.testing.assert_array_equal(probs, whole_probs)
 
 
 def test_a_tfds_run_evaluates_without_reading_a_split_whole(tmp_path, monkeypatch):
-    """``evaluation.evaluate_run`` on a TFDS run reads the set lazily (``common.training_data``): with
+    """``scoring.evaluate_run`` on a TFDS run reads the set lazily (``build.training_data``): with
     the whole-split read made to fail, a run on a mock MNIST (28×28×1, so the project's classifier
     gives the features) is measured — the reference statistics of its 16 training images and the
     held-out row of its 16 test images a chunk at a time, the NLL from the first 4 test images."""
     import tensorflow_datasets as tfds
-    from experiments import evaluation
+    from experiments import scoring
 
     def refuse(*args):
         raise AssertionError("a TFDS split was read whole")
@@ -343,8 +343,8 @@ def test_a_tfds_run_evaluates_without_reading_a_split_whole(tmp_path, monkeypatc
     c.data.source, c.data.holdout_fraction, c.diffusion.num_steps = "tfds:mnist", 0.0, 100
     c = shrink(c, steps=2)
     with tfds.testing.mock_data(num_examples=16):
-        trainer.train_and_evaluate(c, tmp_path)
-        rows, nlls = evaluation.evaluate_run(tmp_path, [("ddim", 2, 0.0)], num=16, batch=16, features="classifier",
+        loop.train_and_evaluate(c, tmp_path)
+        rows, nlls = scoring.evaluate_run(tmp_path, [("ddim", 2, 0.0)], num=16, batch=16, features="classifier",
                                              nll_examples=4)
     assert rows[0]["name"] == "held-out split (16 real images)" and rows[0]["num"] == 16
     assert np.isfinite(rows[0]["fid"]) and np.isfinite(rows[1]["fid"]) and rows[1]["num"] == 16

@@ -13,7 +13,7 @@ import pytest
 
 from configs import base
 from diffusion.checkpoints import Checkpointer
-from experiments import trainer
+from experiments import loop
 from tiny_configs import assert_same_params, poison_batches_at, shrink
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,23 +58,23 @@ def test_sigterm_saves_the_step_reached_and_the_rerun_resumes_bitwise(tmp_path, 
     straight = tiny_run[1]
     with monkeypatch.context() as m:
         sigterm_at(m, 2)
-        with pytest.raises(trainer.Preempted) as e:
-            trainer.train_and_evaluate(tiny(), tmp_path / "b")
+        with pytest.raises(loop.Preempted) as e:
+            loop.train_and_evaluate(tiny(), tmp_path / "b")
     assert e.value.code == 143
     assert signal.getsignal(signal.SIGTERM) is handler and received == []   # restored; acted on, not passed on
     checkpoints = tmp_path / "b" / "checkpoints"
     assert Checkpointer(checkpoints).latest_step() == 3
     assert (f"stopped by SIGTERM at step 3 of 4: checkpoint saved in {checkpoints / '3'}; rerun the same "
             "command to resume from it") in capsys.readouterr().out
-    resumed = trainer.train_and_evaluate(tiny(), tmp_path / "b")
+    resumed = loop.train_and_evaluate(tiny(), tmp_path / "b")
     assert int(resumed.step) == int(straight.step) == 4
     assert_same_params(straight, resumed)
 
 
 def test_a_preemption_notice_saves_and_stops(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(Checkpointer, "reached_preemption", lambda self, step: step == 3)
-    with pytest.raises(trainer.Preempted):
-        trainer.train_and_evaluate(tiny(), tmp_path)
+    with pytest.raises(loop.Preempted):
+        loop.train_and_evaluate(tiny(), tmp_path)
     assert Checkpointer(tmp_path / "checkpoints").latest_step() == 3
     assert "stopped by a preemption notice at step 3 of 4" in capsys.readouterr().out
 
@@ -84,8 +84,8 @@ def test_a_non_finite_step_is_not_saved_on_sigterm(tmp_path, monkeypatch, previo
     finite checkpoint (2) stays the latest; nothing of step 3 is written."""
     poison_batches_at(monkeypatch, 2)
     sigterm_at(monkeypatch, 2)
-    with pytest.raises(trainer.NonFiniteStepError, match=r"at step 2.*last finite checkpoint \(step 2\)"):
-        trainer.train_and_evaluate(tiny(), tmp_path)
+    with pytest.raises(loop.NonFiniteStepError, match=r"at step 2.*last finite checkpoint \(step 2\)"):
+        loop.train_and_evaluate(tiny(), tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]
     assert signal.getsignal(signal.SIGTERM) is previous_handler[0]
 
@@ -94,7 +94,7 @@ def test_sigterm_in_the_last_step_finishes_the_run_then_passes_the_signal_on(tmp
                                                                              previous_handler):
     handler, received = previous_handler
     sigterm_at(monkeypatch, 3)
-    state = trainer.train_and_evaluate(tiny(), tmp_path)
+    state = loop.train_and_evaluate(tiny(), tmp_path)
     assert int(state.step) == 4 and Checkpointer(tmp_path / "checkpoints").latest_step() == 4
     assert received == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is handler
 

@@ -13,7 +13,7 @@ import pytest
 from configs import base, mnist_cfg, swissroll
 from diffusion import schedules
 from diffusion.checkpoints import CorruptCheckpointError
-from experiments import common, evaluation, sampling, trainer
+from experiments import build, inference, loop, scoring
 from tiny_configs import set_fields, shrink
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def cli(*args):
 def test_impossible_settings_are_refused_before_any_work(tmp_path, field, value, message):
     c = set_fields(tiny(), {field: value})
     with pytest.raises(ValueError, match=message):
-        trainer.train_and_evaluate(c, tmp_path)
+        loop.train_and_evaluate(c, tmp_path)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "config.json").exists()
 
 
@@ -59,17 +59,17 @@ def test_impossible_settings_are_refused_before_any_work(tmp_path, field, value,
 def test_a_sampler_step_count_it_cannot_run_is_refused(sampler, steps, message):
     c = tiny()
     with pytest.raises(ValueError, match=message):
-        common.make_sampler(c, schedules.make_schedule("linear", 1000), sampler=sampler, steps=steps)
+        build.make_sampler(c, schedules.make_schedule("linear", 1000), sampler=sampler, steps=steps)
 
 
 @pytest.mark.parametrize("text", ["ddim", "ddim:0", "ddim:-3", "ddim:1.5", "ddim:x", "ddim:10:abc", "ddim:10:-1",
                                   "ddim:10:0:1", "euler:10", "ddim:10:nan"])
 def test_a_malformed_sampler_setting_is_refused(text):
     with pytest.raises(ValueError, match="is not name:steps\\[:eta\\]"):
-        evaluation.parse_setting(text)
-    assert evaluation.parse_setting("ddim:20:0.5") == ("ddim", 20, 0.5)
+        scoring.parse_setting(text)
+    assert scoring.parse_setting("ddim:20:0.5") == ("ddim", 20, 0.5)
     with pytest.raises(ValueError, match="'heun:10:0.5': heun has no η"):     # once silently dropped
-        evaluation.parse_setting("heun:10:0.5")
+        scoring.parse_setting("heun:10:0.5")
 
 
 def write_npz(path, images, labels=None):
@@ -105,23 +105,23 @@ def test_data_the_config_would_misread_is_refused(tmp_path, case, message):
     c = shrink(mnist_cfg.get_config())          # class-conditional: its labels are used
     c.data.source = write_npz(tmp_path / "data.npz", images, labels)
     with pytest.raises(ValueError, match=message):
-        trainer.train_and_evaluate(c, tmp_path / "run")
+        loop.train_and_evaluate(c, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
     if case in ("label_too_large", "negative_label"):   # an unconditional model never reads them
         unconditional = tiny()
         unconditional.data.source = c.data.source
-        common.load_data(unconditional)
+        build.load_data(unconditional)
 
 
 def test_a_class_the_model_cannot_draw_is_refused():
     conditional, unconditional = mnist_cfg.get_config(), base.get_config()
     for label in (10, -2):
         with pytest.raises(ValueError, match=f"--label={label} is not a class of this run: use 0 … 9"):
-            sampling.check_label(conditional, label)
+            inference.check_label(conditional, label)
     with pytest.raises(ValueError, match="unconditional .* no effect"):
-        sampling.check_label(unconditional, 3)
-    sampling.check_label(unconditional, 3, guide="classifier")     # a label for the classifier: fine
-    sampling.check_label(conditional, 9)
+        inference.check_label(unconditional, 3)
+    inference.check_label(unconditional, 3, guide="classifier")     # a label for the classifier: fine
+    inference.check_label(conditional, 9)
 
 
 def test_a_mistyped_override_is_one_line_naming_the_closest_field(tmp_path):
@@ -144,13 +144,13 @@ def test_a_refused_resume_leaves_the_runs_config(trained):
     other = tiny()
     other.diffusion.schedule = "cosine"
     with pytest.raises(ValueError, match="diffusion.schedule: checkpoint 'linear' vs config 'cosine'"):
-        trainer.train_and_evaluate(other, trained)
+        loop.train_and_evaluate(other, trained)
     shorter = tiny()
     shorter.train.num_steps = 2
     with pytest.raises(ValueError, match="train.num_steps=2 is below step 4 already reached"):
-        trainer.train_and_evaluate(shorter, trained)
+        loop.train_and_evaluate(shorter, trained)
     assert (trained / "config.json").read_text() == saved
-    assert sampling.load_run(trained).step == 4          # the run still samples
+    assert inference.load_run(trained).step == 4          # the run still samples
 
 
 def test_sample_refuses_bad_counts_and_labels(trained):
@@ -166,11 +166,11 @@ def test_sample_refuses_bad_counts_and_labels(trained):
 
 def test_evaluate_refuses_a_setting_beyond_T_before_sampling(trained):
     with pytest.raises(ValueError, match="ddpm:1001 steps=1001 for 'ddpm' exceeds the schedule's T = 1000"):
-        evaluation.evaluate_run(trained, [("ddim", 2, 0.0), ("ddpm", 1001, 0.0)], num=8, batch=8)
+        scoring.evaluate_run(trained, [("ddim", 2, 0.0), ("ddpm", 1001, 0.0)], num=8, batch=8)
     with pytest.raises(ValueError, match="--num=0"):
-        evaluation.evaluate_run(trained, [("ddim", 2, 0.0)], num=0, batch=8)
+        scoring.evaluate_run(trained, [("ddim", 2, 0.0)], num=0, batch=8)
     with pytest.raises(ValueError, match=r"no checkpoint of step 3 .* keeps steps \[2, 4\]"):
-        evaluation.evaluate_run(trained, [("ddim", 2, 0.0)], num=8, batch=8, step=3)
+        scoring.evaluate_run(trained, [("ddim", 2, 0.0)], num=8, batch=8, step=3)
     for args in [("--cascade", f"heldout,{trained}", "--weights", "raw"),
                  ("--unclip", f"{trained},{trained}", "--spacing", "trailing")]:
         proc = cli("experiments.evaluate", *args)
@@ -181,7 +181,7 @@ def test_evaluate_refuses_a_setting_beyond_T_before_sampling(trained):
 
 def test_sample_draws_the_toy_figure_for_a_2d_run(tmp_path):
     c = shrink(swissroll.get_config(), steps=2)
-    trainer.train_and_evaluate(c, tmp_path)
+    loop.train_and_evaluate(c, tmp_path)
     proc = cli("experiments.sample", "--workdir", str(tmp_path), "--sampler", "ddpm", "--steps", "10",
                "--num", "64", "--batch", "64")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -205,11 +205,11 @@ def test_a_corrupt_checkpoint_is_fallen_back_from_only_when_asked(trained, tmp_p
     with pytest.raises(CorruptCheckpointError,
                        match=r"checkpoints/4 is corrupt: .*; rerun the training command .* with --fall_back_to_good_checkpoint to move it "
                              r"to .*corrupt_checkpoints/ and resume from step 2"):
-        trainer.train_and_evaluate(tiny(), run)
+        loop.train_and_evaluate(tiny(), run)
     assert (run / "checkpoints" / "4").is_dir()            # refused, untouched
-    state = trainer.train_and_evaluate(tiny(), run, fall_back=True)
+    state = loop.train_and_evaluate(tiny(), run, fall_back=True)
     assert int(state.step) == 4 and (run / "corrupt_checkpoints" / "4").is_dir()
-    for a, b in zip(jax.tree.leaves(sampling.load_run(trained).params), jax.tree.leaves(state.ema_params)):
+    for a, b in zip(jax.tree.leaves(inference.load_run(trained).params), jax.tree.leaves(state.ema_params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))   # steps 3–4 retrained bit for bit
 
 

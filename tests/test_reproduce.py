@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import common, studies
+from experiments import build, studies
 from experiments.studies import plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def test_every_shipped_study_builds_valid_configs(name):
     for dataset in plan.DATASETS:
         for scale in ("default", "paper"):
             for model in study.models:
-                common.validate(plan.model_config(study, model, dataset, scale))
+                build.validate(plan.model_config(study, model, dataset, scale))
     assert {c["model"] for c in study.cells} == set(study.models)
 
 
@@ -113,7 +113,7 @@ def test_latent_diffusion_study_trains_each_autoencoder_first(tmp_path):
     seconds = [t.config.train.num_steps / module.STEPS_PER_S[m] for m, t in study_plan.models.items()]
     assert seconds == pytest.approx([module.TRAIN_SECONDS] * 4, abs=1)     # equal wall-clock
     assert [c["f"] for c in study_plan.cells] == [1, 2, 4, 4]
-    assert any(c.startswith("python -m experiments.train_autoencoder --config configs/autoencoder_vq_f4.py")
+    assert any(c.startswith("python -m experiments.train_autoencoder --config configs/latent/autoencoder_vq_f4.py")
                and f"--config.train.num_steps={module.AUTOENCODER_STEPS}" in c for c in study_plan.commands)
     with pytest.raises(ValueError, match="--scale paper --dataset fashion_mnist: the study's paper-size models need "
                                          r"one of \['cifar10', 'celeba64', 'imagenet64'\]; add --dataset cifar10"):
@@ -132,11 +132,11 @@ def test_latent_diffusion_study_at_paper_scale_trains_ldm_models(tmp_path, datas
     assert pixel.config.to_dict() == plan.DATASETS[dataset][0].get_config().to_dict()    # the dataset's paper model
     assert study_plan.num == 50_000 and pixel.command.endswith(f"--workdir {pixel.workdir} ")
     for name, job in study_plan.autoencoders.items():
-        assert job.config_file == f"configs/autoencoder_ldm_{name}.py" and job.config.train.num_steps == 100_000
+        assert job.config_file == f"configs/latent/autoencoder_ldm_{name}.py" and job.config.train.num_steps == 100_000
         assert job.config.data.source == pixel.config.data.source and job.config.first_stage.base_channels == 128
     for name in ("kl_f2", "kl_f4", "vq_f4"):
         c = study_plan.models[name].config
-        latent = common.latent_shape(study_plan.autoencoders[name].config)
+        latent = build.latent_shape(study_plan.autoencoders[name].config)
         assert latent == (c.data.image_size // int(name[-1]),) * 2 + (3,)
         assert (c.model.base_channels, c.model.channel_mult, c.model.num_head_channels) == (224, (1, 2, 3, 4), 32)
         assert c.model.attention_resolutions == {8: (4, 2, 1), 16: (8, 4, 2), 32: (16, 8, 4)}[latent[0]]
@@ -151,7 +151,7 @@ def test_latent_diffusion_study_at_paper_scale_trains_ldm_models(tmp_path, datas
 
 def test_ldm_first_stage_configs_keep_ldms_settings():
     """The rates follow LDM's main.py (base rate × batch) and the losses its released configs."""
-    from configs import autoencoder_ldm_kl_f4, autoencoder_ldm_vq_f4
+    from configs.latent import autoencoder_ldm_kl_f4, autoencoder_ldm_vq_f4
     kl, vq = autoencoder_ldm_kl_f4.get_config(), autoencoder_ldm_vq_f4.get_config()
     assert kl.optim.lr == pytest.approx(4.5e-6 * 12 * 2) and vq.optim.lr == pytest.approx(4.5e-6 * 8)  # batch 12 × 2 accumulated; 8
     t = kl.first_stage_train
@@ -169,7 +169,7 @@ def test_latent_diffusion_papers_unet_has_ldm4s_parameter_count():
     c.update(module.paper_overrides("kl_f4", c))
     c.data.autoencoder, c.data.image_size = "", 64     # 256² images at f = 4
     c.model.attention_resolutions = module.ldm4_unet(64)["attention_resolutions"]
-    model = common.make_model(c)
+    model = build.make_model(c)
     x, t = jnp.zeros((1, 64, 64, 3)), jnp.zeros((1,), jnp.int32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, t, train=False))
     assert sum(a.size for a in jax.tree.leaves(shapes)) / 1e6 == pytest.approx(274.06, abs=0.01)

@@ -130,10 +130,10 @@ def test_zero_terminal_snr(x64):
 
 def test_zero_terminal_snr_needs_v_or_x0_prediction():
     from configs import base
-    from experiments import common
+    from experiments import build
     c = base.get_config()
     c.diffusion.zero_terminal_snr = True
     with pytest.raises(ValueError, match="zero_terminal_snr .* set diffusion.prediction='v'"):
-        common.validate(c)
+        build.validate(c)
     c.diffusion.prediction = "v"
-    common.validate(c)
+    build.validate(c)

@@ -8,10 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base, sddpm_conv, sddpm_dense, sddpm_shallow
-from diffusion import gaussian, losses, oracle, parallel, samplers, schedules, sddpm
-from diffusion.models.sddpm_autoencoders import ConvAutoencoder, DenseAutoencoder, ShallowAutoencoder
-from experiments import common, sampling, trainer
+from configs import base
+from configs.sddpm import conv_autoencoder, dense_autoencoder, shallow_autoencoder
+from diffusion import gaussian, losses, oracle, parallel, samplers, schedules
+from diffusion.sddpm import process
+from diffusion.sddpm.autoencoders import ConvAutoencoder, DenseAutoencoder, ShallowAutoencoder
+from experiments import build, inference, loop
+from experiments.sddpm import diagnostics
 
 MEAN, VAR = np.array([0.5, -1.0]), np.array([0.3, 2.0])     # x_0 ~ N(MEAN, diag VAR)
 
@@ -48,13 +51,13 @@ def test_the_forward_pair_composes_to_the_seeds_two_step_closed_form(sched):
     variances add to 1 − ᾱ_t, the seed's q(x_{t+1} | x_{t−1}) merged over every earlier step."""
     t = jnp.array([0, 1, 7, 49])
     one, zero = jnp.ones((4, 1)), jnp.zeros((4, 1))
-    coef_x0 = sddpm.forward_pair(sched, one, t, zero, zero)[1][:, 0]
-    coef_eps = sddpm.forward_pair(sched, zero, t, one, zero)[1][:, 0]
-    coef_z = sddpm.forward_pair(sched, zero, t, zero, one)[1][:, 0]
+    coef_x0 = process.forward_pair(sched, one, t, zero, zero)[1][:, 0]
+    coef_eps = process.forward_pair(sched, zero, t, one, zero)[1][:, 0]
+    coef_z = process.forward_pair(sched, zero, t, zero, one)[1][:, 0]
     np.testing.assert_allclose(coef_x0, sched.sqrt_alphas_cumprod[t], rtol=1e-12)
     np.testing.assert_allclose(coef_eps ** 2 + coef_z ** 2, 1 - sched.alphas_cumprod[t], rtol=1e-12)
     np.testing.assert_allclose(coef_z ** 2, sched.betas[t], rtol=1e-12)
-    x_prev = sddpm.forward_pair(sched, one, t, one, zero)[0][:, 0]      # x_{t−1} is x_0 itself at t = 0
+    x_prev = process.forward_pair(sched, one, t, one, zero)[0][:, 0]      # x_{t−1} is x_0 itself at t = 0
     np.testing.assert_allclose(x_prev[0], 1.0, rtol=1e-12)
 
 
@@ -94,13 +97,13 @@ def test_the_closed_form_is_the_oracles_and_ho_et_als_optimum_is_the_same_step(s
     t = jnp.arange(50)
     x_t = jnp.asarray(np.random.default_rng(0).normal(size=(50, 2)) * 1.5)
     residual_out = exact_residual(sched)(x_t, t)
-    mean, log_var = sddpm.reverse_step(sched, residual_out, x_t, t, variance="learned")
+    mean, log_var = process.reverse_step(sched, residual_out, x_t, t, variance="learned")
     ho_out = oracle.gaussian_reverse(sched, jnp.asarray(MEAN), jnp.asarray(VAR))(x_t, t)
-    ho_mean, ho_log_var = sddpm.reverse_step(sched, ho_out, x_t, t, prediction="eps", variance="learned")
+    ho_mean, ho_log_var = process.reverse_step(sched, ho_out, x_t, t, prediction="eps", variance="learned")
     np.testing.assert_allclose(mean, ho_mean, atol=1e-10)
     np.testing.assert_allclose(log_var, ho_log_var, atol=1e-10)
     x0 = gaussian.x0_from_eps(sched, x_t, t, ho_out[:, :2])
-    np.testing.assert_allclose(sddpm.x0_from_mean(sched, x_t, t, mean), x0, atol=1e-9)
+    np.testing.assert_allclose(process.x0_from_mean(sched, x_t, t, mean), x0, atol=1e-9)
     # The held-out objective reads either parameterisation: the same q_r gives the same value.
     x0_data = jnp.asarray(MEAN + np.sqrt(VAR) * np.random.default_rng(1).normal(size=(64, 2)))
     objective = partial(losses.sddpm_objective, schedule=sched, x0=x0_data, key=jax.random.key(0), variance="learned")
@@ -178,7 +181,7 @@ def test_autoencoder_sizes_it_was_not_built_for_are_refused():
 
 
 def sddpm_config(**diffusion):
-    c = sddpm_shallow.get_config()
+    c = shallow_autoencoder.get_config()
     c.diffusion.update(diffusion)
     return c
 
@@ -191,28 +194,28 @@ def sddpm_config(**diffusion):
 ])
 def test_impossible_sddpm_settings_are_refused_naming_the_fix(config, message):
     with pytest.raises(ValueError, match=message):
-        common.validate(config)
+        build.validate(config)
 
 
 def test_a_sampler_that_would_misread_the_residual_is_refused():
-    c = sddpm_shallow.get_config()
-    schedule = common.make_schedule(c)
+    c = shallow_autoencoder.get_config()
+    schedule = build.make_schedule(c)
     with pytest.raises(ValueError, match=r"sampler='ddim' reads the network as ε, x_0 or v.*sample with 'sddpm'"):
-        common.make_sampler(c, schedule, sampler="ddim", steps=50)
+        build.make_sampler(c, schedule, sampler="ddim", steps=50)
     with pytest.raises(ValueError, match=r"steps=10: the 'sddpm' sampler takes every one of the schedule's T = 50"):
-        common.make_sampler(c, schedule, steps=10)
+        build.make_sampler(c, schedule, steps=10)
     c.sample.steps = 10
     with pytest.raises(ValueError, match=r"sample.steps=10: the 'sddpm' sampler"):
-        common.validate(c)
+        build.validate(c)
     ho = base.get_config()
     with pytest.raises(ValueError, match=r"sampler='sddpm' reads the network as the SDDPM's residual"):
-        common.make_sampler(ho, common.make_schedule(ho), sampler="sddpm", steps=1000)
+        build.make_sampler(ho, build.make_schedule(ho), sampler="sddpm", steps=1000)
     with pytest.raises(ValueError, match="pass step_noise"):
         losses.training_losses(lambda x, t: x, schedule, jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32),
                                jnp.zeros((2, 3)), loss="sddpm", prediction="residual", variance="fixed_large")
 
 
-@pytest.mark.parametrize("config_module", [sddpm_shallow, sddpm_dense, sddpm_conv])
+@pytest.mark.parametrize("config_module", [shallow_autoencoder, dense_autoencoder, conv_autoencoder])
 def test_each_sddpm_config_trains_samples_and_encodes_then_decodes(tmp_path, config_module):
     """A few steps of each config, then seed 004's pictures: held-out images noised by k forward steps
     (k = 1: x_1 itself; k = T: nearly pure noise) and decoded by the trained residual sampler."""
@@ -220,16 +223,16 @@ def test_each_sddpm_config_trains_samples_and_encodes_then_decodes(tmp_path, con
     c.diffusion.num_steps = c.sample.steps = 5
     c.train.batch_size, c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 16, 2, 1, 2
     c.sample.num, c.optim.warmup_steps = 8, 1
-    state = trainer.train_and_evaluate(c, tmp_path)
+    state = loop.train_and_evaluate(c, tmp_path)
     assert int(state.step) == 2
     rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(np.isfinite(r["loss"]) and np.isfinite(r["mse"]) for r in rows)
     assert (tmp_path / "samples" / "step_0000002.png").stat().st_size > 100
-    run, mesh = sampling.load_run(tmp_path), parallel.make_mesh()
+    run, mesh = inference.load_run(tmp_path), parallel.make_mesh()
     x0 = np.linspace(-1, 1, 8 * 28 * 28, dtype=np.float32).reshape(8, 28, 28, 1)
-    encoded, decoded = sampling.forward_encode_decode(run, mesh, x0, np.zeros(8, np.int32), (1, 5), "sddpm")
+    encoded, decoded = diagnostics.forward_encode_decode(run, mesh, x0, np.zeros(8, np.int32), (1, 5), "sddpm")
     assert encoded.shape == decoded.shape == (2, 8, 28, 28, 1) and np.isfinite(decoded).all()
     a = float(run.schedule.alphas_cumprod[0])               # x_1 = √ᾱ_0·x_0 + √(1−ᾱ_0)·ε
     np.testing.assert_allclose(np.std(encoded[0] - np.sqrt(a) * x0), np.sqrt(1 - a), rtol=0.05)
     with pytest.raises(ValueError, match=r"encoding depths \(1, 6\) must lie in 1 … T = 5"):
-        sampling.forward_encode_decode(run, mesh, x0, np.zeros(8, np.int32), (1, 6), "sddpm")
+        diagnostics.forward_encode_decode(run, mesh, x0, np.zeros(8, np.int32), (1, 6), "sddpm")

@@ -9,12 +9,13 @@ import numpy as np
 import optax
 import pytest
 
-from diffusion import contrastive, training
-from diffusion.data import captions, datasets
-from diffusion.data.tokenizer import END_ID, PAD_ID, UNKNOWN_ID, Tokenizer, build_tokenizer, split_words
-from diffusion.models.clip import CLIP, ImageTower
-from diffusion.models.conditioning import TextTokens, end_pooled
+from diffusion import training
+from diffusion.data import datasets
+from diffusion.models.conditioning import end_pooled, TextTokens
 from diffusion.models.unet import UNet
+from diffusion.text import captions, contrastive
+from diffusion.text.clip import CLIP, ImageTower
+from diffusion.text.tokenizer import build_tokenizer, END_ID, PAD_ID, split_words, Tokenizer, UNKNOWN_ID
 from tiny_configs import set_fields, tiny_clip_config
 
 
@@ -273,9 +274,9 @@ def test_the_text_encoder_pools_at_the_end_token_and_drives_the_unet():
 
 @pytest.mark.parametrize("noise_aware", [False, True])
 def test_train_clip_records_zero_shot_and_recall_and_loads_back(tmp_path, noise_aware):
-    from experiments import clip_trainer
+    from experiments.text import clip_training
     c = tiny_clip_config(noise_aware)
-    state, report = clip_trainer.train_clip(c, tmp_path)
+    state, report = clip_training.train_clip(c, tmp_path)
     assert int(state.step) == 2 and (tmp_path / "tokenizer.json").exists()
     evaluations = report["evaluations"]
     assert [e["timestep"] for e in evaluations] == ([0, 250, 500] if noise_aware else [None])
@@ -283,7 +284,7 @@ def test_train_clip_records_zero_shot_and_recall_and_loads_back(tmp_path, noise_
         for key in ("zero_shot_accuracy", "image_to_text_recall@1", "text_to_image_recall@5"):
             assert 0.0 <= e[key] <= 1.0
         assert e["image_to_text_recall@1"] <= e["image_to_text_recall@5"]
-    model, params, tokenizer, config = clip_trainer.load_clip(tmp_path)
+    model, params, tokenizer, config = clip_training.load_clip(tmp_path)
     assert model.noise_aware == noise_aware and tokenizer.decode(tokenizer.encode(["the digit 7"])) == ["the digit 7"]
     same = jax.tree.map(lambda a, b: np.array_equal(a, b), params, state.ema_params)
     assert all(jax.tree.leaves(same))
@@ -295,8 +296,8 @@ def test_train_clip_records_zero_shot_and_recall_and_loads_back(tmp_path, noise_
     ("clip.text_heads", 3, "does not split into clip.text_heads=3"),
 ])
 def test_bad_clip_configs_fail_before_any_work(tmp_path, field, value, message):
-    from experiments import clip_trainer
+    from experiments.text import clip_training
     c = set_fields(tiny_clip_config(False), {field: value})
     with pytest.raises(ValueError, match=message):
-        clip_trainer.train_clip(c, tmp_path / "run")
+        clip_training.train_clip(c, tmp_path / "run")
     assert not (tmp_path / "run").exists()

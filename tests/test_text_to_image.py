@@ -11,12 +11,14 @@ import optax
 import pytest
 from PIL import Image
 
-from configs import mnist_cfg, text_mnist, text_mnist_clip
+from configs import mnist_cfg
+from configs.text import text_mnist, text_mnist_clip
 from diffusion import guidance, parallel, reverse, schedules, training
-from diffusion.data import captions
-from diffusion.data.tokenizer import END_ID, PAD_ID, TOKENIZER_FILE, Tokenizer, build_tokenizer, null_caption
 from diffusion.models.conditioning import TextTokens
-from experiments import clip_trainer, common, evaluation, sampling, text, trainer
+from diffusion.text import captions
+from diffusion.text.tokenizer import build_tokenizer, END_ID, null_caption, PAD_ID, Tokenizer, TOKENIZER_FILE
+from experiments import build, inference, loop, scoring
+from experiments.text import captioning, clip_training
 from tiny_configs import run_sample_cli, set_fields, tiny_text_config, tiny_unet, zeroed_params
 
 PROMPTS = ["a thick seven", "the digit 2, thin", "a small one"]
@@ -134,15 +136,15 @@ def test_every_image_carries_one_fixed_caption_in_the_runs_vocabulary():
     assert len(set(captions.every_caption("mnist"))) == 310
     assert len(set(captions.every_caption("fashion_mnist"))) == 120
     c = text_mnist.get_config()
-    train, heldout = common.load_data(c)
-    tok = text.tokenizer_of(c)
+    train, heldout = build.load_data(c)
+    tok = captioning.tokenizer_of(c)
     assert train.tokens.shape == (len(train), tok.max_length) and train.tokens.dtype == np.int32
     assert heldout.tokens.shape == (len(heldout), tok.max_length)
     texts = tok.decode(train.tokens[:300])
     assert [captions.prompt_class("mnist", text) for text in texts] == list(train.labels[:300])
     assert captions.attribute_accuracy("mnist", train.images[:300], texts)["all"] == 1.0
     assert len(set(texts)) > 30
-    np.testing.assert_array_equal(common.load_data(c)[0].tokens, train.tokens)
+    np.testing.assert_array_equal(build.load_data(c)[0].tokens, train.tokens)
     tok.encode(captions.every_caption("mnist") + captions.class_prompts("mnist"), strict=True)
 
 
@@ -150,14 +152,14 @@ def test_a_run_keeps_its_tokenizer_and_refuses_another(tmp_path):
     """tokenizer.json is written at a run's start and read back by sampling; a resume or a sample
     whose config would give other ids is refused, as is a text run without one."""
     c = text_mnist.get_config()
-    assert text.keep_tokenizer(c, tmp_path) == text.read_tokenizer(c, tmp_path) == text.tokenizer_of(c)
+    assert captioning.keep_tokenizer(c, tmp_path) == captioning.read_tokenizer(c, tmp_path) == captioning.tokenizer_of(c)
     build_tokenizer(["a thick seven"]).save(tmp_path / TOKENIZER_FILE)
     with pytest.raises(ValueError, match="holds another vocabulary than this config gives"):
-        text.keep_tokenizer(c, tmp_path)
+        captioning.keep_tokenizer(c, tmp_path)
     with pytest.raises(ValueError, match="its token ids would be misread"):
-        text.read_tokenizer(c, tmp_path)
+        captioning.read_tokenizer(c, tmp_path)
     with pytest.raises(FileNotFoundError, match="holds no tokenizer"):
-        text.read_tokenizer(c, tmp_path / "elsewhere")
+        captioning.read_tokenizer(c, tmp_path / "elsewhere")
 
 
 # ---- a tiny text run, trained, sampled and refused ----
@@ -166,7 +168,7 @@ def test_a_run_keeps_its_tokenizer_and_refuses_another(tmp_path):
 
 def test_a_text_run_trains_keeps_its_tokenizer_and_draws_a_labelled_prompt_grid(tiny_text_run, tmp_path):
     c = tiny_text_config()
-    assert Tokenizer.load(tiny_text_run / TOKENIZER_FILE) == text.tokenizer_of(c)
+    assert Tokenizer.load(tiny_text_run / TOKENIZER_FILE) == captioning.tokenizer_of(c)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("the digit 2, thin\n\n")
     out = tmp_path / "out"
@@ -201,38 +203,38 @@ def test_prompt_refusals(tiny_text_run, tmp_path):
             run_sample_cli(*common_args, *args)
     assert not out.exists()
 
-    run = sampling.load_run(tiny_text_run)
-    np.testing.assert_array_equal(sampling.prompt_tokens(run, [""])[0], null_caption(run.tokenizer.max_length))
+    run = inference.load_run(tiny_text_run)
+    np.testing.assert_array_equal(inference.prompt_tokens(run, [""])[0], null_caption(run.tokenizer.max_length))
     never_dropped = dataclasses.replace(run, config=run.config.copy_and_resolve_references())
     never_dropped.config.train.caption_dropout = 0.0
     with pytest.raises(ValueError, match="never saw in training"):
-        sampling.prompt_tokens(never_dropped, [""])
+        inference.prompt_tokens(never_dropped, [""])
     with pytest.raises(ValueError, match="never saw in training"):
-        sampling.build_draw_fn(never_dropped, None, sampler="ddim", steps=2, guide="classifier_free")
+        inference.build_draw_fn(never_dropped, None, sampler="ddim", steps=2, guide="classifier_free")
     with pytest.raises(ValueError, match="classifier guidance steers towards a class label"):
-        sampling.build_draw_fn(run, None, sampler="ddim", steps=2, guide="classifier",
+        inference.build_draw_fn(run, None, sampler="ddim", steps=2, guide="classifier",
                                classifier_log_prob=lambda x, t, y: jnp.zeros(x.shape[:1]))
-    untexted = sampling.Run(mnist_cfg.get_config(), None, None, None, 0)
+    untexted = inference.Run(mnist_cfg.get_config(), None, None, None, 0)
     with pytest.raises(ValueError, match="this run is not text-conditioned .* drop it \\(use --label"):
-        sampling.prompt_tokens(untexted, ["a seven"])
+        inference.prompt_tokens(untexted, ["a seven"])
     with pytest.raises(ValueError, match="a text-conditioned run draws for prompts"):
-        sampling.draw_samples(run, None, parallel.make_mesh(), num=8, batch=8, seed=0)
+        inference.draw_samples(run, None, parallel.make_mesh(), num=8, batch=8, seed=0)
 
 
 def test_text_alignment_of_real_images_with_their_own_captions():
     """On held-out images and their own captions: the class match is the classifier's accuracy
     against the labels (the class each caption names), and every attribute asked for is shown."""
     c = text_mnist.get_config()
-    heldout = common.load_data(c)[1]
-    images, texts = heldout.images[:64], text.tokenizer_of(c).decode(heldout.tokens[:64])
-    _, probs = evaluation.classifier_features(parallel.make_mesh())(images)
-    out = evaluation.text_alignment("mnist", images, probs, texts)
+    heldout = build.load_data(c)[1]
+    images, texts = heldout.images[:64], captioning.tokenizer_of(c).decode(heldout.tokens[:64])
+    _, probs = scoring.classifier_features(parallel.make_mesh())(images)
+    out = scoring.text_alignment("mnist", images, probs, texts)
     assert out["class_match"] == pytest.approx(np.mean(np.argmax(probs, -1) == heldout.labels[:64]))
     assert out["class_match"] > 0.9 and out["attribute_accuracy"]["all"] == 1.0
 
 
 def test_evaluate_a_text_run_on_held_out_captions(tiny_text_run):
-    rows, nlls = evaluation.evaluate_run(tiny_text_run, [("ddim", 2, 0.0)], num=10, batch=8, nll_examples=8)
+    rows, nlls = scoring.evaluate_run(tiny_text_run, [("ddim", 2, 0.0)], num=10, batch=8, nll_examples=8)
     row = rows[1]
     assert 0.0 <= row["class_match"] <= 1.0 and 0.0 <= row["attribute_accuracy"]["all"] <= 1.0
     assert np.isfinite(nlls["vlb"]["bits_per_dim"])      # conditioned on each held-out image's caption
@@ -243,14 +245,14 @@ def test_held_out_prompts_are_the_captions_whoever_tokenized_the_split(tiny_text
     """The prompts a run is measured on are its held-out images' captions: the very token ids its
     own tokenizer wrote into the split it captioned, and the same when the split's ids are another
     tokenizer's (a study hands every text run one split) or absent."""
-    run = sampling.load_run(tiny_text_run)
-    heldout = common.load_data(run.config)[1]
-    prompts = evaluation.heldout_prompts(run, heldout, 6)
+    run = inference.load_run(tiny_text_run)
+    heldout = build.load_data(run.config)[1]
+    prompts = scoring.heldout_prompts(run, heldout, 6)
     np.testing.assert_array_equal(run.tokenizer.encode(prompts, strict=True), heldout.tokens[:6])
     assert len(set(prompts)) > 1
     foreign = dataclasses.replace(heldout, tokens=np.roll(heldout.tokens, 1, axis=0))
-    assert evaluation.heldout_prompts(run, foreign, 6) == prompts
-    assert evaluation.heldout_prompts(run, dataclasses.replace(heldout, tokens=None), 6) == prompts
+    assert scoring.heldout_prompts(run, foreign, 6) == prompts
+    assert scoring.heldout_prompts(run, dataclasses.replace(heldout, tokens=None), 6) == prompts
 
 
 # ---- the frozen CLIP text tower ----
@@ -261,11 +263,11 @@ def test_clip_text_reads_the_frozen_tower_and_its_tokenizer(tiny_clip_run, tmp_p
     bitwise, giving the CLIP's own token features."""
     c = tiny_text_config(text_mnist_clip)
     c.model.clip_run, c.train.num_steps = str(tiny_clip_run), 2
-    clip_model, clip_params, clip_tokenizer, _ = clip_trainer.load_clip(tiny_clip_run)
-    state = trainer.train_and_evaluate(c, tmp_path / "run")
+    clip_model, clip_params, clip_tokenizer, _ = clip_training.load_clip(tiny_clip_run)
+    state = loop.train_and_evaluate(c, tmp_path / "run")
     assert Tokenizer.load(tmp_path / "run" / TOKENIZER_FILE) == clip_tokenizer
     assert "context_encoder" not in state.params and "pooled_text_projection" in state.params
-    run = sampling.load_run(tmp_path / "run")
+    run = inference.load_run(tmp_path / "run")
     tower = run.model.context_encoder
     for a, b in zip(jax.tree.leaves(tower.params), jax.tree.leaves(clip_params["text_tower"]), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -273,7 +275,7 @@ def test_clip_text_reads_the_frozen_tower_and_its_tokenizer(tiny_clip_run, tmp_p
     np.testing.assert_array_equal(tower(tokens), clip_model.apply({"params": clip_params}, tokens,
                                                                   method=lambda m, t: m.text_tower(t)))
     with pytest.raises(ValueError, match="built without its pretrained parameters"):
-        common.make_model(c, load_frozen=False).context_encoder(tokens)
+        build.make_model(c, load_frozen=False).context_encoder(tokens)
 
 
 # ---- configs refused before any work ----
@@ -291,7 +293,7 @@ def test_clip_text_reads_the_frozen_tower_and_its_tokenizer(tiny_clip_run, tmp_p
 def test_bad_text_configs_are_refused(tmp_path, changes, message):
     c = set_fields(tiny_text_config(), changes)
     with pytest.raises(ValueError, match=message):
-        trainer.train_and_evaluate(c, tmp_path / "run")
+        loop.train_and_evaluate(c, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -299,7 +301,7 @@ def test_a_clip_run_of_another_width_or_domain_is_refused(tiny_clip_run):
     c = tiny_text_config(text_mnist_clip)
     c.model.clip_run, c.model.context_dim = str(tiny_clip_run), 32
     with pytest.raises(ValueError, match="text tower is 16 wide: set model.context_dim=16"):
-        common.validate(c)
+        build.validate(c)
     c.model.context_dim, c.data.captions = 16, "fashion_mnist"
     with pytest.raises(ValueError, match="was trained on 'mnist' captions, not data.captions='fashion_mnist'"):
-        common.validate(c)
+        build.validate(c)

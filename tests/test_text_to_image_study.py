@@ -9,20 +9,22 @@ import numpy as np
 import pytest
 
 from diffusion import parallel
-from diffusion.data import captions, datasets
-from diffusion.models.clip import CLIP
-from experiments import clip_runs, clip_trainer, common, evaluation
+from diffusion.data import datasets
+from diffusion.text import captions
+from diffusion.text.clip import CLIP
+from experiments import build, scoring
 from experiments.studies import plan
+from experiments.text import clip_runs, clip_training
 
 
 def _stand_in_clip_runs(study_plan):
     """Each planned CLIP run's config.json and tokenizer.json (what a model's validation reads), without
     training it."""
-    train = common.load_data(next(iter(study_plan.clips.values())).config)[0]
+    train = build.load_data(next(iter(study_plan.clips.values())).config)[0]
     for job in study_plan.clips.values():
         job.workdir.mkdir(parents=True)
         (job.workdir / "config.json").write_text(json.dumps(job.config.to_dict(), indent=2, default=list))
-        clip_trainer.run_tokenizer(job.config, job.workdir, train)
+        clip_training.run_tokenizer(job.config, job.workdir, train)
 
 
 def test_the_text_to_image_study_plans_valid_models_on_its_clips(tmp_path):
@@ -35,7 +37,7 @@ def test_the_text_to_image_study_plans_valid_models_on_its_clips(tmp_path):
     assert order[:2] == [clips["clip"], clips["clip_noisy"]]           # the models read them
     _stand_in_clip_runs(study_plan)
     for name, job in study_plan.models.items():
-        common.validate(job.config)
+        build.validate(job.config)
         assert job.config.train.num_steps == study_plan.study.budget.train.num_steps
         reads_clip = name in ("clip_text", "unclip_prior", "unclip_decoder")
         assert job.config.model.clip_run == (str(clips["clip"]) if reads_clip else "")
@@ -48,7 +50,7 @@ def test_the_text_to_image_study_plans_valid_models_on_its_clips(tmp_path):
     assert len(set(names)) == len(names) == len(study_plan.cells)
     commands = study_plan.commands
     assert len(commands) == len(study_plan.trainings) + len(study_plan.cells)
-    assert f"python -m experiments.train_clip --config configs/clip_mnist_noisy.py --workdir {clips['clip_noisy']} " in commands
+    assert f"python -m experiments.train_clip --config configs/text/clip_mnist_noisy.py --workdir {clips['clip_noisy']} " in commands
     unclip = [c for c in commands if "--unclip" in c]
     assert len(unclip) == 4 and all(f"{tmp_path}/models/unclip_prior,{tmp_path}/models/unclip_decoder --scales 0," in c
                                     for c in unclip)
@@ -114,19 +116,19 @@ def test_cfg_fid_is_interpolated_along_class_match_and_none_outside():
 
 
 def test_the_clip_score_is_100_times_the_cosine_of_sample_and_prompt(tiny_clip_run):
-    """``evaluation.clip_scorer`` against float64 numpy on the tiny CLIP's own embeddings."""
+    """``scoring.clip_scorer`` against float64 numpy on the tiny CLIP's own embeddings."""
     model, params, tokenizer, config = clip_runs.load_clip(tiny_clip_run)
-    heldout = common.load_data(config)[1]
+    heldout = build.load_data(config)[1]
     images = heldout.images[:12]
     prompts = captions.captions("mnist", images, heldout.labels[:12], seed=0)
-    score = evaluation.clip_scorer(tiny_clip_run, parallel.make_mesh())
+    score = scoring.clip_scorer(tiny_clip_run, parallel.make_mesh())
     scores = score(images, prompts)
     image_emb = np.asarray(model.apply({"params": params}, datasets.to_model_range(images), method=CLIP.encode_image),
                            np.float64)
     text_emb = np.asarray(model.apply({"params": params}, tokenizer.encode(prompts), method=CLIP.encode_text), np.float64)
     cosine = np.sum(image_emb * text_emb, -1) / np.linalg.norm(image_emb, axis=-1) / np.linalg.norm(text_emb, axis=-1)
     np.testing.assert_allclose(scores, 100 * cosine, rtol=1e-4, atol=1e-3)
-    record = evaluation.text_alignment("mnist", images, np.eye(10)[heldout.labels[:12]], prompts,
+    record = scoring.text_alignment("mnist", images, np.eye(10)[heldout.labels[:12]], prompts,
                                        lambda i, p: np.asarray([1.0, 3.0] * 6))
     assert record["clip_score"] == pytest.approx(2.0) and record["clip_score_se"] == pytest.approx(np.sqrt(12 / 11 / 12))
     with pytest.raises(ValueError, match="outside the vocabulary of the CLIP"):
@@ -141,7 +143,7 @@ def test_a_noised_clip_does_not_score(tiny_clip_run, tmp_path):
     (noisy / "config.json").write_text(json.dumps(config))
     (noisy / "tokenizer.json").write_text((Path(tiny_clip_run) / "tokenizer.json").read_text())
     with pytest.raises(ValueError, match="noise-aware CLIP .* give a CLIP of clean images"):
-        evaluation.clip_scorer(noisy, parallel.make_mesh())
+        scoring.clip_scorer(noisy, parallel.make_mesh())
 
 
 @pytest.mark.skipif(not (Path(__file__).parents[1] / "runs" / "clip_mnist" / "clip_eval.json").exists(),
@@ -150,10 +152,10 @@ def test_the_trained_clip_scores_matched_pairs_above_shuffled_ones():
     """runs/clip_mnist on 200 held-out images: their own captions score higher than another image's."""
     workdir = Path(__file__).parents[1] / "runs" / "clip_mnist"
     config = clip_runs.load_clip(workdir)[3]
-    heldout = common.load_data(config)[1]
+    heldout = build.load_data(config)[1]
     images, labels = heldout.images[:200], heldout.labels[:200]
     prompts = captions.captions("mnist", images, labels, seed=0)
-    score = evaluation.clip_scorer(workdir, parallel.make_mesh())
+    score = scoring.clip_scorer(workdir, parallel.make_mesh())
     shuffled = [prompts[i] for i in np.random.default_rng(0).permutation(len(prompts))]
     matched, other = score(images, prompts), score(images, shuffled)
     assert matched.mean() > other.mean() + 3 * np.sqrt((matched.var() + other.var()) / len(prompts))
@@ -163,18 +165,18 @@ def test_a_study_cell_of_a_text_run_draws_for_held_out_captions_and_scores_them(
     """``measure.measure_cell`` on a text run's guided cell: drawn for the held-out captions (as
     ``experiments.evaluate`` draws them), with FID, class match, attributes and the CLIP score."""
     from types import SimpleNamespace
-    from experiments import sampling
+    from experiments import inference
     from experiments.studies import measure
-    run = sampling.load_run(tiny_text_run)
+    run = inference.load_run(tiny_text_run)
     mesh = parallel.make_mesh()
-    train, heldout = common.load_data(run.config)
-    feature_name, feature_fn = evaluation.make_feature_fn(run.config, mesh, "auto")
-    reference, _ = evaluation.reference_stats(run.config, feature_name, feature_fn, "train", train, tmp_path / "stats")
+    train, heldout = build.load_data(run.config)
+    feature_name, feature_fn = scoring.make_feature_fn(run.config, mesh, "auto")
+    reference, _ = scoring.reference_stats(run.config, feature_name, feature_fn, "train", train, tmp_path / "stats")
     study_plan = SimpleNamespace(workdir=tmp_path, num=10, model_dir=lambda m: Path(tiny_text_run), noisy_classifier=None)
     cell = dict(plan.CELL_DEFAULTS, model="text", sampler="ddim", steps=2, guidance="classifier_free", scale=2.0,
                 row="text", col="w = 2")
     row = measure.measure_cell(study_plan, lambda m: run, mesh, cell, feature_fn, reference, 8, heldout=heldout,
-                               clip_score=evaluation.clip_scorer(tiny_clip_run, mesh))
+                               clip_score=scoring.clip_scorer(tiny_clip_run, mesh))
     assert row["num"] == 10 and np.isfinite(row["fid"]) and 0.0 <= row["class_match"] <= 1.0
     assert np.isfinite(row["clip_score"]) and row["clip_score_se"] > 0
     assert json.loads((tmp_path / "cells" / "text_ddim2_eta0_classifier_free2.json").read_text())["clip_score"] == row["clip_score"]
@@ -187,7 +189,7 @@ def test_a_study_recaptions_its_split_for_each_text_model():
     from experiments.studies import measure
     from tiny_configs import tiny_text_config
     config = tiny_text_config()
-    own = common.load_data(config)[1]
+    own = build.load_data(config)[1]
     foreign = dataclasses.replace(own, tokens=np.zeros_like(own.tokens))
     np.testing.assert_array_equal(measure.split_for(config, foreign).tokens, own.tokens)
     config.model.context_encoder, config.data.captions = "", ""

@@ -15,7 +15,7 @@ from configs import base, swissroll
 from diffusion import parallel, training
 from diffusion.checkpoints import Checkpointer
 from diffusion.data import datasets, pipeline
-from experiments import common, trainer
+from experiments import build, loop
 from tiny_configs import assert_same_params, param_leaves, poison_batches_at, set_fields, shrink, step_batch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,8 +30,8 @@ def test_resume_is_bitwise_identical(tmp_path, tiny_run):
     straight_dir, straight = tiny_run                # tiny() trained straight to step 4
     first = tiny()
     first.train.num_steps = 2                   # the run is stopped right after its first checkpoint
-    trainer.train_and_evaluate(first, tmp_path / "b")
-    resumed = trainer.train_and_evaluate(tiny(), tmp_path / "b")
+    loop.train_and_evaluate(first, tmp_path / "b")
+    resumed = loop.train_and_evaluate(tiny(), tmp_path / "b")
     assert int(resumed.step) == int(straight.step) == 4
     assert_same_params(straight, resumed)
     lines = [json.loads(l) for l in (straight_dir / "metrics.jsonl").read_text().splitlines()]
@@ -41,7 +41,7 @@ def test_resume_is_bitwise_identical(tmp_path, tiny_run):
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")
     with open(tmp_path / "b" / "metrics.jsonl", "a") as f:
         f.write('{"step": 5, "lo')                  # and killed halfway through writing a row
-    trainer.train_and_evaluate(tiny(), tmp_path / "b")
+    loop.train_and_evaluate(tiny(), tmp_path / "b")
     replayed = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in replayed] == [1, 2, 3, 4]
     assert [l["loss"] for l in replayed] == [l["loss"] for l in lines]
@@ -54,9 +54,9 @@ def test_a_fresh_state_is_the_eager_initialisation_bit_for_bit(tmp_path):
     """``restore_or_init`` compiles the initialisation at LLVM level 1 (``xla_flags.one_shot_jit``):
     every leaf, the key's data included, is what the initialisers give run eagerly."""
     config = swissroll.get_config()
-    model, schedule, tx = common.make_model(config), common.make_schedule(config), common.make_optimizer(config)
-    init_fn = partial(trainer.init_state, config, model, schedule, tx)
-    state, start, _ = trainer.restore_or_init(config, tmp_path, init_fn, parallel.make_mesh())
+    model, schedule, tx = build.make_model(config), build.make_schedule(config), build.make_optimizer(config)
+    init_fn = partial(loop.init_state, config, model, schedule, tx)
+    state, start, _ = loop.restore_or_init(config, tmp_path, init_fn, parallel.make_mesh())
     eager = init_fn(jax.random.key(config.seed))
     assert start == 0
     for ours, theirs in zip(jax.tree.leaves(state), jax.tree.leaves(eager), strict=True):
@@ -65,12 +65,12 @@ def test_a_fresh_state_is_the_eager_initialisation_bit_for_bit(tmp_path):
 
 def test_eight_devices_match_one(tmp_path):
     c = tiny()
-    model, schedule = common.make_model(c), common.make_schedule(c)
+    model, schedule = build.make_model(c), build.make_schedule(c)
     # SGD keeps the update linear in the gradient, so the only difference left is the
     # all-reduce order (Adam's m/√v would amplify float noise in near-zero gradients).
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1))
     key = jax.random.key(0)
-    state = training.create_train_state(key, common.init_params(model, c, key), tx, schedule.num_steps)
+    state = training.create_train_state(key, build.init_params(model, c, key), tx, schedule.num_steps)
     train_split, _ = datasets.load_splits("mnist", image_size=28, holdout_fraction=0.1)
     batch = pipeline.model_inputs(step_batch(train_split, 16, 0))
     results = []
@@ -80,7 +80,7 @@ def test_eight_devices_match_one(tmp_path):
         # Stratified t (every other training test draws it i.i.d.): the batch's strata are drawn
         # for the global batch, then sharded with its rows.
         step = jax.jit(partial(training.train_step, apply_fn=model.apply, tx=tx, schedule=schedule,
-                               loss_kwargs=common.loss_kwargs(c), timestep_sampler="stratified"),
+                               loss_kwargs=build.loss_kwargs(c), timestep_sampler="stratified"),
                        in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)))
         s = jax.device_put(state, parallel.replicated(mesh))
         for _ in range(2):
@@ -99,13 +99,13 @@ def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, po
     poison_batches_at(monkeypatch, poisoned)
     c = tiny()
     c.train.num_steps, c.train.log_every = 6, log_every
-    with pytest.raises(trainer.NonFiniteStepError,
+    with pytest.raises(loop.NonFiniteStepError,
                        match=f"loss \\(nan\\) at step {poisoned}.*last finite checkpoint \\(step 2\\)"):
-        trainer.train_and_evaluate(c, tmp_path)
+        loop.train_and_evaluate(c, tmp_path)
     ckpt = Checkpointer(tmp_path / "checkpoints")
     assert ckpt.latest_step() == 2
-    model = common.make_model(c)
-    template = training.create_train_state(jax.random.key(0), common.init_params(model, c, jax.random.key(0)),
+    model = build.make_model(c)
+    template = training.create_train_state(jax.random.key(0), build.init_params(model, c, jax.random.key(0)),
                                            training.make_optimizer(lr=1e-3, grad_clip=1.0), 1000)
     state, meta = ckpt.restore(template, config=c.to_dict())
     assert meta["data_position"] == 2 and all(np.isfinite(a).all() for a in param_leaves(state))
@@ -114,13 +114,13 @@ def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, po
 def test_an_update_that_overflows_the_parameters_is_not_applied_or_saved(tmp_path, monkeypatch):
     """A finite loss and gradient whose update makes the parameters infinite (here an update scaled
     by ∞ at step 3) stops the run at that step; checkpoint 4 is never written with it."""
-    real = common.make_optimizer
+    real = build.make_optimizer
     overflow_at_3 = optax.scale_by_schedule(lambda count: jnp.where(count == 3, jnp.inf, 1.0))
-    monkeypatch.setattr(common, "make_optimizer", lambda config: optax.chain(real(config), overflow_at_3))
+    monkeypatch.setattr(build, "make_optimizer", lambda config: optax.chain(real(config), overflow_at_3))
     c = shrink(swissroll.get_config(), steps=6)     # the guard is the loop's, whatever the model: an MLP compiles in seconds
-    with pytest.raises(trainer.NonFiniteStepError,
+    with pytest.raises(loop.NonFiniteStepError,
                        match=r"parameters or EMA after the update at step 3.*last finite checkpoint \(step 2\)"):
-        trainer.train_and_evaluate(c, tmp_path)
+        loop.train_and_evaluate(c, tmp_path)
     assert Checkpointer(tmp_path / "checkpoints").latest_step() == 2
 
 
@@ -147,7 +147,7 @@ def test_cooldown_is_warmup_then_constant_then_linear_to_zero():
 def test_bad_configs_fail_before_any_work(tmp_path, field, value, message):
     c = set_fields(tiny(), {field: value})
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        trainer.train_and_evaluate(c, tmp_path)
+        loop.train_and_evaluate(c, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -169,7 +169,7 @@ def test_every_shipped_config_runs_a_step(tmp_path, name):
             pytest.skip("../shared/data is not beside this checkout")
         c.data.source = str(SHARED / "fashion_mnist_70k.npz")
     with tfds.testing.mock_data(num_examples=16):
-        state = trainer.train_and_evaluate(c, tmp_path)
+        state = loop.train_and_evaluate(c, tmp_path)
     assert int(state.step) == 1
     assert (tmp_path / "samples" / "step_0000001.png").exists()
 

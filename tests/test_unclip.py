@@ -12,12 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import unclip_decoder_mnist, unclip_prior_mnist
-from diffusion import guidance, parallel, unclip as unclip_lib
+from configs.unclip import decoder_mnist, prior_mnist
+from diffusion import guidance, parallel
 from diffusion.data import datasets
-from diffusion.data.tokenizer import END_ID, PAD_ID, null_caption
-from diffusion.models.unclip_prior import FrozenCLIPText
-from experiments import clip_runs, common, trainer, unclip
+from diffusion.text.tokenizer import END_ID, null_caption, PAD_ID
+from diffusion.unclip import embedding
+from diffusion.unclip.prior import FrozenCLIPText
+from experiments import build, loop
+from experiments.text import clip_runs
+from experiments.unclip import stage_runs
 from tiny_configs import run_sample_cli, set_fields, tiny_clip_config, tiny_unet, zeroed_params
 
 PROMPTS = ["a thick seven", "the digit 2, thin"]
@@ -30,7 +33,7 @@ def _tiny_training(c, steps=4):
 
 
 def tiny_prior_config(tiny_clip_run):
-    c = _tiny_training(unclip_prior_mnist.get_config())
+    c = _tiny_training(prior_mnist.get_config())
     c.model.clip_run, c.model.context_dim = str(tiny_clip_run), 16      # the tiny CLIP's text width
     c.unclip.width, c.unclip.layers, c.unclip.heads = 16, 1, 2
     c.sample.steps = 2
@@ -38,7 +41,7 @@ def tiny_prior_config(tiny_clip_run):
 
 
 def tiny_decoder_config(tiny_clip_run):
-    c = _tiny_training(unclip_decoder_mnist.get_config())
+    c = _tiny_training(decoder_mnist.get_config())
     c.model.clip_run, c.model.context_dim = str(tiny_clip_run), 8
     c.model.base_channels, c.model.channel_mult, c.model.num_res_blocks = 8, (1, 2), 1
     c.model.attention_resolutions, c.model.norm_groups = (14,), 4
@@ -49,14 +52,14 @@ def tiny_decoder_config(tiny_clip_run):
 @pytest.fixture(scope="module")
 def prior_dir(tiny_clip_run, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("prior")
-    trainer.train_and_evaluate(tiny_prior_config(tiny_clip_run), workdir)
+    loop.train_and_evaluate(tiny_prior_config(tiny_clip_run), workdir)
     return workdir
 
 
 @pytest.fixture(scope="module")
 def decoder_dir(tiny_clip_run, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("decoder")
-    trainer.train_and_evaluate(tiny_decoder_config(tiny_clip_run), workdir)
+    loop.train_and_evaluate(tiny_decoder_config(tiny_clip_run), workdir)
     return workdir
 
 
@@ -67,10 +70,10 @@ def test_the_priors_training_pairs_are_the_clips_embeddings_of_the_same_images_a
     scaled to √E·z/‖z‖ (computed here in NumPy from ``clip_runs.embed_images``); its caption's
     tokens are kept, and the prior's text side gives CLIP's encode_text of them."""
     c = tiny_prior_config(tiny_clip_run)
-    train = common.load_data(c)[0]
+    train = build.load_data(c)[0]
     split = datasets.Split(train.images[:40], train.labels[:40], tokens=train.tokens[:40])
     mesh = parallel.make_mesh()
-    pairs = unclip.prior_training_data(c, split, mesh)
+    pairs = stage_runs.prior_training_data(c, split, mesh)
     model, params, _, _ = clip_runs.load_clip(tiny_clip_run)
     raw = clip_runs.embed_images(model, params, split.images, mesh).astype(np.float64)
     expected = raw * np.sqrt(raw.shape[1]) / np.linalg.norm(raw, axis=1, keepdims=True)
@@ -79,7 +82,7 @@ def test_the_priors_training_pairs_are_the_clips_embeddings_of_the_same_images_a
     np.testing.assert_allclose(np.sum(pairs.images.astype(np.float64) ** 2, 1), 16.0, rtol=1e-5)
     np.testing.assert_array_equal(pairs.tokens, split.tokens)
     np.testing.assert_array_equal(pairs.labels, split.labels)
-    prior = common.make_model(c)
+    prior = build.make_model(c)
     features, text_embedding = prior.text_encoder(jnp.asarray(split.tokens))
     np.testing.assert_allclose(text_embedding, clip_runs.embed_texts(model, params, split.tokens, mesh), atol=1e-5)
     assert features.shape == split.tokens.shape + (16,)
@@ -90,7 +93,7 @@ def test_the_priors_training_pairs_are_the_clips_embeddings_of_the_same_images_a
 @pytest.fixture(scope="module")
 def tiny_prior(tiny_clip_run):
     """(prior network over the tiny CLIP, its parameters, z at t [2, 16], t, two prompts' tokens)."""
-    prior = unclip.make_prior(tiny_prior_config(tiny_clip_run), 16)
+    prior = stage_runs.make_prior(tiny_prior_config(tiny_clip_run), 16)
     _, _, tokenizer, _ = clip_runs.load_clip(tiny_clip_run)
     tokens = jnp.asarray(tokenizer.encode(PROMPTS))
     x, t = jax.random.normal(jax.random.key(0), (2, 16)), jnp.asarray([5, 700])
@@ -136,7 +139,7 @@ def test_prior_guidance_at_zero_is_the_conditional_pass_and_at_minus_one_the_nul
 def tiny_decoder():
     unet = tiny_unet(context_dim=8, vector_tokens=4)
     x, t = jax.random.normal(jax.random.key(0), (2, 8, 8, 1)), jnp.asarray([10, 600])
-    z = unclip_lib.embedding_space(jax.random.normal(jax.random.key(2), (2, 6)))
+    z = embedding.embedding_space(jax.random.normal(jax.random.key(2), (2, 6)))
     return unet, unet.init(jax.random.key(1), x, t, cond_vector=z)["params"], x, t, z
 
 
@@ -160,7 +163,7 @@ def test_decoder_guidance_with_the_null_embedding(tiny_decoder):
     embedding's, the unconditional model the 10% dropout trains; w = 3 their combination."""
     unet, params, x, t, z = tiny_decoder
     model_fn = lambda x_, ts, **c: unet.apply({"params": params}, x_, ts, **c)
-    guided = guidance.classifier_free(model_fn, null_embedding=unclip_lib.null_embedding(1, 6))
+    guided = guidance.classifier_free(model_fn, null_embedding=embedding.null_embedding(1, 6))
     conditional = model_fn(x, t, cond_vector=z)
     unconditional = model_fn(x, t, cond_vector=jnp.zeros_like(z))
     assert not np.allclose(conditional, unconditional, atol=1e-4)
@@ -193,10 +196,10 @@ def test_embedding_dropout_replaces_the_chosen_share_by_the_null_embedding():
     √(p(1 − p)/n) of p; none at p = 0."""
     n, p = 4000, 0.1
     x0 = jax.random.normal(jax.random.key(0), (n, 3))
-    embed = lambda x: unclip_lib.embedding_space(x @ jnp.arange(6.0).reshape(3, 2) + 1.0)
+    embed = lambda x: embedding.embedding_space(x @ jnp.arange(6.0).reshape(3, 2) + 1.0)
     keys = jax.random.split(jax.random.key(1), n)
     for rate in (p, 0.0):
-        z = np.asarray(unclip_lib.decoder_condition(keys, x0, embed=embed, dropout=rate)["cond_vector"])
+        z = np.asarray(embedding.decoder_condition(keys, x0, embed=embed, dropout=rate)["cond_vector"])
         dropped = (z == 0).all(1)
         np.testing.assert_array_equal(z[~dropped], np.asarray(embed(x0))[~dropped])
         assert abs(dropped.mean() - rate) <= 4 * np.sqrt(rate * (1 - rate) / n), dropped.mean()
@@ -223,19 +226,19 @@ def test_unclip_trains_both_stages_and_draws_a_labelled_prompt_grid(prior_dir, d
 def test_unclip_is_measured_on_held_out_captions_like_a_text_run(prior_dir, decoder_dir, tiny_clip_run):
     """experiments.evaluate --unclip: the prior's embeddings for the held-out captions, decoded, with
     FID, the prompt alignment and the CLIP score; drawn once (a rerun reads the kept samples)."""
-    from experiments import unclip_sampling
-    s = unclip_sampling.Settings(sampler="ddim", steps=2, eta=0.0, clip=None, num=10, batch=8, seed=0)
-    record = unclip_sampling.evaluate([prior_dir, decoder_dir], ["0", "2"], s, clip_score_run=str(tiny_clip_run))
+    from experiments.unclip import generation
+    s = generation.Settings(sampler="ddim", steps=2, eta=0.0, clip=None, num=10, batch=8, seed=0)
+    record = generation.evaluate([prior_dir, decoder_dir], ["0", "2"], s, clip_score_run=str(tiny_clip_run))
     assert np.isfinite(record["fid"]) and record["num"] == 10 and record["scales"] == [0.0, 2.0]
     assert 0.0 <= record["class_match"] <= 1.0 and -100.0 <= record["clip_score"] <= 100.0
     tag = "unclip_ddim2_eta0_w0,2"
     assert json.loads((decoder_dir / "eval" / f"{tag}.json").read_text())["class_match"] == record["class_match"]
     kept, = (decoder_dir / "eval").glob(f"samples_{tag}_seed0_step4,4.npz")
     stamp = kept.stat().st_mtime_ns
-    again = unclip_sampling.evaluate([prior_dir, decoder_dir], ["0", "2"], s)
+    again = generation.evaluate([prior_dir, decoder_dir], ["0", "2"], s)
     assert kept.stat().st_mtime_ns == stamp and again["fid"] == record["fid"] and "clip_score" not in again
     with pytest.raises(ValueError, match="the prior's workdir, then the decoder's"):
-        unclip_sampling.evaluate([decoder_dir, prior_dir], ["0", "2"], s)
+        generation.evaluate([decoder_dir, prior_dir], ["0", "2"], s)
 
 
 def test_variations_decode_an_images_clip_embedding(decoder_dir, tmp_path):
@@ -301,7 +304,7 @@ def test_bad_unclip_configs_are_refused_before_any_work(tiny_clip_run, tmp_path,
     c = (tiny_prior_config if stage == "prior" else tiny_decoder_config)(tiny_clip_run)
     set_fields(c, changes)
     with pytest.raises(ValueError, match=message):
-        trainer.train_and_evaluate(c, tmp_path / "run")
+        loop.train_and_evaluate(c, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -311,4 +314,4 @@ def test_a_noise_aware_clip_is_refused(tmp_path_factory):
     (noisy / "tokenizer.json").write_text("{}")
     c = tiny_decoder_config(noisy)
     with pytest.raises(ValueError, match="is noise-aware"):
-        common.validate(c)
+        build.validate(c)

@@ -166,7 +166,7 @@ def test_attention_backend_choice_is_cudnn_only_where_it_applies():
     backend is refused by the library and by the config check."""
     from configs import mnist
     from diffusion.models.layers import attention_implementation
-    from experiments import common
+    from experiments import build
     gpu = jax.default_backend() == "gpu"
     assert attention_implementation("auto", 64, jnp.bfloat16) == ("cudnn" if gpu else "xla")
     assert attention_implementation("auto", 256, jnp.bfloat16) == "xla"
@@ -177,7 +177,7 @@ def test_attention_backend_choice_is_cudnn_only_where_it_applies():
     config = mnist.get_config()
     config.model.attention_implementation = "flash"
     with pytest.raises(ValueError, match="model.attention_implementation"):
-        common.validate(config)
+        build.validate(config)
 
 
 def test_nearest_upsampling_repeats_pixels_and_sums_its_gradient_over_blocks():

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion.data import pipeline
-from experiments import trainer
+from experiments import loop
 
 
 def shrink(c, steps=4):
@@ -32,8 +32,8 @@ def set_fields(c, changes: dict):
 
 
 def tiny_clip_config(noise_aware: bool):
-    """configs/clip_mnist.py shrunk: a 16-wide CLIP trained 2 steps (``noise_aware``: GLIDE's noised CLIP)."""
-    from configs import clip_mnist
+    """configs/text/clip_mnist.py shrunk: a 16-wide CLIP trained 2 steps (``noise_aware``: GLIDE's noised CLIP)."""
+    from configs.text import clip_mnist
     c = clip_mnist.get_config()
     c.clip.embed_dim, c.clip.image_features, c.clip.text_width = 16, (8, 16), 16
     c.clip.text_layers, c.clip.text_heads, c.clip.noise_aware = 1, 2, noise_aware
@@ -45,8 +45,8 @@ def tiny_clip_config(noise_aware: bool):
 
 
 def tiny_text_config(module=None):
-    """A text-to-image config (default configs/text_mnist.py) shrunk, with a 16-wide, 1-layer text encoder."""
-    from configs import text_mnist
+    """A text-to-image config (default configs/text/text_mnist.py) shrunk, with a 16-wide, 1-layer text encoder."""
+    from configs.text import text_mnist
     c = shrink((module or text_mnist).get_config())
     c.model.context_dim, c.model.text_layers, c.model.text_heads = 16, 1, 2
     return c
@@ -96,16 +96,16 @@ def assert_same_params(a, b):
 
 def poison_batches_at(monkeypatch, step: int):
     """Make every training step see NaN images at ``step`` (the NaN guard's trigger): the step
-    functions ``trainer.jit_step`` compiles multiply the batch's images by NaN when ``state.step``
+    functions ``loop.jit_step`` compiles multiply the batch's images by NaN when ``state.step``
     is ``step`` (uint8 images, as the pipeline delivers them, cannot hold a NaN)."""
-    real = trainer.jit_step
+    real = loop.jit_step
 
     def poisoned(step_fn, state, mesh):
         def step_fn_poisoned(s, batch):
             return step_fn(s, dict(batch, image=batch["image"] * jnp.where(s.step == step, jnp.nan, 1.0)))
         return real(step_fn_poisoned, state, mesh)
 
-    monkeypatch.setattr(trainer, "jit_step", poisoned)
+    monkeypatch.setattr(loop, "jit_step", poisoned)
 
 
 def step_batch(split, global_batch: int, step: int, seed: int = 0) -> dict:

@@ -14,10 +14,10 @@ def get_config():
     s.dataset = "fashion_mnist"        # "fashion_mnist", "mnist", "cifar10", "celeba64" or "imagenet64" (experiments.studies.plan.DATASETS)
     s.models = {}                      # model name -> nested overrides of the dataset's config
     s.cells = ()                       # dicts: model, sampler, steps, eta, guidance, scale, clip, row, col (an unCLIP decoder's: prior, prior_scale)
-    s.metrics = ("fid",)               # table entries per cell (experiments.evaluation.METRICS): "fid", "is", "confident"; "nll" and "sddpm" (seed 004's held-out objective) add per-model tables; evaluation.PROMPT_METRICS for cells drawn for prompts
+    s.metrics = ("fid",)               # table entries per cell (experiments.scoring.METRICS): "fid", "is", "confident"; "nll" and "sddpm" (seed 004's held-out objective) add per-model tables; scoring.PROMPT_METRICS for cells drawn for prompts
     s.plot = dict(x="steps", y="fid", series="row", logx=True, logy=False)   # x, y: a cell field or a metric
-    s.autoencoders = {}                # name -> a configs/ autoencoder file (e.g. "autoencoder_kl_f4"), trained first for the models whose data.autoencoder names it
-    s.clips = {}                       # name -> a configs/ CLIP file (e.g. "clip_mnist"), trained first (experiments.train_clip) for the models whose model.clip_run names it
+    s.autoencoders = {}                # name -> a configs/ autoencoder file (e.g. "latent/autoencoder_kl_f4"), trained first for the models whose data.autoencoder names it
+    s.clips = {}                       # name -> a configs/ CLIP file (e.g. "text/clip_mnist"), trained first (experiments.train_clip) for the models whose model.clip_run names it
     s.guidance_clip = ""               # one of clips, noise-aware: the CLIP behind the cells with guidance="clip"
     s.score_clip = ""                  # one of clips, of clean images: scores every cell drawn for prompts (the "clip_score" metric)
     s.noisy_classifier = ""            # a model name: train an ADM noisy classifier on its config (classifier guidance)

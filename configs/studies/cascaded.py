@@ -4,16 +4,16 @@ augmentation (s embedded like t) and blur; FID of the cascade over the level s a
 truncated against non-truncated, blur against Gaussian, and against one 28×28 model of equal
 training compute: the FLOPs of the base and one super-resolution stage together, as more steps at
 the same batch (``CASCADE_FLOPS``). Diagnostic cells separate the stages' errors: the super-resolution
-stages on real inputs (the held-out images shrunk to 14×14, ``experiments.cascade.HELDOUT``), and
+stages on real inputs (the held-out images shrunk to 14×14, ``experiments.cascade.chain.HELDOUT``), and
 bicubic upsampling alone of the base's samples and of those real inputs.
 
 python -m experiments.reproduce --study cascaded --workdir runs/studies/cascaded
 (Fashion-MNIST only: its models' 14×14 base and 14 → 28 stages are sized for 28×28 data; the GPU
-cascades are configs/cifar10_sr16to32.py and configs/imagenet_sr32to64.py.)
+cascades are configs/cascade/cifar10_sr16to32.py and configs/cascade/imagenet_sr32to64.py.)
 """
 from configs.studies import base
 from diffusion import metrics
-from experiments.cascade import HELDOUT
+from experiments.cascade.chain import HELDOUT
 
 LEVELS = (0, 25, 50, 100, 200, 400)
 SR = dict(data=dict(low_resolution=14))

@@ -1,10 +1,10 @@
 """Latent diffusion (Rombach et al. 2022) on Fashion-MNIST: pixel diffusion (f = 1,
 configs/fashion_mnist.py) against diffusion in the latents of KL-reg autoencoders at f = 2 and 4 and
-a VQ-reg one at f = 4 (configs/latent_fashion_mnist_*.py), each U-Net given the same training
+a VQ-reg one at f = 4 (configs/latent/fashion_mnist_*.py), each U-Net given the same training
 wall-clock on the 2-core CPU; FID of DDIM-50 samples, training and sampling images/s, each
 autoencoder's PSNR and reconstruction FID, and the FID of its reconstructions of as many held-out
 images as a cell has samples (the floor under its latent model's FID). The autoencoders
-(configs/autoencoder_*.py, here 2,500 steps each, half their configs' 5,000) train first, in
+(configs/latent/autoencoder_*.py, here 2,500 steps each, half their configs' 5,000) train first, in
 <workdir>/autoencoders. Sized to run in one sitting (a session's trained runs are not kept for the
 next); on 2026-12-01 it took ~2 h 10 min: 6 min for the feature classifier, 16–22 min per
 autoencoder, 14–19 min per U-Net (test jobs shared the CPU at times), 2 min to sample and measure.
@@ -12,13 +12,14 @@ autoencoder, 14–19 min per U-Net (test jobs shared the CPU at times), 2 min to
 python -m experiments.reproduce --study latent_diffusion --workdir runs/studies/latent_diffusion
 
 On a GPU, ``--scale paper --dataset cifar10`` (or ``celeba64``, ``imagenet64``; TFDS) trains the
-paper-size models instead (``paper_overrides``): LDM's first stages (configs/autoencoder_ldm_*.py)
+paper-size models instead (``paper_overrides``): LDM's first stages (configs/latent/autoencoder_ldm_*.py)
 and LDM-4's U-Net on their latents against the dataset's pixel model, every U-Net with the pixel
 model's recipe, so at equal steps and batch; ``--plan_only`` prints every command first.
 """
 from flax import traverse_util
 
-from configs import fashion_mnist, latent_fashion_mnist_kl_f2, latent_fashion_mnist_kl_f4, latent_fashion_mnist_vq_f4
+from configs import fashion_mnist
+from configs.latent import fashion_mnist_kl_f2, fashion_mnist_kl_f4, fashion_mnist_vq_f4
 from configs.studies import base
 from diffusion import metrics
 
@@ -28,7 +29,7 @@ from diffusion import metrics
 # kl_f4's U-Net and 8×8×3 latents, its quantiser being part of the decoder). Fixed steps keep a run
 # resumable and its config (so the checkpoint check) the same on a rerun, which a time limit read off
 # the clock would not; the report shows the images/s each run really logged beside them. Latents are
-# encoded once before training (trainer.latent_training_data, 26 s for kl_f4), outside the budget, as
+# encoded once before training (loop.latent_training_data, 26 s for kl_f4), outside the budget, as
 # LDM trains on a fixed first stage; per-step host work (batching, logging) is not in the rates.
 TRAIN_SECONDS = 900
 AUTOENCODER_STEPS = 2500
@@ -36,13 +37,13 @@ STEPS_PER_S = {"pixel": 2.20, "kl_f2": 6.01, "kl_f4": 23.93, "vq_f4": 23.93}
 # model name -> (latent config or None for pixels, factor f, regulariser, the study's autoencoder file)
 MODELS = {
     "pixel": (None, 1, "pixels", ""),
-    "kl_f2": (latent_fashion_mnist_kl_f2, 2, "KL-reg", "autoencoder_kl_f2"),
-    "kl_f4": (latent_fashion_mnist_kl_f4, 4, "KL-reg", "autoencoder_kl_f4"),
-    "vq_f4": (latent_fashion_mnist_vq_f4, 4, "VQ-reg", "autoencoder_vq_f4"),
+    "kl_f2": (fashion_mnist_kl_f2, 2, "KL-reg", "latent/autoencoder_kl_f2"),
+    "kl_f4": (fashion_mnist_kl_f4, 4, "KL-reg", "latent/autoencoder_kl_f4"),
+    "vq_f4": (fashion_mnist_vq_f4, 4, "VQ-reg", "latent/autoencoder_vq_f4"),
 }
 LATENTS = tuple(name for name, (module, _, _, _) in MODELS.items() if module)   # kl_f2, kl_f4, vq_f4
 # --scale paper: LDM's first stages at the paper's settings in place of the CPU-sized ones.
-PAPER_AUTOENCODERS = {name: f"autoencoder_ldm_{name}" for name in LATENTS}
+PAPER_AUTOENCODERS = {name: f"latent/autoencoder_ldm_{name}" for name in LATENTS}
 PAPER_DATASETS = ("cifar10", "celeba64", "imagenet64")
 
 
@@ -108,7 +109,7 @@ def get_config():
                     f"logged); the autoencoders are the shipped 16-channel configs at {AUTOENCODER_STEPS:,} steps, no perceptual or "
                     "adversarial loss. LDM trains 274M–395M-parameter U-Nets on 256² images with LPIPS autoencoders "
                     "and computes FID from 50,000 samples with Inception features: only the orderings are checked.")
-    s.paper_scale_note = ("the paper-size models (`--scale paper`): LDM's first stages (configs/autoencoder_ldm_*.py, no "
+    s.paper_scale_note = ("the paper-size models (`--scale paper`): LDM's first stages (configs/latent/autoencoder_ldm_*.py, no "
                           "LPIPS term) and LDM-4's U-Net on their latents against the dataset's pixel model, every "
                           "U-Net with the pixel model's batch, rate, EMA and steps (equal steps, as LDM's Fig. 6 "
                           "compares f); FID of 50,000 DDIM-50 samples with Inception features.")

@@ -1,10 +1,10 @@
 """Text-to-image on captioned MNIST (seeds 000 and 002): GLIDE's text encoder trained jointly with the
-U-Net (configs/text_mnist.py), Imagen's frozen text tower (here the CLIP's, configs/text_mnist_clip.py)
-and unCLIP's prior → decoder (configs/unclip_prior_mnist.py, unclip_decoder_mnist.py), each under
+U-Net (configs/text/text_mnist.py), Imagen's frozen text tower (here the CLIP's, configs/text/text_mnist_clip.py)
+and unCLIP's prior → decoder (configs/unclip/prior_mnist.py, unclip_decoder_mnist.py), each under
 classifier-free guidance at w ∈ {0, 1, 3, 5}; GLIDE's CLIP guidance (the noised CLIP,
-configs/clip_mnist_noisy.py) of the jointly trained model at a few scales; and a larger U-Net beside
+configs/text/clip_mnist_noisy.py) of the jointly trained model at a few scales; and a larger U-Net beside
 the frozen encoder, for Imagen's encoder-against-U-Net claim. Per cell: FID ± s.e., class match,
-attribute accuracy and the CLIP score by the clean CLIP (configs/clip_mnist.py). The two CLIPs train
+attribute accuracy and the CLIP score by the clean CLIP (configs/text/clip_mnist.py). The two CLIPs train
 first (experiments.train_clip, in <workdir>/clips/<name>), and every model's CLIP fields name them.
 
 python -m experiments.reproduce --study text_to_image --workdir runs/studies/text_to_image
@@ -12,9 +12,10 @@ python -m experiments.reproduce --study text_to_image --workdir runs/studies/tex
 """
 from flax import traverse_util
 
-from configs import base as base_config
-from configs import mnist, text_mnist, text_mnist_clip, unclip_decoder_mnist, unclip_prior_mnist
+from configs import base as base_config, mnist
 from configs.studies import base
+from configs.text import text_mnist, text_mnist_clip
+from configs.unclip import decoder_mnist, prior_mnist
 from diffusion import metrics
 
 GUIDANCE_SCALES = (0, 1, 3, 5)     # classifier-free guidance w (GLIDE §2.3, eq. 6; 0: the conditional model)
@@ -60,20 +61,20 @@ def get_config():
                "Imagen, §4.4 (text encoder size against U-Net size, guidance weight sweeps); Ramesh et al. (2022), "
                "unCLIP, §5")
     s.dataset = "mnist"
-    s.clips = {"clip": "clip_mnist", "clip_noisy": "clip_mnist_noisy"}
+    s.clips = {"clip": "text/clip_mnist", "clip_noisy": "text/clip_mnist_noisy"}
     s.guidance_clip, s.score_clip = "clip_noisy", "clip"
     s.budget.train.num_steps, s.budget.optim.lr, s.budget.optim.decay = TRAIN_STEPS, LR, DECAY
     s.num_samples = NUM_SAMPLES
     steps = s.budget.train.num_steps
     recipe = mnist.recipe_on_the_linear_schedule()   # the text and unCLIP configs' parent
     joint = with_fields(own_fields(text_mnist.get_config(), recipe), UNET_RECIPE)
-    prior = own_fields(unclip_prior_mnist.get_config(), base_config.get_config())
+    prior = own_fields(prior_mnist.get_config(), base_config.get_config())
     s.models = {
         "joint": joint,
         "joint_large": with_fields(joint, {"model": {"base_channels": LARGE_CHANNELS}}),
         "clip_text": with_fields(own_fields(text_mnist_clip.get_config(), recipe), UNET_RECIPE),
         "unclip_prior": with_fields(prior, {"train": {"num_steps": steps}}),
-        "unclip_decoder": with_fields(own_fields(unclip_decoder_mnist.get_config(), recipe), UNET_RECIPE),
+        "unclip_decoder": with_fields(own_fields(decoder_mnist.get_config(), recipe), UNET_RECIPE),
     }
     guided = lambda w: dict(guidance="classifier_free" if w else "", scale=float(w))
     cells = [dict(model=m, **SAMPLER, **guided(w), row=row, col=f"w = {w}", w=w)
@@ -93,7 +94,7 @@ def get_config():
                     f"constant lr {LR:g} after the warm-up with min-SNR-5 weighting (docs/main_job/recipe.md's "
                     f"short-run findings), sampled by {SAMPLER['steps']} Euler ancestral steps; U-Nets of "
                     f"{base_channels} base channels (the larger one {LARGE_CHANNELS}) with 2-layer, 64-wide text "
-                    "encoders, on the 10k MNIST subset and templated captions; the CLIPs are configs/clip_mnist*.py "
+                    "encoders, on the 10k MNIST subset and templated captions; the CLIPs are configs/text/clip_mnist*.py "
                     "(4,000 steps, batch 128, 64-d). GLIDE trains a 3.5B-parameter model and Imagen 2B–7.6B on "
                     "hundreds of millions of pairs for 2.5M steps, unCLIP a 3.5B decoder, and they measure 30,000 "
                     f"samples of MS-COCO captions with Inception FID; here {s.num_samples} samples per cell for "

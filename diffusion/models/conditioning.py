@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffusion.data.tokenizer import END_ID
+from diffusion.text.tokenizer import END_ID
 
 
 class ClassTokens(nn.Module):
@@ -28,7 +28,7 @@ class ClassTokens(nn.Module):
 
 
 class TextTokens(nn.Module):
-    """Token ids int[B, L] (``diffusion.data.tokenizer``) → context [B, L, dim]: token and learned
+    """Token ids int[B, L] (``diffusion.text.tokenizer``) → context [B, L, dim]: token and learned
     position embeddings, ``num_layers`` pre-LayerNorm transformer blocks with a causal mask, a
     final LayerNorm (CLIP's text transformer, Radford et al. 2021 §2.4; GLIDE's caption encoder,
     Nichol et al. 2022 §3.1, whose last layer is the U-Net's attention context). Causality makes
@@ -80,7 +80,7 @@ def frozen_apply(module: nn.Module, params, *args, missing: str, method=None):
     enter the outer model's parameters, optimizer, EMA or checkpoints). Refuses ``params`` None
     (a model built to check shapes only) with ``missing``, the message's start."""
     if params is None:
-        raise ValueError(f"{missing} (to check shapes only); load them (experiments.common.make_model) before "
+        raise ValueError(f"{missing} (to check shapes only); load them (experiments.build.make_model) before "
                          "calling it")
     return jax.lax.stop_gradient(module.apply({"params": params}, *args, method=method))
 

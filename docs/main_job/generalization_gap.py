@@ -13,23 +13,23 @@ import jax
 import numpy as np
 
 from diffusion import xla_flags
-from experiments import common, heldout, sampling
+from experiments import build, heldout, inference
 
 
 def generalization_gap(workdir, steps=(None,), batches: int = 16) -> list[dict]:
     """{"train": mean loss, "heldout": mean loss, "examples": per split} of ``workdir``'s checkpoints
     ``steps`` (None: the latest), on ``batches`` batches of train.batch_size rows of each split; the
     data, their draws and the compiled loss are made once for every step."""
-    run = sampling.load_run(workdir, steps[0])
+    run = inference.load_run(workdir, steps[0])
     B = run.config.train.batch_size
-    splits = dict(zip(("train", "heldout"), common.training_data(run.config)))
+    splits = dict(zip(("train", "heldout"), build.training_data(run.config)))
     count = min(batches, *(len(s) // B for s in splits.values()))
     rows = {name: heldout.loss_batches(run.config, split, run.schedule.num_steps, count)
             for name, split in splits.items()}
     per_row = jax.jit(heldout.loss_fn(run.config, run.model, run.schedule))
     results = []
     for i, step in enumerate(steps):
-        params = run.params if i == 0 else sampling.load_run(workdir, step).params
+        params = run.params if i == 0 else inference.load_run(workdir, step).params
         results.append({"examples": count * B} | {name: float(np.mean([per_row(params, b) for b in draws]))
                                                   for name, draws in rows.items()})
     return results

@@ -10,7 +10,7 @@ from typing import Optional
 import jax
 
 from diffusion import parallel
-from experiments import evaluation
+from experiments import scoring
 from experiments.studies import measure, plan, report
 
 
@@ -25,7 +25,7 @@ def run_study(study_module, workdir, *, dataset=None, data=None, scale: str = "d
     if plan_only:
         print("\n".join(study_plan.commands))
         return None
-    if evaluation.uses_inception(study_plan.data_config) and not inception_weights:
+    if scoring.uses_inception(study_plan.data_config) and not inception_weights:
         raise ValueError(f"{study_plan.dataset} is measured with Inception-v3 features (FID, and the autoencoders' "
                          f"rFID): give --inception_weights, pytorch-fid's {plan.INCEPTION_FILE}")
     measure.train(study_plan, inception_weights)

@@ -1,6 +1,6 @@
 """A study's work: train what its plan needs and is missing, then measure each cell once (every
-metric of ``evaluation.METRICS``, kept in ``<workdir>/cells/<cell>.json``), each model's NLL (its
-checkpoint's ``evaluation.nll_record``) or seed 004's objective (``evaluation.sddpm_objective_record``)
+metric of ``scoring.METRICS``, kept in ``<workdir>/cells/<cell>.json``), each model's NLL (its
+checkpoint's ``scoring.nll_record``) or seed 004's objective (``diagnostics.sddpm_objective_record``)
 and its sample and encode-then-decode pictures."""
 from __future__ import annotations
 
@@ -17,15 +17,19 @@ import numpy as np
 from diffusion import parallel, visualize
 from diffusion.checkpoints import Checkpointer, config_differences
 from diffusion.data import datasets
-from experiments import (cascade, clip_guidance, clip_trainer, evaluation, first_stage, first_stage_trainer, sampling,
-                         text, trainer, unclip_sampling)
-from experiments.studies.plan import Plan, Training, cell_name
+from experiments import inference, loop, scoring
+from experiments.cascade import chain
+from experiments.latent import autoencoder_loop, autoencoder_runs
+from experiments.sddpm import diagnostics
+from experiments.studies.plan import cell_name, Plan, Training
+from experiments.text import captioning, clip_guidance, clip_training
+from experiments.unclip import generation
 
 
 def trained(config, workdir: Path) -> bool:
     """Whether ``workdir``'s last checkpoint is at ``train.num_steps``; a run there made with another
     model or schedule (a study file edited since) is an error, not a reason to reuse its results. A
-    latent run's measured ``data.latent_scale`` is its own (``trainer.run_latent_scale``)."""
+    latent run's measured ``data.latent_scale`` is its own (``loop.run_latent_scale``)."""
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
                         keep_period=config.train.keep_period)
     try:
@@ -34,7 +38,7 @@ def trained(config, workdir: Path) -> bool:
         if step is not None:
             saved, mine = ckpt.read_meta(step)["config"], config.to_dict()
             if config.data.autoencoder:     # the scale a latent run measured at its start is its own
-                mine["data"]["latent_scale"] = trainer.run_latent_scale(config.data, saved["data"])
+                mine["data"]["latent_scale"] = loop.run_latent_scale(config.data, saved["data"])
             diffs = config_differences(saved, mine)
     finally:
         ckpt.close()
@@ -52,16 +56,16 @@ def ensure_trained(job: Training, classifier_weights: Optional[str] = None, ince
     28×28×1, Inception-v3 (``inception_weights``)."""
     if job.entry_point == "train":
         if not trained(job.config, job.workdir):
-            trainer.train_and_evaluate(job.config, job.workdir)
+            loop.train_and_evaluate(job.config, job.workdir)
     elif job.entry_point == "train_autoencoder":
         if not trained(job.config, job.workdir):
-            first_stage_trainer.train_autoencoder(job.config, job.workdir, classifier_weights=classifier_weights,
+            autoencoder_loop.train_autoencoder(job.config, job.workdir, classifier_weights=classifier_weights,
                                                   inception_weights=inception_weights)
     elif job.entry_point == "train_clip":
-        if not trained(job.config, job.workdir) or not (job.workdir / clip_trainer.REPORT_FILE).exists():
-            clip_trainer.train_clip(job.config, job.workdir)
+        if not trained(job.config, job.workdir) or not (job.workdir / clip_training.REPORT_FILE).exists():
+            clip_training.train_clip(job.config, job.workdir)
     elif not trained(job.config, job.workdir) or not (job.workdir / "classifier.msgpack").exists():
-        trainer.train_classifier(job.config, job.workdir)
+        loop.train_classifier(job.config, job.workdir)
 
 
 def train(plan: Plan, inception_weights: Optional[str] = None):
@@ -87,14 +91,14 @@ class Measured:
 def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured:
     """Measure the plan's (trained) models: each cell, NLL when the study lists it, pictures when it asks."""
     config = plan.data_config
-    ref = evaluation.reference_for(config, mesh, plan.workdir / "reference_stats",
+    ref = scoring.reference_for(config, mesh, plan.workdir / "reference_stats",
                                    classifier_weights=plan.classifier_weights, inception_weights=inception_weights)
     train_split, heldout, feature_name, feature_fn, reference = (ref.train, ref.heldout, ref.feature_name,
                                                                  ref.feature_fn, ref.stats)
-    heldout_row = evaluation.quality(*evaluation.split_features(feature_fn, heldout), reference)
-    load_run = functools.cache(lambda m: sampling.load_run(plan.model_dir(m)))     # each model's, once
+    heldout_row = scoring.quality(*scoring.split_features(feature_fn, heldout), reference)
+    load_run = functools.cache(lambda m: inference.load_run(plan.model_dir(m)))     # each model's, once
     own_heldout = functools.cache(lambda m: split_for(load_run(m).config, heldout))   # captioned once per model
-    scorer = evaluation.clip_scorer(plan.clip_dir("score_clip"), mesh) if plan.study.score_clip else None
+    scorer = scoring.clip_scorer(plan.clip_dir("score_clip"), mesh) if plan.study.score_clip else None
     results = [measure_cell(plan, load_run, mesh, cell, feature_fn, reference, batch, heldout=heldout,
                             clip_score=scorer) for cell in plan.cells]
     if plan.autoencoders:   # latent diffusion: each row's first stage and throughput (Rombach et al. 2022)
@@ -104,15 +108,15 @@ def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured
                    for r in results]
     nll = {}
     if "nll" in plan.study.metrics:
-        nll = {m: evaluation.nll_record(load_run(m), mesh, own_heldout(m),
+        nll = {m: scoring.nll_record(load_run(m), mesh, own_heldout(m),
                                         plan.study.nll_examples, plan.model_dir(m) / "eval") for m in plan.models}
     objective, reference = {}, None
     if "sddpm" in plan.study.metrics:   # also set on each of the model's rows, where the claims read it
-        objective = {m: evaluation.sddpm_objective_record(load_run(m), mesh, own_heldout(m),
+        objective = {m: diagnostics.sddpm_objective_record(load_run(m), mesh, own_heldout(m),
                                                           plan.study.nll_examples, plan.model_dir(m) / "eval")
                      for m in plan.models}
         first = next(iter(plan.models))
-        reference = evaluation.sddpm_objective(load_run(first), mesh, own_heldout(first), plan.study.nll_examples,
+        reference = diagnostics.sddpm_objective(load_run(first), mesh, own_heldout(first), plan.study.nll_examples,
                                                identity=True)
         results = [dict(r, sddpm_objective=objective[r["model"]]["nats_per_dim"],
                         sddpm_objective_se=objective[r["model"]]["stderr"],
@@ -129,7 +133,7 @@ def split_for(config, split: datasets.Split) -> datasets.Split:
     """``split`` as a model of ``config`` reads it: captioned with its own tokenizer when it reads text
     (``text.captioned``), since a study hands every model one split, whose token ids, if any, another
     model's tokenizer wrote."""
-    return text.captioned(config, split) if text.is_conditioned(config) else split
+    return captioning.captioned(config, split) if captioning.is_conditioned(config) else split
 
 
 def cost_record(plan: Plan, model: str) -> dict:
@@ -158,26 +162,26 @@ def first_stage_floors(plan: Plan, mesh, heldout, feature_fn, reference) -> dict
     10,000 test images against 50,000 samples at ``--scale paper``).
     Measured afresh each time (seconds), so they always belong to the autoencoders on disk."""
     images = heldout.head(plan.num).images      # fewer where the held-out split is smaller (floor_images)
-    own = evaluation.quality(*feature_fn(images), reference)
+    own = scoring.quality(*feature_fn(images), reference)
     data = dict(heldout_fid=own["fid"], heldout_fid_se=own["fid_se"], floor_images=len(images))
     floors = {"": data}
     for job in plan.autoencoders.values():
-        autoencoder = first_stage.load_autoencoder(job.workdir)
+        autoencoder = autoencoder_runs.load_autoencoder(job.workdir)
         reconstruct = jax.jit(lambda x: (autoencoder.decode(autoencoder.encode(x)),),
                               in_shardings=parallel.data_sharded(mesh))
-        shown = datasets.to_uint8(evaluation.batched(reconstruct, mesh)(images)[0])
-        row = evaluation.quality(*feature_fn(shown), reference)
+        shown = datasets.to_uint8(parallel.map_images(reconstruct, mesh)(images)[0])
+        row = scoring.quality(*feature_fn(shown), reference)
         floors[str(job.workdir)] = dict(data, ae_fid=row["fid"], ae_fid_se=row["fid_se"])
     return floors
 
 
 def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, batch: int, *, heldout,
-                 clip_score: Optional[evaluation.ClipScorer] = None) -> dict:
+                 clip_score: Optional[scoring.ClipScorer] = None) -> dict:
     """The cell's row (its settings and every metric of its samples), read from
     ``<workdir>/cells/<cell>.json`` when measured with as many samples, else measured and kept there;
     ``load_run(model)`` is a model's run. A cell drawn for prompts (a text run's, an unCLIP decoder's
     after its ``prior``, CLIP guidance's) draws for the ``heldout`` split's captions, as
-    ``experiments.evaluate`` does, and adds their alignment (``evaluation.text_alignment``, scored by
+    ``experiments.evaluate`` does, and adds their alignment (``scoring.text_alignment``, scored by
     ``clip_score`` when given)."""
     path = plan.workdir / "cells" / f"{cell_name(cell)}.json"
     if path.exists():
@@ -187,29 +191,29 @@ def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, 
     m, prompts = cell["model"], None
     start = time.perf_counter()
     if cell["prior"]:     # unCLIP: the prior's embeddings for the held-out captions, decoded (Ramesh et al. 2022)
-        settings = unclip_sampling.Settings(sampler=cell["sampler"], steps=cell["steps"], eta=cell["eta"],
+        settings = generation.Settings(sampler=cell["sampler"], steps=cell["steps"], eta=cell["eta"],
                                             clip=cell["clip"], num=plan.num, batch=batch, seed=0)
-        images, prompts, domain = unclip_sampling.heldout_samples(
+        images, prompts, domain = generation.heldout_samples(
             [plan.model_dir(cell["prior"]), plan.model_dir(m)], [cell["prior_scale"], cell["scale"]], settings, mesh,
             heldout)
     elif cell["cascade"]:   # the final samples of a cascade whose last stage is m (Ho et al. 2021), or its input
         outputs = cascade_outputs(plan, cell, mesh, batch)
-        images = cascade.upsampled(outputs[-2], outputs[-1].shape[1]) if cell["upsampled_input"] else outputs[-1]
+        images = chain.upsampled(outputs[-2], outputs[-1].shape[1]) if cell["upsampled_input"] else outputs[-1]
     else:
         run = load_run(m)
-        classifier = (sampling.load_noisy_classifier(plan.noisy_classifier.workdir, run.schedule)
+        classifier = (inference.load_noisy_classifier(plan.noisy_classifier.workdir, run.schedule)
                       if cell["guidance"] == "classifier" else None)
         guide = clip_guidance.load(plan.clip_dir("guidance_clip"), run) if cell["guidance"] == "clip" else None
-        prompts, domain, condition = evaluation.heldout_condition(run, heldout, plan.num, guide)
-        images = evaluation.samples_for(run, mesh, plan.model_dir(m), cell["sampler"], cell["steps"], cell["eta"],
+        prompts, domain, condition = scoring.heldout_condition(run, heldout, plan.num, guide)
+        images = scoring.samples_for(run, mesh, plan.model_dir(m), cell["sampler"], cell["steps"], cell["eta"],
                                         num=plan.num, batch=batch, seed=0, guide=cell["guidance"], scale=cell["scale"],
                                         classifier_log_prob=classifier, clip_guide=guide, clip=cell["clip"],
                                         condition=condition)
     seconds = time.perf_counter() - start   # with compilation, and a decode for latents (images/s to the user)
     feats, probs = feature_fn(images)
-    row = {**cell, **evaluation.quality(feats, probs, reference)}
+    row = {**cell, **scoring.quality(feats, probs, reference)}
     if prompts is not None:
-        row.update(evaluation.text_alignment(domain, images, probs, prompts, clip_score))
+        row.update(scoring.text_alignment(domain, images, probs, prompts, clip_score))
     if not cell["cascade"]:
         row["sample_images_per_s"] = plan.num / seconds
     if jax.process_index() == 0:
@@ -221,10 +225,10 @@ def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, 
 def cascade_outputs(plan: Plan, cell: dict, mesh, batch: int) -> list[np.ndarray]:
     """Every stage's outputs of a cascade cell (its lower stages ``cell["cascade"]``, then its model),
     drawn once and kept by ``cascade.samples``; the cell's level s and guidance weight serve every stage."""
-    settings = cascade.Settings(sampler=cell["sampler"], steps=cell["steps"], eta=cell["eta"],
+    settings = chain.Settings(sampler=cell["sampler"], steps=cell["steps"], eta=cell["eta"],
                                 aug_levels=(cell["aug_level"],), truncated=cell["truncated"], scales=(cell["scale"],))
     stages = tuple(cell["cascade"]) + (cell["model"],)
-    return cascade.samples([plan.model_dir(m) for m in stages], mesh, settings, num=plan.num, batch=batch)
+    return chain.samples([plan.model_dir(m) for m in stages], mesh, settings, num=plan.num, batch=batch)
 
 
 def cascade_picture(plan: Plan, cell: dict, mesh, batch: int) -> tuple[str, str]:
@@ -234,7 +238,7 @@ def cascade_picture(plan: Plan, cell: dict, mesh, batch: int) -> tuple[str, str]
     outputs = cascade_outputs(plan, cell, mesh, batch)
     path = plan.workdir / f"{cell_name(cell)}_cascade.png"
     if jax.process_index() == 0:
-        visualize.save_png(cascade.side_by_side(outputs), path, scale=3)
+        visualize.save_png(chain.side_by_side(outputs), path, scale=3)
     return path.name, (f"{cell['row']}, {cell['col']}: per row, the output of each stage ({' → '.join(stages)}) and, "
                        "between them, the next stage's conditioning (upsampled)")
 
@@ -243,7 +247,7 @@ def model_pictures(plan: Plan, run, name: str, mesh, heldout, batch: int) -> lis
     """``pictures`` (or, for a study with ``encode_depths``, ``forward_pictures``) of model ``name``
     with the sampler of its first cell (unguided)."""
     first = next(c for c in plan.cells if c["model"] == name)
-    images = evaluation.samples_for(run, mesh, plan.model_dir(name), first["sampler"], first["steps"], first["eta"],
+    images = scoring.samples_for(run, mesh, plan.model_dir(name), first["sampler"], first["steps"], first["eta"],
                                     num=plan.num, batch=batch, seed=0)
     setting = f"{first['sampler'].upper()} {first['steps']}" + (
         f" (η = {first['eta']:g})" if first["sampler"] == "ddim" else "")
@@ -268,7 +272,7 @@ def pictures(run, mesh, heldout, name: str, images: np.ndarray, setting: str, st
     n = parallel.padded_count(8, mesh)
     first = heldout.head(n)   # only these are read (the split may be lazy)
     x0 = datasets.to_model_range(first.images)
-    z, decoded = sampling.reconstruct(run, mesh, x0, first.labels, steps)    # on every process
+    z, decoded = inference.reconstruct(run, mesh, x0, first.labels, steps)    # on every process
     recon = out / f"{name}_reconstruction.png"
     if jax.process_index() == 0:
         rows = np.concatenate([x0, np.clip(z / 3, -1, 1), np.clip(decoded, -1, 1)])
@@ -281,11 +285,11 @@ def pictures(run, mesh, heldout, name: str, images: np.ndarray, setting: str, st
 def forward_pictures(run, mesh, heldout, name: str, images: np.ndarray, setting: str, sampler: str, depths,
                      out: Path) -> list[tuple[str, str]]:
     """(file, caption) of a grid of 64 samples drawn with ``setting`` and of 8 held-out images over
-    seed 004's encode-then-decode (``sampling.forward_encode_decode``) through each of ``depths``."""
+    seed 004's encode-then-decode (``diagnostics.forward_encode_decode``) through each of ``depths``."""
     n = parallel.padded_count(8, mesh)
     first = heldout.head(n)   # only these are read (the split may be lazy)
     x0 = datasets.to_model_range(first.images)
-    encoded, decoded = sampling.forward_encode_decode(run, mesh, x0, first.labels, depths, sampler)
+    encoded, decoded = diagnostics.forward_encode_decode(run, mesh, x0, first.labels, depths, sampler)
     recon = out / f"{name}_encode_decode.png"
     if jax.process_index() == 0:
         rows = np.concatenate([x0] + [np.clip(r, -1, 1) for pair in zip(encoded, decoded) for r in pair])

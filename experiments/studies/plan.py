@@ -17,7 +17,10 @@ from flax import traverse_util
 
 from configs import (base, celeba64_ddim, cifar10_ddpm, classifier_fashion_mnist, fashion_mnist, imagenet64_adm,
                      noisy_classifier_mnist)
-from experiments import cascade, clip_runs, common, evaluation, first_stage
+from experiments import build, scoring
+from experiments.cascade import chain
+from experiments.latent import autoencoder_runs
+from experiments.text import clip_runs
 
 # Per dataset: the config its models derive from (and its file, for the printed commands), and the
 # feature classifier config for 28×28 data (None: the embedded MNIST classifier, or Inception).
@@ -59,14 +62,14 @@ def check_study(study: ml_collections.ConfigDict):
         if cell["model"] not in study.models:
             raise ValueError(f"study cell names model {cell['model']!r}, which is not in its models "
                              f"{sorted(study.models)}")
-        if cell.get("clip") not in (None,) + common.CLIPS:
-            raise ValueError(f"study cell {cell} has clip={cell['clip']!r}: use one of {common.CLIPS} "
+        if cell.get("clip") not in (None,) + build.CLIPS:
+            raise ValueError(f"study cell {cell} has clip={cell['clip']!r}: use one of {build.CLIPS} "
                              "(or leave it out for the model's sample.clip)")
         stages = tuple(cell.get("cascade", ()))
-        trained = stages[1:] if stages[:1] == (cascade.HELDOUT,) else stages     # the held-out images may come first
+        trained = stages[1:] if stages[:1] == (chain.HELDOUT,) else stages     # the held-out images may come first
         if any(stage not in study.models for stage in trained):
             raise ValueError(f"study cell {cell} has a cascade stage that is not in its models {sorted(study.models)} "
-                             f"(or {cascade.HELDOUT!r} first)")
+                             f"(or {chain.HELDOUT!r} first)")
         if cell.get("upsampled_input") and not stages:
             raise ValueError(f"study cell {cell} measures upsampled_input, which only a cascade's cell has")
     for name, overrides_ in study.models.items():
@@ -93,7 +96,7 @@ def check_study(study: ml_collections.ConfigDict):
                              f"{sorted(study.models)}")
         if cell.get("guidance") == "clip" and not study.guidance_clip:
             raise ValueError("study cells use CLIP guidance; set guidance_clip to one of its (noise-aware) clips")
-    known = list(evaluation.METRICS) + list(evaluation.PROMPT_METRICS) + list(PER_MODEL_METRICS)
+    known = list(scoring.METRICS) + list(scoring.PROMPT_METRICS) + list(PER_MODEL_METRICS)
     unknown = set(study.metrics) - set(known)
     if unknown:
         raise ValueError(f"study metrics {sorted(unknown)} are not among {sorted(known)}")
@@ -144,13 +147,13 @@ def autoencoder_training(study, name: str, model: ml_collections.ConfigDict, wor
     fit the data."""
     files = study.paper_autoencoders if scale == "paper" and study.paper_autoencoders else study.autoencoders
     config_file = f"configs/{files[name]}.py"
-    module = importlib.import_module(f"configs.{files[name]}")
+    module = importlib.import_module("configs." + files[name].replace("/", "."))
     config = module.get_config()
     config.data = copy.deepcopy(model.data)
     config.data.autoencoder = ""
     if study.autoencoder_steps and scale == "default":
         config.train.num_steps = study.autoencoder_steps
-    first_stage.validate(config)
+    autoencoder_runs.validate(config)
     return Training("train_autoencoder", config, config_file, module.get_config(), workdir)
 
 
@@ -159,7 +162,7 @@ def clip_training(study, name: str, data_config: ml_collections.ConfigDict, work
     noise-aware one for GLIDE's CLIP guidance) on ``data_config``'s images and seed (its held-out
     split), trained by ``experiments.train_clip`` in ``workdir``."""
     config_file = f"configs/{study.clips[name]}.py"
-    module = importlib.import_module(f"configs.{study.clips[name]}")
+    module = importlib.import_module("configs." + study.clips[name].replace("/", "."))
     config = module.get_config()
     config.data.source, config.seed = data_config.data.source, data_config.seed
     clip_runs.validate(config)
@@ -176,7 +179,7 @@ def overrides(config: ml_collections.ConfigDict, reference: ml_collections.Confi
 
 def cell_name(cell: dict) -> str:
     """The name of a cell of ``Plan.cells`` (its measurements' file): its model and setting tag."""
-    tag = evaluation.setting_tag(cell["sampler"], cell["steps"], cell["eta"], cell["guidance"], cell["scale"],
+    tag = scoring.setting_tag(cell["sampler"], cell["steps"], cell["eta"], cell["guidance"], cell["scale"],
                                  cell["clip"])
     if cell["prior"]:     # an unCLIP cell: the prior and its weight before the decoder's setting
         tag = f"{cell['prior']}_w{cell['prior_scale']:g}_{tag}"
@@ -254,7 +257,7 @@ class Plan:
 
     def model_dir(self, name: str) -> Path:
         """Where model ``name`` trains (a cascade's ``heldout`` first stage is the word itself)."""
-        return Path(cascade.HELDOUT) if name == cascade.HELDOUT else self.models[name].workdir
+        return Path(chain.HELDOUT) if name == chain.HELDOUT else self.models[name].workdir
 
     def evaluate_command(self, cell: dict) -> str:
         """The ``experiments.evaluate`` command that measures one cell on its own."""
@@ -287,7 +290,7 @@ class Plan:
     @property
     def inception_flag(self) -> str:
         """``--inception_weights`` for the commands that measure FID, where the data needs Inception."""
-        return f" --inception_weights {self.inception_weights}" if evaluation.uses_inception(self.data_config) else ""
+        return f" --inception_weights {self.inception_weights}" if scoring.uses_inception(self.data_config) else ""
 
 
 def largest(models: dict[str, Training]) -> ml_collections.ConfigDict:
@@ -332,7 +335,7 @@ def make_plan(study_module, workdir, *, dataset=None, data=None, scale: str = "d
         # Refused before anything trains, a latent model against its planned autoencoder's config; a model
         # reading a planned CLIP's text tower is checked when it trains (the tower comes from that run).
         if job.config.model.clip_run not in study.clips:
-            common.validate(job.config, autoencoder=first_stage)
+            build.validate(job.config, autoencoder=first_stage)
     clips = {name: clip_training(study, name, largest(models), workdir / "clips" / name) for name in study.clips}
     for job in models.values():   # a study's CLIP names become its runs' workdirs
         if job.config.model.clip_run in clips:

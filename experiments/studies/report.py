@@ -1,5 +1,5 @@
 """A study's ``report.md``: the table of its cells (each entry the study's metrics, formatted by
-``evaluation.METRICS``), NLL per model with the bound's terms per step, the plot, the paper's
+``scoring.METRICS``), NLL per model with the bound's terms per step, the plot, the paper's
 claims checked on the figures, the study's measured explanations of them (its ``findings``), the
 pictures, and the commands behind every cell."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments import evaluation
+from experiments import scoring
 from experiments.studies.measure import Measured
 from experiments.studies.plan import PAPER_SAMPLES, Plan
 
@@ -67,9 +67,9 @@ def vlb_terms_plot(nll: dict, path: Path):
 
 
 def cell_table(study, results: list[dict]) -> list[str]:
-    """Rows × columns of the study's cells, each entry its metrics (in ``evaluation.METRICS`` order, then
-    ``evaluation.PROMPT_METRICS``' for a study of cells drawn for prompts)."""
-    shown = [metrics[m] for metrics in (evaluation.METRICS, evaluation.PROMPT_METRICS) for m in metrics
+    """Rows × columns of the study's cells, each entry its metrics (in ``scoring.METRICS`` order, then
+    ``scoring.PROMPT_METRICS``' for a study of cells drawn for prompts)."""
+    shown = [metrics[m] for metrics in (scoring.METRICS, scoring.PROMPT_METRICS) for m in metrics
              if m in study.metrics]
     rows, cols = list(dict.fromkeys(r["row"] for r in results)), list(dict.fromkeys(r["col"] for r in results))
     by = {(r["row"], r["col"]): r for r in results}
