@@ -19,7 +19,7 @@ def recipe_on_the_linear_schedule():
     c = base.get_config()
     c.optim.lr = 3e-3                  # recipe: 2e-3 beat 1e-3 at 2,000 steps (FID 123 vs 175), 3e-3 2e-3 at 6,000 (34 vs 37)
     c.diffusion.weighting = "min_snr"  # γ = 5: FID 201 vs 240 at 2,000 steps (both with cosine decay)
-    c.train.num_steps = 7000           # fills the 30 minutes on a fast day (27 min 35 s; 37 min 22 s on a slow one)
+    c.train.num_steps = 7000           # sized for a 30-minute CPU budget (docs/main_job/recipe.md, stage 12)
     c.train.sample_every = 2000
     c.sample.sampler = "euler_ancestral"
     return c

@@ -1,14 +1,9 @@
-"""What a checkpoint's save and restore check, apart from orbax: every leaf finite, every leaf's
-checksum (both computed on device, so nothing global is copied to a host), and a full disk
-recognised among orbax's failures, with the noise of its abandoned writes kept off the terminal.
+"""What a checkpoint's save and restore check, apart from orbax: every leaf finite and every leaf's
+checksum, both computed on device, so nothing global is copied to a host (a failed save is
+``checkpoint_failures``'s).
 """
 from __future__ import annotations
 
-import contextlib
-import errno
-import logging
-import sys
-import threading
 from typing import Any
 
 import jax
@@ -80,62 +75,3 @@ def checksums(state: Any) -> dict[str, list[int]]:
     rows = _rows(_checksum_rows, list(named.values()))
     return {name: [int(a), int(b)] for name, (a, b) in zip(named, rows)}
 
-
-def _exception_chain(exc: BaseException):
-    """``exc`` and everything behind it: causes, contexts and the members of exception groups."""
-    seen, todo = set(), [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` comes from ENOSPC: an ``OSError`` anywhere in its chain, or TensorStore's
-    wording (it reports ENOSPC as a ``ValueError`` 'RESOURCE_EXHAUSTED: … No space left on device')."""
-    return any((isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e)
-               for e in _exception_chain(exc))
-
-
-def _is_closed_loop_noise(exc: BaseException) -> bool:
-    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
-
-
-class _AbandonedWriteRecords(logging.Filter):
-    """Drops orbax's ERROR record of each write thread that a failed save abandoned."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "_SignalingThread.run() raised an exception" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def failed_writes_silenced():
-    """While orbax saves: when one TensorStore write fails, orbax abandons the others, whose
-    callbacks then find their event loop closed and print a traceback each (thousands for one
-    state), and orbax logs each failed thread at ERROR. ``save`` raises the one error that matters,
-    so exactly those are dropped (RuntimeError 'Event loop is closed' and orbax's abandoned-thread
-    records); every other exception and log record still prints. The abandoned callbacks go on
-    firing after a failed save, so the filters stay then; a successful save removes them."""
-    hooks = sys.excepthook, sys.unraisablehook, threading.excepthook
-    records = _AbandonedWriteRecords()
-
-    def excepthook(kind, value, tb):
-        if not _is_closed_loop_noise(value):
-            hooks[0](kind, value, tb)
-
-    def unraisablehook(unraisable):
-        if not _is_closed_loop_noise(unraisable.exc_value):
-            hooks[1](unraisable)
-
-    def thread_hook(args):
-        if not _is_closed_loop_noise(args.exc_value):
-            hooks[2](args)
-
-    sys.excepthook, sys.unraisablehook, threading.excepthook = excepthook, unraisablehook, thread_hook
-    logging.getLogger("absl").addFilter(records)
-    yield
-    sys.excepthook, sys.unraisablehook, threading.excepthook = hooks
-    logging.getLogger("absl").removeFilter(records)

@@ -10,7 +10,7 @@ What a checkpoint promises, and how each failure is named:
   data files fail loudly (``CorruptCheckpointError``) instead of restoring as garbage; only an
   explicit ``restore_latest_good(..., fall_back=True)`` moves a bad checkpoint aside;
 * a save on a full disk leaves the previous checkpoints as they were and says so
-  (``DiskFullError``); old checkpoints are pruned only after a new one is complete.
+  (``checkpoint_failures.DiskFullError``); old checkpoints are pruned only after a new one is complete.
 
 Saves are asynchronous: ``save`` refuses a non-finite state, computes the checksums and hands the
 state to orbax, which copies it off the devices and returns; the files are written in the
@@ -18,41 +18,32 @@ background. ``wait`` blocks until they are, and every read (``latest_step``, ``r
 ``restore``), the next save and ``close`` call it first, so a failed write (a full disk included)
 is raised there, by the next of these, with the same message as a synchronous one.
 
-The meta item of a checkpoint is the JSON object
-``{"config": {...}, "data_position": int, "checksums": {"params/conv_in/kernel": [sum, weighted], ...}}``;
-the data item, where the run saved its input pipeline, is the grain iterator's state, one JSON file
-per process (grain's orbax ``CheckpointHandler``).
+What is saved beside the state, and how a saved config is compared with the running one:
+``checkpoint_meta``; the per-leaf checks: ``checkpoint_checks``; a failed save recognised and
+cleaned up: ``checkpoint_failures``.
 """
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import logging
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Optional
 
-import flax
 import grain
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint._src.metadata import array_metadata_store   # the Store orbax's default handler is given
 
 from diffusion import parallel
-from diffusion.checkpoint_checks import (checksums, failed_writes_silenced, is_disk_full, named_leaves,
-                                          nonfinite_leaves)
+from diffusion.checkpoint_checks import checksums, named_leaves, nonfinite_leaves
+from diffusion.checkpoint_failures import (BACKGROUND_FAILURE_RECORDS, clean_up_failed_save, failed_writes_silenced,
+                                           first_line)
+from diffusion.checkpoint_meta import config_differences, same_structure
 
-# Config fields that change what the parameters mean: a resumed run must agree on them
-# ("first_stage": the latent-diffusion autoencoder of experiments.train_autoencoder).
-COMPATIBILITY_SECTIONS = ("model", "diffusion", "first_stage")
-COMPATIBILITY_FIELDS = ("data.image_size", "data.channels", "data.autoencoder", "data.latent_scale",
-                        "data.low_resolution", "cascade.augmentation",   # a cascade stage's conditioning input
-                        "optim.grad_accum_steps")   # state.step and MultiSteps' count are in its units
 CORRUPT_DIR = "corrupt_checkpoints"   # beside the checkpoints directory, in the workdir
 NAMED_LEAVES = 5                      # how many bad leaves an error message lists
-SETTLE_PASSES, SETTLE_PAUSE_S = 25, 0.2   # cleaning up after a failed save: up to ~5 s
 
 
 class NonFiniteStateError(FloatingPointError):
@@ -63,67 +54,9 @@ class CorruptCheckpointError(RuntimeError):
     """A checkpoint's data cannot be read, or does not match the checksums saved with it."""
 
 
-class DiskFullError(OSError):
-    """A save failed for lack of disk space; the previous checkpoints are intact."""
-
-    def __init__(self, message: str):
-        super().__init__(errno.ENOSPC, message)
-
-
-def compatibility_view(config: dict) -> dict:
-    """The flattened fields that a checkpoint and a run must agree on (lists normalised from tuples)."""
-    flat = flax.traverse_util.flatten_dict(config, sep=".")
-    keep = {k: v for k, v in flat.items()
-            if k.split(".")[0] in COMPATIBILITY_SECTIONS or k in COMPATIBILITY_FIELDS}
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in keep.items()}
-
-
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """The compatibility fields on which a checkpoint's config and the current one differ. A field the
-    checkpoint's config lacks was added to the code after it was saved, and the run was made with
-    its default: it is not a difference (as ``runs.load_config`` fills it with that default)."""
-    a, b = compatibility_view(saved), compatibility_view(current)
-    return [f"{k}: checkpoint {a.get(k, '<absent>')!r} vs config {b.get(k, '<absent>')!r}"
-            for k in sorted(a) if a.get(k) != b.get(k)]
-
-
-def _first_line(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:limit] if text else ''}"
-
-
 def _listing(names: list[str]) -> str:
     more = len(names) - NAMED_LEAVES
     return ", ".join(names[:NAMED_LEAVES]) + (f" and {more} more" if more > 0 else "")
-
-
-def _on_primary(fn, barrier: str):
-    """Run a file-system change once (process 0), then let every process continue together."""
-    if jax.process_index() == 0:
-        fn()
-    parallel.barrier(barrier)
-
-
-class _BackgroundFailureRecords(logging.Filter):
-    """Drops the ERROR records (with tracebacks) that orbax logs when a background write fails: the
-    same error is raised by ``Checkpointer.wait``, with one line for a full disk."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not ("in background save thread" in message or "Save Finalize thread" in message and "failed" in message)
-
-
-_BACKGROUND_FAILURE_RECORDS = _BackgroundFailureRecords()
-
-
-def _same_structure(a, b) -> bool:
-    """Whether two JSON values have the same keys and list lengths throughout (two grain iterator
-    states of the same pipeline layout)."""
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_structure(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(map(_same_structure, a, b))
-    return not isinstance(b, (dict, list))
 
 
 def _say(line: str):
@@ -138,10 +71,9 @@ def save_replicated_arrays_whole_on_cpu() -> None:
 
     Orbax's default ``ArrayHandler`` splits that copy among the replicas (replica-parallel saving)
     unless ``JAX_PLATFORMS`` names a GPU. CPU devices share one host memory, so the split buys
-    nothing there and costs a jitted slice per replica and array, each compiled for its shape: the
-    tiny test state on 8 virtual CPU devices took 79 s to save the first time and 8–10 s after,
-    against 31 s and 4 s whole (measured 2026-12-01, nice'd beside another job).
-    The handler is orbax's default but for that option (its array metadata store included), set
+    nothing there and costs a jitted slice per replica and array, each compiled for its shape, which
+    makes saving a state replicated on 8 virtual CPU devices several times slower (measured:
+    benchmarks/RESULTS.md). The handler is orbax's default but for that option (its array metadata store included), set
     once per process in orbax's global registry, where orbax takes per-type options; the warning
     orbax logs on replacing a handler is held back (a run's stderr is for what the user must read)."""
     if jax.default_backend() != "cpu":
@@ -211,18 +143,18 @@ class Checkpointer:
         self.wait()
         before = set(self.directory.iterdir())
         # Orbax's abandoned writes fail in its background threads, so the noise filter stays on until
-        # ``wait`` knows how the write ended (and, as before, stays for good after a failure).
+        # ``wait`` knows how the write ended (and stays for good after a failure: ``failed_writes_silenced``).
         noise = failed_writes_silenced()
         noise.__enter__()
-        logging.getLogger("absl").addFilter(_BACKGROUND_FAILURE_RECORDS)
+        logging.getLogger("absl").addFilter(BACKGROUND_FAILURE_RECORDS)
         try:
             items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
             if data is not None:
                 items["data"] = grain.checkpoint.CheckpointSave(data)
             self.manager.save(step, args=ocp.args.Composite(**items))
         except Exception as e:
-            logging.getLogger("absl").removeFilter(_BACKGROUND_FAILURE_RECORDS)
-            if (failure := self._failed_save(step, before, e)) is e:
+            logging.getLogger("absl").removeFilter(BACKGROUND_FAILURE_RECORDS)
+            if (failure := clean_up_failed_save(self.manager, self.directory, step, before, e)) is e:
                 raise
             raise failure from None
         self._pending = (step, before, noise)
@@ -239,64 +171,13 @@ class Checkpointer:
         try:
             self.manager.wait_until_finished()
         except Exception as e:
-            if (failure := self._failed_save(step, before, e)) is e:
+            if (failure := clean_up_failed_save(self.manager, self.directory, step, before, e)) is e:
                 raise
             raise failure from None
         finally:
-            logging.getLogger("absl").removeFilter(_BACKGROUND_FAILURE_RECORDS)
+            logging.getLogger("absl").removeFilter(BACKGROUND_FAILURE_RECORDS)
         noise.__exit__(None, None, None)
         self._prune()
-
-    def _failed_save(self, step: int, before: set, error: Exception) -> Exception:
-        """Clean up after save ``step`` failed with ``error``; the exception to raise for it (``error``
-        itself, to be re-raised as it came, unless the disk is full). Orbax's other background writes of
-        that save are let finish first, and again after the clean-up, so that none of them fails later
-        (say on a directory removed here) and surfaces at the next, unrelated wait."""
-        self._drain_failed_writes()
-        self._discard_failed_save(step, before)
-        self._drain_failed_writes()
-        if is_disk_full(error):
-            return DiskFullError(self._disk_full_message(step, error))
-        return error
-
-    def _drain_failed_writes(self):
-        """Wait out the failed save's remaining background writes, dropping their errors (the first
-        one is already being reported); bounded, in case orbax keeps re-raising the same one."""
-        for _ in range(SETTLE_PASSES):
-            try:
-                self.manager.wait_until_finished()
-                return
-            except Exception:   # noqa: BLE001 — the failed save's own errors, reported once by the caller
-                continue
-
-    def _discard_failed_save(self, step: int, before: set):
-        """Remove the step directories (final or orbax's temporary ones) that a failed save created,
-        and re-read the steps on disk into orbax's view.
-
-        When orbax raises, TensorStore may still be finishing writes it abandoned, which recreate
-        their directories; so removal repeats until a pass finds nothing (bounded). A leftover
-        ``<step>.orbax-checkpoint-tmp`` would be harmless anyway: orbax lists no step for it and
-        replaces it when that step is saved again."""
-        def remove():
-            for _ in range(SETTLE_PASSES):
-                leftovers = [p for p in set(self.directory.iterdir()) - before if p.name.split(".")[0] == str(step)]
-                if not leftovers:
-                    return
-                for p in leftovers:
-                    shutil.rmtree(p, ignore_errors=True)
-                time.sleep(SETTLE_PAUSE_S)
-        _on_primary(remove, f"checkpoints: discard failed save {step}")
-        self.manager.reload()
-
-    def _disk_full_message(self, step: int, error: BaseException) -> str:
-        free = shutil.disk_usage(self.directory).free
-        kept = self.manager.latest_step()
-        previous = (f"the previous checkpoint (step {kept}) is intact and a rerun after freeing space "
-                    f"resumes from it") if kept is not None else \
-            "there is no earlier checkpoint: a rerun after freeing space starts over"
-        return (f"disk full: checkpoint step {step} could not be saved in {self.directory} "
-                f"({free:,} bytes free; {_first_line(error)}); nothing of step {step} was kept, "
-                f"{previous}")
 
     def _prune(self):
         """Delete all but the newest ``keep`` checkpoints and the ``keep_period`` milestones (called
@@ -330,7 +211,7 @@ class Checkpointer:
             meta = self.read_meta(step)
         except Exception as e:
             raise CorruptCheckpointError(self._corrupt_message(
-                step, f"its meta is unreadable ({_first_line(e)})")) from e
+                step, f"its meta is unreadable ({first_line(e)})")) from e
         diffs = config_differences(meta["config"], config)
         if diffs:
             raise ValueError(f"checkpoint {path} was made with a different model or schedule:\n  "
@@ -348,7 +229,7 @@ class Checkpointer:
             state = self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
         except Exception as e:
             raise CorruptCheckpointError(self._corrupt_message(
-                step, f"its data is unreadable ({_first_line(e)})")) from e
+                step, f"its data is unreadable ({first_line(e)})")) from e
         if saved is None:
             _say(f"warning: checkpoint {path} was written without checksums and could not be verified")
         else:
@@ -370,7 +251,7 @@ class Checkpointer:
         step = self.manager.latest_step() if step is None else step
         # The file name is grain's CheckpointHandler's own: one state per process of the layout that saved it.
         mine = self.directory / str(step) / "data" / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-        if mine.exists() and _same_structure(json.loads(mine.read_text()), iterator.get_state()):
+        if mine.exists() and same_structure(json.loads(mine.read_text()), iterator.get_state()):
             return self.manager.restore(step, args=ocp.args.Composite(
                 data=grain.checkpoint.CheckpointRestore(iterator)))["data"]
         position = int(self.read_meta(step)["data_position"])
@@ -434,7 +315,7 @@ class Checkpointer:
         def move():
             self.corrupt_directory.mkdir(parents=True, exist_ok=True)
             shutil.move(source, target)
-        _on_primary(move, f"checkpoints: move aside {step}")
+        parallel.on_primary(move, f"checkpoints: move aside {step}")
         self.manager.reload()
         _say(f"checkpoint {source} is corrupt: moved to {target}; trying the checkpoint before it")
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion import reverse
-from diffusion.schedules import Schedule, alpha_bar_with_clean, logsnr
+from diffusion.schedules import Schedule, alphas_cumprod_with_clean, logsnr
 
 
 def _distinct_descending(idx: np.ndarray) -> jax.Array:
@@ -75,7 +75,7 @@ def dpm_solver_pp_2m_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, 
     p = reverse.predict(model_fn, schedule, x_t, t, cond, prediction=prediction, variance=variance, clip=clip,
                         clip_percentile=clip_percentile, clip_max=clip_max)
     x0_before, t_before = previous
-    a_t, a_prev = alpha_bar_with_clean(schedule, t), alpha_bar_with_clean(schedule, t_prev)
+    a_t, a_prev = alphas_cumprod_with_clean(schedule, t), alphas_cumprod_with_clean(schedule, t_prev)
     h = _lambda(schedule, t_prev) - _lambda(schedule, t)
     second_order = (t_before >= 0) & (t_prev >= 0)
     h_before = _lambda(schedule, t) - _lambda(schedule, t_before)
@@ -108,15 +108,15 @@ def dpm_solver_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, order=
     trained timesteps) and the formulas use their actual r = (λ_s − λ_t)/h. Orders 1 and 2 keep
     their order for any r; order 3 cancels the O(h²) error of its first-order stage u₁ only when
     r₂ = 2/3, so it is third order while a step spans enough indices for r₂ to land near 2/3
-    (measured: slope −3 to 48 λ-uniform steps between indices 999 and 100 of the linear T = 1000
-    schedule, flattening beyond) and no worse than second order after. A step spanning fewer
-    indices than ``order`` has no room for them and is taken at the order that fits; the step to
-    clean data (λ = ∞) is first order, x̂_0. Costs as many network evaluations as the order taken.
+    (tests/test_samplers.py: error slope −3 up to 48 λ-uniform steps between indices 999 and 100
+    of the linear T = 1000 schedule, flattening beyond) and no worse than second order after. A step
+    spanning fewer indices than ``order`` has no room for them and is taken at the order that fits;
+    the step to clean data (λ = ∞) is first order, x̂_0. Costs as many network evaluations as the order taken.
     """
     check_order(order)
     kw = dict(prediction=prediction, variance=variance, clip=clip, clip_percentile=clip_percentile, clip_max=clip_max)
     p = reverse.predict(model_fn, schedule, x_t, t, cond, **kw)
-    a_prev = alpha_bar_with_clean(schedule, t_prev)
+    a_prev = alphas_cumprod_with_clean(schedule, t_prev)
     first = jnp.sqrt(a_prev) * p.x0 + jnp.sqrt(1 - a_prev) * p.eps        # order 1, also to λ = ∞
     lam_t, t_end = _lambda(schedule, t), jnp.maximum(t_prev, 0)
     h = _lambda(schedule, t_end) - lam_t
@@ -202,7 +202,7 @@ def heun_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, churn=0.0, n
         t = t_hat
         x_t = x_tilde * schedule.sqrt_alphas_cumprod[t]
     x_tilde, s, x0 = _denoised(model_fn, schedule, x_t, t, cond, kw)
-    a_prev, s_prev = alpha_bar_with_clean(schedule, t_prev), _sigma(schedule, t_prev)
+    a_prev, s_prev = alphas_cumprod_with_clean(schedule, t_prev), _sigma(schedule, t_prev)
     d = (x_tilde - x0) / s
     euler = x_tilde + (s_prev - s) * d
 
@@ -222,7 +222,7 @@ def euler_ancestral_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, p
     deterministic end of that family is ``heun``'s Euler half, or DDIM.)"""
     kw = dict(prediction=prediction, variance=variance, clip=clip, clip_percentile=clip_percentile, clip_max=clip_max)
     x_tilde, s, x0 = _denoised(model_fn, schedule, x_t, t, cond, kw)
-    a_prev, s_prev = alpha_bar_with_clean(schedule, t_prev), _sigma(schedule, t_prev)
+    a_prev, s_prev = alphas_cumprod_with_clean(schedule, t_prev), _sigma(schedule, t_prev)
     s_up = jnp.minimum(s_prev, jnp.sqrt(s_prev ** 2 * (s ** 2 - s_prev ** 2) / s ** 2))
     s_down = jnp.sqrt(jnp.maximum(s_prev ** 2 - s_up ** 2, 0.0))   # 0 at the last step, where s_up = s_prev
     z = jax.random.normal(key, x_t.shape, x_t.dtype)

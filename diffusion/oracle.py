@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from diffusion.schedules import Schedule, logsnr_at_timesteps
 
 
-def alpha_bar_at(schedule: Schedule, timesteps):
+def alphas_cumprod_at(schedule: Schedule, timesteps):
     """ᾱ at network timesteps, for a full or respaced schedule (ᾱ agrees at kept steps); at
     fractional timesteps, ᾱ = sigmoid(λ) of the continuous-time process the schedule stands for
     (``schedules.logsnr_at_timesteps``), so the oracle is exact between steps too."""
@@ -22,7 +22,7 @@ def alpha_bar_at(schedule: Schedule, timesteps):
 
 
 def _component_terms(schedule: Schedule, x_t, timesteps, mean, cov):
-    a = alpha_bar_at(schedule, timesteps)[:, None, None]
+    a = alphas_cumprod_at(schedule, timesteps)[:, None, None]
     D = mean.shape[-1]
     cov_t = a * cov + (1 - a) * jnp.eye(D, dtype=x_t.dtype)
     resid = x_t - jnp.sqrt(a[:, :, 0]) * mean
@@ -35,7 +35,7 @@ def gaussian_eps(schedule: Schedule, mean, cov):
     """model_fn(x_t, timesteps) = E[ε | x_t] for x_0 ~ N(mean [D], cov [D, D])."""
     def model_fn(x_t, timesteps, **_):
         sol, _ = _component_terms(schedule, x_t, timesteps, mean, cov)
-        return jnp.sqrt(1 - alpha_bar_at(schedule, timesteps))[:, None] * sol
+        return jnp.sqrt(1 - alphas_cumprod_at(schedule, timesteps))[:, None] * sol
     return model_fn
 
 
@@ -77,5 +77,5 @@ def mixture_eps(schedule: Schedule, means, covs, weights):
         post = jnp.exp(log_post(x_t, timesteps))
         if labels is not None:  # label K is the null label: the unconditional mixture
             post = jnp.where((labels < K)[:, None], jax.nn.one_hot(labels, K, dtype=post.dtype), post)
-        return jnp.sqrt(1 - alpha_bar_at(schedule, timesteps))[:, None] * jnp.einsum("bk,bkd->bd", post, sols)
+        return jnp.sqrt(1 - alphas_cumprod_at(schedule, timesteps))[:, None] * jnp.einsum("bk,bkd->bd", post, sols)
     return model_fn

@@ -105,6 +105,14 @@ def barrier(name: str, timeout_s: int = 3600):
     distributed.global_state.client.wait_at_barrier(f"{name}:{next(_barrier_count)}", timeout_s * 1000)
 
 
+def on_primary(fn, name: str):
+    """Run ``fn`` (a change to the shared file system) on process 0 only, then let every process
+    continue together at the barrier ``name``, so none reads the files before the change."""
+    if jax.process_index() == 0:
+        fn()
+    barrier(name)
+
+
 def compiled_together(jitted, *args):
     """``jitted`` compiled for ``args`` on every process, returned once all have compiled it, so its
     first run's collectives start together (``barrier``)."""

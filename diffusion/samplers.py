@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion import gaussian, ode_solvers, reverse
-from diffusion.schedules import alpha_bar_with_clean, respace, Schedule, space_timesteps, SPACING_NAMES
+from diffusion.schedules import alphas_cumprod_with_clean, respace, Schedule, space_timesteps, SPACING_NAMES
 from diffusion.sddpm import process
 
 
@@ -47,7 +47,7 @@ def ddim_step(model_fn, schedule: Schedule, x_t, t, t_prev, key, *, eta=0.0, pre
     """
     p = reverse.predict(model_fn, schedule, x_t, t, cond, prediction=prediction, variance=variance, clip=clip,
                         clip_percentile=clip_percentile, clip_max=clip_max)
-    a_t, a_prev = alpha_bar_with_clean(schedule, t), alpha_bar_with_clean(schedule, t_prev)
+    a_t, a_prev = alphas_cumprod_with_clean(schedule, t), alphas_cumprod_with_clean(schedule, t_prev)
     sigma = eta * jnp.sqrt((1 - a_prev) / (1 - a_t)) * jnp.sqrt(1 - a_t / a_prev)
     direction = jnp.sqrt(jnp.maximum(1 - a_prev - sigma ** 2, 0.0))
     z = jax.random.normal(key, x_t.shape, x_t.dtype)
@@ -173,7 +173,7 @@ def ddim_invert(model_fn, schedule: Schedule, x0, *, timesteps=None, fixed_point
 
     def up(x, ts):
         lo, hi = ts
-        a_lo, a_hi = alpha_bar_with_clean(schedule, lo), alpha_bar_with_clean(schedule, hi)
+        a_lo, a_hi = alphas_cumprod_with_clean(schedule, lo), alphas_cumprod_with_clean(schedule, hi)
         move = lambda eps: (jnp.sqrt(a_hi / a_lo) * (x - jnp.sqrt(1 - a_lo) * eps)
                             + jnp.sqrt(1 - a_hi) * eps).astype(x.dtype)
         # From clean data (level −1) the network is first asked at the level being reached.

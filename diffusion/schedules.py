@@ -278,6 +278,6 @@ def timesteps_at_logsnr(schedule: Schedule, lam) -> jax.Array:
     return jnp.interp(lam, lam_all[::-1], schedule.timesteps[::-1].astype(lam_all.dtype))
 
 
-def alpha_bar_with_clean(schedule: Schedule, t):
+def alphas_cumprod_with_clean(schedule: Schedule, t):
     """ᾱ at schedule index t, with ᾱ_{−1} = 1 (clean data), for steps that end at the data."""
     return jnp.where(t >= 0, schedule.alphas_cumprod[jnp.maximum(t, 0)], 1.0)

@@ -4,7 +4,8 @@ Nothing here reads a config: hyperparameters are bound with ``functools.partial`
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import functools
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax
 import jax
@@ -129,6 +130,72 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
+class _Draws(NamedTuple):
+    """One call's share of its optimizer step's draws (``train_step``): t int[B], the importance
+    weights [B], ε and the SDDPM's second draw z [B, ...], the network's conditioning inputs and the
+    dropout key."""
+    t: jax.Array
+    weights: jax.Array
+    noise: jax.Array
+    step_noise: jax.Array
+    cond: dict
+    k_drop: jax.Array
+
+
+def _draws(state: TrainState, batch: dict, *, schedule: Schedule, timestep_sampler: str, num_classes: int,
+           class_dropout: float, accum_steps: int, condition: Optional[Callable], caption_dropout: float) -> _Draws:
+    """The draws for the k·B rows of optimizer step step // k from ``fold_in(rng, step // k)``, each
+    cut to this call's micro-batch step % k (dropout's key folded with it instead); see ``train_step``."""
+    optimizer_step, micro = jnp.divmod(state.step, accum_steps)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), optimizer_step)
+    # Five keys, the fourth unused, so that k_label stays the fifth: the label and caption dropout
+    # draws stay those that the bitwise reference tests and reproduced runs expect.
+    k_t, k_noise, k_drop, _, k_label = jax.random.split(key, 5)
+    if accum_steps > 1:
+        k_drop = jax.random.fold_in(k_drop, micro)
+    x0 = batch["image"]
+    B = x0.shape[0]
+    rows = B * accum_steps
+    mine = lambda draw: draw.reshape((accum_steps, B) + draw.shape[1:])[micro]
+    if timestep_sampler == "importance":
+        t, weights = map(mine, timestep_sampling.importance_sample(state.loss_history, k_t, rows))
+    else:
+        t, weights = map(mine, timestep_sampling.DRAWS[timestep_sampler](k_t, rows, schedule.num_steps))
+    cond = _conditioning(batch, k_label, k_noise, rows, mine, num_classes=num_classes, class_dropout=class_dropout,
+                         condition=condition, caption_dropout=caption_dropout)
+    noise = mine(jax.random.normal(k_noise, (rows,) + x0.shape[1:], x0.dtype))
+    # The SDDPM's forward pair needs a second draw; the other losses leave it unused (and compiled away).
+    step_noise = mine(jax.random.normal(jax.random.fold_in(k_noise, 1), (rows,) + x0.shape[1:], x0.dtype))
+    return _Draws(t, weights, noise, step_noise, cond, k_drop)
+
+
+def _conditioning(batch: dict, k_label, k_noise, rows: int, mine: Callable, *, num_classes: int,
+                  class_dropout: float, condition: Optional[Callable], caption_dropout: float) -> dict:
+    """The network's conditioning inputs for this micro-batch (``mine`` cuts a draw for all ``rows``
+    to it): labels or captions, each dropped to the null one with its probability, and what
+    ``condition`` makes from the images."""
+    cond = {}
+    if num_classes > 0:
+        drop = mine(jax.random.bernoulli(k_label, class_dropout, (rows,)))
+        cond["labels"] = jnp.where(drop, num_classes, batch["label"])
+    if "tokens" in batch:
+        drop = mine(jax.random.bernoulli(k_label, caption_dropout, (rows,)))
+        cond["tokens"] = jnp.where(drop[:, None], null_caption(batch["tokens"].shape[1]), batch["tokens"])
+    if condition is not None:
+        cond.update(condition(mine(jax.random.split(jax.random.fold_in(k_noise, 2), rows)), batch["image"]))
+    return cond
+
+
+def _weighted_loss(params, x0, draws: _Draws, *, apply_fn: Callable, schedule: Schedule, loss_kwargs: dict):
+    """(mean over the batch of weights·L(t), the per-example loss terms) of ``params`` on x0 [B, ...]
+    with ``draws`` (``losses.training_losses``)."""
+    model_fn = lambda x, ts, **c: apply_fn({"params": params}, x, ts, train=True,
+                                           rngs={"dropout": draws.k_drop}, **c)
+    terms = losses.training_losses(model_fn, schedule, x0, draws.t, draws.noise, cond=draws.cond,
+                                   step_noise=draws.step_noise, **loss_kwargs)
+    return jnp.mean(draws.weights * terms["loss"]), terms
+
+
 def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.GradientTransformation,
                schedule: Schedule, loss_kwargs: dict, ema_decay: float = 0.9999, ema_warmup: bool = False,
                timestep_sampler: str = "uniform", num_classes: int = 0, class_dropout: float = 0.0,
@@ -159,45 +226,15 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable, tx: optax.
     probability ``caption_dropout`` (GLIDE, Nichol et al. 2022, §3.2: 20%). A model takes labels
     or a caption, never both, so the two share one key.
     """
-    optimizer_step, micro = jnp.divmod(state.step, accum_steps)
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), optimizer_step)
-    # The fourth key flipped images here before flips moved to the host pipeline; kept, so the
-    # other draws (and recorded runs) are unchanged.
-    k_t, k_noise, k_drop, _, k_label = jax.random.split(key, 5)
-    if accum_steps > 1:
-        k_drop = jax.random.fold_in(k_drop, micro)
-    x0 = batch["image"]
-    B = x0.shape[0]
-    rows = B * accum_steps
-    mine = lambda draw: draw.reshape((accum_steps, B) + draw.shape[1:])[micro]
-    if timestep_sampler == "importance":
-        t, weights = map(mine, timestep_sampling.importance_sample(state.loss_history, k_t, rows))
-    else:
-        t, weights = map(mine, timestep_sampling.DRAWS[timestep_sampler](k_t, rows, schedule.num_steps))
-    cond = {}
-    if num_classes > 0:
-        drop = mine(jax.random.bernoulli(k_label, class_dropout, (rows,)))
-        cond["labels"] = jnp.where(drop, num_classes, batch["label"])
-    if "tokens" in batch:
-        drop = mine(jax.random.bernoulli(k_label, caption_dropout, (rows,)))
-        cond["tokens"] = jnp.where(drop[:, None], null_caption(batch["tokens"].shape[1]), batch["tokens"])
-    if condition is not None:
-        cond.update(condition(mine(jax.random.split(jax.random.fold_in(k_noise, 2), rows)), x0))
-    noise = mine(jax.random.normal(k_noise, (rows,) + x0.shape[1:], x0.dtype))
-    # The SDDPM's forward pair needs a second draw; the other losses leave it unused (and compiled away).
-    step_noise = mine(jax.random.normal(jax.random.fold_in(k_noise, 1), (rows,) + x0.shape[1:], x0.dtype))
-
-    def loss_fn(params):
-        model_fn = lambda x, ts, **c: apply_fn({"params": params}, x, ts, train=True,
-                                               rngs={"dropout": k_drop}, **c)
-        terms = losses.training_losses(model_fn, schedule, x0, t, noise, cond=cond, step_noise=step_noise,
-                                       **loss_kwargs)
-        return jnp.mean(weights * terms["loss"]), terms
-
+    draws = _draws(state, batch, schedule=schedule, timestep_sampler=timestep_sampler, num_classes=num_classes,
+                   class_dropout=class_dropout, accum_steps=accum_steps, condition=condition,
+                   caption_dropout=caption_dropout)
+    loss_fn = functools.partial(_weighted_loss, x0=batch["image"], draws=draws, apply_fn=apply_fn, schedule=schedule,
+                                loss_kwargs=loss_kwargs)
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     history = None
     if timestep_sampler == "importance":
-        history = timestep_sampling.update_loss_history(state.loss_history, t, terms["loss"])
+        history = timestep_sampling.update_loss_history(state.loss_history, draws.t, terms["loss"])
     new_state, grad_norm, finite = apply_gradients(state, loss, grads, tx=tx, ema_decay=ema_decay,
                                                    ema_warmup=ema_warmup, loss_history=history,
                                                    accum_steps=accum_steps)

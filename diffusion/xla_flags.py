@@ -18,9 +18,9 @@ def use_xla_cpu_convolutions() -> None:
     """Route CPU convolutions to XLA's own kernels instead of YNNPACK.
 
     XLA:CPU (jaxlib ≥ 0.10) hands convolutions to YNNPACK by default; on the U-Nets here its
-    kernels for 7×7–14×14 feature maps are ~2× slower than XLA's own, and turning it off takes
-    MNIST U-Net training on 2 cores from 0.45× to 0.71× PyTorch's images/s with the CIFAR-10 U-Net
-    unchanged (benchmarks/RESULTS.md). It takes effect only before JAX starts its CPU backend; a
+    kernels for the small (7×7–14×14) feature maps are slower than XLA's own, so turning it off
+    speeds up MNIST U-Net training and leaves the CIFAR-10 U-Net's about as it was (measured:
+    benchmarks/RESULTS.md). It takes effect only before JAX starts its CPU backend; a
     user's own setting of the flag, or ``DIFFUSION_KEEP_XLA_FLAGS=1``, leaves XLA_FLAGS alone.
     """
     flags = os.environ.get("XLA_FLAGS", "")
@@ -39,12 +39,12 @@ ONE_SHOT_LEVEL = 1
 def one_shot_jit(fn, **jit_kwargs):
     """``jax.jit(fn, **jit_kwargs)``, compiled by XLA:CPU at LLVM optimisation level ``ONE_SHOT_LEVEL``
     instead of 3: for programs that run once or rarely (a fresh train state, the checkpoint checks),
-    whose compilation costs more than their run. Measured on the project's 2-core CPU (2026-12-02):
-    configs/mnist.py's fresh train state compiles in 7.7 s instead of 27.3 s (the random
-    initialisers' unrolled Threefry rounds are most of its code) and comes out bit for bit the same
-    (tests/test_train.py checks it against the eager initialisation); a train step at level 2 ran 8%
-    slower and not bitwise the same, so steps keep the default. Other backends compile as
-    ``jax.jit`` does; the backend is read at the first call, after the entry points' XLA_FLAGS."""
+    whose compilation costs more than their run. A fresh train state, most of whose code is the
+    random initialisers' unrolled Threefry rounds, compiles several times faster and comes out bit
+    for bit the same (tests/test_train.py checks it against the eager initialisation); a train step
+    at a lower level trains slower and is not bitwise the same, so steps keep the default (measured:
+    benchmarks/RESULTS.md). Other backends compile as ``jax.jit`` does; the backend is read at the
+    first call, after the entry points' XLA_FLAGS."""
     @functools.cache
     def jitted():
         cpu = jax.default_backend() == "cpu"

@@ -6,9 +6,6 @@ Every entry point goes through here, so a bad config fails before any work, nami
 from __future__ import annotations
 
 import math
-import numbers
-from functools import partial
-from pathlib import Path
 from typing import Optional
 
 import jax.numpy as jnp
@@ -17,18 +14,13 @@ import ml_collections
 from diffusion import gaussian, losses, reverse, samplers, schedules, timestep_sampling, training
 from diffusion.cascade import augmentation
 from diffusion.data import datasets
-from diffusion.latent import networks
 from diffusion.models.classifier import ImageClassifier
 from diffusion.models.conditioning import ClassTokens
 from diffusion.models.layers import ATTENTION_IMPLEMENTATIONS
 from diffusion.models.mlp import MLPDenoiser
 from diffusion.models.unet import NoisyClassifier, UNet
 from diffusion.sddpm import process
-from diffusion.sddpm.autoencoders import AUTOENCODERS, ConvAutoencoder
-from diffusion.text import captions
-from experiments import runs
-from experiments.text import captioning, clip_runs
-from experiments.unclip import stage_runs
+from experiments import field_checks, systems
 
 UNET_FIELDS = ("base_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "dropout",
                "num_heads", "num_head_channels", "resblock_updown", "scale_shift_norm", "rescale_residual",
@@ -36,16 +28,7 @@ UNET_FIELDS = ("base_channels", "channel_mult", "num_res_blocks", "attention_res
                "attention_implementation")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CLIPS = ("none", "static", "dynamic")   # x̂_0 thresholding, one spelling in configs and flags (None in the library)
-CONTEXT_ENCODERS = ("", "class_tokens") + captioning.ENCODERS  # τθ for the U-Net's cross-attention (diffusion.models.conditioning)
-
-
-def _choice(field: str, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"config field {field}={value!r} is not one of {sorted(map(str, allowed))}")
-
-
-def _is_integer(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+CONTEXT_ENCODERS = ("", "class_tokens") + systems.context_encoders()  # τθ of the U-Net's cross-attention
 
 
 # Config counts that must be integers >= 1, with what a smaller value would do where that is not obvious.
@@ -58,7 +41,7 @@ COUNT_FIELDS = {"train.batch_size": "", "train.num_steps": "", "train.log_every"
 def check_flags_at_least(minimum: int, **flags):
     """Refuse command-line counts (``--num``, ``--batch``, …) below ``minimum``, naming the flag."""
     for name, value in flags.items():
-        if not _is_integer(value) or value < minimum:
+        if not field_checks.is_integer(value) or value < minimum:
             raise ValueError(f"--{name}={value!r} must be an integer >= {minimum}")
 
 
@@ -66,40 +49,54 @@ def validate(c: ml_collections.ConfigDict, autoencoder: Optional[ml_collections.
     """Raise ValueError naming the first unknown name or impossible combination; a latent config is
     checked against ``autoencoder``, its first stage's config, when that is not trained yet (a
     study's plan), else against the run at ``data.autoencoder``."""
+    check_choices(c)
+    check_process(c)
+    check_model_and_data(c)
+    check_counts(c)
+    samplers.check_steps(c.sample.sampler, c.sample.steps, c.diffusion.num_steps, what="config field sample.steps")
+    check_sampler_reads_model(c, c.sample.sampler, c.sample.steps, c.diffusion.num_steps, what="config field sample.")
+    systems.check(c, autoencoder)
+    check_clip(c, c.sample.clip, "config field sample.clip")
+    if not c.data.source.startswith("toy:"):   # the U-Net and the autoencoders check the image size fits their levels
+        make_model(c, load_frozen=False, autoencoder=autoencoder)
+
+
+def check_choices(c: ml_collections.ConfigDict):
+    """Refuse a field whose value is none of the names the library offers."""
     d, m = c.diffusion, c.model
-    _choice("diffusion.schedule", d.schedule, schedules.BETA_SCHEDULES)
-    _choice("diffusion.prediction", d.prediction, gaussian.PREDICTIONS + (process.RESIDUAL,))
-    _choice("diffusion.variance", d.variance, reverse.VARIANCES)
-    _choice("diffusion.loss", d.loss, losses.LOSSES)
-    _choice("diffusion.weighting", d.weighting, ("", "min_snr", "p2"))
-    _choice("diffusion.timestep_sampler", d.timestep_sampler, timestep_sampling.SAMPLERS)
-    _choice("diffusion.decoder", d.decoder, losses.DECODERS)
-    _choice("model.kind", m.kind, ("unet", "mlp") + stage_runs.KINDS + tuple(AUTOENCODERS))
-    _choice("model.context_encoder", m.context_encoder, CONTEXT_ENCODERS)
-    _choice("data.crop", c.data.crop, ("",) + tuple(datasets.CROPS))
-    _choice("model.attention_implementation", m.attention_implementation, ATTENTION_IMPLEMENTATIONS)
-    _choice("train.compute_dtype", c.train.compute_dtype, DTYPES)
-    _choice("sample.sampler", c.sample.sampler, samplers.SAMPLERS)
-    _choice("sample.clip", c.sample.clip, CLIPS)
-    _choice("sample.spacing", c.sample.spacing, ("",) + schedules.SPACING_NAMES)
+    field_checks.choice("diffusion.schedule", d.schedule, schedules.BETA_SCHEDULES)
+    field_checks.choice("diffusion.prediction", d.prediction, gaussian.PREDICTIONS + (process.RESIDUAL,))
+    field_checks.choice("diffusion.variance", d.variance, reverse.VARIANCES)
+    field_checks.choice("diffusion.loss", d.loss, losses.LOSSES)
+    field_checks.choice("diffusion.weighting", d.weighting, ("", "min_snr", "p2"))
+    field_checks.choice("diffusion.timestep_sampler", d.timestep_sampler, timestep_sampling.SAMPLERS)
+    field_checks.choice("diffusion.decoder", d.decoder, losses.DECODERS)
+    field_checks.choice("model.kind", m.kind, ("unet", "mlp") + systems.model_kinds())
+    field_checks.choice("model.context_encoder", m.context_encoder, CONTEXT_ENCODERS)
+    field_checks.choice("data.crop", c.data.crop, ("",) + tuple(datasets.CROPS))
+    field_checks.choice("model.attention_implementation", m.attention_implementation, ATTENTION_IMPLEMENTATIONS)
+    field_checks.choice("train.compute_dtype", c.train.compute_dtype, DTYPES)
+    field_checks.choice("sample.sampler", c.sample.sampler, samplers.SAMPLERS)
+    field_checks.choice("sample.clip", c.sample.clip, CLIPS)
+    field_checks.choice("sample.spacing", c.sample.spacing, ("",) + schedules.SPACING_NAMES)
+    field_checks.choice("optim.optimizer", c.optim.optimizer, ("adam", "adamw"))
+    field_checks.choice("optim.decay", c.optim.decay, training.DECAYS)
+    field_checks.choice("classifier.kind", c.classifier.kind, ("cnn", "noisy"))
+
+
+def check_process(c: ml_collections.ConfigDict):
+    """Refuse diffusion, sampling and optimizer settings that contradict one another."""
+    d = c.diffusion
     if c.sample.clip_max and (c.sample.clip_max < 1 or c.sample.clip != "dynamic"):
         raise ValueError(f"sample.clip_max={c.sample.clip_max!r} bounds the dynamic threshold s >= 1: it needs "
                          "sample.clip='dynamic' and a value >= 1 (0 leaves s unbounded)")
-    _choice("optim.optimizer", c.optim.optimizer, ("adam", "adamw"))
-    _choice("optim.decay", c.optim.decay, training.DECAYS)
     if c.optim.decay == "cooldown":
         training.check_cooldown(warmup_steps=c.optim.warmup_steps, total_steps=c.train.num_steps,
                                 cooldown_steps=c.optim.cooldown_steps, prefix="config: optim.")
     elif c.optim.cooldown_steps:
         raise ValueError(f"config: optim.cooldown_steps={c.optim.cooldown_steps} is read only with optim.decay="
                          f"'cooldown' (it is {c.optim.decay!r}): set optim.decay=cooldown, or optim.cooldown_steps=0")
-    _choice("classifier.kind", c.classifier.kind, ("cnn", "noisy"))
     losses.check_loss_variance(d.loss, d.variance, field_prefix="diffusion.")
-    process.check_prediction(d.loss, d.prediction, loss_field="diffusion.loss",
-                           prediction_field="config field diffusion.prediction")
-    if d.loss == process.LOSS and d.weighting:
-        raise ValueError(f"config: diffusion.weighting={d.weighting!r} reweights L_simple's MSE; diffusion.loss='sddpm' "
-                         "is −log q_r with no such weight: set diffusion.weighting=''")
     if d.zero_terminal_snr and d.prediction == "eps":
         raise ValueError("config: diffusion.zero_terminal_snr makes the last step pure noise, where ε-prediction "
                          "cannot recover x_0; set diffusion.prediction='v' (Lin et al. 2024) or 'x0'")
@@ -107,6 +104,11 @@ def validate(c: ml_collections.ConfigDict, autoencoder: Optional[ml_collections.
         raise ValueError("config: diffusion.timestep_sampler='importance' samples L_VLB; use diffusion.loss 'vlb' or 'hybrid'")
     if d.num_steps < 1:
         raise ValueError(f"config field diffusion.num_steps={d.num_steps} must be >= 1")
+
+
+def check_model_and_data(c: ml_collections.ConfigDict):
+    """Refuse a model that does not fit its data or its conditioning."""
+    m = c.model
     if c.data.workers < 0 or c.data.read_threads < 1:
         raise ValueError(f"config: data.workers={c.data.workers} (grain worker processes) must be >= 0 and "
                          f"data.read_threads={c.data.read_threads} >= 1")
@@ -115,125 +117,39 @@ def validate(c: ml_collections.ConfigDict, autoencoder: Optional[ml_collections.
     if m.num_classes > c.data.num_classes:
         raise ValueError(f"config: model.num_classes={m.num_classes} exceeds data.num_classes={c.data.num_classes}")
     if m.context_encoder == "class_tokens" and not (m.num_classes > 0 and m.context_dim > 0
-                                                    and _is_integer(m.context_tokens) and m.context_tokens >= 1):
+                                                    and field_checks.is_integer(m.context_tokens) and m.context_tokens >= 1):
         raise ValueError(f"config: model.context_encoder={m.context_encoder!r} turns each label into model.context_tokens "
                          "tokens of model.context_dim channels: it needs model.num_classes > 0, model.context_dim > 0 "
                          "and model.context_tokens >= 1")
-    if m.context_dim > 0 and not m.context_encoder and m.kind != stage_runs.DECODER:
+    if m.context_dim > 0 and not m.context_encoder and "vector_tokens" not in systems.merged("unet_fields", c):
         raise ValueError(f"config: model.context_dim={m.context_dim} adds cross-attention to a context that no domain "
                          "encoder makes: set model.context_encoder='class_tokens', 'text' or 'clip_text' (or "
                          "model.context_dim=0)")
-    check_text(c)
-    if m.kind in stage_runs.KINDS:
-        stage_runs.check(c)
     is_toy = c.data.source.startswith("toy:")
     if is_toy != (m.kind == "mlp"):
         raise ValueError(f"config: model.kind={m.kind!r} does not fit data.source={c.data.source!r} "
                          "(2-D toy data take the 'mlp', images the 'unet' or an autoencoder)")
-    if is_toy and d.decoder != "gaussian":
+    if is_toy and c.diffusion.decoder != "gaussian":
         raise ValueError("config: toy data are continuous; set diffusion.decoder='gaussian'")
-    if c.data.random_flip and (is_toy or m.kind == stage_runs.PRIOR):   # the pipeline flips [H, W, C] records
-        what = "2-D points" if is_toy else "CLIP image embeddings (an unCLIP prior)"
-        raise ValueError(f"config: data.random_flip mirrors images left–right, but this run trains on {what}: "
+    if c.data.random_flip and is_toy:   # the pipeline flips [H, W, C] records
+        raise ValueError("config: data.random_flip mirrors images left–right, but this run trains on 2-D points: "
                          "set data.random_flip=False")
+
+
+def check_counts(c: ml_collections.ConfigDict):
+    """Refuse counts and rates outside their ranges (``COUNT_FIELDS``, milestones, evaluation, lr)."""
     for field, why in COUNT_FIELDS.items():
         section, name = field.split(".")
-        if not _is_integer(c[section][name]) or c[section][name] < 1:
+        if not field_checks.is_integer(c[section][name]) or c[section][name] < 1:
             raise ValueError(f"config field {field}={c[section][name]!r} must be an integer >= 1{why}")
-    if not _is_integer(c.train.keep_period) or c.train.keep_period < 0:
+    if not field_checks.is_integer(c.train.keep_period) or c.train.keep_period < 0:
         raise ValueError(f"config field train.keep_period={c.train.keep_period!r} must be an integer >= 0 "
                          "(0: no milestones; n: checkpoints at multiples of n are never deleted)")
-    if not _is_integer(c.train.eval_every) or c.train.eval_every < 0:
+    if not field_checks.is_integer(c.train.eval_every) or c.train.eval_every < 0:
         raise ValueError(f"config field train.eval_every={c.train.eval_every!r} must be an integer >= 0 "
                          "(0: no held-out evaluation during training)")
     if not (math.isfinite(c.optim.lr) and c.optim.lr > 0):
         raise ValueError(f"config field optim.lr={c.optim.lr!r} must be a finite number > 0")
-    samplers.check_steps(c.sample.sampler, c.sample.steps, d.num_steps, what="config field sample.steps")
-    check_sampler_reads_model(c, c.sample.sampler, c.sample.steps, d.num_steps, what="config field sample.")
-    if c.data.autoencoder:
-        check_latent(c, autoencoder)
-    check_clip(c, c.sample.clip, "config field sample.clip")
-    check_super_resolution(c)
-    if not is_toy:   # the U-Net and the convolutional autoencoder check that the image size fits their levels
-        make_model(c, load_frozen=False, autoencoder=autoencoder)
-
-
-def check_latent(c: ml_collections.ConfigDict, autoencoder: Optional[ml_collections.ConfigDict] = None):
-    """Refuse a latent-diffusion config (``data.autoencoder``) that cannot run: no autoencoder run
-    there (unless its config is given as ``autoencoder``, to be trained), one trained on other
-    images, latents the U-Net cannot halve at each level, attention at a side no level has,
-    settings for pixels (the discretised decoder, image flips)."""
-    where = c.data.autoencoder
-    if autoencoder is None and not (Path(where) / "config.json").exists():
-        raise ValueError(f"config field data.autoencoder={where!r} is not an autoencoder run (no {Path(where) / 'config.json'}): "
-                         f"train one first with python -m experiments.train_autoencoder --config "
-                         f"configs/latent/autoencoder_kl_f4.py --workdir {where}")
-    a = autoencoder if autoencoder is not None else runs.load_config(where)
-    if (a.data.image_size, a.data.channels) != (c.data.image_size, c.data.channels):
-        raise ValueError(f"config: the autoencoder in {where} encodes {a.data.image_size}×{a.data.image_size}×"
-                         f"{a.data.channels} images, not data.image_size={c.data.image_size} × data.channels="
-                         f"{c.data.channels}: use its data settings")
-    if c.model.kind != "unet":
-        raise ValueError(f"config: latent diffusion (data.autoencoder) runs the U-Net on z; model.kind={c.model.kind!r} "
-                         "is for pixels: set model.kind='unet'")
-    h, _, channels = latent_shape(a)
-    levels = len(c.model.channel_mult)
-    if h % 2 ** (levels - 1):
-        raise ValueError(f"config: the {h}×{h}×{channels} latents of data.autoencoder={where!r} (f = "
-                         f"{a.first_stage.factor}) cannot be halved {levels - 1} times by model.channel_mult="
-                         f"{tuple(c.model.channel_mult)}: give it at most {(h & -h).bit_length()} levels, or use an "
-                         f"autoencoder whose latent side {2 ** (levels - 1)} divides")
-    sides = [h // 2 ** i for i in range(levels)]
-    unused = [r for r in c.model.attention_resolutions if r not in sides]
-    if unused:
-        raise ValueError(f"config: model.attention_resolutions={tuple(c.model.attention_resolutions)} names "
-                         f"{unused}, which no level of the U-Net on the {h}×{h} latents has (its sides: {sides}): "
-                         "attention there would silently be absent; choose among those sides")
-    if c.diffusion.decoder != "gaussian":
-        raise ValueError(f"config: diffusion.decoder={c.diffusion.decoder!r} reads 8-bit pixels; latents are "
-                         "continuous: set diffusion.decoder='gaussian'")
-    if c.data.random_flip:
-        raise ValueError("config: data.random_flip flips images, but a latent run trains on latents encoded once "
-                         "at its start: set data.random_flip=False")
-
-
-def check_super_resolution(c: ml_collections.ConfigDict):
-    """Refuse a cascade stage that cannot run: augmentation settings without a super-resolution stage
-    (``data.low_resolution``), a low resolution that does not divide the image size, latents or a
-    non-U-Net, levels s outside [0, T), an empty σ range or an even blur kernel."""
-    a, low, size, T = c.cascade, c.data.low_resolution, c.data.image_size, c.diffusion.num_steps
-    _choice("cascade.augmentation", a.augmentation, augmentation.AUGMENTATIONS)
-    if not low:
-        if a.augmentation != "none" or a.truncated:
-            raise ValueError(f"config: cascade.augmentation={a.augmentation!r} / cascade.truncated augment a super-resolution "
-                             "stage's low-resolution input: set data.low_resolution (e.g. 14), or leave them at 'none' / False")
-        return
-    if not _is_integer(low) or not 1 <= low < size or size % low:
-        raise ValueError(f"config field data.low_resolution={low!r} must be an integer in [1, {size}) that divides "
-                         f"data.image_size={size} (the low-resolution image is an average of whole blocks)")
-    if c.data.autoencoder or c.model.kind != "unet":
-        raise ValueError("config: a super-resolution stage (data.low_resolution) is a pixel U-Net: set model.kind='unet' "
-                         "and data.autoencoder=''")
-    if a.augmentation == "gaussian":
-        lo, hi = a.aug_level_range
-        augmentation.check_level(lo, T, "config field cascade.aug_level_range[0]")
-        augmentation.check_level(hi, T, "config field cascade.aug_level_range[1]")
-        if lo > hi:
-            raise ValueError(f"config field cascade.aug_level_range={tuple(a.aug_level_range)} must be (low, high) with low <= high")
-        augmentation.check_level(a.aug_level, T, "config field cascade.aug_level", trained=(lo, hi))
-    elif a.aug_level or a.truncated:
-        raise ValueError(f"config: cascade.aug_level / cascade.truncated are levels of Gaussian augmentation; with "
-                         f"cascade.augmentation={a.augmentation!r} set them to 0 / False (or use 'gaussian')")
-    if a.augmentation == "blur":
-        lo, hi = a.blur_sigma_range
-        if not 0 < lo <= hi:
-            raise ValueError(f"config field cascade.blur_sigma_range={tuple(a.blur_sigma_range)} must be (low, high) with "
-                             "0 < low <= high")
-        if not _is_integer(a.blur_kernel) or a.blur_kernel < 1 or a.blur_kernel % 2 == 0:
-            raise ValueError(f"config field cascade.blur_kernel={a.blur_kernel!r} must be an odd integer >= 1 (CDM: 3)")
-        if not 0 < a.blur_fraction <= 1:
-            raise ValueError(f"config field cascade.blur_fraction={a.blur_fraction!r} is the share of training examples "
-                             "blurred: a number in (0, 1] (CDM: 0.5)")
 
 
 def super_resolution_inputs(c: ml_collections.ConfigDict, schedule, key, z, level: Optional[int] = None,
@@ -249,17 +165,9 @@ def super_resolution_inputs(c: ml_collections.ConfigDict, schedule, key, z, leve
 
 
 def make_condition(c: ml_collections.ConfigDict, schedule):
-    """``training.train_step``'s ``condition`` for a super-resolution stage (``cascade.training_condition``
-    with the config's augmentation) or an unCLIP decoder (``unclip.make_condition``: each image's CLIP
-    embedding), None for any other run."""
-    if c.model.kind == stage_runs.DECODER:
-        return stage_runs.make_condition(c)
-    if not c.data.low_resolution:
-        return None
-    a = c.cascade
-    return partial(augmentation.training_condition, low=c.data.low_resolution, augmentation=a.augmentation,
-                   schedule=schedule, level_range=tuple(a.aug_level_range), sigma_range=tuple(a.blur_sigma_range),
-                   kernel_size=a.blur_kernel, blur_fraction=a.blur_fraction)
+    """``training.train_step``'s per-batch ``condition`` where a system gives one (a super-resolution
+    stage's augmented low resolution, an unCLIP decoder's CLIP embeddings), else None."""
+    return systems.first("training_condition", c, schedule)
 
 
 def check_clip(c: ml_collections.ConfigDict, clip: str, what: str):
@@ -286,68 +194,17 @@ def make_model(c: ml_collections.ConfigDict, *, load_frozen: bool = True,
     shape = data_shape(c, autoencoder)
     out = reverse.output_channels(shape[-1], c.diffusion.variance)
     m = c.model
-    if m.kind == stage_runs.PRIOR:
-        return stage_runs.make_prior(c, out, load_frozen)
+    model = systems.first("make_model", c, out, shape, load_frozen)
+    if model is not None:
+        return model
     if m.kind == "mlp":
         return MLPDenoiser(out_features=out, hidden=m.hidden, depth=m.depth, num_classes=m.num_classes,
                            dropout=m.dropout)
-    if m.kind in AUTOENCODERS:
-        kw = dict(out_channels=out, code_width=m.code_width, step_embedding=m.step_embedding,
-                  num_classes=m.num_classes)
-        if m.kind == "conv_autoencoder":
-            return ConvAutoencoder(image_size=c.data.image_size, features=tuple(m.autoencoder_features), **kw)
-        if m.kind == "dense_autoencoder":
-            kw["width"] = m.autoencoder_width
-        return AUTOENCODERS[m.kind](image_shape=shape, **kw)
     if m.context_encoder == "class_tokens":   # the labels reach the U-Net through τθ, not a class embedding
         tau = ClassTokens(num_classes=m.num_classes, num_tokens=m.context_tokens, dim=m.context_dim)
         return UNet(out_channels=out, context_encoder=tau, **dict(_unet_fields(c, shape), num_classes=0))
-    if captioning.is_conditioned(c):
-        return UNet(out_channels=out, context_encoder=captioning.make_encoder(c, load_frozen), **_unet_fields(c, shape))
-    return UNet(out_channels=out, **_unet_fields(c, shape))
-
-
-def check_text(c: ml_collections.ConfigDict):
-    """Refuse a text-conditioned config that cannot run: captions without a text encoder or the
-    reverse, an unknown caption domain, images captions are not measured on, a text encoder beside
-    class labels, caption dropout outside [0, 1) or without captions, a CLIP run that is missing, of
-    another domain or of another width than ``model.context_dim``, the held-out loss (it reads labels)."""
-    m, d = c.model, c.data
-    if not 0 <= c.train.caption_dropout < 1:
-        raise ValueError(f"config field train.caption_dropout={c.train.caption_dropout!r} is the share of captions "
-                         "replaced by the null caption: a number in [0, 1) (GLIDE: 0.2)")
-    if not captioning.is_conditioned(c):
-        if d.captions or c.train.caption_dropout:
-            raise ValueError(f"config: data.captions={d.captions!r} / train.caption_dropout give the model captions, "
-                             f"but model.context_encoder={m.context_encoder!r} reads none: set model.context_encoder="
-                             "'text' (or 'clip_text'), or data.captions='' and train.caption_dropout=0")
-        return
-    if d.captions not in captions.DOMAINS:
-        raise ValueError(f"config: model.context_encoder={m.context_encoder!r} reads captions: set data.captions to one "
-                         f"of {list(captions.DOMAINS)} (got {d.captions!r})")
-    if (d.image_size, d.channels) != (28, 1) or d.autoencoder or d.low_resolution:
-        raise ValueError("config: captions are measured on 28×28 one-channel pixel images: data.image_size=28, "
-                         "data.channels=1, no data.autoencoder or data.low_resolution")
-    if m.num_classes or m.context_dim <= 0:
-        raise ValueError(f"config: model.context_encoder={m.context_encoder!r} conditions on the caption alone through "
-                         f"cross-attention: set model.num_classes=0 (got {m.num_classes}) and model.context_dim > 0 "
-                         f"(got {m.context_dim})")
-    if c.train.eval_every:
-        raise ValueError("config: train.eval_every's held-out loss reads class labels, not captions: set "
-                         "train.eval_every=0 for a text-conditioned run")
-    if m.context_encoder == "text":
-        if not (_is_integer(m.text_layers) and m.text_layers >= 1 and _is_integer(m.text_heads) and m.text_heads >= 1
-                and m.context_dim % m.text_heads == 0):
-            raise ValueError(f"config: model.text_layers={m.text_layers!r} and model.text_heads={m.text_heads!r} must be "
-                             f"integers >= 1, the heads dividing model.context_dim={m.context_dim}")
-        return
-    clip = clip_runs.check_run(m.clip_run)
-    if clip.clip.domain != d.captions:
-        raise ValueError(f"config: the CLIP run {m.clip_run} was trained on {clip.clip.domain!r} captions, not "
-                         f"data.captions={d.captions!r}")
-    if m.context_dim != clip.clip.text_width:
-        raise ValueError(f"config: the CLIP run {m.clip_run}'s text tower is {clip.clip.text_width} wide: set "
-                         f"model.context_dim={clip.clip.text_width} (got {m.context_dim})")
+    return UNet(out_channels=out, context_encoder=systems.first("context_encoder", c, load_frozen),
+                **_unet_fields(c, shape))
 
 
 def _unet_fields(c: ml_collections.ConfigDict, shape: tuple) -> dict:
@@ -357,8 +214,8 @@ def _unet_fields(c: ml_collections.ConfigDict, shape: tuple) -> dict:
     fields["attention_resolutions"] = tuple(fields["attention_resolutions"])
     if not isinstance(fields["num_res_blocks"], int):
         fields["num_res_blocks"] = tuple(fields["num_res_blocks"])
-    vector_tokens = c.unclip.embedding_tokens if c.model.kind == stage_runs.DECODER else 0
-    return dict(fields, image_size=shape[0], dtype=DTYPES[c.train.compute_dtype], vector_tokens=vector_tokens)
+    return {**fields, "image_size": shape[0], "dtype": DTYPES[c.train.compute_dtype], "vector_tokens": 0,
+            **systems.merged("unet_fields", c)}
 
 
 def make_classifier(c: ml_collections.ConfigDict):
@@ -371,39 +228,30 @@ def make_classifier(c: ml_collections.ConfigDict):
 
 
 def data_shape(c: ml_collections.ConfigDict, autoencoder: Optional[ml_collections.ConfigDict] = None) -> tuple:
-    """The shape of one x_0 the model diffuses: a 2-D point, an unCLIP prior's CLIP image embedding,
-    an image, or the latent z = ℰ(x) of the autoencoder ``data.autoencoder`` names (latent
-    diffusion, Rombach et al. 2022), whose config is ``autoencoder`` when given (a study's plan,
-    before it is trained)."""
+    """The shape of one x_0 the model diffuses: a 2-D point, an image, or what a system decides (the
+    latent z = ℰ(x) of a latent run's autoencoder, whose config is ``autoencoder`` when given, before
+    it is trained; an unCLIP prior's CLIP image embedding)."""
     if c.model.kind == "mlp":
         return (2,)
-    if c.model.kind == stage_runs.PRIOR:   # a CLIP image embedding (unCLIP §2.2)
-        return (stage_runs.embed_dim(c),)
-    if c.data.autoencoder:
-        return latent_shape(autoencoder if autoencoder is not None else runs.load_config(c.data.autoencoder))
-    return (c.data.image_size, c.data.image_size, c.data.channels)
-
-
-def latent_shape(c: ml_collections.ConfigDict) -> tuple[int, int, int]:
-    """(h, w, c) of the latents z = ℰ(x) of the autoencoder ``c`` describes: ((image_size + 2·pad)/f,
-    …, first_stage.latent_channels)."""
-    f = c.first_stage
-    return networks.latent_shape(c.data.image_size, f.pad, f.factor, f.latent_channels)
+    shape = systems.first("data_shape", c, autoencoder)
+    return shape if shape is not None else (c.data.image_size, c.data.image_size, c.data.channels)
 
 
 def conditioning(c: ml_collections.ConfigDict, condition) -> Optional[dict]:
-    """The network's conditioning arguments for ``condition`` (``condition_of``: class labels int[B],
-    or captions as token ids int[B, L]): ``{"tokens": …}`` for a text-conditioned model,
-    ``{"labels": …}`` for a class-conditional one, None for an unconditional one."""
-    if captioning.is_conditioned(c):
-        return {"tokens": condition}
+    """The network's conditioning arguments for ``condition`` (``condition_of``'s rows): a system's
+    (a text-conditioned model's ``{"tokens": …}``), else ``{"labels": …}`` for a class-conditional
+    model and None for an unconditional one."""
+    cond = systems.first("conditioning", c, condition)
+    if cond is not None:
+        return cond
     return {"labels": condition} if c.model.num_classes else None
 
 
 def condition_of(c: ml_collections.ConfigDict, split: datasets.Split):
-    """Each example's condition as ``conditioning`` takes it: its caption's token ids [N, L] for a
-    text-conditioned run, else its label [N]."""
-    return split.tokens if captioning.is_conditioned(c) else split.labels
+    """Each example's condition as ``conditioning`` takes it: a system's (a text-conditioned run's
+    caption token ids [N, L]), else its label [N]."""
+    condition = systems.first("condition_of", c, split)
+    return split.labels if condition is None else condition
 
 
 def make_schedule(c: ml_collections.ConfigDict) -> schedules.Schedule:
@@ -437,16 +285,11 @@ def make_sampler(c: ml_collections.ConfigDict, schedule, *, sampler=None, steps=
 
 
 def init_params(model, config, key):
-    """The denoiser's initial parameters, from one example of the data's shape."""
-    example = (captioning.tokenizer_of(config).encode([""]) if captioning.is_conditioned(config)   # the null caption
-               else jnp.zeros((1,), jnp.int32))
-    cond = conditioning(config, example) or {}
-    if config.data.low_resolution:   # the U-Net's conv_in and s-embedding are shaped by these inputs at init
-        low = jnp.zeros((1, config.data.low_resolution, config.data.low_resolution, config.data.channels))
-        cond.update(augmentation.conditioning(low, config.data.image_size,
-                                         0 if config.cascade.augmentation == "gaussian" else None))
-    if config.model.kind == stage_runs.DECODER:   # the projections of the image embedding are shaped by it
-        cond["cond_vector"] = jnp.zeros((1, stage_runs.embed_dim(config)))
+    """The denoiser's initial parameters, from one example of the data's shape and of each input that
+    shapes parameters (the condition, and what systems add: a low-resolution image, an embedding)."""
+    example = systems.first("example_condition", config)
+    cond = conditioning(config, jnp.zeros((1,), jnp.int32) if example is None else example) or {}
+    cond.update(systems.merged("init_inputs", config))
     return model.init(key, jnp.zeros((1,) + data_shape(config)), jnp.zeros((1,), jnp.int32), **cond)["params"]
 
 
@@ -485,17 +328,15 @@ def load_data(config, labels_used: Optional[bool] = None):
     for split in splits:
         datasets.check_split(split, channels=config.data.channels, source=config.data.source,
                              num_classes=config.data.num_classes if labels_used else None)
-    if config.data.captions:
-        splits = tuple(captioning.captioned(config, split) for split in splits)
-    return splits
+    prepared = systems.first("prepare_splits", config, splits)
+    return splits if prepared is None else prepared
 
 
 def streams_training_records(config) -> bool:
     """Whether a run only streams its training records, so that they can be read lazily: a TFDS
-    source whose split is not transformed whole first, as latents encoded once (``data.autoencoder``),
-    captions measured on every image (``data.captions``) or an unCLIP prior's CLIP embeddings are."""
-    return (config.data.source.startswith("tfds:") and not config.data.autoencoder and not config.data.captions
-            and config.model.kind != stage_runs.PRIOR)
+    source whose split no system transforms whole first (as latents are encoded once, captions
+    measured on every image, an unCLIP prior's CLIP embeddings computed)."""
+    return config.data.source.startswith("tfds:") and not systems.any_system("transforms_records", config)
 
 
 def training_data(config, labels_used: Optional[bool] = None):
@@ -517,9 +358,7 @@ def training_data(config, labels_used: Optional[bool] = None):
 
 
 def grid_condition(c: ml_collections.ConfigDict, n: int):
-    """What a run's training grids are drawn for: the classes in turn; for a text-conditioned run the
-    class prompts in turn ("the digit 7"), as token ids [n, L]."""
-    if captioning.is_conditioned(c):
-        prompts = captions.class_prompts(c.data.captions)
-        return jnp.asarray(captioning.tokenizer_of(c).encode([prompts[k % len(prompts)] for k in range(n)]))
-    return jnp.arange(n, dtype=jnp.int32) % max(c.model.num_classes, 1)
+    """What a run's training grids are drawn for: a system's (a text-conditioned run's class prompts in
+    turn, "the digit 7", as token ids [n, L]), else the classes in turn."""
+    condition = systems.first("grid_condition", c, n)
+    return jnp.arange(n, dtype=jnp.int32) % max(c.model.num_classes, 1) if condition is None else condition

@@ -38,7 +38,7 @@ from pathlib import Path
 from absl import flags, logging
 
 from diffusion import schedules
-from experiments import cli, inference, scoring
+from experiments import cli, draw_cache, inference, results
 from experiments.cascade import chain
 from experiments.unclip import generation
 
@@ -79,10 +79,25 @@ flags.DEFINE_list("scales", ["0"], "--cascade, --unclip: classifier-free guidanc
 FLAGS = flags.FLAGS
 
 
+def draws_from_flags() -> results.Draws:
+    """What ``--workdir`` draws of every setting, read once from the flags."""
+    return results.Draws(num=FLAGS.num, batch=FLAGS.batch, seed=FLAGS.seed, guide=FLAGS.guidance, scale=FLAGS.scale,
+                         classifier_workdir=FLAGS.classifier_workdir, clip_run=FLAGS.clip_run, spacing=FLAGS.spacing)
+
+
+def measures_from_flags() -> results.Measures:
+    """What ``--workdir``'s samples are measured with, and its NLL, read once from the flags."""
+    return results.Measures(features=FLAGS.features, classifier_weights=FLAGS.classifier_weights,
+                            inception_weights=FLAGS.inception_weights, stats_dir=FLAGS.stats_dir,
+                            nll_examples=FLAGS.nll_examples, nll_methods=tuple(FLAGS.nll),
+                            ode_ignores_learned_variance=FLAGS.ode_ignores_learned_variance,
+                            clip_score_run=FLAGS.clip_score_run)
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    settings = [scoring.parse_setting(s) for s in FLAGS.samplers.split(",") if s]
+    settings = [draw_cache.parse_setting(s) for s in FLAGS.samplers.split(",") if s]
     if (FLAGS.cascade or FLAGS.unclip) and (FLAGS.step is not None or FLAGS.weights != "ema"
                                             or FLAGS.spacing is not None):
         raise ValueError("--step, --weights and --spacing apply to one --workdir; --cascade and --unclip measure "
@@ -108,14 +123,8 @@ def main(argv):
             features=FLAGS.features, classifier_weights=FLAGS.classifier_weights, stats_dir=FLAGS.stats_dir,
             clip_score_run=FLAGS.clip_score_run)
         return
-    scoring.evaluate_run(FLAGS.workdir, settings, num=FLAGS.num, batch=FLAGS.batch, seed=FLAGS.seed,
-                            features=FLAGS.features, classifier_weights=FLAGS.classifier_weights,
-                            inception_weights=FLAGS.inception_weights, nll_examples=FLAGS.nll_examples,
-                            stats_dir=FLAGS.stats_dir, guide=FLAGS.guidance, scale=FLAGS.scale,
-                            classifier_workdir=FLAGS.classifier_workdir, clip_run=FLAGS.clip_run, nll_methods=FLAGS.nll,
-                            ode_ignores_learned_variance=FLAGS.ode_ignores_learned_variance,
-                            clip_score_run=FLAGS.clip_score_run, step=FLAGS.step, weights=FLAGS.weights,
-                            spacing=FLAGS.spacing)
+    results.evaluate_run(FLAGS.workdir, settings, draws_from_flags(), measures_from_flags(), step=FLAGS.step,
+                         weights=FLAGS.weights)
 
 
 if __name__ == "__main__":

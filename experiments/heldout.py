@@ -10,7 +10,7 @@ import numpy as np
 
 from diffusion import losses, parallel
 from diffusion.data import datasets
-from experiments import build, scoring
+from experiments import build, nll
 
 LOSS_BATCHES = 4      # held-out batches of train.batch_size rows for eval/loss
 BOUND_EXAMPLES = 8    # held-out images for eval/bpd: the full bound costs T network passes per image
@@ -61,7 +61,7 @@ def make_evaluator(config, model, schedule, heldout: datasets.Split | datasets.R
                    encode: Optional[Callable] = None) -> Callable[[object], dict]:
     """``fn(params) -> {"eval/loss": …, "eval/bpd": …}`` (floats, on every process; every process must
     call it): the mean held-out loss over ``loss_batches`` and, where the model has one
-    (``scoring.has_bound``), the variational bound in bits/dim of the first ``BOUND_EXAMPLES``
+    (``nll.has_bound``), the variational bound in bits/dim of the first ``BOUND_EXAMPLES``
     held-out images (noise from ``seed + 3``). Both programs are compiled here, once, for ``params``'
     layout (replicated or FSDP-sharded) and batches split over every device; the data are placed on
     the devices once; only the first examples these need are read from the split. ``encode``: a latent
@@ -77,11 +77,11 @@ def make_evaluator(config, model, schedule, heldout: datasets.Split | datasets.R
     batch_loss = parallel.compiled_together(
         jax.jit(lambda p, b: jnp.mean(per_row(p, b)), in_shardings=(None, dat), out_shardings=rep), params, batches[0])
     bound = None
-    if scoring.has_bound(config):
+    if nll.has_bound(config):
         n = min(BOUND_EXAMPLES, len(heldout))
         x = parallel.pad_to_devices(datasets.to_model_range(heldout.images[:n]), mesh)
         labels = parallel.pad_to_devices(heldout.labels[:n], mesh)
-        total = scoring.bound_fn(config, model, schedule)
+        total = nll.bound_fn(config, model, schedule)
         bound_key = jax.device_put(jax.random.key(config.seed + 3), rep)
         mean_bound = parallel.compiled_together(
             jax.jit(lambda p, x, y, k: jnp.mean(total(p, x, y, k)["total"][:n]), in_shardings=(None, dat, dat, rep),

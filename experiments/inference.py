@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,19 +13,18 @@ import numpy as np
 from flax import serialization
 from tqdm import tqdm
 
-from diffusion import guidance, parallel, samplers, visualize
+from diffusion import parallel, samplers, visualize
 from diffusion.cascade import augmentation
 from diffusion.data import datasets
 from diffusion.schedules import Schedule
 from diffusion.text import captions
-from diffusion.text.tokenizer import null_caption, split_words, Tokenizer
-from diffusion.unclip import embedding
-from experiments import build, runs
+from diffusion.text.tokenizer import split_words, Tokenizer
+from experiments import build, guides, runs
 from experiments.latent import autoencoder_runs
 from experiments.text import captioning
 from experiments.unclip import stage_runs
 
-GUIDANCE = ("", "classifier_free", "classifier", "clip")
+GUIDANCE = tuple(guides.GUIDES)   # the --guidance choices
 
 
 @dataclass
@@ -93,59 +91,36 @@ def check_schedule(workdir, config, schedule: Schedule, what: str):
                          "with the run's diffusion settings")
 
 
+@dataclass(frozen=True)
+class CascadeStage:
+    """A run's place in a cascade (``experiments.cascade.chain``; Ho et al. 2021): a super-resolution
+    stage is given the lower stage's output at level s = ``aug_level`` (None: the run draws alone),
+    already z_s when ``truncated`` (``build.super_resolution_inputs``); a stage whose output feeds a
+    truncated one stops at level ``stop_at`` (``augmentation.truncate``)."""
+    aug_level: Optional[int] = None
+    truncated: bool = False
+    stop_at: Optional[int] = None
+
+
 def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0, clip: Optional[str] = None,
-                  guide: str = "", classifier_log_prob=None, clip_guide=None, keep_every: int = 0, spacing=None,
-                  aug_level: Optional[int] = None, truncated: bool = False, stop_at: Optional[int] = None):
-    """A compiled ``fn(params, key, condition, scale) -> samples`` (and the trajectory when
-    ``keep_every > 0``) drawing x_T ~ N(0, I) from ``key`` for a batch the size of ``condition``
-    (``build.conditioning``'s: class labels int[B], or captions' token ids int[B, L]; an unCLIP
-    decoder's dict {'cond_vector': z_i [B, E] (, 'tokens')}, guided against the null embedding; for
-    ``guide="clip"``, with ``clip_guide`` a ``clip_guidance.ClipGuide``, the dict
-    ``clip_guidance.prompt_condition`` gives, each entry [B, ...]), sharded over ``data``; a latent
-    run's samples and trajectory are decoded to images inside it.
-    ``scale`` is the guidance weight w; ``clip`` and ``spacing`` (None: the config's) threshold x̂_0
-    and choose the kept steps. In a cascade (``experiments.cascade.chain``): a super-resolution stage's
-    ``fn`` also takes the lower stage's output ``low_res`` [B, h, w, C], given at ``aug_level`` s
-    (already z_s when ``truncated``; ``build.super_resolution_inputs``), and a stage whose output
-    feeds a truncated one stops at level ``stop_at`` (``cascade.truncate``)."""
+                  spacing=None, keep_every: int = 0, guide: str = "", classifier_log_prob=None, clip_guide=None,
+                  stage: CascadeStage = CascadeStage()):
+    """A compiled ``fn(params, key, condition, scale[, low_res]) -> samples`` (and the trajectory when
+    ``keep_every > 0``) from x_T ~ N(0, I) drawn from ``key`` for a batch the size of ``condition``
+    (``build.conditioning``'s labels int[B] or token ids int[B, L]; an unCLIP decoder's
+    {'cond_vector' [B, E][, 'tokens']}; CLIP guidance's ``clip_guidance.prompt_condition``), sharded
+    over ``data``, guided by ``guides.GUIDES[guide]`` with weight w = ``scale`` (its models: the noisy
+    classifier, the ``clip_guidance.ClipGuide``); a latent run's outputs are decoded to images inside.
+    ``clip`` and ``spacing`` (None: the config's) threshold x̂_0 and choose the kept steps; a
+    super-resolution ``stage`` also takes the lower stage's output ``low_res`` [B, h, w, C]."""
     config = run.config
-    if aug_level is None:
+    if stage.aug_level is None:
         check_draws_alone(config)
-    if guide not in GUIDANCE:
-        raise ValueError(f"unknown guidance {guide!r}; choose one of {GUIDANCE}")
-    captioned, decoder = captioning.is_conditioned(config), config.model.kind == stage_runs.DECODER
-    if guide == "classifier_free" and decoder:
-        check_decoder_guidance(run)
-    elif guide == "classifier_free" and config.model.num_classes == 0 and not captioned:
-        raise ValueError("classifier-free guidance needs a class-conditional (configs/mnist_cfg.py) or text-conditioned "
-                         "model (configs/text/text_mnist.py)")
-    elif guide == "classifier_free" and captioned:
-        check_null_caption(config, "classifier-free guidance's unconditional pass")
-    if guide == "classifier" and captioned:
-        raise ValueError("classifier guidance steers towards a class label; this run is text-conditioned: use "
-                         "--guidance classifier_free with --prompt")
-    if guide == "classifier" and classifier_log_prob is None:
-        raise ValueError("classifier guidance needs a noisy classifier (--classifier_workdir)")
-    if guide == "clip" and clip_guide is None:
-        raise ValueError("CLIP guidance needs a noised CLIP (--clip_run; clip_guidance.load)")
-    if guide == "classifier" and run.latent is not None:
-        raise ValueError("classifier guidance differentiates a noisy classifier of pixels; this run diffuses latents "
-                         "(data.autoencoder): use --guidance classifier_free with a class-conditional latent run")
-    step, run_schedule, timesteps = build.make_sampler(config, run.schedule, sampler=sampler, steps=steps,
-                                                        eta=eta, clip=clip, spacing=spacing)
-    t_end = -1
-    if stop_at is not None:
-        run_schedule, timesteps, t_end = augmentation.truncate(run.schedule, run_schedule, timesteps, stop_at,
-                                                          samplers.SAMPLERS[sampler].respaced)
-    conditional = config.model.num_classes > 0
-    # An unCLIP decoder's condition is already the network's: {'cond_vector'[, 'tokens']}; its null is the
-    # zero embedding (and the null caption where it reads one).
-    conditioning = dict if decoder else partial(build.conditioning, config)
-    decoder_nulls = {}
-    if decoder and guide == "classifier_free":
-        decoder_nulls["null_embedding"] = embedding.null_embedding(1, stage_runs.embed_dim(config))
-        if run.tokenizer is not None:
-            decoder_nulls["null_caption"] = null_caption(run.tokenizer.max_length)
+    method, models = guides.lookup(guide), guides.GuideModels(classifier_log_prob, clip_guide)
+    method.check(run, models)
+    step, run_schedule, timesteps, t_end = plan_steps(run, stage, sampler=sampler, steps=steps, eta=eta, clip=clip,
+                                                      spacing=spacing)
+    wrap = method.wrapper(run, models)
 
     def draw(params, key, condition, scale, low_res=None):
         k_T, k_steps = jax.random.split(key)
@@ -153,32 +128,28 @@ def build_draw_fn(run: Run, mesh, *, sampler: str, steps: int, eta: float = 0.0,
         x_T = jax.lax.with_sharding_constraint(
             jax.random.normal(k_T, jax.tree.leaves(condition)[0].shape[:1] + build.data_shape(config)),
             parallel.data_sharded(mesh))
-        model_fn = build.make_denoiser(run.model, params)
-        if guide == "classifier_free":
-            null = decoder_nulls or ({"null_caption": null_caption(condition.shape[1])} if captioned
-                                     else {"null_label": config.model.num_classes})
-            model_fn = guidance.classifier_free(model_fn, variance=config.diffusion.variance, **null)
-            cond = dict(conditioning(condition), guidance_scale=scale)
-        elif guide == "classifier":
-            model_fn = guidance.classifier(model_fn, classifier_log_prob, run.schedule,
-                                           prediction=config.diffusion.prediction,
-                                           variance=config.diffusion.variance, conditional=conditional)
-            cond = {"labels": condition, "guidance_scale": scale}
-        elif guide == "clip":
-            model_fn = guidance.clip(model_fn, clip_guide.encode_image, clip_guide.logit_scale, run.schedule,
-                                     prediction=config.diffusion.prediction, variance=config.diffusion.variance)
-            cond = dict(condition, guidance_scale=scale)
-        else:
-            cond = conditioning(condition)
+        model_fn, cond = wrap(build.make_denoiser(run.model, params), condition, scale)
         if config.data.low_resolution:
-            cond = dict(cond or {}, **build.super_resolution_inputs(config, run.schedule, k_aug, low_res, aug_level,
-                                                                     truncated))
+            cond = dict(cond or {}, **build.super_resolution_inputs(config, run.schedule, k_aug, low_res,
+                                                                     stage.aug_level, stage.truncated))
         out = samplers.sample(step, model_fn, run_schedule, x_T, k_steps, timesteps=timesteps,
                               keep_every=keep_every, cond=cond, t_end=t_end)
         return jax.tree.map(lambda x: autoencoder_runs.decoded(run.latent, x), out)
 
     rep = parallel.replicated(mesh)
     return jax.jit(draw, in_shardings=(rep,) * 4 + (parallel.data_sharded(mesh),) if config.data.low_resolution else rep)
+
+
+def plan_steps(run: Run, stage: CascadeStage, **settings):
+    """``build.make_sampler``'s (step, schedule, timesteps) for the sampler ``settings``, and the index
+    the chain ends at: −1 (x_0), or for a stage stopped at ``stage.stop_at`` that level's, the plan
+    truncated there (``augmentation.truncate``: truncated conditioning augmentation, Ho et al. 2021)."""
+    step, run_schedule, timesteps = build.make_sampler(run.config, run.schedule, **settings)
+    if stage.stop_at is None:
+        return step, run_schedule, timesteps, -1
+    run_schedule, timesteps, t_end = augmentation.truncate(run.schedule, run_schedule, timesteps, stage.stop_at,
+                                                           samplers.SAMPLERS[settings["sampler"]].respaced)
+    return step, run_schedule, timesteps, t_end
 
 
 def check_draws_alone(config):
@@ -188,24 +159,6 @@ def check_draws_alone(config):
         raise ValueError(f"this run is a super-resolution stage (data.low_resolution={config.data.low_resolution} → "
                          f"{config.data.image_size}) and samples only conditioned on a low-resolution image: sample it "
                          "as the last stage of a cascade, --cascade <base workdir>,<this workdir>")
-
-
-def check_decoder_guidance(run: Run):
-    """Refuse guiding an unCLIP decoder whose null condition (the zero embedding, and the null caption
-    where it reads one) it never saw in training."""
-    if run.config.unclip.embedding_dropout <= 0:
-        raise ValueError("the decoder's guidance subtracts its pass on the null (zero) embedding, which it never saw "
-                         "in training (unclip.embedding_dropout=0): train with 0.1 (the paper's), or use scale 0")
-    if run.tokenizer is not None:
-        check_null_caption(run.config, "the decoder's unconditional pass")
-
-
-def check_null_caption(config, what: str):
-    """Refuse to use the null caption (the empty prompt, guidance's unconditional pass) of a run that
-    never saw it in training (``train.caption_dropout`` = 0): its output there means nothing."""
-    if config.train.caption_dropout <= 0:
-        raise ValueError(f"{what} is the null caption (the empty prompt), which this run never saw in training "
-                         "(train.caption_dropout=0): train with --config.train.caption_dropout=0.2 (GLIDE's) to use it")
 
 
 def prompt_tokens(run: Run, prompts) -> np.ndarray:
@@ -231,7 +184,7 @@ def tokens_for(config, tokenizer: Optional[Tokenizer], prompts) -> np.ndarray:
                          "(one per line); --prompt '' draws from the null caption, the unconditional model")
     tokens = captioning.check_prompts(tokenizer, prompts)
     if any(not split_words(p) for p in prompts):   # no words: the end token alone
-        check_null_caption(config, "--prompt ''")
+        captioning.check_null_caption(config, "--prompt ''")
     return tokens
 
 

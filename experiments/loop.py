@@ -1,5 +1,5 @@
-"""The training loops behind ``experiments.train`` and ``experiments.train_classifier``: data, sharded
-step, checkpoints, logs, samples."""
+"""The training loop behind every ``experiments.train*`` entry point (data, sharded step, checkpoints,
+logs, samples, preemption) and the diffusion model's training (``train_and_evaluate``)."""
 from __future__ import annotations
 
 import contextlib
@@ -11,23 +11,20 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
-import flax
 import grain
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from diffusion import gaussian, parallel, samplers, training, visualize, xla_flags
+from diffusion import parallel, samplers, training, visualize, xla_flags
 from diffusion.cascade import augmentation
 from diffusion.checkpoints import Checkpointer
 from diffusion.data import datasets, pipeline
-from diffusion.latent import networks
-from experiments import build, heldout, metric_writers, runs
+from experiments import build, heldout, metric_writers
 from experiments.latent import autoencoder_runs
 from experiments.text import captioning
 from experiments.unclip import stage_runs
@@ -185,46 +182,61 @@ def training_batches(config, split: datasets.Split | datasets.RecordSplit) -> gr
     return pipeline.prefetched(batches, workers=config.data.workers, threads=config.data.read_threads)
 
 
-def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_fn, batches: grain.IterDataset,
-             mesh, on_sample: Optional[Callable] = None, desc: str = "train", evaluate: Optional[Callable] = None):
-    """Steps ``start`` … ``train.num_steps`` on ``batches`` (``training_batches``, continued where
-    the checkpoint at ``start`` left the stream) with a progress bar, logs, checkpoints and
-    ``on_sample(step, state)``; stops on a non-finite loss or update (the step that made it is not
-    applied, so nothing non-finite is saved). With ``optim.grad_accum_steps`` = k each step is k
-    calls of ``step_fn`` on consecutive micro-batches of its rows (its logged metrics their means);
-    steps count optimizer updates, ``state.step`` calls.
+@dataclasses.dataclass(frozen=True)
+class Events:
+    """What follows one step, handled in this order: log (``evaluate`` in its row), save, preempt, sample."""
+    log: bool = False
+    evaluate: bool = False
+    save: bool = False
+    preempt: bool = False
+    sample: bool = False
 
-    Every ``train.log_every`` steps one row of scalars goes to ``metric_writers.create``'s writers
-    (metrics.jsonl, TensorBoard): the step's metrics (loss, grad_norm, …), the learning rate the
-    update applied (``lr``), and ``steps_per_sec`` and ``images_per_sec`` since the last row; every
-    ``train.eval_every`` steps (a logging step too) ``evaluate(state)``'s scalars join the row, and
-    the picture ``on_sample`` returns the path of is logged as the image ``samples``. The time
-    ``evaluate`` takes counts in no throughput.
+    @property
+    def reads_now(self) -> bool:
+        """Whether the step's metrics are read on the host at once, not while the next step runs."""
+        return self.log or self.save or self.sample
 
-    A step's metrics are read on the host while the next step runs, except on steps that log,
-    checkpoint or sample, which wait for their own: reading after every step left an H200 idle 25%
-    of the CIFAR-10 step (benchmarks/RESULTS.md). A non-finite step is therefore reported after the
-    next one was launched on the state it left unchanged; that step's result is discarded with the
-    run, and every save happens after its own step was read.
 
-    Saves are asynchronous (``Checkpointer``): the loop goes on while a checkpoint is written. On
-    SIGTERM (``sigterm_flag``) or when every process reaches JAX's preemption sync point
-    (``Checkpointer.reached_preemption``), the step in flight is finished and read like a checkpoint
-    step (a non-finite one still stops the run without a save), saved, waited for, and the run
-    raises ``Preempted``: one line names the checkpoint and says to rerun the same command, which
-    resumes from it bit for bit. The status is non-zero (143, as if SIGTERM had ended the process)
-    because the training is unfinished: a cluster scheduler or job controller reads 0 as a job that
-    completed and would not requeue or restart it. On the last step the run is finishing anyway:
-    it saves and samples as scheduled, and the signal then goes to the handler that was there before."""
-    k = config.optim.grad_accum_steps
-    writer = metric_writers.create(workdir, start)
-    lr_at = build.learning_rate_schedule(config)
-    total = config.train.num_steps
-    bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True,
-               disable=jax.process_index() != 0)
-    window_start, window_steps = time.perf_counter(), 0
+def events_after(done: int, total: int, *, log_every: int, checkpoint_every: int, sample_every: int = 0,
+                 eval_every: int = 0, preemption_requested: bool = False) -> Events:
+    """The events after the step that brought the run to ``done`` of ``total`` updates: each whose
+    interval (0: never) divides ``done``, and at the last step a log, save and sample whatever the
+    intervals; an evaluation is logged, a preemption saved, and a preemption at the last step is none."""
+    last = done == total
+    due = lambda interval: interval > 0 and done % interval == 0   # noqa: E731
+    preempt = preemption_requested and done < total
+    evaluate = due(eval_every)
+    return Events(log=due(log_every) or last or evaluate, evaluate=evaluate,
+                  save=due(checkpoint_every) or last or preempt, preempt=preempt,
+                  sample=sample_every > 0 and (due(sample_every) or last))
 
-    def read(step: int, calls: list) -> dict:
+
+def accumulated_step(state, step_fn: Callable, local: dict, mesh, k: int, *, first: bool):
+    """One optimizer update, (state, step_fn, the calls' metrics): ``step_fn`` on each of the ``k``
+    micro-batches of this host's rows ``local``, compiled for their layouts at the ``first`` call."""
+    calls = []
+    for micro in micro_batches(local, k):
+        batch = parallel.global_batch(micro, mesh)
+        if first and not calls:
+            step_fn = parallel.compiled_together(step_fn, state, batch)
+        state, metrics = step_fn(state, batch)
+        calls.append(metrics)
+    return state, step_fn, calls
+
+
+class LoopHost:
+    """The loop's host side: a step's metrics read, the throughput window, one handler per event."""
+
+    def __init__(self, config, workdir: Path, start: int, ckpt: Checkpointer, desc: str):
+        self.config, self.ckpt, self.total = config, ckpt, config.train.num_steps
+        self.writer = metric_writers.create(workdir, start)
+        self.lr_at = build.learning_rate_schedule(config)
+        self.bar = tqdm(total=self.total, initial=start, desc=desc, unit="step", dynamic_ncols=True,
+                        disable=jax.process_index() != 0)
+        self.pending = None    # (step, its calls' metrics) not yet read on the host
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def read(self, step: int, calls: list) -> dict:
         """``step``'s metrics on the host (the mean over its calls); raises if it was non-finite."""
         update_finite = all([bool(m.pop("update_finite")) for m in calls])
         metrics = {name: np.mean([float(m[name]) for m in calls]) for name in calls[0]}
@@ -233,74 +245,103 @@ def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_
             what = f"loss ({loss})" if not math.isfinite(loss) else "parameters or EMA after the update"
             raise NonFiniteStepError(
                 f"non-finite {what} at step {step}: the run stops here, the step is not applied and the "
-                f"last finite checkpoint (step {ckpt.latest_step()}) is kept; lower optim.lr or check the data")
-        bar.update(1)
+                f"last finite checkpoint (step {self.ckpt.latest_step()}) is kept; lower optim.lr or check the data")
+        self.bar.update(1)
         return metrics
 
-    pending = None    # (step, its calls' metrics) not yet read on the host
+    def launched(self):
+        """A step was launched: read the previous one's metrics while it runs, and count it."""
+        if self.pending is not None:
+            self.read(*self.pending)
+        self.pending = None
+        self.window_steps += 1
+
+    def log(self, step: int, metrics: dict, evaluate: Optional[Callable[[], dict]]):
+        """One row: metrics, ``lr``, throughput since the last row (timed before ``evaluate``'s scalars join)."""
+        rate = self.window_steps / (time.perf_counter() - self.window_start)
+        scalars = {name: float(value) for name, value in metrics.items()}
+        scalars.update(lr=float(self.lr_at(step)), steps_per_sec=rate,
+                       images_per_sec=rate * self.config.train.batch_size)
+        if evaluate is not None:
+            scalars.update(evaluate())
+        self.writer.write_scalars(step + 1, scalars)
+        self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{rate:.2f}")
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def stop_preempted(self, done: int, stop: threading.Event):
+        """Wait for the save of ``done``, say how to resume from it, and end the run unfinished."""
+        self.ckpt.wait()
+        why = "SIGTERM" if stop.is_set() else "a preemption notice"
+        stop.clear()      # acted on: not passed on to the previous handler
+        if jax.process_index() == 0:
+            self.bar.write(f"stopped by {why} at step {done} of {self.total}: checkpoint saved in "
+                           f"{self.ckpt.directory / str(done)}; rerun the same command to resume from it")
+        raise Preempted(PREEMPTED_STATUS)
+
+    def show_sample(self, done: int, path: Optional[Path]):
+        """Name the picture ``on_sample`` wrote (if any) and log it as the image ``samples``."""
+        if path is not None:
+            self.bar.write(f"step {done}: samples in {path}")
+            with Image.open(path) as picture:
+                self.writer.write_images(done, {"samples": np.asarray(picture.convert("RGB"))})
+
+    def close(self, stream):
+        try:
+            stream.close()
+            self.bar.close()
+            self.writer.close()
+        finally:   # last, so that a save that failed in the background is the error the run ends with
+            self.ckpt.close()
+
+
+def run_loop(config, workdir: Path, state, start: int, ckpt: Checkpointer, step_fn, batches: grain.IterDataset,
+             mesh, on_sample: Optional[Callable] = None, desc: str = "train", evaluate: Optional[Callable] = None):
+    """Steps ``start`` … ``train.num_steps`` on ``batches`` (``training_batches``, continued where
+    the checkpoint at ``start`` left the stream), each followed by its ``events_after``, handled by
+    ``LoopHost``; with ``optim.grad_accum_steps`` = k a step (an optimizer update) is k calls of
+    ``step_fn`` on consecutive micro-batches of its rows, its metrics their means. Log rows
+    (metrics.jsonl, TensorBoard) hold those metrics, ``lr``, ``steps_per_sec``, ``images_per_sec``
+    and every ``train.eval_every`` steps ``evaluate(state)``'s scalars; the picture
+    ``on_sample(step, state)`` writes is logged as the image ``samples``.
+
+    A step's metrics are read on the host while the next step runs, so the device need not wait
+    (benchmarks/RESULTS.md), except on steps that log, save or sample, which read their own first:
+    a non-finite loss or update stops the run unapplied and unsaved. On SIGTERM (``sigterm_flag``)
+    or JAX's preemption sync point (``Checkpointer.reached_preemption``) the step is finished,
+    read, saved and waited for, and ``Preempted`` ends the run with status 143, not 0, so that a
+    scheduler requeues it; rerunning the command resumes bit for bit. At the last step the run
+    just finishes, and the signal then goes to the handler that was there before."""
+    total, k = config.train.num_steps, config.optim.grad_accum_steps
+    events_at = partial(events_after, total=total, log_every=config.train.log_every,
+                        checkpoint_every=config.train.checkpoint_every,
+                        sample_every=config.train.sample_every if on_sample is not None else 0,
+                        eval_every=config.train.eval_every if evaluate is not None else 0)
+    host = LoopHost(config, workdir, start, ckpt, desc)
     stream = iter(batches)
     with sigterm_flag() as stop:
         try:
             if start:
                 ckpt.restore_data(stream)
             for step in range(start, total):
-                local = next(stream)
-                calls = []
-                for micro in micro_batches(local, k):
-                    batch = parallel.global_batch(micro, mesh)
-                    if step == start and not calls:
-                        step_fn = parallel.compiled_together(step_fn, state, batch)
-                    state, metrics = step_fn(state, batch)
-                    calls.append(metrics)
-                if pending is not None:
-                    read(*pending)
-                window_steps += 1
+                state, step_fn, calls = accumulated_step(state, step_fn, next(stream), mesh, k, first=step == start)
+                host.launched()
                 done = step + 1
                 # Every process asks at every step (JAX's agreed preemption step); SIGTERM is this one's.
-                notice = ckpt.reached_preemption(done)
-                preempted = (notice or stop.is_set()) and done < total
-                evaluating = evaluate is not None and config.train.eval_every > 0 and done % config.train.eval_every == 0
-                log = done % config.train.log_every == 0 or done == total or evaluating
-                save = done % config.train.checkpoint_every == 0 or done == total or preempted
-                sample = on_sample is not None and (done % config.train.sample_every == 0 or done == total)
-                if not (log or save or sample):
-                    pending = (step, calls)
+                events = events_at(done, preemption_requested=ckpt.reached_preemption(done) or stop.is_set())
+                if not events.reads_now:
+                    host.pending = (step, calls)
                     continue
-                pending = None
-                metrics = read(step, calls)     # this step's own finite check, before any save of it
-                if log:
-                    rate = window_steps / (time.perf_counter() - window_start)
-                    scalars = {name: float(value) for name, value in metrics.items()}
-                    scalars.update(lr=float(lr_at(step)), steps_per_sec=rate,
-                                   images_per_sec=rate * config.train.batch_size)
-                    if evaluating:
-                        scalars.update(evaluate(state))
-                    writer.write_scalars(done, scalars)
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{rate:.2f}")
-                    window_start, window_steps = time.perf_counter(), 0
-                if save:
+                metrics = host.read(step, calls)     # this step's own finite check, before any save of it
+                if events.log:
+                    host.log(step, metrics, partial(evaluate, state) if events.evaluate else None)
+                if events.save:
                     ckpt.save(done, state, config=config.to_dict(), data_position=done, data=stream)
-                if preempted:
-                    ckpt.wait()
-                    why = "SIGTERM" if stop.is_set() else "a preemption notice"
-                    stop.clear()      # acted on: not passed on to the previous handler
-                    if jax.process_index() == 0:
-                        bar.write(f"stopped by {why} at step {done} of {total}: checkpoint saved in "
-                                  f"{ckpt.directory / str(done)}; rerun the same command to resume from it")
-                    raise Preempted(PREEMPTED_STATUS)
-                if sample:
-                    path = on_sample(done, state)
-                    if path is not None:
-                        bar.write(f"step {done}: samples in {path}")
-                        with Image.open(path) as picture:
-                            writer.write_images(done, {"samples": np.asarray(picture.convert("RGB"))})
+                if events.preempt:
+                    host.stop_preempted(done, stop)
+                if events.sample:
+                    host.show_sample(done, on_sample(done, state))
         finally:
-            try:
-                stream.close()
-                bar.close()
-                writer.close()
-            finally:   # last, so that a save that failed in the background is the error the run ends with
-                ckpt.close()
+            host.close(stream)
     return state
 
 
@@ -325,45 +366,6 @@ def make_train_step(config, model, schedule, tx) -> Callable:
         accum_steps=config.optim.grad_accum_steps, condition=build.make_condition(config, schedule))
 
 
-def run_latent_scale(data, stored) -> float:
-    """A latent run's scale s from its ``data`` config section: its own ``latent_scale`` when > 0,
-    else the one the run ``stored`` (its saved data section, or None) measured for the same
-    autoencoder, else 0 (not measured yet)."""
-    if data["latent_scale"] > 0:
-        return data["latent_scale"]
-    if stored is not None and stored["autoencoder"] == data["autoencoder"] and stored["latent_scale"] > 0:
-        return stored["latent_scale"]
-    return 0.0
-
-
-def latent_training_data(config, workdir: Path, train_split: datasets.Split, mesh
-                         ) -> tuple[ml_collections.ConfigDict, autoencoder_runs.LatentSpace, datasets.Split]:
-    """(config with its ``data.latent_scale``, the latent space, the training split as latents
-    z = s·ℰ(x)) of a latent-diffusion run (Rombach et al. 2022).
-
-    The frozen EMA encoder encodes the whole split once, here, and training reads the cached
-    latents (the KL model's mean, as ``Autoencoder.encode``): encoding each batch inside the jitted
-    step repeats the encoder's forward pass at full resolution every step. Measured once on the
-    project's 2-core CPU (2026-11-30, shared with other jobs, load ~3.9) for
-    configs/latent/fashion_mnist_kl_f4.py with a kl-f4 encoder, batch 64: cached 2.13 steps/s,
-    on the fly 1.91 (the encoder is ~10% of a step beside the 64-channel U-Net's forward and
-    backward); encoding the 60,000 training images took 25.6 s, repaid after ~470 of the 20,000
-    steps, and the cache holds 46 MB. The scale s is the config's own when > 0
-    (a checkpoint made with another is refused, as data.latent_scale is a compatibility field), else
-    the one the run stored in its ``config.json`` (a resume: never measured again), else LDM's 1/std
-    of these latents, measured once here; ``restore_or_init`` then writes it with the config, where
-    sampling and evaluation read it.
-    """
-    autoencoder = autoencoder_runs.load_autoencoder(config.data.autoencoder)
-    latents = parallel.encode_split(autoencoder.encode, train_split, mesh)
-    stored = runs.load_config(workdir).data if (workdir / "config.json").exists() else None
-    scale = run_latent_scale(config.data, stored) or networks.scale_factor(latents.images)
-    config = config.copy_and_resolve_references()
-    config.data.latent_scale = float(scale)
-    space = autoencoder_runs.LatentSpace(autoencoder, float(scale))
-    return config, space, dataclasses.replace(latents, images=(latents.images * scale).astype(np.float32))
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fall_back: bool = False) -> training.TrainState:
     """Train (or resume) the diffusion model described by ``config`` in ``workdir``; returns the final
     state. ``fall_back``: resume from the newest checkpoint that verifies when the latest is corrupt."""
@@ -373,7 +375,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fall_back:
     train_split, heldout_split = build.training_data(config)
     space = None
     if config.data.autoencoder:
-        config, space, train_split = latent_training_data(config, workdir, train_split, mesh)
+        config, space, train_split = autoencoder_runs.latent_training_data(config, workdir, train_split, mesh)
     model = build.make_model(config)
     if config.model.kind == stage_runs.PRIOR:   # CLIP image embeddings, embedded once by the CLIP the prior holds
         train_split = stage_runs.prior_training_data(config, train_split, mesh, model)
@@ -394,69 +396,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, fall_back:
                                          encode=space.encode if space else None)
         evaluate = lambda s: measure(s.ema_params)
     return run_loop(config, workdir, state, start, ckpt, step_fn, batches, mesh, on_sample, evaluate=evaluate)
-
-
-def classifier_logits_fn(config, model, mesh):
-    """A compiled ``fn(params, images[, timesteps]) -> logits`` sharded over ``data``."""
-    rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    if config.classifier.kind == "noisy":
-        return jax.jit(lambda p, x, t: model.apply({"params": p}, x, t), in_shardings=(rep, dat, dat))
-    return jax.jit(lambda p, x: model.apply({"params": p}, x)[0], in_shardings=(rep, dat))
-
-
-def heldout_accuracy(config, model, params, split, mesh, timesteps: Sequence[Optional[int]] = (None,)
-                     ) -> list[float]:
-    """Accuracy on a whole split at each of ``timesteps`` (None: the clean images; t: the noisy
-    classifier on seeded x_t at that fixed step), the split (in memory or a lazy
-    ``datasets.RecordSplit``) read once, 256 examples at a time."""
-    logits_fn = classifier_logits_fn(config, model, mesh)
-    schedule = build.make_schedule(config)
-    rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
-
-    @partial(jax.jit, in_shardings=(rep, dat, rep, rep))
-    def noisy_logits(params, x, key, timestep):   # the step traced, not baked in: one program for every t
-        t = jnp.full((x.shape[0],), timestep, jnp.int32)
-        return logits_fn(params, gaussian.q_sample(schedule, x, t, jax.random.normal(key, x.shape)), t)
-
-    correct, batch = np.zeros(len(timesteps), np.int64), 256
-    for i in range(0, len(split), batch):
-        rows = split.rows(i, i + batch)
-        x = parallel.pad_to_devices(datasets.to_model_range(rows.images), mesh)
-        for k, timestep in enumerate(timesteps):
-            logits = (logits_fn(params, x) if timestep is None
-                      else noisy_logits(params, x, jax.random.key(i), jnp.int32(timestep)))
-            correct[k] += np.sum(np.argmax(parallel.gather(logits)[:len(rows)], -1) == rows.labels)
-    return [int(c) / len(split) for c in correct]
-
-
-def train_classifier(config: ml_collections.ConfigDict, workdir, *, fall_back: bool = False
-                     ) -> tuple[training.TrainState, dict]:
-    """Train (or resume) a feature classifier or ADM noisy classifier; report held-out accuracy in
-    ``<workdir>/accuracy.json`` and write the EMA weights to ``<workdir>/classifier.msgpack``."""
-    workdir, mesh = prepare_run(config, workdir)
-    train_split, heldout = build.training_data(config, labels_used=True)
-    batches = training_batches(config, train_split)
-    model = build.make_classifier(config)
-    noisy = config.classifier.kind == "noisy"
-    schedule = build.make_schedule(config) if noisy else None
-    tx = build.make_optimizer(config)
-
-    def init(k):
-        x = jnp.zeros((1,) + build.data_shape(config))
-        args = (jnp.zeros((1,), jnp.int32),) if noisy else ()
-        return training.create_train_state(k, model.init(k, x, *args)["params"], tx, 1)
-
-    state, start, ckpt = restore_or_init(config, workdir, init, mesh, fall_back=fall_back)
-    step_fn = jit_step(partial(training.classifier_step, apply_fn=model.apply, tx=tx, ema_decay=config.ema.decay,
-                               ema_warmup=config.ema.warmup, max_shift=config.classifier.max_shift,
-                               schedule=schedule, accum_steps=config.optim.grad_accum_steps), state, mesh)
-    state = run_loop(config, workdir, state, start, ckpt, step_fn, batches, mesh, desc="classifier")
-    timesteps = (0, config.diffusion.num_steps // 4, config.diffusion.num_steps // 2) if noisy else (None,)
-    accuracies = heldout_accuracy(config, model, state.ema_params, heldout, mesh, timesteps)
-    report = {"heldout_examples": len(heldout)} | {
-        "accuracy" if t is None else f"accuracy_t{t}": a for t, a in zip(timesteps, accuracies, strict=True)}
-    if jax.process_index() == 0:
-        (workdir / "accuracy.json").write_text(json.dumps(report, indent=2))
-        (workdir / "classifier.msgpack").write_bytes(flax.serialization.to_bytes(state.ema_params))
-        print("held-out " + ", ".join(f"{k}={v:.4f}" for k, v in report.items() if k != "heldout_examples"))
-    return state, report

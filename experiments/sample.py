@@ -259,6 +259,17 @@ def main(argv):
     if FLAGS.unclip or FLAGS.variations is not None:
         return sample_unclip(prompts)
     run = load(FLAGS.workdir, FLAGS.config, FLAGS.diffusers_weights)
+    check_flags_for(run)
+    clip_guide = clip_guidance.load(FLAGS.clip_run, run) if FLAGS.guidance == "clip" else None   # reads its checkpoint
+    per_prompt = clip_guidance.prompt_condition(run, clip_guide, prompts)
+    sample_run(run, request_from_flags(run), prompts, per_prompt, clip_guide)
+
+
+def check_flags_for(run):
+    """Refuse, before any work, what the flags ask of ``run`` that it cannot do: a stage that is drawn
+    only with the others, a CLIP without CLIP guidance, too many steps, an η its sampler lacks, a label
+    it cannot take, and pictures it has no meaning for (a text run's interpolation and
+    reconstruction; a 2-D toy run's image options; a latent run's pixel-space reconstruction)."""
     stage_runs.check_sampled_alone(run.config, FLAGS.workdir)
     if FLAGS.clip_run and FLAGS.guidance != "clip":
         raise ValueError(f"--clip_run={FLAGS.clip_run} is the CLIP of --guidance clip; add --guidance clip or drop it")
@@ -269,25 +280,37 @@ def main(argv):
     if FLAGS.eta and not samplers.takes(FLAGS.sampler, "eta"):
         raise ValueError(f"--eta={FLAGS.eta:g}: the {FLAGS.sampler} sampler has no η; drop --eta")
     inference.check_label(run.config, FLAGS.label, FLAGS.guidance)
-    toy = run.config.model.kind == "mlp"
-    if toy and (FLAGS.interpolate or FLAGS.reconstruct or FLAGS.guidance):
+    if is_toy(run) and (FLAGS.interpolate or FLAGS.reconstruct or FLAGS.guidance):
         raise ValueError(f"{FLAGS.workdir} is a 2-D toy run: --interpolate, --reconstruct and --guidance are "
                          "for image models; drop them (the figure shows the reverse trajectory)")
     if run.latent is not None and FLAGS.reconstruct:
         raise ValueError(f"{FLAGS.workdir} diffuses latents of {run.config.data.autoencoder}: --reconstruct inverts "
                          "pixel images with DDIM; drop it (the grid, --trajectory and --interpolate are decoded)")
-    clip_guide = clip_guidance.load(FLAGS.clip_run, run) if FLAGS.guidance == "clip" else None   # reads its checkpoint
-    per_prompt = clip_guidance.prompt_condition(run, clip_guide, prompts)
+
+
+def is_toy(run) -> bool:
+    """Whether ``run`` is a 2-D toy run (an MLP denoiser of points), drawn as a figure, not a grid."""
+    return run.config.model.kind == "mlp"
+
+
+def request_from_flags(run) -> Request:
+    """The flags' ``Request``, the run's ``sample.clip`` and ``sample.spacing`` standing in for those not given."""
     clip = run.config.sample.clip if FLAGS.clip is None else FLAGS.clip
     spacing = run.config.sample.spacing if FLAGS.spacing is None else FLAGS.spacing
-    r = Request(sampler=FLAGS.sampler, steps=FLAGS.steps, eta=FLAGS.eta, clip=clip, spacing=spacing, num=FLAGS.num,
-                batch=FLAGS.batch, seed=FLAGS.seed, guidance=FLAGS.guidance, scale=FLAGS.scale, label=FLAGS.label)
+    return Request(sampler=FLAGS.sampler, steps=FLAGS.steps, eta=FLAGS.eta, clip=clip, spacing=spacing, num=FLAGS.num,
+                   batch=FLAGS.batch, seed=FLAGS.seed, guidance=FLAGS.guidance, scale=FLAGS.scale, label=FLAGS.label)
+
+
+def sample_run(run, r: Request, prompts: list[str], per_prompt, clip_guide):
+    """Draw ``r`` from ``run`` and write the grid (``r.num`` samples of each prompt, whose condition is
+    ``per_prompt``, or of the classes in turn) and the pictures the flags ask for (``--trajectory``,
+    ``--interpolate``, ``--reconstruct``); for a 2-D toy run, its figure instead."""
     mesh = parallel.make_mesh()
     out = Path(FLAGS.out or Path(FLAGS.workdir or ".") / "sample")
     out.mkdir(parents=True, exist_ok=True)
     tag = (f"{r.sampler}{r.steps}" + (f"_{r.spacing}" if r.spacing else "")
            + f"_eta{r.eta:g}_{r.guidance or 'unguided'}{r.scale:g}_seed{r.seed}")
-    if toy:
+    if is_toy(run):
         return write_toy_figure(run, mesh, r, out, tag)
     guides = dict(classifier_log_prob=inference.load_noisy_classifier(FLAGS.classifier_workdir, run.schedule)
                   if r.guidance == "classifier" else None, clip_guide=clip_guide)

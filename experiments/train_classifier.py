@@ -15,8 +15,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    from experiments import loop
-    loop.train_classifier(FLAGS.config, FLAGS.workdir, fall_back=FLAGS.fall_back_to_good_checkpoint)
+    from experiments import classifier_loop
+    classifier_loop.train_classifier(FLAGS.config, FLAGS.workdir, fall_back=FLAGS.fall_back_to_good_checkpoint)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ def test_cpu_convolutions_go_to_xla_kernels_only_when_asked(mode, extra, flags, 
     assert proc.stdout.strip() == f"{flags} | {ynn}".strip()
 
 
+@pytest.mark.slow
 def test_gpu_suite_keeps_what_an_item_measured_before_it_failed(tmp_path, monkeypatch):
     """The GPU suite's plan on tiny shapes (CPU): an item that fails after timing the train step keeps
     that figure (marked partial) beside its error, the results file holds it, and the report renders

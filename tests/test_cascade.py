@@ -13,7 +13,7 @@ from diffusion import parallel, samplers, schedules
 from diffusion.cascade import augmentation
 from diffusion.data import datasets
 from diffusion.models.unet import UNet
-from experiments import build, inference, loop, sample, scoring
+from experiments import build, inference, loop, results, sample
 from experiments.cascade import chain
 from experiments.studies import plan
 from tiny_configs import shrink, step_batch
@@ -98,6 +98,7 @@ def test_low_resolution_is_the_datasets_area_resize():
     assert augmentation.upsample(jnp.zeros((2, 14, 14, 1)), 28).shape == (2, 28, 28, 1)
 
 
+@pytest.mark.system
 def test_the_conditioning_image_and_the_level_change_the_output():
     model = UNet(out_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2), attention_resolutions=(),
                  dropout=0.0, norm_groups=4)
@@ -136,6 +137,7 @@ def stages(tmp_path_factory):
     return root
 
 
+@pytest.mark.system
 def test_a_two_stage_cascade_trains_samples_and_is_measured(stages):
     assert list((stages / "sr" / "samples").glob("*.png"))
     workdirs = [str(stages / "base"), str(stages / "sr")]
@@ -153,6 +155,7 @@ def test_a_two_stage_cascade_trains_samples_and_is_measured(stages):
     assert np.isfinite(record["upsampled_input"]["fid"]) and record["upsampled_input"]["num"] == 16
 
 
+@pytest.mark.system
 def test_a_cascade_on_held_out_images_conditions_on_them_shrunk_by_the_data_resize(stages):
     """``heldout`` first: stage 0 is the held-out split at 14×14 (the data loader's area resize of the
     same images, to uint8 rounding) in order, and the stage draws from it and is measured."""
@@ -174,14 +177,16 @@ def test_a_cascade_on_held_out_images_conditions_on_them_shrunk_by_the_data_resi
         chain.draw(runs, [None, None], parallel.make_mesh(), checked, num=10 ** 6, batch=8, seed=0)
 
 
+@pytest.mark.system
 def test_a_super_resolution_run_refuses_to_sample_without_a_conditioning_image(stages):
     run = inference.load_run(stages / "sr")
     with pytest.raises(ValueError, match="super-resolution stage .* --cascade"):
         inference.build_draw_fn(run, None, sampler="ddim", steps=2)
     with pytest.raises(ValueError, match="super-resolution stage .* --cascade"):
-        scoring.evaluate_run(stages / "sr", [("ddim", 2, 0.0)], num=8, batch=8)
+        results.evaluate_run(stages / "sr", [("ddim", 2, 0.0)], results.Draws(num=8, batch=8))
 
 
+@pytest.mark.system
 def test_accumulated_micro_batches_augment_as_the_whole_batch_does():
     """The augmentation's draws are made per row for the whole batch (one key a row), so k = 2
     micro-batches give the parameters one step on all 16 rows gives."""
@@ -204,6 +209,7 @@ def test_accumulated_micro_batches_augment_as_the_whole_batch_does():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.system
 def test_a_stage_resumed_with_another_conditioning_is_refused(stages):
     with pytest.raises(ValueError, match="(?s)different model.*cascade.augmentation: checkpoint 'gaussian' vs config 'blur'"):
         loop.train_and_evaluate(tiny_stage(str(stages / "data.npz"), 14, "blur"), stages / "sr")

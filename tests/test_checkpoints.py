@@ -17,8 +17,9 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from orbax.checkpoint._src.path import async_path
 
-from diffusion import checkpoint_checks, checkpoints
-from diffusion.checkpoints import Checkpointer, CorruptCheckpointError, DiskFullError, NonFiniteStateError
+from diffusion import checkpoint_checks, checkpoint_failures, checkpoint_meta
+from diffusion.checkpoint_failures import DiskFullError
+from diffusion.checkpoints import Checkpointer, CorruptCheckpointError, NonFiniteStateError
 
 CONFIG = {"model": {"base_channels": 8}, "diffusion": {"schedule": "linear"}}
 
@@ -306,7 +307,7 @@ def chained(outer, inner):
     (ValueError("DATA_LOSS: CRC-32C checksum verification failed"), False),
 ])
 def test_disk_full_is_recognised_anywhere_in_the_chain(exc, full):
-    assert checkpoint_checks.is_disk_full(exc) is full
+    assert checkpoint_failures.is_disk_full(exc) is full
 
 
 def assert_disk_full_handled(directory, ckpt, error):
@@ -390,8 +391,8 @@ def test_a_field_added_after_a_checkpoint_is_not_a_difference():
     """A run saved before diffusion.zero_terminal_snr existed resumes; a changed or removed field does not."""
     saved = {"model": {"base_channels": 8}, "diffusion": {"schedule": "linear"}}
     now = {"model": {"base_channels": 8}, "diffusion": {"schedule": "linear", "zero_terminal_snr": False}}
-    assert checkpoints.config_differences(saved, now) == []
-    assert checkpoints.config_differences(saved, {"model": {"base_channels": 8}, "diffusion": {}}) == [
+    assert checkpoint_meta.config_differences(saved, now) == []
+    assert checkpoint_meta.config_differences(saved, {"model": {"base_channels": 8}, "diffusion": {}}) == [
         "diffusion.schedule: checkpoint 'linear' vs config '<absent>'"]
 
 

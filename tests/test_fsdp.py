@@ -116,6 +116,7 @@ def test_checkpoints_move_between_meshes_and_the_loop_accumulates(tmp_path):
         run("accumulated", parallel__fsdp=2, train__num_steps=6)
 
 
+@pytest.mark.slow
 def test_memory_benchmark_reports_the_sharded_state():
     whole = parallel.bytes_per_device(jax.tree.map(lambda a: jax.ShapeDtypeStruct(
         a.shape, a.dtype, sharding=parallel.replicated(parallel.make_mesh())), initial_params()))

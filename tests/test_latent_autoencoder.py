@@ -13,8 +13,8 @@ from diffusion import metrics
 from diffusion.checkpoints import Checkpointer
 from diffusion.data import datasets
 from diffusion.latent import autoencoder_losses, networks
-from experiments import build, loop
-from experiments.latent import autoencoder_loop, autoencoder_runs
+from experiments import loop
+from experiments.latent import autoencoder_loop, autoencoder_runs, hooks
 from tiny_configs import poison_batches_at, set_fields
 
 MULTS = {1: (1,), 2: (1, 2), 4: (1, 2, 2), 8: (1, 2, 2, 2)}
@@ -172,7 +172,7 @@ def test_encoder_and_decoder_shapes_for_every_factor(kind, factor):
     variables = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1))), jax.random.key(0))
     x = jax.ShapeDtypeStruct((3, 28, 28, 1), jnp.float32)
     z = jax.eval_shape(lambda v, x: model.apply(v, x, method="encode"), variables, x)
-    assert z.shape == (3,) + build.latent_shape(c) == (3, 32 // factor, 32 // factor, 5)
+    assert z.shape == (3,) + hooks.latent_shape(c) == (3, 32 // factor, 32 // factor, 5)
     decoded = jax.eval_shape(lambda v, z: model.apply(v, z, method="decode"), variables, z)
     assert decoded.shape == (3, 28, 28, 1)
     encoder = networks.Encoder(out_channels=7, base_channels=8, channel_mult=MULTS[factor], norm_groups=4)
@@ -189,6 +189,7 @@ def _rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.system
 def test_kl_run_with_discriminator_end_to_end(tmp_path):
     """Four steps with the PatchGAN switched on at step 2: logs, checkpoints 2 and 4, grids, PSNR
     and rFID; the loaded EMA autoencoder reproduces the recorded PSNR."""
@@ -226,6 +227,7 @@ def vq_run(tmp_path_factory):
     return root, straight, resumed
 
 
+@pytest.mark.system
 def test_vq_ema_run_resumes_bit_for_bit(vq_run):
     root, straight, resumed = vq_run
     assert int(resumed.step) == int(straight.step) == 4
@@ -243,6 +245,7 @@ def test_vq_ema_run_resumes_bit_for_bit(vq_run):
     assert 1 <= record["perplexity"] <= 16 and 0 <= record["dead_codes"] < 16 and record["codebook_size"] == 16
 
 
+@pytest.mark.system
 def test_a_resume_with_another_autoencoder_is_refused(vq_run):
     root = vq_run[0]
     c = tiny("vq", steps=6, codebook_update="ema", latent_channels=4)
@@ -250,6 +253,7 @@ def test_a_resume_with_another_autoencoder_is_refused(vq_run):
         autoencoder_loop.train_autoencoder(c, root / "a")
 
 
+@pytest.mark.system
 def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     poison_batches_at(monkeypatch, 3)
     with pytest.raises(loop.NonFiniteStepError, match=r"at step 3.*last finite checkpoint \(step 2\)"):
@@ -287,4 +291,4 @@ def test_shipped_autoencoder_configs_are_valid(name):
     autoencoder_runs.validate(c)
     kind, f = name.split("_")[-2], int(name[-1])
     assert c.first_stage.kind == kind and c.first_stage.factor == f
-    assert build.latent_shape(c)[:2] == (32 // f, 32 // f)
+    assert hooks.latent_shape(c)[:2] == (32 // f, 32 // f)

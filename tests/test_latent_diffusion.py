@@ -17,8 +17,8 @@ from diffusion.data import datasets
 from diffusion.latent import networks
 from diffusion.models.conditioning import ClassTokens
 from diffusion.models.unet import UNet
-from experiments import build, inference, loop, scoring
-from experiments.latent import autoencoder_loop
+from experiments import build, inference, loop, results, scoring
+from experiments.latent import autoencoder_loop, autoencoder_runs
 from tiny_configs import shrink
 
 
@@ -57,6 +57,7 @@ def ldm(tmp_path_factory):
     return root
 
 
+@pytest.mark.system
 def test_the_scale_factor_makes_the_training_latents_unit_variance(ldm, monkeypatch):
     """s = 1/std(ℰ(x)) over the training split, checked in numpy; it is stored in config.json, and a
     resumed run reuses it rather than measuring again."""
@@ -74,12 +75,13 @@ def test_the_scale_factor_makes_the_training_latents_unit_variance(ldm, monkeypa
     def measure_again(_):
         raise AssertionError("a resumed run measured the scale again")
     monkeypatch.setattr(networks, "scale_factor", measure_again)
-    resumed, space, latents = loop.latent_training_data(tiny_latent(ldm), ldm / "ldm", train_split,
-                                                           parallel.make_mesh())
+    resumed, space, latents = autoencoder_runs.latent_training_data(tiny_latent(ldm), ldm / "ldm", train_split,
+                                                                       parallel.make_mesh())
     assert resumed.data.latent_scale == space.scale == scale
     np.testing.assert_allclose(latents.images, scale * z, rtol=1e-6)
 
 
+@pytest.mark.system
 def test_a_latent_run_trains_samples_and_evaluates_decoded_images(ldm):
     """The training grid, the drawn samples (classifier-free guided through the null tokens) and the
     evaluated samples are decoded 28×28 images; FID on them, NLL in the latent space."""
@@ -93,13 +95,15 @@ def test_a_latent_run_trains_samples_and_evaluates_decoded_images(ldm):
     images, frames = draw(run.params, jax.random.key(0), jnp.arange(8, dtype=jnp.int32), np.float32(2.0))
     assert images.shape == (8, 28, 28, 1) and frames["x0"].shape[1:] == frames["x_t"].shape[1:] == (8, 28, 28, 1)
     assert np.all(np.isfinite(np.asarray(images)))
-    rows, nlls = scoring.evaluate_run(ldm / "ldm", [("ddim", 2, 0.0)], num=16, batch=8, nll_examples=8)
+    rows, nlls = results.evaluate_run(ldm / "ldm", [("ddim", 2, 0.0)], results.Draws(num=16, batch=8),
+                                      results.Measures(nll_examples=8))
     assert rows[1]["num"] == 16 and np.isfinite(rows[1]["fid"])
     with np.load(ldm / "ldm" / "eval" / f"samples_ddim2_eta0_seed0_step{run.step}.npz") as f:
         assert f["image"].shape == (16, 28, 28, 1) and f["image"].dtype == np.uint8
     assert nlls["vlb"]["num"] == 8 and np.isfinite(nlls["vlb"]["bits_per_dim"])
 
 
+@pytest.mark.system
 def test_latent_samples_are_the_same_on_one_and_eight_devices(ldm):
     run = inference.load_run(ldm / "ldm")
     out = []
@@ -112,6 +116,7 @@ def test_latent_samples_are_the_same_on_one_and_eight_devices(ldm):
     np.testing.assert_allclose(out[0].astype(int), out[1].astype(int), atol=1)   # uint8: float noise may round ±1
 
 
+@pytest.mark.system
 def test_a_studys_first_stage_floor_is_the_fid_of_its_reconstructions_in_the_cells_terms(ldm):
     """``measure.first_stage_floors``: for the autoencoder a latent model names, every metric of its
     reconstructions 𝒟(ℰ(x)) of the first ``num`` held-out images against the cells' reference, with
@@ -120,7 +125,6 @@ def test_a_studys_first_stage_floor_is_the_fid_of_its_reconstructions_in_the_cel
     from types import SimpleNamespace
 
     from diffusion import metrics
-    from experiments.latent import autoencoder_runs
     from experiments.studies import measure
     mesh = parallel.make_mesh()
     train_split, heldout = build.load_data(tiny_latent(ldm))
@@ -160,6 +164,7 @@ def conditioned_unet():
     return apply, params, x, t, cond_image
 
 
+@pytest.mark.system
 def test_class_tokens_reach_the_output_through_cross_attention(conditioned_unet):
     """τθ(y) is the cross-attention context: another label (or the null label) changes ε̂, and the
     U-Net has no additive class embedding."""
@@ -213,6 +218,7 @@ def _unlabelled_npz(tmp_path):
     ("discretized_decoder", r"diffusion.decoder='discretized' reads 8-bit pixels; latents are continuous"),
     ("clip", r"sample.clip='static' clips x̂_0 to the pixels' \[−1, 1\]"),
 ])
+@pytest.mark.system
 def test_a_latent_run_that_cannot_work_is_refused_before_any_work(ldm, tmp_path, monkeypatch, case, message):
     c = tiny_latent(ldm)
     if case == "missing_autoencoder":
@@ -221,7 +227,7 @@ def test_a_latent_run_that_cannot_work_is_refused_before_any_work(ldm, tmp_path,
         c.model.channel_mult = (1, 2, 2, 2, 2)
     elif case == "unlabelled_data":
         c.data.source = _unlabelled_npz(tmp_path)
-        monkeypatch.setattr(loop, "latent_training_data", None)   # refused before any encoding
+        monkeypatch.setattr(autoencoder_runs, "latent_training_data", None)   # refused before any encoding
     elif case == "discretized_decoder":
         c.diffusion.decoder = "discretized"
     else:
@@ -231,13 +237,14 @@ def test_a_latent_run_that_cannot_work_is_refused_before_any_work(ldm, tmp_path,
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("name", ["kl_f4", "kl_f2",
-                                  "vq_f4", "kl_f4_classes"])
+@pytest.mark.parametrize("name", ["fashion_mnist_kl_f4", "fashion_mnist_kl_f2",
+                                  "fashion_mnist_vq_f4", "fashion_mnist_kl_f4_classes"])
+@pytest.mark.system
 def test_shipped_latent_configs_are_valid(ldm, name):
     """Each names its autoencoder's run and is valid once one exists there (the tiny one stands in:
     its 8×8 latents fit each U-Net)."""
     import importlib
     c = importlib.import_module(f"configs.latent.{name}").get_config()
-    assert c.data.autoencoder == "runs/ae_" + "_".join(name.split("_")[3:5])
+    assert c.data.autoencoder == "runs/ae_" + "_".join(name.split("_")[2:4])
     c.data.autoencoder = str(ldm / "ae")
     build.validate(c)

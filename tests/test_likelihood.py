@@ -115,7 +115,7 @@ def test_probability_flow_nll_of_8_bit_data_is_the_dequantised_density(x64):
     for prediction, convert in [("eps", lambda x, ts, e: e),
                                 ("x0", lambda x, ts, e: (x - jnp.sqrt(1 - a(ts)) * e) / jnp.sqrt(a(ts))),
                                 ("v", lambda x, ts, e: jnp.sqrt(a(ts)) * e - jnp.sqrt(1 - a(ts)) * (x - jnp.sqrt(1 - a(ts)) * e) / jnp.sqrt(a(ts)))]:
-        a = lambda ts: oracle.alpha_bar_at(sched, ts)[:, None]
+        a = lambda ts: oracle.alphas_cumprod_at(sched, ts)[:, None]
         model = lambda x, ts, convert=convert: convert(x, ts, eps_model(x, ts))
         out = likelihood.probability_flow_nll(model, sched, x, jax.random.key(0), prediction=prediction, trace="exact")
         assert abs(float(np.mean(out["bits_per_dim"])) - expected) < 0.01, (prediction, out["bits_per_dim"].mean(), expected)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 from PIL import Image
 from tensorboardX.proto import event_pb2
 
@@ -63,6 +64,7 @@ def test_scalars_and_the_sample_grid_reach_jsonl_and_tensorboard(tiny_run):
     np.testing.assert_array_equal(images[("samples", 4)][..., :3], grid)
 
 
+@pytest.mark.system
 def test_eval_every_logs_the_heldout_loss_of_the_ema_at_fixed_noise(tmp_path):
     """eval_every = 2, log_every = 3 (T = 40): rows at 2 (an evaluation step logs), 3 and 4 (the last), the
     evaluation at 2 and 4 only; at 4 it equals the loss computed here, unjitted, of the final EMA on
@@ -92,6 +94,7 @@ def test_eval_every_logs_the_heldout_loss_of_the_ema_at_fixed_noise(tmp_path):
     np.testing.assert_allclose(logged[-1]["eval/bpd"], np.mean(bound["total"]), rtol=1e-5)
 
 
+@pytest.mark.system
 def test_the_recipe_generalization_gap_pairs_training_and_heldout_rows(tiny_run):
     """docs/main_job/generalization_gap.py (recipe stage 9): each split's loss at the run's EMA is the
     mean training loss of its first examples under the same timesteps and noise (loss_batches' draws

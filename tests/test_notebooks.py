@@ -16,6 +16,7 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.system
 def test_notebook_runs(path, monkeypatch, tmp_path):
     monkeypatch.setenv("NOTEBOOK_SMOKE", "1")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))

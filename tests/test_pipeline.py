@@ -1,4 +1,4 @@
-"""The streaming input pipeline (issue 24): grain over in-memory arrays and lazily read TFDS records,
+"""The streaming input pipeline: grain over in-memory arrays and lazily read TFDS records,
 sharded by process, shuffled with a seed, flipped in uint8 on the host, floats made on the device,
 and its iterator state checkpointed with the train state so a resume continues the exact stream."""
 import json
@@ -277,6 +277,7 @@ def test_head_reads_only_its_records_and_the_class_count_is_checked_unread():
             datasets.check_record_split(train, channels=1, num_classes=None, source="tfds:cifar10")
 
 
+@pytest.mark.system
 def test_a_tfds_run_trains_and_evaluates_without_reading_a_split_whole(tmp_path, monkeypatch):
     """``train_and_evaluate`` on a TFDS set reads its records lazily (``build.training_data``): with
     the whole-split read made to fail, a run trains, measures the held-out loss and bound from the
@@ -328,13 +329,14 @@ def test_reference_statistics_measured_in_chunks_equal_the_whole_split(tmp_path)
     np.testing.assert_array_equal(probs, whole_probs)
 
 
+@pytest.mark.system
 def test_a_tfds_run_evaluates_without_reading_a_split_whole(tmp_path, monkeypatch):
-    """``scoring.evaluate_run`` on a TFDS run reads the set lazily (``build.training_data``): with
+    """``results.evaluate_run`` on a TFDS run reads the set lazily (``build.training_data``): with
     the whole-split read made to fail, a run on a mock MNIST (28×28×1, so the project's classifier
     gives the features) is measured — the reference statistics of its 16 training images and the
     held-out row of its 16 test images a chunk at a time, the NLL from the first 4 test images."""
     import tensorflow_datasets as tfds
-    from experiments import scoring
+    from experiments import results
 
     def refuse(*args):
         raise AssertionError("a TFDS split was read whole")
@@ -344,8 +346,8 @@ def test_a_tfds_run_evaluates_without_reading_a_split_whole(tmp_path, monkeypatc
     c = shrink(c, steps=2)
     with tfds.testing.mock_data(num_examples=16):
         loop.train_and_evaluate(c, tmp_path)
-        rows, nlls = scoring.evaluate_run(tmp_path, [("ddim", 2, 0.0)], num=16, batch=16, features="classifier",
-                                             nll_examples=4)
+        rows, nlls = results.evaluate_run(tmp_path, [("ddim", 2, 0.0)], results.Draws(num=16, batch=16),
+                                          results.Measures(features="classifier", nll_examples=4))
     assert rows[0]["name"] == "held-out split (16 real images)" and rows[0]["num"] == 16
     assert np.isfinite(rows[0]["fid"]) and np.isfinite(rows[1]["fid"]) and rows[1]["num"] == 16
     assert nlls["vlb"]["num"] == 4 and np.isfinite(nlls["vlb"]["bits_per_dim"])

@@ -49,6 +49,7 @@ def previous_handler():
     signal.signal(signal.SIGTERM, old)
 
 
+@pytest.mark.system
 def test_sigterm_saves_the_step_reached_and_the_rerun_resumes_bitwise(tmp_path, monkeypatch, previous_handler,
                                                                        capsys, tiny_run):
     """Step 3 is not a log or checkpoint step (its metrics would be read late); SIGTERM during it
@@ -71,6 +72,7 @@ def test_sigterm_saves_the_step_reached_and_the_rerun_resumes_bitwise(tmp_path, 
     assert_same_params(straight, resumed)
 
 
+@pytest.mark.system
 def test_a_preemption_notice_saves_and_stops(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(Checkpointer, "reached_preemption", lambda self, step: step == 3)
     with pytest.raises(loop.Preempted):
@@ -90,6 +92,7 @@ def test_a_non_finite_step_is_not_saved_on_sigterm(tmp_path, monkeypatch, previo
     assert signal.getsignal(signal.SIGTERM) is previous_handler[0]
 
 
+@pytest.mark.system
 def test_sigterm_in_the_last_step_finishes_the_run_then_passes_the_signal_on(tmp_path, monkeypatch,
                                                                              previous_handler):
     handler, received = previous_handler
@@ -97,6 +100,16 @@ def test_sigterm_in_the_last_step_finishes_the_run_then_passes_the_signal_on(tmp
     state = loop.train_and_evaluate(tiny(), tmp_path)
     assert int(state.step) == 4 and Checkpointer(tmp_path / "checkpoints").latest_step() == 4
     assert received == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is handler
+
+
+def test_the_loop_schedule_saves_and_stops_on_a_preemption_except_at_the_last_step():
+    """``loop.events_after`` alone: a preemption requested at step 3 of 4 (no interval due) saves and
+    stops, and the step is read first; at step 4 of 4 it is no preemption, only the last step's log and save."""
+    every = dict(log_every=5, checkpoint_every=2, sample_every=0)
+    assert loop.events_after(3, 4, **every, preemption_requested=True) == loop.Events(save=True, preempt=True)
+    assert loop.events_after(3, 4, **every, preemption_requested=True).reads_now
+    assert loop.events_after(3, 4, **every) == loop.Events()
+    assert loop.events_after(4, 4, **every, preemption_requested=True) == loop.Events(log=True, save=True)
 
 
 # --- the command line, killed as a scheduler would ---
@@ -119,6 +132,7 @@ def logged_steps(workdir):
     return [json.loads(l)["step"] for l in path.read_text().splitlines() if l.endswith("}")] if path.exists() else []
 
 
+@pytest.mark.system
 def test_sigterm_to_the_command_line_saves_the_step_reached_and_exits_143(tmp_path):
     """What a scheduler sees; the resume from such a checkpoint is checked bit for bit in-process
     (test_sigterm_saves_the_step_reached_and_the_rerun_resumes_bitwise), not again here."""

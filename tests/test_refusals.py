@@ -13,7 +13,7 @@ import pytest
 from configs import base, mnist_cfg, swissroll
 from diffusion import schedules
 from diffusion.checkpoints import CorruptCheckpointError
-from experiments import build, inference, loop, scoring
+from experiments import build, draw_cache, inference, loop, results
 from tiny_configs import set_fields, shrink
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,10 +66,10 @@ def test_a_sampler_step_count_it_cannot_run_is_refused(sampler, steps, message):
                                   "ddim:10:0:1", "euler:10", "ddim:10:nan"])
 def test_a_malformed_sampler_setting_is_refused(text):
     with pytest.raises(ValueError, match="is not name:steps\\[:eta\\]"):
-        scoring.parse_setting(text)
-    assert scoring.parse_setting("ddim:20:0.5") == ("ddim", 20, 0.5)
+        draw_cache.parse_setting(text)
+    assert draw_cache.parse_setting("ddim:20:0.5") == ("ddim", 20, 0.5)
     with pytest.raises(ValueError, match="'heun:10:0.5': heun has no η"):     # once silently dropped
-        scoring.parse_setting("heun:10:0.5")
+        draw_cache.parse_setting("heun:10:0.5")
 
 
 def write_npz(path, images, labels=None):
@@ -139,6 +139,7 @@ def trained(tiny_run):
     return tiny_run[0]
 
 
+@pytest.mark.system
 def test_a_refused_resume_leaves_the_runs_config(trained):
     saved = (trained / "config.json").read_text()
     other = tiny()
@@ -153,6 +154,7 @@ def test_a_refused_resume_leaves_the_runs_config(trained):
     assert inference.load_run(trained).step == 4          # the run still samples
 
 
+@pytest.mark.system
 def test_sample_refuses_bad_counts_and_labels(trained):
     for args, message in [(("--num", "0"), "--num=0 must be an integer >= 1"),
                           (("--batch", "0"), "--batch=0 must be an integer >= 1"),
@@ -164,13 +166,14 @@ def test_sample_refuses_bad_counts_and_labels(trained):
     assert not (trained / "sample").exists()
 
 
+@pytest.mark.system
 def test_evaluate_refuses_a_setting_beyond_T_before_sampling(trained):
     with pytest.raises(ValueError, match="ddpm:1001 steps=1001 for 'ddpm' exceeds the schedule's T = 1000"):
-        scoring.evaluate_run(trained, [("ddim", 2, 0.0), ("ddpm", 1001, 0.0)], num=8, batch=8)
+        results.evaluate_run(trained, [("ddim", 2, 0.0), ("ddpm", 1001, 0.0)], results.Draws(num=8, batch=8))
     with pytest.raises(ValueError, match="--num=0"):
-        scoring.evaluate_run(trained, [("ddim", 2, 0.0)], num=0, batch=8)
+        results.evaluate_run(trained, [("ddim", 2, 0.0)], results.Draws(num=0, batch=8))
     with pytest.raises(ValueError, match=r"no checkpoint of step 3 .* keeps steps \[2, 4\]"):
-        scoring.evaluate_run(trained, [("ddim", 2, 0.0)], num=8, batch=8, step=3)
+        results.evaluate_run(trained, [("ddim", 2, 0.0)], results.Draws(num=8, batch=8), step=3)
     for args in [("--cascade", f"heldout,{trained}", "--weights", "raw"),
                  ("--unclip", f"{trained},{trained}", "--spacing", "trailing")]:
         proc = cli("experiments.evaluate", *args)
@@ -179,6 +182,7 @@ def test_evaluate_refuses_a_setting_beyond_T_before_sampling(trained):
     assert not (trained / "eval").exists()
 
 
+@pytest.mark.system
 def test_sample_draws_the_toy_figure_for_a_2d_run(tmp_path):
     c = shrink(swissroll.get_config(), steps=2)
     loop.train_and_evaluate(c, tmp_path)
@@ -197,6 +201,7 @@ def test_sample_draws_the_toy_figure_for_a_2d_run(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")   # orbax's, see test_checkpoints
+@pytest.mark.system
 def test_a_corrupt_checkpoint_is_fallen_back_from_only_when_asked(trained, tmp_path):
     from test_checkpoints import damage
     run = tmp_path / "run"

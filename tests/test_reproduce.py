@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import build, studies
+from experiments.latent import hooks
 from experiments.studies import plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +42,7 @@ TINY_STUDY = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.system
 def test_a_study_trains_measures_reports_and_resumes(tmp_path):
     study_file = tmp_path / "tiny_study.py"
     study_file.write_text(TINY_STUDY)
@@ -101,7 +103,7 @@ def test_latent_diffusion_study_trains_each_autoencoder_first(tmp_path):
     assert sorted(study_plan.autoencoders) == ["kl_f2", "kl_f4", "vq_f4"]
     for name, job in study_plan.autoencoders.items():
         assert job.entry_point == "train_autoencoder" and job.workdir == tmp_path / "autoencoders" / name
-        assert job.config_file == f"configs/autoencoder_{name}.py" and job.config.data.autoencoder == ""
+        assert job.config_file == f"configs/latent/autoencoder_{name}.py" and job.config.data.autoencoder == ""
         assert study_plan.models[name].config.data.autoencoder == str(job.workdir)
         assert job.config.train.num_steps == module.AUTOENCODER_STEPS      # the study's, not the config's 5,000
     pixels = (study_plan.models["pixel"], study_plan.feature_classifier)
@@ -136,7 +138,7 @@ def test_latent_diffusion_study_at_paper_scale_trains_ldm_models(tmp_path, datas
         assert job.config.data.source == pixel.config.data.source and job.config.first_stage.base_channels == 128
     for name in ("kl_f2", "kl_f4", "vq_f4"):
         c = study_plan.models[name].config
-        latent = build.latent_shape(study_plan.autoencoders[name].config)
+        latent = hooks.latent_shape(study_plan.autoencoders[name].config)
         assert latent == (c.data.image_size // int(name[-1]),) * 2 + (3,)
         assert (c.model.base_channels, c.model.channel_mult, c.model.num_head_channels) == (224, (1, 2, 3, 4), 32)
         assert c.model.attention_resolutions == {8: (4, 2, 1), 16: (8, 4, 2), 32: (16, 8, 4)}[latent[0]]

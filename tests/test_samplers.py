@@ -366,7 +366,7 @@ def test_every_fast_solver_takes_every_prediction_threshold_and_guidance(setup, 
     direction, w·(μ_c − μ_u), to within the solver's 10-step error."""
     sched, eps_model, x_T = setup
     x_T = x_T[:500]
-    a = lambda ts: oracle.alpha_bar_at(sched, ts)[:, None]
+    a = lambda ts: oracle.alphas_cumprod_at(sched, ts)[:, None]
     x0_of = lambda x, ts: (x - jnp.sqrt(1 - a(ts)) * eps_model(x, ts)) / jnp.sqrt(a(ts))
     models = {"eps": eps_model, "x0": x0_of,
               "v": lambda x, ts: jnp.sqrt(a(ts)) * eps_model(x, ts) - jnp.sqrt(1 - a(ts)) * x0_of(x, ts)}

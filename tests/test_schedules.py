@@ -14,7 +14,7 @@ def test_linear_matches_ho_et_al_and_rescales(x64):
     np.testing.assert_allclose([short.betas[0], short.betas[-1]], [4e-4, 0.08], rtol=1e-12)
 
 
-def test_cosine_alpha_bar_is_squared_cosine(x64):
+def test_cosine_alphas_cumprod_is_squared_cosine(x64):
     T, s = 1000, 0.008
     sched = schedules.make_schedule("cosine", T)
     f = lambda t: np.cos((t / T + s) / (1 + s) * np.pi / 2) ** 2
@@ -67,7 +67,7 @@ def test_schedule_is_a_pytree_under_jit_and_vmap():
 
 
 @pytest.mark.parametrize("spec", ["uniform50", "quad50", "10,10,10,10,10", "50"])
-def test_respaced_alpha_bar_equals_original_at_kept_steps(x64, spec):
+def test_respaced_alphas_cumprod_equals_original_at_kept_steps(x64, spec):
     full = schedules.make_schedule("linear", 1000)
     kept = schedules.space_timesteps(1000, spec)
     short = schedules.respace(full, kept)

@@ -216,6 +216,7 @@ def test_a_sampler_that_would_misread_the_residual_is_refused():
 
 
 @pytest.mark.parametrize("config_module", [shallow_autoencoder, dense_autoencoder, conv_autoencoder])
+@pytest.mark.system
 def test_each_sddpm_config_trains_samples_and_encodes_then_decodes(tmp_path, config_module):
     """A few steps of each config, then seed 004's pictures: held-out images noised by k forward steps
     (k = 1: x_1 itself; k = T: nearly pure noise) and decoded by the trained residual sampler."""

@@ -214,6 +214,7 @@ TINY = dict(vocab_size=12, max_length=5, embed_dim=16, image_features=(8, 16), t
             text_heads=2)
 
 
+@pytest.mark.system
 def test_a_tiny_clip_learns_a_fixed_batch(heldout):
     """Eight digits of eight classes, each captioned by its own word: InfoNCE falls from its start
     (random embeddings at CLIP's 1/τ = 14.3) through chance, ln 8, to under half of it."""
@@ -246,6 +247,7 @@ def test_the_noise_aware_tower_reads_t():
         ImageTower((8, 16), 16).init(jax.random.key(0), x, jnp.zeros((2,), jnp.int32))
 
 
+@pytest.mark.system
 def test_the_text_encoder_pools_at_the_end_token_and_drives_the_unet():
     tau = TextTokens(vocab_size=12, max_length=5, dim=16, num_layers=1, num_heads=2)
     tokens = jnp.asarray([[3, 4, END_ID, PAD_ID, PAD_ID], [5, END_ID, PAD_ID, PAD_ID, PAD_ID]])
@@ -273,6 +275,7 @@ def test_the_text_encoder_pools_at_the_end_token_and_drives_the_unet():
 # ---- experiments.train_clip ----
 
 @pytest.mark.parametrize("noise_aware", [False, True])
+@pytest.mark.system
 def test_train_clip_records_zero_shot_and_recall_and_loads_back(tmp_path, noise_aware):
     from experiments.text import clip_training
     c = tiny_clip_config(noise_aware)

@@ -16,7 +16,7 @@ from diffusion import guidance, parallel, samplers, schedules
 from diffusion.text import contrastive
 from diffusion.text.clip import CLIP
 from diffusion.text.tokenizer import build_tokenizer
-from experiments import build, inference, loop, scoring
+from experiments import build, inference, loop, results
 from experiments.text import clip_guidance, clip_training
 from tiny_configs import run_sample_cli, set_fields, shrink, tiny_clip_config
 
@@ -134,6 +134,7 @@ def unconditional_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("sampler", [name for name in samplers.SAMPLERS if name != "sddpm"])
+@pytest.mark.system
 def test_every_sampler_draws_with_clip_guidance(sampler, unconditional_run, noisy_clip):
     """Guidance wraps the model function every sampler calls: at w = 0 the draw is the unguided
     one, and a large w moves every sample (sddpm reads only seed 004's residual models)."""
@@ -150,6 +151,7 @@ def test_every_sampler_draws_with_clip_guidance(sampler, unconditional_run, nois
     assert np.all(np.isfinite(moved)) and np.all(np.abs(moved - plain).max(axis=(1, 2, 3)) > 1e-3)
 
 
+@pytest.mark.system
 def test_a_larger_scale_raises_the_similarity_of_samples_to_their_prompt(unconditional_run, noisy_clip):
     """GLIDE's CLIP score: (1/τ)·cos(f(x_0, 0), g(c)) of 16 DDIM-10 samples to their prompt, by the
     CLIP that guided them, rises with w (−0.95 → −0.73 → 0.6 when measured at w = 0, 10, 100 over
@@ -165,6 +167,7 @@ def test_a_larger_scale_raises_the_similarity_of_samples_to_their_prompt(uncondi
                        for w in (0.0, 10.0, 100.0)]
     assert mean_similarity[1] > mean_similarity[0] + 0.07 and mean_similarity[2] > mean_similarity[1] + 0.3
 
+@pytest.mark.system
 def test_the_cli_draws_clip_guided_prompt_grids_from_unconditional_and_text_runs(unconditional_run, tiny_text_run,
                                                                                  noisy_clip, tmp_path):
     """GLIDE's two settings: a diffusion model that reads no text, steered by the CLIP alone, and a
@@ -181,9 +184,10 @@ def test_the_cli_draws_clip_guided_prompt_grids_from_unconditional_and_text_runs
         assert (out / f"{tag}.png").exists() and (out / f"{tag}_trajectory.png").exists()
 
 
+@pytest.mark.system
 def test_evaluate_measures_clip_guided_samples_against_held_out_captions(unconditional_run, noisy_clip):
-    rows, _ = scoring.evaluate_run(unconditional_run, [("ddim", 2, 0.0)], num=10, batch=8, guide="clip", scale=2.0,
-                                      clip_run=str(noisy_clip), nll_examples=0)
+    rows, _ = results.evaluate_run(unconditional_run, [("ddim", 2, 0.0)],
+                                   results.Draws(num=10, batch=8, guide="clip", scale=2.0, clip_run=str(noisy_clip)))
     row = rows[1]
     assert row["name"] == "ddim2_eta0_clip2" and row["guidance"] == "clip"
     assert 0.0 <= row["class_match"] <= 1.0 and 0.0 <= row["attribute_accuracy"]["all"] <= 1.0
@@ -201,6 +205,7 @@ def edited_clip(noisy_clip, tmp_path, **changes):
     return where
 
 
+@pytest.mark.system
 def test_refusals(unconditional_run, noisy_clip, tmp_path):
     out = tmp_path / "never"
     base = ("--workdir", str(unconditional_run), "--steps", "2", "--num", "1", "--batch", "8", "--out", str(out))

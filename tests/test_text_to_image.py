@@ -17,7 +17,7 @@ from diffusion import guidance, parallel, reverse, schedules, training
 from diffusion.models.conditioning import TextTokens
 from diffusion.text import captions
 from diffusion.text.tokenizer import build_tokenizer, END_ID, null_caption, PAD_ID, Tokenizer, TOKENIZER_FILE
-from experiments import build, inference, loop, scoring
+from experiments import build, draw_cache, inference, loop, results, scoring
 from experiments.text import captioning, clip_training
 from tiny_configs import run_sample_cli, set_fields, tiny_text_config, tiny_unet, zeroed_params
 
@@ -166,6 +166,7 @@ def test_a_run_keeps_its_tokenizer_and_refuses_another(tmp_path):
 
 
 
+@pytest.mark.system
 def test_a_text_run_trains_keeps_its_tokenizer_and_draws_a_labelled_prompt_grid(tiny_text_run, tmp_path):
     c = tiny_text_config()
     assert Tokenizer.load(tiny_text_run / TOKENIZER_FILE) == captioning.tokenizer_of(c)
@@ -185,6 +186,7 @@ def test_a_text_run_trains_keeps_its_tokenizer_and_draws_a_labelled_prompt_grid(
     assert (out / f"{tag}_trajectory.png").exists()
 
 
+@pytest.mark.system
 def test_prompt_refusals(tiny_text_run, tmp_path):
     out = tmp_path / "never"
     common_args = ("--workdir", str(tiny_text_run), "--steps", "2", "--num", "1", "--batch", "8", "--out", str(out))
@@ -233,30 +235,34 @@ def test_text_alignment_of_real_images_with_their_own_captions():
     assert out["class_match"] > 0.9 and out["attribute_accuracy"]["all"] == 1.0
 
 
+@pytest.mark.system
 def test_evaluate_a_text_run_on_held_out_captions(tiny_text_run):
-    rows, nlls = scoring.evaluate_run(tiny_text_run, [("ddim", 2, 0.0)], num=10, batch=8, nll_examples=8)
+    rows, nlls = results.evaluate_run(tiny_text_run, [("ddim", 2, 0.0)], results.Draws(num=10, batch=8),
+                                      results.Measures(nll_examples=8))
     row = rows[1]
     assert 0.0 <= row["class_match"] <= 1.0 and 0.0 <= row["attribute_accuracy"]["all"] <= 1.0
     assert np.isfinite(nlls["vlb"]["bits_per_dim"])      # conditioned on each held-out image's caption
     assert "prompt's class" in (tiny_text_run / "eval" / "results.md").read_text()
 
 
+@pytest.mark.system
 def test_held_out_prompts_are_the_captions_whoever_tokenized_the_split(tiny_text_run):
     """The prompts a run is measured on are its held-out images' captions: the very token ids its
     own tokenizer wrote into the split it captioned, and the same when the split's ids are another
     tokenizer's (a study hands every text run one split) or absent."""
     run = inference.load_run(tiny_text_run)
     heldout = build.load_data(run.config)[1]
-    prompts = scoring.heldout_prompts(run, heldout, 6)
+    prompts = draw_cache.heldout_prompts(run, heldout, 6)
     np.testing.assert_array_equal(run.tokenizer.encode(prompts, strict=True), heldout.tokens[:6])
     assert len(set(prompts)) > 1
     foreign = dataclasses.replace(heldout, tokens=np.roll(heldout.tokens, 1, axis=0))
-    assert scoring.heldout_prompts(run, foreign, 6) == prompts
-    assert scoring.heldout_prompts(run, dataclasses.replace(heldout, tokens=None), 6) == prompts
+    assert draw_cache.heldout_prompts(run, foreign, 6) == prompts
+    assert draw_cache.heldout_prompts(run, dataclasses.replace(heldout, tokens=None), 6) == prompts
 
 
 # ---- the frozen CLIP text tower ----
 
+@pytest.mark.system
 def test_clip_text_reads_the_frozen_tower_and_its_tokenizer(tiny_clip_run, tmp_path):
     """An Imagen-style run on the CLIP's text tower: the run keeps the CLIP's tokenizer, its trained
     parameters hold no text tower, and the tower it reads after training is the CLIP checkpoint's,
@@ -297,6 +303,7 @@ def test_bad_text_configs_are_refused(tmp_path, changes, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.system
 def test_a_clip_run_of_another_width_or_domain_is_refused(tiny_clip_run):
     c = tiny_text_config(text_mnist_clip)
     c.model.clip_run, c.model.context_dim = str(tiny_clip_run), 32

@@ -115,6 +115,7 @@ def test_cfg_fid_is_interpolated_along_class_match_and_none_outside():
     assert study.cfg_fid_at(rows, 0.99) is None
 
 
+@pytest.mark.system
 def test_the_clip_score_is_100_times_the_cosine_of_sample_and_prompt(tiny_clip_run):
     """``scoring.clip_scorer`` against float64 numpy on the tiny CLIP's own embeddings."""
     model, params, tokenizer, config = clip_runs.load_clip(tiny_clip_run)
@@ -135,6 +136,7 @@ def test_the_clip_score_is_100_times_the_cosine_of_sample_and_prompt(tiny_clip_r
         score(images[:1], ["a zebra"])
 
 
+@pytest.mark.system
 def test_a_noised_clip_does_not_score(tiny_clip_run, tmp_path):
     noisy = tmp_path / "noisy"
     noisy.mkdir()
@@ -161,6 +163,7 @@ def test_the_trained_clip_scores_matched_pairs_above_shuffled_ones():
     assert matched.mean() > other.mean() + 3 * np.sqrt((matched.var() + other.var()) / len(prompts))
 
 
+@pytest.mark.system
 def test_a_study_cell_of_a_text_run_draws_for_held_out_captions_and_scores_them(tiny_text_run, tiny_clip_run, tmp_path):
     """``measure.measure_cell`` on a text run's guided cell: drawn for the held-out captions (as
     ``experiments.evaluate`` draws them), with FID, class match, attributes and the CLIP score."""

@@ -26,6 +26,7 @@ def tiny():
     return shrink(base.get_config())
 
 
+@pytest.mark.system
 def test_resume_is_bitwise_identical(tmp_path, tiny_run):
     straight_dir, straight = tiny_run                # tiny() trained straight to step 4
     first = tiny()
@@ -63,6 +64,7 @@ def test_a_fresh_state_is_the_eager_initialisation_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
 
 
+@pytest.mark.system
 def test_eight_devices_match_one(tmp_path):
     c = tiny()
     model, schedule = build.make_model(c), build.make_schedule(c)
@@ -93,6 +95,7 @@ def test_eight_devices_match_one(tmp_path):
 
 
 @pytest.mark.parametrize("poisoned, log_every", [(3, 1), (2, 5)])
+@pytest.mark.system
 def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, poisoned, log_every):
     """Step 3 is read at once (it logs); step 2 of a run logging every 5 steps is read while step 3
     runs: either way the run stops naming the poisoned step and keeps checkpoint 2, and nothing later."""
@@ -111,6 +114,7 @@ def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, po
     assert meta["data_position"] == 2 and all(np.isfinite(a).all() for a in param_leaves(state))
 
 
+@pytest.mark.system
 def test_an_update_that_overflows_the_parameters_is_not_applied_or_saved(tmp_path, monkeypatch):
     """A finite loss and gradient whose update makes the parameters infinite (here an update scaled
     by ∞ at step 3) stops the run at that step; checkpoint 4 is never written with it."""
@@ -122,6 +126,24 @@ def test_an_update_that_overflows_the_parameters_is_not_applied_or_saved(tmp_pat
                        match=r"parameters or EMA after the update at step 3.*last finite checkpoint \(step 2\)"):
         loop.train_and_evaluate(c, tmp_path)
     assert Checkpointer(tmp_path / "checkpoints").latest_step() == 2
+
+
+def test_the_loop_schedule_fires_each_event_at_its_interval_and_all_at_the_last_step():
+    """``run_loop``'s events, no JAX: step 4 of 10 logs (every 2) with its evaluation (every 4),
+    5 saves, 6 logs and samples, 7 does nothing and is read while step 8 runs; the last step logs,
+    saves and samples whatever the intervals; an evaluation is logged off the log interval; an
+    interval of 0 (no sampler, no evaluator) never fires, not even at the last step."""
+    every = dict(log_every=2, checkpoint_every=5, sample_every=3, eval_every=4)
+    assert loop.events_after(4, 10, **every) == loop.Events(log=True, evaluate=True)
+    assert loop.events_after(5, 10, **every) == loop.Events(save=True)
+    assert loop.events_after(6, 10, **every) == loop.Events(log=True, sample=True)
+    quiet = loop.events_after(7, 10, **every)
+    assert quiet == loop.Events() and not quiet.reads_now
+    assert loop.events_after(10, 10, **every) == loop.Events(log=True, save=True, sample=True)
+    assert loop.events_after(4, 10, log_every=3, checkpoint_every=5, eval_every=4) == loop.Events(log=True,
+                                                                                                  evaluate=True)
+    assert loop.events_after(10, 10, log_every=3, checkpoint_every=4) == loop.Events(log=True, save=True)
+    assert all(e.reads_now for e in (loop.Events(log=True), loop.Events(save=True), loop.Events(sample=True)))
 
 
 def test_cooldown_is_warmup_then_constant_then_linear_to_zero():

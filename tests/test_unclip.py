@@ -65,6 +65,7 @@ def decoder_dir(tiny_clip_run, tmp_path_factory):
 
 # ---- the embeddings both stages read ----
 
+@pytest.mark.system
 def test_the_priors_training_pairs_are_the_clips_embeddings_of_the_same_images_and_captions(tiny_clip_run):
     """Pairs computed once (``prior_training_data``): each image's z_i is CLIP's encode_image of it,
     scaled to √E·z/‖z‖ (computed here in NumPy from ``clip_runs.embed_images``); its caption's
@@ -100,6 +101,7 @@ def tiny_prior(tiny_clip_run):
     return prior, prior.init(jax.random.key(1), x, t, tokens=tokens)["params"], x, t, tokens
 
 
+@pytest.mark.system
 def test_the_prior_reads_the_caption_and_z_t_but_not_the_padding(tiny_prior):
     """unCLIP §2.2's sequence: the output moves with the caption and with the noised z_i, is the same
     whatever ids stand after the end token (padding is masked as a key, and causality keeps it from
@@ -121,6 +123,7 @@ def test_the_prior_reads_the_caption_and_z_t_but_not_the_padding(tiny_prior):
         FrozenCLIPText(prior.text_encoder.clip, None)(tokens)
 
 
+@pytest.mark.system
 def test_prior_guidance_at_zero_is_the_conditional_pass_and_at_minus_one_the_null_caption(tiny_prior):
     prior, params, x, t, tokens = tiny_prior
     model_fn = lambda x_, ts, **c: prior.apply({"params": params}, x_, ts, **c)
@@ -208,6 +211,7 @@ def test_embedding_dropout_replaces_the_chosen_share_by_the_null_embedding():
 
 # ---- tiny stages trained, sampled and refused ----
 
+@pytest.mark.system
 def test_unclip_trains_both_stages_and_draws_a_labelled_prompt_grid(prior_dir, decoder_dir, tmp_path):
     assert not (prior_dir / "samples").exists() and not (decoder_dir / "samples").exists()   # no grid drawn alone
     out = tmp_path / "out"
@@ -223,6 +227,7 @@ def test_unclip_trains_both_stages_and_draws_a_labelled_prompt_grid(prior_dir, d
         assert grid.height == 2 * 2 * (12 + 28 + 2 + 2)
 
 
+@pytest.mark.system
 def test_unclip_is_measured_on_held_out_captions_like_a_text_run(prior_dir, decoder_dir, tiny_clip_run):
     """experiments.evaluate --unclip: the prior's embeddings for the held-out captions, decoded, with
     FID, the prompt alignment and the CLIP score; drawn once (a rerun reads the kept samples)."""
@@ -241,6 +246,7 @@ def test_unclip_is_measured_on_held_out_captions_like_a_text_run(prior_dir, deco
         generation.evaluate([decoder_dir, prior_dir], ["0", "2"], s)
 
 
+@pytest.mark.system
 def test_variations_decode_an_images_clip_embedding(decoder_dir, tmp_path):
     """--variations: a held-out index or a PNG; the image above its --num variations."""
     out = tmp_path / "out"
@@ -256,6 +262,7 @@ def test_variations_decode_an_images_clip_embedding(decoder_dir, tmp_path):
         assert f["image"].shape == (3, 28, 28, 1) and f["source"].shape == (1, 28, 28, 1)
 
 
+@pytest.mark.system
 def test_unclip_refusals(prior_dir, decoder_dir, tiny_clip_run, tmp_path):
     out = tmp_path / "never"
     other_clip = tmp_path / "other_clip"
@@ -300,6 +307,7 @@ def test_unclip_refusals(prior_dir, decoder_dir, tiny_clip_run, tmp_path):
     ("prior", {"data.random_flip": True}, "data.random_flip mirrors images left–right, but this run trains on CLIP"),
     ("decoder", {"model.num_classes": 10}, "no labels: set data.autoencoder='', data.low_resolution=0"),
 ])
+@pytest.mark.system
 def test_bad_unclip_configs_are_refused_before_any_work(tiny_clip_run, tmp_path, stage, changes, message):
     c = (tiny_prior_config if stage == "prior" else tiny_decoder_config)(tiny_clip_run)
     set_fields(c, changes)

@@ -3,10 +3,9 @@
 Every Fashion-MNIST autoencoder pads the 28×28 images to 32×32 with background (first_stage.pad = 2)
 so that each f in {1, 2, 4, 8} divides them and the latent side 32/f is a power of two that the
 phase-2 U-Net can halve; PSNR and the reconstruction FID are measured on the 28×28 crop. Here
-z ∈ R^{8×8×3}: 192 numbers for 784 pixels. 240,845 parameters (16 base channels); a 120-step smoke
-run trained at 1.8 steps/s on the project's 2-core CPU while two other jobs shared it; the 5,000
-steps here took 22 min 46 s on that CPU, shared (2026-11-30; 5.4 steps/s when alone), ending at
-PSNR 25.91 dB and rFID 15.43 against the embedded MNIST feature classifier.
+z ∈ R^{8×8×3}: 192 numbers for 784 pixels. 240,845 parameters (16 base channels); its 5,000 steps end
+at PSNR 25.91 dB and rFID 15.43 against the embedded MNIST feature classifier (throughput:
+benchmarks/RESULTS.md).
 
 python -m experiments.train_autoencoder --config configs/latent/autoencoder_kl_f4.py --workdir runs/ae_kl_f4
 """

@@ -6,7 +6,7 @@ to 3), so a cell's NFE may be one or two under the budget; the plot and claims u
 
 python -m experiments.reproduce --study fast_samplers --workdir runs/studies/fast_samplers_fashion
 python -m experiments.reproduce --study fast_samplers --dataset mnist --workdir runs/studies/fast_samplers_mnist
-(--dataset mnist is configs/base.py — the main job's recipe before issue 26 retuned configs/mnist.py — trained here 1.5× as long.)
+(--dataset mnist trains configs/base.py, Ho et al.'s L_simple recipe rather than configs/mnist.py's, 1.5× as long.)
 """
 from configs.studies import base
 from diffusion import metrics, samplers, schedules

@@ -5,9 +5,8 @@ wall-clock on the 2-core CPU; FID of DDIM-50 samples, training and sampling imag
 autoencoder's PSNR and reconstruction FID, and the FID of its reconstructions of as many held-out
 images as a cell has samples (the floor under its latent model's FID). The autoencoders
 (configs/latent/autoencoder_*.py, here 2,500 steps each, half their configs' 5,000) train first, in
-<workdir>/autoencoders. Sized to run in one sitting (a session's trained runs are not kept for the
-next); on 2026-12-01 it took ~2 h 10 min: 6 min for the feature classifier, 16–22 min per
-autoencoder, 14–19 min per U-Net (test jobs shared the CPU at times), 2 min to sample and measure.
+<workdir>/autoencoders. Sized to run in one sitting on a 2-core CPU, about two hours in all: the
+autoencoders and U-Nets take most of it, sampling and measuring minutes (the report's commands).
 
 python -m experiments.reproduce --study latent_diffusion --workdir runs/studies/latent_diffusion
 
@@ -25,11 +24,11 @@ from diffusion import metrics
 
 # Equal wall-clock is expressed as steps: every U-Net trains TRAIN_SECONDS × its steps/s, measured once
 # (benchmarks.run's compiled train step of the study's 16-channel U-Net on random images or latents at
-# batch 64, median of 3 windows of 8 s, the 2-core CPU shared with another job, 30 Nov 2026; vq_f4 has
+# batch 64, median of 3 windows of 8 s, on a 2-core CPU shared with another job; vq_f4 has
 # kl_f4's U-Net and 8×8×3 latents, its quantiser being part of the decoder). Fixed steps keep a run
 # resumable and its config (so the checkpoint check) the same on a rerun, which a time limit read off
 # the clock would not; the report shows the images/s each run really logged beside them. Latents are
-# encoded once before training (loop.latent_training_data, 26 s for kl_f4), outside the budget, as
+# encoded once before training (autoencoder_runs.latent_training_data, 26 s for kl_f4), outside the budget, as
 # LDM trains on a fixed first stage; per-step host work (batching, logging) is not in the rates.
 TRAIN_SECONDS = 900
 AUTOENCODER_STEPS = 2500

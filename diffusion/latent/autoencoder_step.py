@@ -64,13 +64,7 @@ def autoencoder_step(state: AutoencoderState, batch: dict, *, model, tx: optax.G
     forward = lambda p: model.apply({"params": p, **state.model_state}, x, sample_key)
     gan = (lambda x_rec: autoencoder_losses.hinge_g_loss(discriminator.apply({"params": disc_params}, x_rec))) \
         if discriminator is not None else None
-
-    weight = 0.0
-    if gan is not None:
-        kernel = ae_params["decoder"]["conv_out"]["kernel"]
-        at_last = lambda loss_of: jax.grad(lambda k: loss_of(forward(_with_last_kernel(ae_params, k))[0]))(kernel)
-        weight = autoencoder_losses.adaptive_weight(at_last(lambda r: autoencoder_losses.reconstruction_term(x, r, settings, perceptual_fn)),
-                                     at_last(gan))
+    weight = 0.0 if gan is None else _adaptive_gan_weight(forward, ae_params, x, gan, settings, perceptual_fn)
 
     def ae_loss(p):
         x_rec, aux = forward(p)
@@ -84,28 +78,57 @@ def autoencoder_step(state: AutoencoderState, batch: dict, *, model, tx: optax.G
     grads, guard = {"autoencoder": ae_grads}, loss
     metrics = {"loss": loss, **terms}
     if discriminator is not None:
-        fake = jax.lax.stop_gradient(x_rec)
-
-        def d_loss(d):
-            real_logits, fake_logits = discriminator.apply({"params": d}, x), discriminator.apply({"params": d}, fake)
-            return factor * autoencoder_losses.hinge_d_loss(real_logits, fake_logits), (real_logits.mean(), fake_logits.mean())
-
-        (disc_loss, (real, fake_mean)), grads["discriminator"] = jax.value_and_grad(d_loss, has_aux=True)(disc_params)
+        disc_loss, grads["discriminator"], logits = _discriminator_loss_and_grads(discriminator, disc_params, x,
+                                                                                   x_rec, factor)
         guard = guard + disc_loss
-        metrics.update(disc_loss=disc_loss, logits_real=real, logits_fake=fake_mean, disc_adaptive_weight=weight,
-                       disc_factor=factor)
+        metrics.update(disc_loss=disc_loss, **logits, disc_adaptive_weight=weight, disc_factor=factor)
     model_state = state.model_state
     if settings.kind == "vq":
-        metrics["perplexity"], metrics["dead_codes"] = autoencoder_losses.codebook_usage(aux["indices"], model.codebook_size)
-        if settings.ema_codebook:
-            stats = autoencoder_losses.ema_codebook_update(model_state["vq_ema"]["quantize"], aux["z_e"], aux["indices"],
-                                            codebook_decay, restart_below=settings.restart_below,
-                                            key=jax.random.fold_in(key, 1))
-            model_state = {"vq_ema": {"quantize": stats}}
-            # a non-finite codebook must stop the step like a non-finite parameter does
-            guard = jnp.where(training.all_finite(stats), guard, jnp.nan)
+        model_state, guard, usage = _codebook_step(state.model_state, aux, key, guard, model=model,
+                                                   settings=settings, codebook_decay=codebook_decay)
+        metrics.update(usage)
     new_state, grad_norm, finite = training.apply_gradients(state, guard, grads, tx=tx, ema_decay=ema_decay,
                                                             ema_warmup=ema_warmup)
     new_state = new_state.replace(model_state=jax.tree.map(lambda a, b: jnp.where(finite, a, b),
                                                            model_state, state.model_state))
     return new_state, dict(metrics, grad_norm=grad_norm, update_finite=finite)
+
+
+def _adaptive_gan_weight(forward, ae_params: dict, x, gan, settings: autoencoder_losses.FirstStageLoss,
+                         perceptual_fn: Optional[autoencoder_losses.PerceptualFn]):
+    """The adversarial term's adaptive weight (Esser et al. 2021, eq. 7), from the gradients of the
+    reconstruction and GAN losses at the decoder's last layer (``autoencoder_losses.adaptive_weight``)."""
+    kernel = ae_params["decoder"]["conv_out"]["kernel"]
+    at_last = lambda loss_of: jax.grad(lambda k: loss_of(forward(_with_last_kernel(ae_params, k))[0]))(kernel)
+    return autoencoder_losses.adaptive_weight(
+        at_last(lambda r: autoencoder_losses.reconstruction_term(x, r, settings, perceptual_fn)), at_last(gan))
+
+
+def _discriminator_loss_and_grads(discriminator, disc_params, x, x_rec, factor):
+    """(the discriminator's hinge loss on real x and the reconstructions x_rec [B, H, W, C], scaled by
+    ``factor``; its gradient; the mean real and fake logits), no gradient reaching the autoencoder."""
+    fake = jax.lax.stop_gradient(x_rec)
+
+    def d_loss(d):
+        real_logits, fake_logits = discriminator.apply({"params": d}, x), discriminator.apply({"params": d}, fake)
+        return factor * autoencoder_losses.hinge_d_loss(real_logits, fake_logits), (real_logits.mean(), fake_logits.mean())
+
+    (disc_loss, (real, fake_mean)), grads = jax.value_and_grad(d_loss, has_aux=True)(disc_params)
+    return disc_loss, grads, {"logits_real": real, "logits_fake": fake_mean}
+
+
+def _codebook_step(model_state: dict, aux: dict, key, guard, *, model, settings: autoencoder_losses.FirstStageLoss,
+                   codebook_decay: float):
+    """(the model state after a VQ step, the finiteness guard, the codebook's usage metrics): with
+    ``settings.ema_codebook`` the codebook's EMA update (dead-code restarts drawn from
+    ``fold_in(key, 1)``), a non-finite codebook making the guard NaN."""
+    usage = dict(zip(("perplexity", "dead_codes"),
+                     autoencoder_losses.codebook_usage(aux["indices"], model.codebook_size)))
+    if settings.ema_codebook:
+        stats = autoencoder_losses.ema_codebook_update(model_state["vq_ema"]["quantize"], aux["z_e"], aux["indices"],
+                                                       codebook_decay, restart_below=settings.restart_below,
+                                                       key=jax.random.fold_in(key, 1))
+        model_state = {"vq_ema": {"quantize": stats}}
+        # a non-finite codebook must stop the step like a non-finite parameter does
+        guard = jnp.where(training.all_finite(stats), guard, jnp.nan)
+    return model_state, guard, usage

@@ -9,8 +9,8 @@ def hlo_flops(fn, *args) -> float:
     """FLOPs of one call of ``fn(*args)`` by XLA's HLO cost analysis of the program lowered for the
     CPU, without compiling it; ``args`` may be ``jax.ShapeDtypeStruct``s. The count is the program's,
     whichever device runs it: XLA:GPU's own analysis of a compiled program leaves out the convolutions
-    it hands to cuDNN as custom calls (on an H200 it gave 2.7 GFLOP per CIFAR-10 training image
-    against the 35.0 counted here), so MFU on a GPU is computed from this count."""
+    it hands to cuDNN as custom calls, and so counts a fraction of a U-Net's FLOPs (measured:
+    benchmarks/RESULTS.md); MFU on a GPU is computed from this count."""
     analysis = jax.jit(fn).trace(*args).lower(lowering_platforms=("cpu",)).cost_analysis()
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0]

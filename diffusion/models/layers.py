@@ -48,8 +48,7 @@ def _norm(groups, eps, dtype, param_dtype, name):
 def nearest_upsample(x):
     """Each pixel repeated 2×2: the values of ``jax.image.resize(…, "nearest")``, written as a broadcast
     so that the gradient is a sum over each 2×2 block rather than the scatter-add that the resize's
-    gather differentiates into (on an H200 that scatter was 2% of the CIFAR-10 train step's kernel
-    time; on this 2-core CPU the gradient of one 64×16×16×128 upsampling took 41.6 ms against 0.49)."""
+    gather differentiates into, which costs far more (measured: benchmarks/RESULTS.md)."""
     B, H, W, C = x.shape
     return jnp.broadcast_to(x[:, :, None, :, None, :], (B, H, 2, W, 2, C)).reshape(B, 2 * H, 2 * W, C)
 

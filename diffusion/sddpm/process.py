@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from diffusion import reverse
 from diffusion.gaussian import extract
-from diffusion.schedules import alpha_bar_with_clean, Schedule
+from diffusion.schedules import alphas_cumprod_with_clean, Schedule
 
 LOSS = "sddpm"            # the loss that fits q_r to forward pairs
 RESIDUAL = "residual"     # the prediction that is the seed's ε_r = E[x_{t−1} | x_t] − x_t
@@ -72,7 +72,7 @@ def forward_pair(schedule: Schedule, x0, t, noise, step_noise):
 
     x0, noise ε, step_noise z: [B, ...]; t: int[B] schedule indices.
     """
-    a_prev = alpha_bar_with_clean(schedule, t - 1).astype(x0.dtype)
+    a_prev = alphas_cumprod_with_clean(schedule, t - 1).astype(x0.dtype)
     a_prev = a_prev.reshape(a_prev.shape + (1,) * (x0.ndim - 1))
     x_prev = jnp.sqrt(a_prev) * x0 + jnp.sqrt(1.0 - a_prev) * noise
     x_t = extract(jnp.sqrt(schedule.alphas), t, x0) * x_prev + extract(jnp.sqrt(schedule.betas), t, x0) * step_noise

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from diffusion import parallel, samplers, visualize
 from diffusion.cascade import augmentation
 from diffusion.data import datasets
-from experiments import build, inference, runs, scoring
+from experiments import build, draw_cache, inference, runs, scoring
 
 HELDOUT = "heldout"     # a cascade's first stage: the held-out images at the next stage's low resolution
 
@@ -58,7 +58,7 @@ class Settings:
     def tag(self) -> str:
         levels = "-".join(map(str, self.aug_levels))
         scales = "-".join(f"{w:g}" for w in self.scales)
-        return (scoring.setting_tag(self.sampler, self.steps, self.eta)
+        return (draw_cache.setting_tag(self.sampler, self.steps, self.eta)
                 + f"_s{levels}{'_truncated' if self.truncated else ''}_w{scales}")
 
 
@@ -165,9 +165,10 @@ def build_draw_fns(stages: list[inference.Run], mesh, settings: Settings) -> lis
             continue
         fns.append(inference.build_draw_fn(
             run, mesh, sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
-            guide="classifier_free" if settings.scales[k] else "", truncated=settings.truncated,
-            aug_level=settings.aug_levels[k - 1] if k else None,
-            stop_at=settings.aug_levels[k] if settings.truncated and not last else None))
+            guide="classifier_free" if settings.scales[k] else "",
+            stage=inference.CascadeStage(aug_level=settings.aug_levels[k - 1] if k else None,
+                                         truncated=settings.truncated,
+                                         stop_at=settings.aug_levels[k] if settings.truncated and not last else None)))
     return fns
 
 
@@ -218,7 +219,7 @@ def samples(workdirs, mesh, settings: Settings, *, num: int, batch: int, seed: i
         new = draw(stages, build_draw_fns(stages, mesh, settings), mesh, settings, num=num, batch=batch, seed=seed,
                    first=first)
         return {f"stage{k}": o for k, o in enumerate(new)}
-    out = scoring.cached_draws(path, num, batch, draw_from)
+    out = draw_cache.cached_draws(path, num, batch, draw_from)
     return [out[f"stage{k}"] for k in range(len(stages))]
 
 

@@ -1,7 +1,8 @@
 """From a config's ``first_stage`` and ``first_stage_train`` sections to the latent-diffusion
 autoencoder, its discriminator, loss settings, optimizer and state; a trained one loaded back
 (``load_autoencoder``: ``encode``/``decode`` with EMA weights), and the scaled latent space a
-diffusion run with ``data.autoencoder`` lives in (``latent_space``, ``decoded``).
+diffusion run with ``data.autoencoder`` lives in (``latent_space``, ``decoded``), its training split
+encoded once (``latent_training_data``).
 
 Bad settings fail here before any work, naming the field.
 """
@@ -9,15 +10,20 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
+from diffusion import parallel
+from diffusion.data import datasets
 from diffusion.latent import autoencoder_losses, autoencoder_step, networks, patch_gan
 from experiments import build, runs
+from experiments.latent import hooks
 
 KINDS = ("kl", "vq")
 CODEBOOK_UPDATES = ("loss", "ema")
@@ -145,7 +151,7 @@ class Autoencoder:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        return build.latent_shape(self.config)
+        return hooks.latent_shape(self.config)
 
     def encode(self, x, key=None):
         return self.model.apply(self.variables, x, key, method="encode")
@@ -202,3 +208,38 @@ def decoded(space: Optional[LatentSpace], x):
         return x
     images = space.decode(x.reshape((-1,) + x.shape[-3:]))
     return images.reshape(x.shape[:-3] + images.shape[1:])
+
+
+def run_latent_scale(data, stored) -> float:
+    """A latent run's scale s from its ``data`` config section: its own ``latent_scale`` when > 0,
+    else the one the run ``stored`` (its saved data section, or None) measured for the same
+    autoencoder, else 0 (not measured yet)."""
+    if data["latent_scale"] > 0:
+        return data["latent_scale"]
+    if stored is not None and stored["autoencoder"] == data["autoencoder"] and stored["latent_scale"] > 0:
+        return stored["latent_scale"]
+    return 0.0
+
+
+def latent_training_data(config, workdir: Path, train_split: datasets.Split, mesh
+                         ) -> tuple[ml_collections.ConfigDict, LatentSpace, datasets.Split]:
+    """(config with its ``data.latent_scale``, the latent space, the training split as latents
+    z = s·ℰ(x)) of a latent-diffusion run (Rombach et al. 2022).
+
+    The frozen EMA encoder encodes the whole split once, here, and training reads the cached
+    latents (the KL model's mean, as ``Autoencoder.encode``): encoding each batch inside the jitted
+    step would repeat the encoder's forward pass at full resolution every step (the README's
+    latent-diffusion section has the measured cost of each). The scale s is the config's own when
+    > 0 (a checkpoint made with another is refused, as data.latent_scale is a compatibility field),
+    else the one the run stored in its ``config.json`` (a resume: never measured again), else LDM's
+    1/std of these latents, measured once here; ``loop.restore_or_init`` then writes it with the
+    config, where sampling and evaluation read it.
+    """
+    autoencoder = load_autoencoder(config.data.autoencoder)
+    latents = parallel.encode_split(autoencoder.encode, train_split, mesh)
+    stored = runs.load_config(workdir).data if (workdir / "config.json").exists() else None
+    scale = run_latent_scale(config.data, stored) or networks.scale_factor(latents.images)
+    config = config.copy_and_resolve_references()
+    config.data.latent_scale = float(scale)
+    space = LatentSpace(autoencoder, float(scale))
+    return config, space, replace(latents, images=(latents.images * scale).astype(np.float32))

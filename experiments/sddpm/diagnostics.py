@@ -10,7 +10,7 @@ import numpy as np
 
 from diffusion import gaussian, losses, parallel, samplers
 from diffusion.sddpm import process
-from experiments import build, scoring
+from experiments import build, nll
 from experiments.inference import Run
 
 
@@ -27,14 +27,14 @@ def sddpm_objective(run, mesh, heldout, num: int, batch: int = 32, seed: int = 0
                                           prediction=process.RESIDUAL, variance="fixed_large")
         return losses.sddpm_objective(build.make_denoiser(run.model, params), run.schedule, x, key,
                                       cond=build.conditioning(config, labels), **build.output_kwargs(config))
-    out = scoring.over_heldout(objective, run, mesh, heldout, num, batch, seed, "sddpm objective")
-    return dict(scoring.mean_and_stderr(out["total"], "nats_per_dim"), per_step=out["terms"].mean(0).tolist())
+    out = nll.over_heldout(objective, run, mesh, heldout, num, batch, seed, "sddpm objective")
+    return dict(nll.mean_and_stderr(out["total"], "nats_per_dim"), per_step=out["terms"].mean(0).tolist())
 
 
 def sddpm_objective_record(run, mesh, heldout, num: int, out: Path, seed: int = 0) -> dict:
     """``sddpm_objective`` of the run's checkpoint, one record per checkpoint in ``out/sddpm_objective.json``."""
-    return scoring.checkpoint_record(Path(out) / "sddpm_objective.json", run, min(num, len(heldout)),
-                             lambda: sddpm_objective(run, mesh, heldout, num, seed=seed))
+    return nll.checkpoint_record(Path(out) / "sddpm_objective.json", run, min(num, len(heldout)),
+                                 lambda: sddpm_objective(run, mesh, heldout, num, seed=seed))
 
 
 def forward_encode_decode(run: Run, mesh, x0: np.ndarray, labels: np.ndarray, depths, sampler: str, seed: int = 0):

@@ -1,6 +1,6 @@
 """A study's work: train what its plan needs and is missing, then measure each cell once (every
 metric of ``scoring.METRICS``, kept in ``<workdir>/cells/<cell>.json``), each model's NLL (its
-checkpoint's ``scoring.nll_record``) or seed 004's objective (``diagnostics.sddpm_objective_record``)
+checkpoint's ``nll.record``) or seed 004's objective (``diagnostics.sddpm_objective_record``)
 and its sample and encode-then-decode pictures."""
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import jax
 import numpy as np
 
 from diffusion import parallel, visualize
-from diffusion.checkpoints import Checkpointer, config_differences
+from diffusion.checkpoint_meta import config_differences
+from diffusion.checkpoints import Checkpointer
 from diffusion.data import datasets
-from experiments import inference, loop, scoring
+from experiments import classifier_loop, draw_cache, inference, loop, nll, scoring
 from experiments.cascade import chain
 from experiments.latent import autoencoder_loop, autoencoder_runs
 from experiments.sddpm import diagnostics
@@ -29,7 +30,7 @@ from experiments.unclip import generation
 def trained(config, workdir: Path) -> bool:
     """Whether ``workdir``'s last checkpoint is at ``train.num_steps``; a run there made with another
     model or schedule (a study file edited since) is an error, not a reason to reuse its results. A
-    latent run's measured ``data.latent_scale`` is its own (``loop.run_latent_scale``)."""
+    latent run's measured ``data.latent_scale`` is its own (``autoencoder_runs.run_latent_scale``)."""
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
                         keep_period=config.train.keep_period)
     try:
@@ -38,7 +39,7 @@ def trained(config, workdir: Path) -> bool:
         if step is not None:
             saved, mine = ckpt.read_meta(step)["config"], config.to_dict()
             if config.data.autoencoder:     # the scale a latent run measured at its start is its own
-                mine["data"]["latent_scale"] = loop.run_latent_scale(config.data, saved["data"])
+                mine["data"]["latent_scale"] = autoencoder_runs.run_latent_scale(config.data, saved["data"])
             diffs = config_differences(saved, mine)
     finally:
         ckpt.close()
@@ -65,7 +66,7 @@ def ensure_trained(job: Training, classifier_weights: Optional[str] = None, ince
         if not trained(job.config, job.workdir) or not (job.workdir / clip_training.REPORT_FILE).exists():
             clip_training.train_clip(job.config, job.workdir)
     elif not trained(job.config, job.workdir) or not (job.workdir / "classifier.msgpack").exists():
-        loop.train_classifier(job.config, job.workdir)
+        classifier_loop.train_classifier(job.config, job.workdir)
 
 
 def train(plan: Plan, inception_weights: Optional[str] = None):
@@ -106,10 +107,10 @@ def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured
         floors = first_stage_floors(plan, mesh, heldout, feature_fn, reference)
         results = [dict(r, **costs[r["model"]], **floors[plan.models[r["model"]].config.data.autoencoder])
                    for r in results]
-    nll = {}
+    nlls = {}
     if "nll" in plan.study.metrics:
-        nll = {m: scoring.nll_record(load_run(m), mesh, own_heldout(m),
-                                        plan.study.nll_examples, plan.model_dir(m) / "eval") for m in plan.models}
+        nlls = {m: nll.record(load_run(m), mesh, own_heldout(m), plan.study.nll_examples, plan.model_dir(m) / "eval")
+                for m in plan.models}
     objective, reference = {}, None
     if "sddpm" in plan.study.metrics:   # also set on each of the model's rows, where the claims read it
         objective = {m: diagnostics.sddpm_objective_record(load_run(m), mesh, own_heldout(m),
@@ -125,7 +126,7 @@ def measure(plan: Plan, mesh, *, batch: int, inception_weights=None) -> Measured
     if plan.study.reconstruct_steps or plan.study.encode_depths:
         for m in plan.models:
             pictures += model_pictures(plan, load_run(m), m, mesh, own_heldout(m), batch)
-    return Measured(results=results, nll=nll, heldout=heldout_row, pictures=pictures, feature_name=feature_name,
+    return Measured(results=results, nll=nlls, heldout=heldout_row, pictures=pictures, feature_name=feature_name,
                     train_images=len(train_split), objective=objective, objective_reference=reference)
 
 
@@ -204,8 +205,8 @@ def measure_cell(plan: Plan, load_run, mesh, cell: dict, feature_fn, reference, 
         classifier = (inference.load_noisy_classifier(plan.noisy_classifier.workdir, run.schedule)
                       if cell["guidance"] == "classifier" else None)
         guide = clip_guidance.load(plan.clip_dir("guidance_clip"), run) if cell["guidance"] == "clip" else None
-        prompts, domain, condition = scoring.heldout_condition(run, heldout, plan.num, guide)
-        images = scoring.samples_for(run, mesh, plan.model_dir(m), cell["sampler"], cell["steps"], cell["eta"],
+        prompts, domain, condition = draw_cache.heldout_condition(run, heldout, plan.num, guide)
+        images = draw_cache.samples_for(run, mesh, plan.model_dir(m), cell["sampler"], cell["steps"], cell["eta"],
                                         num=plan.num, batch=batch, seed=0, guide=cell["guidance"], scale=cell["scale"],
                                         classifier_log_prob=classifier, clip_guide=guide, clip=cell["clip"],
                                         condition=condition)
@@ -247,7 +248,7 @@ def model_pictures(plan: Plan, run, name: str, mesh, heldout, batch: int) -> lis
     """``pictures`` (or, for a study with ``encode_depths``, ``forward_pictures``) of model ``name``
     with the sampler of its first cell (unguided)."""
     first = next(c for c in plan.cells if c["model"] == name)
-    images = scoring.samples_for(run, mesh, plan.model_dir(name), first["sampler"], first["steps"], first["eta"],
+    images = draw_cache.samples_for(run, mesh, plan.model_dir(name), first["sampler"], first["steps"], first["eta"],
                                     num=plan.num, batch=batch, seed=0)
     setting = f"{first['sampler'].upper()} {first['steps']}" + (
         f" (η = {first['eta']:g})" if first["sampler"] == "ddim" else "")

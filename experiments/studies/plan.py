@@ -17,7 +17,7 @@ from flax import traverse_util
 
 from configs import (base, celeba64_ddim, cifar10_ddpm, classifier_fashion_mnist, fashion_mnist, imagenet64_adm,
                      noisy_classifier_mnist)
-from experiments import build, scoring
+from experiments import build, draw_cache, scoring
 from experiments.cascade import chain
 from experiments.latent import autoencoder_runs
 from experiments.text import clip_runs
@@ -179,7 +179,7 @@ def overrides(config: ml_collections.ConfigDict, reference: ml_collections.Confi
 
 def cell_name(cell: dict) -> str:
     """The name of a cell of ``Plan.cells`` (its measurements' file): its model and setting tag."""
-    tag = scoring.setting_tag(cell["sampler"], cell["steps"], cell["eta"], cell["guidance"], cell["scale"],
+    tag = draw_cache.setting_tag(cell["sampler"], cell["steps"], cell["eta"], cell["guidance"], cell["scale"],
                                  cell["clip"])
     if cell["prior"]:     # an unCLIP cell: the prior and its weight before the decoder's setting
         tag = f"{cell['prior']}_w{cell['prior_scale']:g}_{tag}"

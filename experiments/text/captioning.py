@@ -1,6 +1,6 @@
 """A text-conditioned run's pieces from its config (GLIDE, Nichol et al. 2022; Imagen, Saharia et
 al. 2022): which caption encoder τθ the U-Net reads, the tokenizer it reads ids of, the caption each
-training image carries, and the tokenizer kept with the run. ``build.check_text`` refuses the
+training image carries, and the tokenizer kept with the run. ``hooks.check`` refuses the
 configs that cannot run."""
 from __future__ import annotations
 
@@ -105,3 +105,11 @@ def check_prompts(tokenizer: Tokenizer, prompts, whose: str = "") -> np.ndarray:
         if not whose:
             raise
         raise ValueError(f"{whose}: {e}") from e
+
+
+def check_null_caption(c: ml_collections.ConfigDict, what: str):
+    """Refuse to use the null caption (the empty prompt, guidance's unconditional pass) of a run that
+    never saw it in training (``train.caption_dropout`` = 0): its output there means nothing."""
+    if c.train.caption_dropout <= 0:
+        raise ValueError(f"{what} is the null caption (the empty prompt), which this run never saw in training "
+                         "(train.caption_dropout=0): train with --config.train.caption_dropout=0.2 (GLIDE's) to use it")

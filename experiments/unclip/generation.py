@@ -17,7 +17,7 @@ from diffusion import parallel, samplers
 from diffusion.data import datasets
 from diffusion.text.tokenizer import null_caption
 from diffusion.unclip import embedding
-from experiments import build, inference, runs, scoring
+from experiments import build, draw_cache, inference, runs, scoring
 from experiments.cascade import chain
 from experiments.text import captioning, clip_runs
 from experiments.unclip import stage_runs
@@ -148,7 +148,7 @@ def sample_variations(run: inference.Run, workdir, source: str, scale: float, s:
         raise ValueError(f"--variations decodes an image's CLIP embedding: {workdir} is not an unCLIP decoder "
                          f"(model.kind={run.config.model.kind!r}); give --workdir <decoder workdir>")
     if run.tokenizer is not None:
-        inference.check_null_caption(run.config, "a variation, which has no caption,")
+        captioning.check_null_caption(run.config, "a variation, which has no caption,")
     samplers.check_steps(s.sampler, s.steps, run.schedule.num_steps, what="--steps")
     image, name = variation_source(run.config, source)
     mesh = parallel.make_mesh()
@@ -166,7 +166,7 @@ def sample_variations(run: inference.Run, workdir, source: str, scale: float, s:
 
 def setting_tag(s: Settings, scales: tuple[float, float]) -> str:
     """The name of an unCLIP measurement: the decoder's setting and both stages' guidance weights."""
-    return f"unclip_{scoring.setting_tag(s.sampler, s.steps, s.eta, clip=s.clip)}_w{scales[0]:g},{scales[1]:g}"
+    return f"unclip_{draw_cache.setting_tag(s.sampler, s.steps, s.eta, clip=s.clip)}_w{scales[0]:g},{scales[1]:g}"
 
 
 def stage_weights(scales) -> tuple[float, float]:
@@ -176,7 +176,7 @@ def stage_weights(scales) -> tuple[float, float]:
 
 def heldout_samples(workdirs, scales, s: Settings, mesh, heldout: datasets.Split) -> tuple[np.ndarray, list[str], str]:
     """(uint8 images [s.num, ...], their prompts, the prompts' caption domain): unCLIP's samples
-    (``through_stages``) for the held-out captions in turn (``scoring.heldout_prompts`` of
+    (``through_stages``) for the held-out captions in turn (``draw_cache.heldout_prompts`` of
     ``heldout``, a held-out split of the decoder's data, phrased in the prior's caption domain), as a text run is measured; drawn once and
     kept in ``<decoder>/eval/samples_<tag>_seed<s>_step<prior step>,<decoder step>.npz``. Refused from
     the configs (stages, weights, prompts, steps) before a sample is drawn."""
@@ -185,18 +185,18 @@ def heldout_samples(workdirs, scales, s: Settings, mesh, heldout: datasets.Split
     prior, decoder = inference.load_run(workdirs[0]), inference.load_run(workdirs[1])
     domain = prior.config.data.captions
     samplers.check_steps(s.sampler, s.steps, decoder.schedule.num_steps, what="--samplers")
-    prompts = scoring.heldout_prompts(decoder, heldout, s.num, domain)
+    prompts = draw_cache.heldout_prompts(decoder, heldout, s.num, domain)
     tokens, decoder_tokens = (stage_tokens(w, prompts) for w in workdirs)
     path = (Path(workdirs[1]) / "eval" /
             f"samples_{setting_tag(s, weights)}_seed{s.seed}_step{prior.step},{decoder.step}.npz")
     draw_from = lambda first: {"image": through_stages(prior, decoder, mesh, s, tokens, decoder_tokens, weights,
                                                        first)[0]}
-    return scoring.cached_draws(path, s.num, s.batch, draw_from)["image"], prompts, domain
+    return draw_cache.cached_draws(path, s.num, s.batch, draw_from)["image"], prompts, domain
 
 
 def evaluate(workdirs, scales, s: Settings, *, features: str = "auto", classifier_weights: Optional[str] = None,
              stats_dir=None, clip_score_run: Optional[str] = None) -> dict:
-    """unCLIP's ``heldout_samples`` measured as a text run's (``scoring.evaluate_run``): every metric
+    """unCLIP's ``heldout_samples`` measured as a text run's (``results.evaluate_run``): every metric
     of ``scoring.METRICS`` against the decoder's training split and the prompt alignment
     (``scoring.text_alignment``, with the CLIP score by ``clip_score_run`` when given), written to
     ``<decoder>/eval/<tag>.json``."""

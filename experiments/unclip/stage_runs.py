@@ -121,7 +121,7 @@ def prior_training_data(c: ml_collections.ConfigDict, split: datasets.Split, mes
     (float32 [N, E], in ``embedding.embedding_space``), its caption tokens kept, whose CLIP text side the
     prior's network reads. The frozen image tower (``prior``'s CLIP, already read back; default: read
     from ``model.clip_run``) embeds the whole split once, here, as a latent run caches its latents
-    (``loop.latent_training_data``): the prior never sees an image."""
+    (``autoencoder_runs.latent_training_data``): the prior never sees an image."""
     if prior is not None:
         clip, params = prior.text_encoder.clip, prior.text_encoder.params
     else:
