@@ -176,6 +176,7 @@ def test_class_tokens_reach_the_output_through_cross_attention(conditioned_unet)
     assert not np.allclose(out(3), out(10), atol=1e-4)
 
 
+@pytest.mark.system
 def test_a_concatenated_image_condition_changes_the_output(conditioned_unet):
     """``cond_image`` is concatenated to x_t: conv_in reads C + C' channels and another condition
     changes ε̂."""
@@ -187,6 +188,7 @@ def test_a_concatenated_image_condition_changes_the_output(conditioned_unet):
     assert a.shape == (4, 8, 8, 3) and not np.allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.system
 def test_classifier_free_guidance_with_the_null_context_samples(conditioned_unet):
     """ε̃ = (1 + w)·ε(x, τθ(y)) − w·ε(x, τθ(∅)) inside a compiled DDIM loop, with the concatenated
     condition given to both passes: finite, and w moves the samples."""

@@ -81,6 +81,7 @@ def test_a_preemption_notice_saves_and_stops(tmp_path, monkeypatch, capsys):
     assert "stopped by a preemption notice at step 3 of 4" in capsys.readouterr().out
 
 
+@pytest.mark.system
 def test_a_non_finite_step_is_not_saved_on_sigterm(tmp_path, monkeypatch, previous_handler):
     """SIGTERM during a non-finite step: the run stops on the step's own check, and the last
     finite checkpoint (2) stays the latest; nothing of step 3 is written."""

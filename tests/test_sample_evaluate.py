@@ -117,6 +117,7 @@ def test_evaluate_reports_fid_is_and_an_nll_that_adds_up(run_dir):
     assert table.count("\n|") == 5 and "| ddpm3 |" in table and f"{vlb['bits_per_dim']:.3f}" in table
 
 
+@pytest.mark.system
 def test_evaluate_on_another_spacing_draws_what_the_run_configured_with_it_would(run_dir, tmp_path):
     """``spacing`` stands for the config's ``sample.spacing``: the samples equal those of the run with
     that field changed, named apart from (and unlike) the run's own spacing's."""

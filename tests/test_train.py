@@ -180,7 +180,10 @@ def test_unknown_config_field_is_named():
         c.optim.lrr = 1.0
 
 
-@pytest.mark.parametrize("name", ["swissroll", "mnist", "fashion_mnist", "mnist_cfg", "cifar10_ddpm",
+@pytest.mark.parametrize("name", ["swissroll", "mnist",
+                                  pytest.param("fashion_mnist", marks=pytest.mark.system),
+                                  pytest.param("mnist_cfg", marks=pytest.mark.system),
+                                  pytest.param("cifar10_ddpm", marks=pytest.mark.system),
                                   pytest.param("cifar10_iddpm", marks=pytest.mark.slow),     # ~80 s cold
                                   pytest.param("celeba64_ddim", marks=pytest.mark.slow)])
 def test_every_shipped_config_runs_a_step(tmp_path, name):
